@@ -1,0 +1,181 @@
+"""Decides how long a target, credential or provider rests after a failure.
+
+The upstream's own word comes first (``retry_after`` already parsed from
+``retry-after``, ``retry-after-ms``, rate-limit reset headers or Gemini's
+``RetryInfo``); otherwise exponential backoff with jitter from config. Scope follows
+the failure: a rate limit rests that model on that credential, a quota or server
+error rests the credential, an auth failure or permanent quota error kills it, and
+server errors from several credentials of one provider in a short window rest the
+whole provider (told to routing). A success resets the backoff. A second cooldown
+while one is active keeps the later deadline (the credentials actor takes the max).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from typing import Any, Callable
+
+import attrs
+
+from actors.base import Actor
+from actors.routing import TargetCooling
+from protocols import errors as E
+
+PROVIDER_WINDOW_S = 30.0
+PROVIDER_TRIP = 3
+HISTORY = 20
+
+
+@attrs.frozen
+class Outcome:
+    provider: str
+    model: str
+    credential_id: str
+    error: E.GatewayError | None = None
+
+
+@attrs.frozen
+class Decision:
+    """What the dispatcher applies when it releases the lease."""
+
+    kind: str
+    scope: str  # "none" | "model" | "credential" | "provider"
+    until: float | None = None
+    dead: bool = False
+
+
+@attrs.frozen
+class Snapshot:
+    pass
+
+
+Msg = Outcome | Snapshot
+
+NONE = Decision("ok", "none")
+
+
+def classify(error: E.GatewayError | None) -> tuple[str, str]:
+    """(kind, scope) for an outcome, by error type."""
+    match error:
+        case None:
+            return "ok", "none"
+        case E.UpstreamAuthError():
+            return "auth", "dead"
+        case E.UpstreamQuotaExhausted():
+            return "quota_exhausted", "credential"
+        case E.UpstreamRateLimited():
+            return "rate_limited", "model"
+        case E.UpstreamOverloaded():
+            return "overloaded", "credential"
+        case E.UpstreamTimeout():
+            return "timeout", "credential"
+        case E.UpstreamContextTooLong():
+            return "context_too_long", "none"
+        case E.UpstreamBadRequest():
+            return "bad_request", "none"
+        case E.UpstreamError():
+            return "server_error", "credential"
+        case _:
+            return "gateway", "none"
+
+
+class CooldownCore:
+    def __init__(self, base_s: float, max_s: float, jitter: float, rng: random.Random | None = None) -> None:
+        self.base_s = base_s
+        self.max_s = max_s
+        self.jitter = jitter
+        self.rng = rng or random.Random()
+        self.failures: dict[tuple[str, str], int] = {}
+        self.active: dict[tuple[str, str, str], dict] = {}
+        self.history: dict[str, deque] = {}
+        self.server_errors: dict[str, deque] = {}
+
+    def backoff(self, streak: int) -> float:
+        wait = min(self.max_s, self.base_s * (2 ** max(streak - 1, 0)))
+        if self.jitter:
+            wait *= 1 + self.rng.uniform(-self.jitter, self.jitter)
+        return max(0.0, min(wait, self.max_s))
+
+    def outcome(self, o: Outcome, now: float) -> tuple[Decision, list]:
+        """The decision, plus notices for other actors (provider-wide rests)."""
+        kind, scope = classify(o.error)
+        cred_key = (o.provider, o.credential_id)
+        if kind == "ok":
+            self.failures.pop(cred_key, None)
+            return NONE, []
+        self._remember(o, kind, now)
+        if scope == "none":
+            return Decision(kind, "none"), []
+        if scope == "dead":
+            if o.error is not None and o.error.upstream_status == 403 and o.error.retry_after:
+                scope = "credential"
+            else:
+                self.active[(o.provider, o.credential_id, "*")] = {"reason": kind, "until": None, "dead": True}
+                return Decision(kind, "credential", None, dead=True), []
+        streak = self.failures.get(cred_key, 0) + 1
+        self.failures[cred_key] = streak
+        retry_after = o.error.retry_after if o.error is not None else None
+        wait = retry_after if retry_after is not None else self.backoff(streak)
+        until = now + wait
+        self.active[(o.provider, o.credential_id, o.model if scope == "model" else "*")] = {
+            "reason": kind, "until": until, "dead": False}
+        notices = []
+        if kind in ("server_error", "overloaded"):
+            notices = self._provider_trip(o, now, until)
+        return Decision(kind, scope, until), notices
+
+    def _remember(self, o: Outcome, kind: str, now: float) -> None:
+        label = f"{o.provider}/{o.model}"
+        self.history.setdefault(label, deque(maxlen=HISTORY)).append(
+            {"at": round(now, 3), "credential": o.credential_id, "kind": kind,
+             "status": o.error.upstream_status if o.error else None})
+
+    def _provider_trip(self, o: Outcome, now: float, until: float) -> list:
+        recent = self.server_errors.setdefault(o.provider, deque(maxlen=32))
+        recent.append((now, o.credential_id))
+        creds = {c for t, c in recent if t > now - PROVIDER_WINDOW_S}
+        if len(creds) >= PROVIDER_TRIP:
+            recent.clear()
+            self.active[(o.provider, "*", "*")] = {"reason": "provider_errors", "until": until, "dead": False}
+            return [("provider", o.provider, until)]
+        return []
+
+    def snapshot(self, now: float) -> dict:
+        active = []
+        for (provider, cred, model), info in list(self.active.items()):
+            if info["until"] is not None and info["until"] <= now:
+                del self.active[(provider, cred, model)]
+                continue
+            scope = "provider" if cred == "*" else ("credential" if model == "*" else "model")
+            active.append({
+                "provider": provider, "credential": None if cred == "*" else cred,
+                "model": None if model == "*" else model, "scope": scope, "reason": info["reason"],
+                "dead": info["dead"],
+                "remaining_s": None if info["until"] is None else round(info["until"] - now, 3),
+            })
+        return {"active": active, "history": {k: list(v) for k, v in self.history.items()}}
+
+
+class CooldownActor(Actor):
+    name = "cooldown"
+
+    def __init__(self, core: CooldownCore, notify_routing: Callable[[Any], bool]) -> None:
+        super().__init__()
+        self.core = core
+        self.notify_routing = notify_routing
+
+    def handle(self, msg: Msg, now: float):
+        match msg:
+            case Outcome():
+                decision, notices = self.core.outcome(msg, now)
+                for _, provider, until in notices:
+                    self.notify_routing(TargetCooling(provider, None, until))
+                return decision
+            case Snapshot():
+                return self.core.snapshot(now)
+            case _:
+                raise TypeError(f"cooldown: unknown message {msg!r}")
+
+    def snapshot(self) -> dict:
+        return {"active": len(self.core.active), "targets_with_history": len(self.core.history)}

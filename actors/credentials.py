@@ -1,0 +1,239 @@
+"""Per-provider credential pools: who may call the upstream next.
+
+Selection: the lowest tier that has a usable credential; inside a tier, the least
+recently leased. A credential is unusable while it is dead (refused by the upstream
+as unauthorised or permanently out of quota, until an admin re-enables it), cooling
+(until a deadline), at its concurrency limit, or over its requests/tokens per-minute
+window. Every lease is released exactly once; a release may carry a cooldown or a
+death sentence decided by the cooldown actor.
+
+Specs are duck-typed: anything with ``id``, ``key`` (a Secret), ``tier``,
+``max_concurrency``, ``requests_per_minute`` and ``tokens_per_minute``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from typing import Any, Iterable, Mapping
+
+import attrs
+
+from actors.base import Actor
+from protocols.errors import NotFound
+
+WINDOW_S = 60.0
+
+
+@attrs.frozen
+class Credential:
+    """What a lease hands the provider: the id (for logs/admin) and the secret."""
+
+    provider: str
+    id: str
+    secret: Any
+
+
+@attrs.frozen
+class Lease:
+    """Ask: a credential of ``provider`` not in ``exclude`` (ids tried this request)."""
+
+    provider: str
+    model: str
+    exclude: frozenset = frozenset()
+    tokens: int = 0
+
+
+@attrs.frozen
+class Leased:
+    lease_id: int
+    credential: Credential
+
+
+@attrs.frozen
+class NoneAvailable:
+    """No credential can be used now; ``until`` is when the soonest one frees up."""
+
+    provider: str
+    until: float | None
+    reason: str
+
+
+@attrs.frozen
+class Release:
+    lease_id: int
+    cool_until: float | None = None
+    cool_model: str | None = None
+    dead: bool = False
+    reason: str | None = None
+
+
+@attrs.frozen
+class Enable:
+    provider: str
+    credential_id: str
+
+
+@attrs.frozen
+class Snapshot:
+    pass
+
+
+Msg = Lease | Release | Enable | Snapshot
+
+
+@attrs.define
+class CredentialState:
+    spec: Any
+    provider: str
+    in_flight: int = 0
+    last_used: float = float("-inf")
+    cool_until: float = 0.0
+    model_cool: dict = attrs.field(factory=dict)
+    dead: bool = False
+    dead_reason: str | None = None
+    requests: deque = attrs.field(factory=deque)
+    tokens: deque = attrs.field(factory=deque)
+    leases: int = 0
+
+    def blocked_until(self, model: str, now: float) -> tuple[float | None, str | None]:
+        """(None, None) if usable now; else when it could be, and why."""
+        if self.dead:
+            return float("inf"), "dead"
+        until = max(self.cool_until, self.model_cool.get(model, 0.0))
+        if until > now:
+            return until, "cooling"
+        if self.in_flight >= self.spec.max_concurrency:
+            return None, "busy"
+        self._trim(now)
+        rpm = self.spec.requests_per_minute
+        if rpm is not None and len(self.requests) >= rpm:
+            return self.requests[0] + WINDOW_S, "requests_per_minute"
+        tpm = self.spec.tokens_per_minute
+        if tpm is not None and sum(n for _, n in self.tokens) >= tpm:
+            return self.tokens[0][0] + WINDOW_S, "tokens_per_minute"
+        return None, None
+
+    def _trim(self, now: float) -> None:
+        while self.requests and self.requests[0] + WINDOW_S <= now:
+            self.requests.popleft()
+        while self.tokens and self.tokens[0][0] + WINDOW_S <= now:
+            self.tokens.popleft()
+
+
+class CredentialsCore:
+    def __init__(self, pools: Mapping[str, Iterable[Any]]) -> None:
+        self.pools: dict[str, list[CredentialState]] = {
+            provider: [CredentialState(spec, provider) for spec in specs] for provider, specs in pools.items()
+        }
+        self.leases: dict[int, CredentialState] = {}
+        self._ids = itertools.count(1)
+
+    def lease(self, msg: Lease, now: float) -> Leased | NoneAvailable:
+        pool = self.pools.get(msg.provider)
+        if pool is None:
+            raise NotFound(f"unknown provider {msg.provider!r}")
+        best: CredentialState | None = None
+        soonest: float | None = None
+        reasons = set()
+        for state in pool:
+            if state.spec.id in msg.exclude:
+                continue
+            until, why = state.blocked_until(msg.model, now)
+            if why is None:
+                if best is None or (state.spec.tier, state.last_used) < (best.spec.tier, best.last_used):
+                    best = state
+                continue
+            reasons.add(why)
+            if until is not None and until != float("inf"):
+                soonest = until if soonest is None else min(soonest, until)
+        if best is None:
+            reason = "all credentials tried" if not reasons else ",".join(sorted(reasons))
+            return NoneAvailable(msg.provider, soonest, reason)
+        best.in_flight += 1
+        best.leases += 1
+        best.last_used = now
+        best.requests.append(now)
+        if msg.tokens:
+            best.tokens.append((now, msg.tokens))
+        lease_id = next(self._ids)
+        self.leases[lease_id] = best
+        return Leased(lease_id, Credential(msg.provider, best.spec.id, best.spec.key))
+
+    def release(self, msg: Release, now: float) -> None:
+        state = self.leases.pop(msg.lease_id, None)
+        if state is None:
+            return
+        state.in_flight -= 1
+        if msg.dead:
+            state.dead = True
+            state.dead_reason = msg.reason
+        if msg.cool_until is not None:
+            if msg.cool_model is not None:
+                key = msg.cool_model
+                state.model_cool[key] = max(state.model_cool.get(key, 0.0), msg.cool_until)
+            else:
+                state.cool_until = max(state.cool_until, msg.cool_until)
+
+    def enable(self, provider: str, credential_id: str, now: float) -> dict:
+        for state in self.pools.get(provider, []):
+            if state.spec.id == credential_id:
+                state.dead = False
+                state.dead_reason = None
+                state.cool_until = 0.0
+                state.model_cool.clear()
+                return self.describe(state, now)
+        raise NotFound(f"no credential {credential_id!r} in provider {provider!r}")
+
+    def describe(self, state: CredentialState, now: float) -> dict:
+        until, why = state.blocked_until("", now)
+        return {
+            "id": state.spec.id,
+            "tier": state.spec.tier,
+            "state": "dead" if state.dead else ("cooling" if why == "cooling" else (why or "ready")),
+            "dead_reason": state.dead_reason,
+            "cooling_for_s": round(until - now, 3) if why == "cooling" and until is not None else None,
+            "model_cooldowns": {m: round(u - now, 3) for m, u in state.model_cool.items() if u > now},
+            "in_flight": state.in_flight,
+            "max_concurrency": state.spec.max_concurrency,
+            "requests_last_minute": len(state.requests),
+            "tokens_last_minute": sum(n for _, n in state.tokens),
+            "requests_per_minute": state.spec.requests_per_minute,
+            "tokens_per_minute": state.spec.tokens_per_minute,
+            "leases_total": state.leases,
+        }
+
+    def snapshot(self, now: float) -> dict:
+        return {p: [self.describe(s, now) for s in pool] for p, pool in self.pools.items()}
+
+
+class CredentialsActor(Actor):
+    name = "credentials"
+
+    def __init__(self, core: CredentialsCore) -> None:
+        super().__init__()
+        self.core = core
+        self._now = 0.0
+
+    def handle(self, msg: Msg, now: float):
+        self._now = now
+        match msg:
+            case Lease():
+                return self.core.lease(msg, now)
+            case Release():
+                return self.core.release(msg, now)
+            case Enable(provider, credential_id):
+                return self.core.enable(provider, credential_id, now)
+            case Snapshot():
+                return self.core.snapshot(now)
+            case _:
+                raise TypeError(f"credentials: unknown message {msg!r}")
+
+    def snapshot(self) -> dict:
+        pools = self.core.pools
+        return {
+            "providers": len(pools),
+            "credentials": sum(len(p) for p in pools.values()),
+            "leases_open": len(self.core.leases),
+            "dead": sum(s.dead for p in pools.values() for s in p),
+        }

@@ -1,0 +1,84 @@
+"""How callers reach an actor: ``tell`` (one-way) and ``ask`` (request/reply).
+
+A mailbox is a bounded trio memory channel of envelopes. ``ask`` attaches a one-shot
+reply slot and waits for it under a deadline; an actor that answers a caller who gave
+up (cancelled, timed out) finds nobody waiting and carries on. A domain error raised by
+the actor's core (``OutOfCredit``, ``NotFound`` ...) travels back and is raised in the
+caller, so call sites read like ordinary function calls.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import trio
+
+from protocols.errors import GatewayFailure
+
+
+class Reply:
+    """A one-shot answer slot: cheaper than a channel pair per ask."""
+
+    __slots__ = ("_event", "value")
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+        self.value: Any = None
+
+    def set(self, value: Any) -> None:
+        if not self._event.is_set():
+            self.value = value
+            self._event.set()
+
+    async def wait(self) -> Any:
+        await self._event.wait()
+        return self.value
+
+
+@attrs.frozen
+class Envelope:
+    msg: Any
+    reply: Reply | None = None
+
+
+class Mailbox:
+    """The only handle callers hold on an actor."""
+
+    def __init__(self, name: str, capacity: int, ask_timeout: float = 10.0) -> None:
+        self.name = name
+        self.ask_timeout = ask_timeout
+        self.send_channel, self.receive_channel = trio.open_memory_channel[Envelope](capacity)
+
+    def depth(self) -> int:
+        return self.send_channel.statistics().current_buffer_used
+
+    async def tell(self, msg: Any) -> None:
+        """Deliver without waiting for an answer (waits only while the inbox is full)."""
+        await self.send_channel.send(Envelope(msg))
+
+    def tell_nowait(self, msg: Any) -> bool:
+        """Deliver from synchronous code; False if the inbox is full (the notice is lost)."""
+        try:
+            self.send_channel.send_nowait(Envelope(msg))
+        except trio.WouldBlock:
+            return False
+        return True
+
+    async def ask(self, msg: Any, timeout: float | None = None) -> Any:
+        reply = Reply()
+        with trio.fail_after(self.ask_timeout if timeout is None else timeout):
+            await self.send_channel.send(Envelope(msg, reply))
+            value = await reply.wait()
+        if isinstance(value, BaseException):
+            raise value
+        return value
+
+
+def answer(envelope: Envelope, value: Any) -> None:
+    if envelope.reply is not None:
+        envelope.reply.set(value)
+
+
+def crash_reply(envelope: Envelope, actor: str, exc: BaseException) -> None:
+    answer(envelope, GatewayFailure(f"internal error in the {actor} actor: {type(exc).__name__}"))

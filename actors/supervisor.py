@@ -1,0 +1,78 @@
+"""Starts every actor in one nursery and restarts any that crash.
+
+The mailbox outlives the actor instance: callers keep their handle across a restart,
+and a restarted actor is rebuilt by its factory (which reloads persisted state).
+Crashes are counted and the last one is kept for ``/admin/actors``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import attrs
+import trio
+
+from actors.base import Actor
+from actors.mailbox import Mailbox
+
+log = logging.getLogger("tollhouse.actors")
+
+
+@attrs.define
+class Slot:
+    factory: Callable[[], Actor]
+    mailbox: Mailbox
+    actor: Actor
+    restarts: int = 0
+    last_crash: str | None = None
+    handled_before_restart: int = 0
+
+    def snapshot(self) -> dict:
+        return {
+            "mailbox_depth": self.mailbox.depth(),
+            "mailbox_capacity": self.mailbox.send_channel.statistics().max_buffer_size,
+            "handled": self.handled_before_restart + self.actor.handled,
+            "restarts": self.restarts,
+            "last_crash": self.last_crash,
+            "state": self.actor.snapshot(),
+        }
+
+
+class Supervisor:
+    def __init__(self, restart_backoff: float = 0.05) -> None:
+        self.slots: dict[str, Slot] = {}
+        self.restart_backoff = restart_backoff
+
+    def add(self, name: str, factory: Callable[[], Actor], capacity: int, ask_timeout: float) -> Mailbox:
+        mailbox = Mailbox(name, capacity, ask_timeout)
+        self.slots[name] = Slot(factory, mailbox, factory())
+        return mailbox
+
+    def actor(self, name: str) -> Actor:
+        return self.slots[name].actor
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            for slot in self.slots.values():
+                await slot.actor.start()
+            for name, slot in self.slots.items():
+                nursery.start_soon(self._keep_alive, name, slot)
+            task_status.started()
+
+    async def _keep_alive(self, name: str, slot: Slot) -> None:
+        while True:
+            try:
+                await slot.actor.run(slot.mailbox)
+                return
+            except Exception as exc:
+                slot.restarts += 1
+                slot.last_crash = f"{type(exc).__name__}: {exc}"
+                slot.handled_before_restart += slot.actor.handled
+                log.error("actor %s crashed (%s); restarting", name, slot.last_crash)
+                await trio.sleep(self.restart_backoff)
+                slot.actor = slot.factory()
+                await slot.actor.start()
+
+    def snapshot(self) -> dict:
+        return {name: slot.snapshot() for name, slot in self.slots.items()}

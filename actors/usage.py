@@ -1,0 +1,432 @@
+"""Gateway keys, credit, reservations and settlement: the meter.
+
+``Reserve`` authenticates the key, checks its model allow-list, and holds the
+request's worst-case cost (estimated input plus the output allowance, at the dearest
+target of its plan) against the key's available credit: ``credit - spent - held``.
+``Settle`` ends a reservation exactly once: it charges the actual cost when usage was
+seen (the provider's own reported cost if it sent one), otherwise the hold, marked
+``estimated``; a charge above the hold is booked in full, with a separate ``overrun``
+entry so no over-spend is silent. Settling an already settled request returns the
+first result and changes nothing.
+
+The core is synchronous and returns the ledger operations each message implies; the
+actor's loop writes a whole batch of them in one transaction in a worker thread, and
+answers the batch only after the commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from typing import Any, Iterable, Mapping
+
+import attrs
+import trio
+
+from actors.base import Actor
+from actors.ledger import Ledger
+from actors.mailbox import Envelope, Mailbox, answer, crash_reply
+from protocols.errors import Forbidden, GatewayError, InvalidRequest, NotFound, OutOfCredit, Unauthenticated
+from protocols.money import FREE, Price, cost_micro_usd, to_micro, usd
+from protocols.unified import EndReason, Provenance, Usage
+
+BATCH = 256
+
+
+def hash_key(plaintext: str) -> str:
+    return hashlib.sha256(plaintext.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- messages
+
+
+@attrs.frozen
+class Authenticate:
+    key: str
+    model: str | None = None
+
+
+@attrs.frozen
+class Reserve:
+    """Hold credit for one request. ``targets`` are price labels ``provider/model``."""
+
+    request_id: str
+    key: str
+    client_model: str
+    targets: tuple
+    input_tokens: int
+    output_tokens: int
+
+
+@attrs.frozen
+class Reservation:
+    request_id: str
+    key_name: str
+    hold_micro: int
+
+
+@attrs.frozen
+class Settle:
+    request_id: str
+    usage: Usage | None
+    provenance: Provenance
+    reason: EndReason
+    provider: str | None = None
+    model: str | None = None
+    credential: str | None = None
+
+
+@attrs.frozen
+class Settled:
+    request_id: str
+    charged_micro: int
+    overrun_micro: int
+    provenance: Provenance
+    reason: EndReason
+    cost_source: str
+
+
+@attrs.frozen
+class CreateKey:
+    name: str
+    credit_usd: Any = None
+    models: tuple | None = None
+    key: str | None = None
+
+
+@attrs.frozen
+class UpdateKey:
+    name: str
+    credit_usd: Any = None
+    add_credit_usd: Any = None
+    disabled: bool | None = None
+    models: Any = "unchanged"
+
+
+@attrs.frozen
+class Query:
+    """Read-only views for the admin API: ``keys``, ``reservations``."""
+
+    what: str
+
+
+Msg = Authenticate | Reserve | Settle | CreateKey | UpdateKey | Query
+
+
+# ---------------------------------------------------------------- core
+
+
+@attrs.define
+class KeyState:
+    name: str
+    key_hash: str
+    credit_micro: int | None
+    spent_micro: int = 0
+    held_micro: int = 0
+    disabled: bool = False
+    models: tuple | None = None
+    created_at: float = 0.0
+
+    def available(self) -> int | None:
+        if self.credit_micro is None:
+            return None
+        return self.credit_micro - self.spent_micro - self.held_micro
+
+    def row(self) -> dict:
+        return {"name": self.name, "key_hash": self.key_hash, "credit_micro": self.credit_micro,
+                "spent_micro": self.spent_micro, "disabled": self.disabled,
+                "models": list(self.models) if self.models is not None else None, "created_at": self.created_at}
+
+    def view(self) -> dict:
+        return {"name": self.name, "disabled": self.disabled, "models": self.models,
+                "credit_usd": None if self.credit_micro is None else usd(self.credit_micro),
+                "spent_usd": usd(self.spent_micro), "held_usd": usd(self.held_micro),
+                "available_usd": None if self.available() is None else usd(self.available())}
+
+
+@attrs.define
+class Hold:
+    id: str
+    key_name: str
+    client_model: str
+    hold_micro: int
+    created_at: float
+    provider: str | None = None
+    model: str | None = None
+
+
+class UsageCore:
+    def __init__(self, pricing: Mapping[str, Price], wall=time.time) -> None:
+        self.pricing = dict(pricing)
+        self.wall = wall
+        self.keys: dict[str, KeyState] = {}
+        self.by_hash: dict[str, KeyState] = {}
+        self.holds: dict[str, Hold] = {}
+        self.settled: dict[str, Settled] = {}
+        self.totals = {"requests": 0, "charged_micro": 0, "overrun_micro": 0}
+
+    # -- state loading
+
+    def load(self, keys: Iterable[dict], holds: Iterable[dict]) -> None:
+        for k in keys:
+            state = KeyState(k["name"], k["key_hash"], k["credit_micro"], k["spent_micro"], 0, k["disabled"],
+                             tuple(k["models"]) if k["models"] is not None else None, k["created_at"])
+            self._index(state)
+        for h in holds:
+            hold = Hold(h["id"], h["key_name"], h["model"] or "", h["hold_micro"], h["created_at"], h["provider"], h["model"])
+            self.holds[hold.id] = hold
+            if hold.key_name in self.keys:
+                self.keys[hold.key_name].held_micro += hold.hold_micro
+
+    def _index(self, state: KeyState) -> None:
+        old = self.keys.get(state.name)
+        if old is not None:
+            self.by_hash.pop(old.key_hash, None)
+        self.keys[state.name] = state
+        self.by_hash[state.key_hash] = state
+
+    def seed_keys(self, specs: Iterable[Any]) -> list:
+        """Keys from the config are created once; afterwards the ledger owns them."""
+        ops = []
+        for spec in specs:
+            if spec.name in self.keys:
+                continue
+            credit = None if spec.credit_usd is None else to_micro(spec.credit_usd)
+            state = KeyState(spec.name, hash_key(spec.key.value), credit, models=spec.models, created_at=self.wall())
+            self._index(state)
+            ops.append(("put_key", state.row()))
+        return ops
+
+    def price(self, label: str) -> Price:
+        provider = label.partition("/")[0]
+        return self.pricing.get(label) or self.pricing.get(f"{provider}/*") or FREE
+
+    # -- messages
+
+    def authenticate(self, key: str, model: str | None) -> KeyState:
+        state = self.by_hash.get(hash_key(key)) if key else None
+        if state is None:
+            raise Unauthenticated("Invalid API key: the gateway key is missing or unknown.")
+        if state.disabled:
+            raise Unauthenticated("This gateway key is disabled.")
+        if model is not None and state.models is not None and model not in state.models:
+            raise Forbidden(f"This gateway key may not use the model '{model}'.", param="model")
+        return state
+
+    def reserve(self, msg: Reserve, now: float) -> tuple[Reservation, list]:
+        state = self.authenticate(msg.key, msg.client_model)
+        if msg.request_id in self.holds or msg.request_id in self.settled:
+            raise InvalidRequest(f"duplicate request id {msg.request_id}")
+        estimate = Usage(input=msg.input_tokens, output=msg.output_tokens)
+        hold = max((cost_micro_usd(estimate, self.price(t))[0] for t in msg.targets), default=0)
+        available = state.available()
+        if available is not None and (hold > available or available <= 0):
+            raise OutOfCredit(
+                f"Insufficient credit: this request may cost up to ${usd(hold)} and the key has "
+                f"${usd(max(available, 0))} available.")
+        state.held_micro += hold
+        h = Hold(msg.request_id, state.name, msg.client_model, hold, self.wall())
+        self.holds[h.id] = h
+        op = ("hold", {"id": h.id, "key_name": h.key_name, "provider": None, "model": msg.client_model,
+                       "hold_micro": hold, "created_at": h.created_at})
+        return Reservation(h.id, state.name, hold), [op]
+
+    def settle(self, msg: Settle, now: float) -> tuple[Settled, list]:
+        done = self.settled.get(msg.request_id)
+        if done is not None:
+            return done, []
+        hold = self.holds.pop(msg.request_id, None)
+        if hold is None:
+            raise NotFound(f"no open reservation {msg.request_id}")
+        label = f"{msg.provider}/{msg.model}" if msg.provider else ""
+        if msg.usage is not None:
+            cost, reported = cost_micro_usd(msg.usage, self.price(label))
+            source = "reported" if reported else "pricing"
+            provenance = msg.provenance
+        else:
+            cost, source, provenance = hold.hold_micro, "hold", Provenance.ESTIMATED
+        overrun = max(0, cost - hold.hold_micro)
+        usage = msg.usage or Usage()
+        base = {"request_id": msg.request_id, "key_name": hold.key_name, "provider": msg.provider,
+                "model": msg.model, "client_model": hold.client_model, "credential": msg.credential,
+                "hold_micro": hold.hold_micro, "provenance": provenance.value, "reason": msg.reason.value,
+                "cost_source": source, "created_at": self.wall(),
+                "input": usage.input, "cached_input": usage.cached_input, "cache_write": usage.cache_write,
+                "output": usage.output, "reasoning": usage.reasoning}
+        entries = [{**base, "kind": "charge", "amount_micro": cost - overrun}]
+        if overrun:
+            zero = {"input": 0, "cached_input": 0, "cache_write": 0, "output": 0, "reasoning": 0}
+            entries.append({**base, **zero, "kind": "overrun", "amount_micro": overrun})
+        state = self.keys.get(hold.key_name)
+        if state is not None:
+            state.held_micro -= hold.hold_micro
+            state.spent_micro += cost
+        result = Settled(msg.request_id, cost, overrun, provenance, msg.reason, source)
+        self.settled[msg.request_id] = result
+        if len(self.settled) > 100_000:
+            self.settled.pop(next(iter(self.settled)))
+        self.totals["requests"] += 1
+        self.totals["charged_micro"] += cost
+        self.totals["overrun_micro"] += overrun
+        return result, [("settle", {"request_id": msg.request_id, "key_name": hold.key_name,
+                                    "charged": cost, "entries": entries})]
+
+    def recover(self, reason: EndReason = EndReason.RECOVERED) -> list:
+        """Settle every hold left open by a previous process at its reserve."""
+        ops = []
+        for request_id in list(self.holds):
+            _, more = self.settle(Settle(request_id, None, Provenance.ESTIMATED, reason), 0.0)
+            ops.extend(more)
+        return ops
+
+    def create_key(self, msg: CreateKey) -> tuple[dict, list]:
+        if not msg.name or msg.name in self.keys:
+            raise InvalidRequest(f"a key named {msg.name!r} already exists" if msg.name else "name is required")
+        plaintext = msg.key or "th-" + secrets.token_urlsafe(24)
+        if hash_key(plaintext) in self.by_hash:
+            raise InvalidRequest("that key value is already in use")
+        credit = None if msg.credit_usd is None else to_micro(_decimal(msg.credit_usd))
+        state = KeyState(msg.name, hash_key(plaintext), credit, models=msg.models, created_at=self.wall())
+        self._index(state)
+        return {**state.view(), "key": plaintext}, [("put_key", state.row())]
+
+    def update_key(self, msg: UpdateKey) -> tuple[dict, list]:
+        state = self.keys.get(msg.name)
+        if state is None:
+            raise NotFound(f"no key named {msg.name!r}")
+        if msg.credit_usd is not None:
+            state.credit_micro = to_micro(_decimal(msg.credit_usd))
+        if msg.add_credit_usd is not None:
+            state.credit_micro = (state.credit_micro or 0) + to_micro(_decimal(msg.add_credit_usd))
+        if msg.disabled is not None:
+            state.disabled = msg.disabled
+        if msg.models != "unchanged":
+            state.models = tuple(msg.models) if msg.models is not None else None
+        return state.view(), [("put_key", state.row())]
+
+    def query(self, what: str) -> Any:
+        if what == "keys":
+            return [k.view() for k in self.keys.values()]
+        if what == "reservations":
+            return [{"request_id": h.id, "key": h.key_name, "model": h.client_model, "hold_usd": usd(h.hold_micro),
+                     "age_s": round(self.wall() - h.created_at, 3)} for h in self.holds.values()]
+        if what == "totals":
+            return {"requests": self.totals["requests"], "charged_usd": usd(self.totals["charged_micro"]),
+                    "overrun_usd": usd(self.totals["overrun_micro"])}
+        raise InvalidRequest(f"unknown query {what!r}")
+
+    def handle(self, msg: Msg, now: float) -> tuple[Any, list]:
+        match msg:
+            case Reserve():
+                return self.reserve(msg, now)
+            case Settle():
+                return self.settle(msg, now)
+            case Authenticate(key, model):
+                return self.authenticate(key, model).name, []
+            case CreateKey():
+                return self.create_key(msg)
+            case UpdateKey():
+                return self.update_key(msg)
+            case Query(what):
+                return self.query(what), []
+            case _:
+                raise TypeError(f"usage: unknown message {msg!r}")
+
+
+def _decimal(value: Any):
+    from decimal import Decimal, InvalidOperation
+
+    try:
+        d = Decimal(str(value))
+    except InvalidOperation:
+        raise InvalidRequest(f"not a decimal amount: {value!r}") from None
+    if not d.is_finite() or d < 0:
+        raise InvalidRequest(f"amount must be >= 0: {value!r}")
+    return d
+
+
+# ---------------------------------------------------------------- actor
+
+
+class UsageActor(Actor):
+    """Batches messages, commits their ledger writes in one transaction, then answers."""
+
+    name = "usage"
+
+    def __init__(self, pricing: Mapping[str, Price], state_dir: str, key_specs: Iterable[Any],
+                 limiter: trio.CapacityLimiter, first_start: list) -> None:
+        super().__init__()
+        self.core = UsageCore(pricing)
+        self.state_dir = state_dir
+        self.key_specs = tuple(key_specs)
+        self.limiter = limiter
+        self._first_start = first_start  # shared one-element flag: recovery runs once per process
+        self.ledger: Ledger | None = None
+        self.commits = 0
+        self.recovered = 0
+
+    async def start(self) -> None:
+        self.ledger = await trio.to_thread.run_sync(Ledger, self.state_dir, limiter=self.limiter)
+        keys, holds = await trio.to_thread.run_sync(self.ledger.load, limiter=self.limiter)
+        self.core.load(keys, holds)
+        ops = self.core.seed_keys(self.key_specs)
+        if self._first_start and self._first_start[0]:
+            self._first_start[0] = False
+            recovered = self.core.recover()
+            self.recovered = len(recovered)
+            ops.extend(recovered)
+        if ops:
+            await trio.to_thread.run_sync(self.ledger.apply, ops, limiter=self.limiter)
+
+    async def run(self, mailbox: Mailbox) -> None:
+        receive = mailbox.receive_channel
+        try:
+            while True:
+                batch = [await receive.receive()]
+                while len(batch) < BATCH:
+                    try:
+                        batch.append(receive.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                await self._process(batch)
+        finally:
+            if self.ledger is not None:
+                self.ledger.close()
+
+    async def _process(self, batch: list[Envelope]) -> None:
+        ops: list = []
+        replies: list[tuple[Envelope, Any]] = []
+        for envelope in batch:
+            try:
+                result, more = self.core.handle(envelope.msg, trio.current_time())
+            except GatewayError as exc:
+                replies.append((envelope, exc))
+                continue
+            except Exception as exc:
+                for env, _ in replies:
+                    crash_reply(env, self.name, exc)
+                crash_reply(envelope, self.name, exc)
+                raise
+            ops.extend(more)
+            replies.append((envelope, result))
+        if ops:
+            try:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(self.ledger.apply, ops, limiter=self.limiter)
+            except Exception as exc:
+                for env, _ in replies:
+                    crash_reply(env, self.name, exc)
+                raise
+            self.commits += 1
+        for envelope, result in replies:
+            self.handled += 1
+            answer(envelope, result)
+
+    async def read(self, fn, *args):
+        """Run a read-only ledger query off the event loop (admin views)."""
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+    def snapshot(self) -> dict:
+        return {"keys": len(self.core.keys), "open_reservations": len(self.core.holds),
+                "commits": self.commits, "recovered_at_start": self.recovered, **self.core.query("totals")}

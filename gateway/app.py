@@ -1,0 +1,124 @@
+"""The ASGI application: hot LLM routes as plain ASGI, everything else in Quart.
+
+``Gateway`` is what hypercorn serves. It owns the lifespan: one nursery runs the
+``Runtime`` (simulator, HTTP clients, actors) for as long as the server lives, and
+Quart's own startup/shutdown run inside it. LLM calls go straight to their route
+handlers; admin, models, health and every unknown path go to the Quart app, whose
+404/405/413 handlers answer in the caller's protocol shape.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import trio
+from quart_trio import QuartTrio
+
+from gateway.config import Config
+from gateway.routes import admin, models
+from gateway.routes import openai_chat as chat_routes
+from gateway.routes.common import send_error
+from gateway.runtime import Runtime
+from protocols import openai_chat
+from protocols.errors import MethodNotAllowed, NotFound
+
+log = logging.getLogger("tollhouse")
+
+ROUTE_MODULES = [chat_routes]
+
+
+def client_protocol_for(path: str):
+    """Which protocol's error shape a path's caller expects."""
+    for module in ROUTE_MODULES:
+        for _, pattern, _, protocol in module.ROUTES:
+            if pattern.match(path):
+                return protocol
+    for prefix, protocol in PREFIX_PROTOCOLS:
+        if path.startswith(prefix):
+            return protocol
+    return openai_chat
+
+
+PREFIX_PROTOCOLS: list = []
+
+
+class Gateway:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.runtime = Runtime(config)
+        self.routes = [route for module in ROUTE_MODULES for route in module.ROUTES]
+        self.quart = QuartTrio("tollhouse")
+        self.quart.config["RESPONSE_TIMEOUT"] = None
+        self.quart.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
+        self.quart.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
+        self.quart.extensions["tollhouse"] = self.runtime
+        self.quart.register_blueprint(models.blueprint)
+        self.quart.register_blueprint(admin.blueprint)
+        _error_handlers(self.quart)
+
+    async def __call__(self, scope, receive, send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            path = scope["path"]
+            for method, pattern, handler, protocol in self.routes:
+                match = pattern.match(path)
+                if match is None:
+                    continue
+                if scope["method"] != method:
+                    return await send_error(send, protocol, MethodNotAllowed(
+                        f"Method {scope['method']} is not allowed on {path}."))
+                await self.runtime.ready.wait()
+                return await handler(self.runtime, scope, receive, send, match)
+            return await self.quart(scope, receive, send)
+        if kind == "lifespan":
+            return await self._lifespan(receive, send)
+        return await self.quart(scope, receive, send)
+
+    async def _lifespan(self, receive, send) -> None:
+        async with trio.open_nursery() as nursery:
+            self.quart.nursery = nursery
+            message = await receive()
+            assert message["type"] == "lifespan.startup"
+            try:
+                await nursery.start(self.runtime.run)
+                await self.quart.startup()
+            except Exception as exc:
+                log.exception("startup failed")
+                await send({"type": "lifespan.startup.failed", "message": f"{type(exc).__name__}: {exc}"})
+                nursery.cancel_scope.cancel()
+                return
+            await send({"type": "lifespan.startup.complete"})
+            message = await receive()
+            try:
+                await self.quart.shutdown()
+            finally:
+                nursery.cancel_scope.cancel()
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+def _error_handlers(app: QuartTrio) -> None:
+    from quart import request
+
+    def render(err):
+        protocol = client_protocol_for(request.path)
+        body = json.dumps(protocol.format_error(err))
+        return body, err.status, {"content-type": "application/json"}
+
+    @app.errorhandler(404)
+    async def not_found(_):
+        return render(NotFound(f"No route for {request.method} {request.path}."))
+
+    @app.errorhandler(405)
+    async def not_allowed(_):
+        return render(MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}."))
+
+    @app.errorhandler(413)
+    async def too_large(_):
+        from protocols.errors import PayloadTooLarge
+
+        return render(PayloadTooLarge("Request body too large."))
+
+
+def create_app(config: Config) -> Gateway:
+    return Gateway(config)

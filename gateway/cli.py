@@ -1,0 +1,83 @@
+"""``tollhouse serve | check-config | simulate``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from functools import partial
+
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+from gateway.config import ConfigError, load_config
+
+
+def _serve(args) -> int:
+    from gateway.app import create_app
+
+    config = load_config(args.config)
+    cfg = hypercorn.config.Config()
+    host = args.host or config.server.host
+    port = config.server.port if args.port is None else args.port
+    cfg.bind = [f"{host}:{port}"]
+    cfg.accesslog = None
+    cfg.keep_alive_timeout = 75
+    app = create_app(config)
+    print(f"tollhouse listening on http://{host}:{port}", flush=True)
+    trio.run(partial(hypercorn.trio.serve, app, cfg))
+    return 0
+
+
+def _check(args) -> int:
+    config = load_config(args.config)
+    print(f"{args.config}: OK ({len(config.providers)} providers, {len(config.models)} models, {len(config.keys)} keys)")
+    return 0
+
+
+def _simulate(args) -> int:
+    from providers.simulator import Simulator
+
+    sim = Simulator(args.tokens_per_second)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(partial(sim.serve, args.host, args.port))
+            print(f"simulator listening on {url}", flush=True)
+
+    trio.run(main)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tollhouse", description="An LLM API gateway.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", default="config.json")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(run=_serve)
+    check = sub.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("--config", default="config.json")
+    check.set_defaults(run=_check)
+    sim = sub.add_parser("simulate", help="run the simulated upstream alone")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8788)
+    sim.add_argument("--tokens-per-second", type=float, default=20.0)
+    sim.set_defaults(run=_simulate)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpcore", "hypercorn.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args.run(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""The shared shape of every LLM front door: read, parse, dispatch, render errors.
+
+These routes are plain ASGI handlers (not Quart views) so that the dispatcher owns the
+response: it decides the status only after the upstream's first event, streams with
+its own disconnect watcher, and never buffers a body in a framework layer.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+from gateway.asgi_link import AsgiLink, read_body
+from gateway.dispatch import Call
+from protocols.errors import GatewayError, Unauthenticated
+from protocols.validate import load_json_object
+
+
+def header(scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def bearer(scope) -> str | None:
+    value = header(scope, b"authorization")
+    if value and value[:7].lower() == "bearer ":
+        return value[7:].strip()
+    return None
+
+
+def error_headers(err: GatewayError) -> list:
+    headers = [(b"content-type", b"application/json")]
+    if err.retry_after is not None:
+        headers.append((b"retry-after", str(max(1, int(err.retry_after + 0.999))).encode()))
+    return headers
+
+
+async def send_error(send, client: Any, err: GatewayError) -> None:
+    await send({"type": "http.response.start", "status": err.status, "headers": error_headers(err)})
+    await send({"type": "http.response.body", "body": json.dumps(client.format_error(err)).encode()})
+
+
+async def serve_llm(runtime: Any, client: Any, scope, receive, send, key: str | None,
+                    parse: Callable[[dict], Any]) -> None:
+    """Answer one LLM call in ``client``'s protocol."""
+    link = AsgiLink(receive, send)
+    try:
+        if not key:
+            raise Unauthenticated("Missing gateway key: send it as a bearer token (or the protocol's key header).")
+        body = await read_body(scope, receive, runtime.config.server.max_body_bytes)
+        request = parse(load_json_object(body))
+        await runtime.dispatcher.serve(Call(request, key, client, len(body)), link)
+    except GatewayError as err:
+        if not link.started:
+            await send_error(send, client, err)
+        elif not link.ended:
+            await link.end(client.StreamEncoder(request, request.model).error(err))

@@ -1,0 +1,57 @@
+"""``GET /v1/models`` (shared by three protocols) and ``GET /healthz``.
+
+The caller's protocol is read from its headers: ``anthropic-version`` means
+Anthropic's shape, ``x-goog-api-key`` or ``?key=`` means Gemini's, otherwise OpenAI's.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from quart import Blueprint, current_app, request
+
+from actors.routing import ListModels
+from actors.usage import Authenticate
+from protocols import openai_chat
+from protocols.errors import GatewayError
+
+blueprint = Blueprint("models", __name__)
+
+
+def openai_models(names: list[str]) -> dict:
+    now = int(time.time())
+    return {"object": "list", "data": [{"id": n, "object": "model", "created": now, "owned_by": "tollhouse"} for n in names]}
+
+
+# (predicate on the request, protocol module with format_error, formatter of the list)
+SHAPES: list = []
+
+
+def _shape():
+    for applies, protocol, formatter, key_of in SHAPES:
+        if applies(request):
+            return protocol, formatter, key_of(request)
+    auth = request.headers.get("authorization", "")
+    return openai_chat, openai_models, auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+
+
+@blueprint.route("/v1/models", methods=["GET"])
+@blueprint.route("/v1beta/models", methods=["GET"])
+@blueprint.route("/models", methods=["GET"])
+async def list_models():
+    protocol, formatter, key = _shape()
+    runtime = current_app.extensions["tollhouse"]
+    try:
+        await runtime.actors.usage.ask(Authenticate(key))
+        names = await runtime.actors.routing.ask(ListModels())
+    except GatewayError as err:
+        return json.dumps(protocol.format_error(err)), err.status, {"content-type": "application/json"}
+    return json.dumps(formatter(names)), 200, {"content-type": "application/json"}
+
+
+@blueprint.route("/healthz", methods=["GET"])
+async def healthz():
+    runtime = current_app.extensions["tollhouse"]
+    ok = runtime.ready.is_set()
+    return {"status": "ok" if ok else "starting"}, 200 if ok else 503

@@ -1,0 +1,222 @@
+"""The one error tree. Every failure a client can see is one of these.
+
+::
+
+    GatewayError                      status  what
+    ├── ClientError                   400     the request itself is wrong
+    │   ├── InvalidRequest            400     malformed JSON, wrong types, missing fields
+    │   ├── Unauthenticated           401     missing or unknown gateway key
+    │   ├── Forbidden                 403     key may not use this model / admin route
+    │   ├── NotFound                  404     unknown model or route
+    │   ├── MethodNotAllowed          405
+    │   ├── PayloadTooLarge           413
+    │   └── KeyRateLimited            429     the gateway key's own limits
+    ├── OutOfCredit                   402     the key's balance cannot cover the hold
+    ├── NoCapacity                    503     every target cooling or busy (retry_after)
+    ├── GatewayFailure                500     a bug or broken invariant in the gateway
+    └── UpstreamError                 502     the provider failed; subclasses classify how
+        ├── UpstreamRateLimited       429     short-term rate limit (retry_after known)
+        ├── UpstreamQuotaExhausted    429     billing/quota: long cooldown or dead
+        ├── UpstreamOverloaded        529/503 provider-wide overload
+        ├── UpstreamServerError       502     5xx
+        ├── UpstreamTimeout           504     no first byte, or a stall, past the deadline
+        ├── UpstreamAuthError         502     the gateway's credential was refused
+        ├── UpstreamBadRequest        400     the provider rejected the request itself
+        │   └── UpstreamContextTooLong 400
+        └── UpstreamProtocolError     502     the provider spoke nonsense
+
+Each error knows the status a client should see; each protocol module renders it in
+its own wire shape; the cooldown actor decides on these types, never on raw ints.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+
+class GatewayError(Exception):
+    status: int = 500
+    kind: str = "api_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        param: str | None = None,
+        upstream_status: int | None = None,
+        upstream_body: bytes | None = None,
+        upstream_headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        self.retry_after = retry_after
+        self.param = param
+        self.upstream_status = upstream_status
+        self.upstream_body = upstream_body
+        self.upstream_headers = dict(upstream_headers or {})
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, status={self.status})"
+
+    def detail(self) -> Mapping[str, Any]:
+        return {"type": type(self).__name__, "status": self.status, "message": self.message}
+
+
+class ClientError(GatewayError):
+    status = 400
+    kind = "invalid_request_error"
+
+
+class InvalidRequest(ClientError):
+    status = 400
+
+
+class Unauthenticated(ClientError):
+    status = 401
+    kind = "authentication_error"
+
+
+class Forbidden(ClientError):
+    status = 403
+    kind = "permission_error"
+
+
+class NotFound(ClientError):
+    status = 404
+    kind = "not_found_error"
+
+
+class MethodNotAllowed(ClientError):
+    status = 405
+
+
+class PayloadTooLarge(ClientError):
+    status = 413
+    kind = "request_too_large"
+
+
+class KeyRateLimited(ClientError):
+    status = 429
+    kind = "rate_limit_error"
+
+
+class OutOfCredit(GatewayError):
+    status = 402
+    kind = "insufficient_quota"
+
+
+class NoCapacity(GatewayError):
+    status = 503
+    kind = "overloaded_error"
+
+
+class GatewayFailure(GatewayError):
+    status = 500
+    kind = "api_error"
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    kind = "api_error"
+
+
+class UpstreamRateLimited(UpstreamError):
+    status = 429
+    kind = "rate_limit_error"
+
+
+class UpstreamQuotaExhausted(UpstreamError):
+    status = 429
+    kind = "insufficient_quota"
+
+
+class UpstreamOverloaded(UpstreamError):
+    status = 503
+    kind = "overloaded_error"
+
+
+class UpstreamServerError(UpstreamError):
+    status = 502
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    kind = "timeout_error"
+
+
+class UpstreamAuthError(UpstreamError):
+    status = 502
+
+
+class UpstreamBadRequest(UpstreamError):
+    status = 400
+    kind = "invalid_request_error"
+
+
+class UpstreamContextTooLong(UpstreamBadRequest):
+    status = 400
+
+
+class UpstreamProtocolError(UpstreamError):
+    status = 502
+
+
+_QUOTA_WORDS = ("quota", "billing", "insufficient_quota", "credit balance")
+_CONTEXT_WORDS = ("context length", "context_length", "too long", "maximum context", "prompt is too long")
+
+
+def classify_upstream(
+    status: int, body: bytes, headers: Mapping[str, str], retry_after: float | None
+) -> UpstreamError:
+    """Map an upstream's non-success answer onto the tree, once, at the boundary."""
+    text = body[:4096].decode("utf-8", "replace")
+    lowered = text.lower()
+    message = _message_from_body(text) or f"upstream answered {status}"
+    kwargs = dict(
+        retry_after=retry_after, upstream_status=status, upstream_body=body, upstream_headers=headers
+    )
+    if status == 429:
+        if any(w in lowered for w in _QUOTA_WORDS) and "rate" not in lowered:
+            return UpstreamQuotaExhausted(message, **kwargs)
+        return UpstreamRateLimited(message, **kwargs)
+    if status in (401, 403):
+        return UpstreamAuthError(message, **kwargs)
+    if status == 402:
+        return UpstreamQuotaExhausted(message, status=429, **kwargs)
+    if status in (503, 529):
+        return UpstreamOverloaded(message, status=status, **kwargs)
+    if status == 504 or status == 408:
+        return UpstreamTimeout(message, **kwargs)
+    if status >= 500:
+        return UpstreamServerError(message, **kwargs)
+    if any(w in lowered for w in _CONTEXT_WORDS):
+        return UpstreamContextTooLong(message, status=status, **kwargs)
+    return UpstreamBadRequest(message, status=status if status in (400, 404, 413, 422) else 400, **kwargs)
+
+
+def _message_from_body(text: str) -> str | None:
+    """Best-effort human message out of any provider's error JSON."""
+    import json
+
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return text.strip()[:500] or None
+    if isinstance(doc, list) and doc:
+        doc = doc[0]
+    if not isinstance(doc, dict):
+        return None
+    err = doc.get("error", doc)
+    if isinstance(err, dict):
+        msg = err.get("message")
+    else:
+        msg = err if isinstance(err, str) else doc.get("message")
+    if msg is None:
+        msg = doc.get("message")
+    if isinstance(msg, (dict, list)):
+        msg = json.dumps(msg)
+    return str(msg)[:1000] if msg else None

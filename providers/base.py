@@ -1,0 +1,194 @@
+"""What every provider family shares: frames, the upstream call, error mapping.
+
+A provider turns a unified request and a leased credential into an open upstream
+stream read as batches of ``Frame``s: each frame keeps the exact upstream bytes
+(``raw``, for same-protocol pass-through) beside the unified events decoded from them
+(for metering and translation). Errors are mapped onto the one tree here, at the
+boundary, before the first frame: a non-2xx answer is read (bounded), classified and
+raised, so the dispatcher can still fail over.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Callable, Mapping, Protocol
+
+import attrs
+import httpx
+import trio
+
+from protocols.errors import UpstreamProtocolError, UpstreamServerError, UpstreamTimeout, classify_upstream
+from protocols.retry_after import retry_after
+from protocols.sse import SSEDecoder
+from protocols.unified import UnifiedRequest, UnifiedResponse
+
+MAX_ERROR_BODY = 64 * 1024
+CLOSE_TIMEOUT = 5.0
+
+
+@attrs.frozen
+class Frame:
+    """One upstream event: its bytes as sent, its unified events, and whether the
+    gateway must not forward it (a chunk that exists only because it injected a flag)."""
+
+    raw: bytes
+    events: tuple
+    drop: bool = False
+
+
+@attrs.frozen
+class Completion:
+    """A non-streaming upstream answer: the body as sent and its parsed form."""
+
+    body: bytes
+    response: UnifiedResponse
+    content_type: str = "application/json"
+
+
+class Framer(Protocol):
+    def feed(self, chunk: bytes) -> list[Frame]: ...
+    def close(self) -> list[Frame]: ...
+
+
+class SSEFramer:
+    """SSE bytes -> frames, through a protocol's ``StreamDecoder``."""
+
+    def __init__(self, decoder: Any, drop_usage_only: bool = False) -> None:
+        self.sse = SSEDecoder()
+        self.decoder = decoder
+        self.drop_usage_only = drop_usage_only
+
+    def _frames(self, events: list) -> list[Frame]:
+        decoder = self.decoder
+        out = []
+        for ev in events:
+            unified = decoder.feed(ev)
+            drop = self.drop_usage_only and getattr(decoder, "usage_only", False)
+            out.append(Frame(ev.raw, tuple(unified), drop))
+        return out
+
+    def feed(self, chunk: bytes) -> list[Frame]:
+        return self._frames(self.sse.feed(chunk))
+
+    def close(self) -> list[Frame]:
+        return self._frames(self.sse.close())
+
+
+class FrameReader:
+    """Pulls batches of frames from an open upstream response; one batch per read."""
+
+    def __init__(self, response: httpx.Response, framer: Framer) -> None:
+        self.response = response
+        self.framer = framer
+        self._chunks = response.aiter_raw()
+        self._done = False
+
+    @property
+    def content_type(self) -> str:
+        return self.response.headers.get("content-type", "text/event-stream")
+
+    async def next_batch(self) -> list[Frame] | None:
+        """The frames completed by the next read; None at the end of the body."""
+        while not self._done:
+            try:
+                chunk = await self._chunks.__anext__()
+            except StopAsyncIteration:
+                self._done = True
+                tail = self.framer.close()
+                return tail or None
+            except httpx.TimeoutException as exc:
+                raise UpstreamTimeout(f"upstream read timed out: {type(exc).__name__}") from None
+            except httpx.TransportError as exc:
+                raise UpstreamServerError(f"upstream connection failed mid-stream: {type(exc).__name__}") from None
+            frames = self.framer.feed(chunk)
+            if frames:
+                return frames
+        return None
+
+    async def aclose(self) -> None:
+        """Close at once, even inside a cancelled scope: the connection must not leak."""
+        with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
+            await self._chunks.aclose()
+            await self.response.aclose()
+
+
+def parse_json(body: bytes, parse: Callable[[Any], UnifiedResponse]) -> UnifiedResponse:
+    """A non-streaming upstream body through a protocol's ``parse_response``."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        raise UpstreamProtocolError("upstream answered with a body that is not JSON") from None
+    if not isinstance(doc, (dict, list)):
+        raise UpstreamProtocolError("upstream answered with unexpected JSON")
+    return parse(doc)
+
+
+def encode_body(body: Mapping[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+async def _raise_for_status(response: httpx.Response) -> None:
+    if 200 <= response.status_code < 300:
+        return
+    try:
+        body = b""
+        async for chunk in response.aiter_raw():
+            body += chunk
+            if len(body) >= MAX_ERROR_BODY:
+                break
+    except httpx.HTTPError:
+        pass
+    finally:
+        await response.aclose()
+    headers = dict(response.headers)
+    raise classify_upstream(response.status_code, body, headers, retry_after(headers, body, time.time()))
+
+
+async def send(client: httpx.AsyncClient, url: str, headers: Mapping[str, str], body: bytes,
+               *, stream: bool) -> httpx.Response:
+    """POST to the upstream; return an open response with a 2xx status, or raise."""
+    request = client.build_request("POST", url, headers=headers, content=body)
+    try:
+        response = await client.send(request, stream=True)
+    except httpx.TimeoutException as exc:
+        raise UpstreamTimeout(f"upstream did not answer in time ({type(exc).__name__})") from None
+    except httpx.TransportError as exc:
+        raise UpstreamServerError(f"cannot reach the upstream ({type(exc).__name__})") from None
+    await _raise_for_status(response)
+    if not stream:
+        try:
+            await response.aread()
+        except httpx.TimeoutException:
+            raise UpstreamTimeout("upstream body timed out") from None
+        except httpx.TransportError as exc:
+            raise UpstreamServerError(f"upstream connection failed ({type(exc).__name__})") from None
+        finally:
+            await response.aclose()
+    return response
+
+
+@asynccontextmanager
+async def open_frames(client: httpx.AsyncClient, url: str, headers: Mapping[str, str], body: bytes,
+                      framer: Framer) -> AsyncIterator[FrameReader]:
+    """An upstream stream, closed on exit however the block ends."""
+    response = await send(client, url, headers, body, stream=True)
+    reader = FrameReader(response, framer)
+    try:
+        yield reader
+    finally:
+        await reader.aclose()
+
+
+class Provider(Protocol):
+    """The interface the dispatcher uses; one implementation per family."""
+
+    name: str
+    protocol: str
+
+    def stream(self, req: UnifiedRequest, model: str, credential: Any) -> Any: ...
+    async def complete(self, req: UnifiedRequest, model: str, credential: Any) -> Completion: ...
+
+
+ClientFactory = Callable[[], httpx.AsyncClient]

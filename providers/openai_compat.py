@@ -1,0 +1,73 @@
+"""OpenAI-compatible Chat Completions upstreams (OpenAI, Azure, vLLM, Groq, ...).
+
+Streams ask for ``stream_options.include_usage`` so every stream can be metered
+exactly; when the client did not ask for it, the usage-only chunk it produces is
+dropped from the client's stream. Some upstreams reject the field: a 400/422 whose
+body names ``stream_options`` or ``include_usage`` is retried once without it, and
+the upstream model is remembered so later requests do not pay for the retry. Any
+other 400/422 goes to the client unretried.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+import httpx
+
+from protocols import openai_chat
+from protocols.errors import UpstreamBadRequest
+from providers.base import Completion, FrameReader, SSEFramer, encode_body, parse_json, send
+
+_REJECTS = (b"stream_options", b"include_usage")
+
+
+class OpenAICompatProvider:
+    protocol = openai_chat.NAME
+    SIM_SUFFIX = "/v1"
+
+    def __init__(self, name: str, base_url: str, client: httpx.AsyncClient, headers: dict | None = None) -> None:
+        self.name = name
+        self.url = f"{base_url}/chat/completions"
+        self.client = client
+        self.extra_headers = dict(headers or {})
+        self.rejects_stream_options: set[str] = set()
+
+    def headers(self, credential: Any) -> dict:
+        return {
+            "authorization": f"Bearer {credential.secret.value}",
+            "content-type": "application/json",
+            "accept-encoding": "identity",
+            **self.extra_headers,
+        }
+
+    @asynccontextmanager
+    async def stream(self, req, model: str, credential: Any) -> AsyncIterator[FrameReader]:
+        inject = not req.include_usage and model not in self.rejects_stream_options
+        while True:
+            body = openai_chat.build_request(req, model, include_usage=inject or req.include_usage)
+            try:
+                response = await send(self.client, self.url, self.headers(credential), encode_body(body), stream=True)
+                break
+            except UpstreamBadRequest as exc:
+                if not inject or exc.upstream_status not in (400, 422) or not _names_stream_options(exc):
+                    raise
+                self.rejects_stream_options.add(model)
+                inject = False
+        decoder = openai_chat.StreamDecoder(light=req.protocol == self.protocol)
+        reader = FrameReader(response, SSEFramer(decoder, drop_usage_only=inject))
+        try:
+            yield reader
+        finally:
+            await reader.aclose()
+
+    async def complete(self, req, model: str, credential: Any) -> Completion:
+        body = openai_chat.build_request(req, model, include_usage=False)
+        response = await send(self.client, self.url, self.headers(credential), encode_body(body), stream=False)
+        return Completion(response.content, parse_json(response.content, openai_chat.parse_response),
+                          response.headers.get("content-type", "application/json"))
+
+
+def _names_stream_options(exc: UpstreamBadRequest) -> bool:
+    body = exc.upstream_body or b""
+    return any(word in body for word in _REJECTS)

@@ -1,0 +1,238 @@
+"""A simulated upstream: a real HTTP server that speaks the providers' protocols.
+
+It is the embedded default upstream (so the gateway works with no network) and the
+upstream of the test suite. Each protocol is a ``SimProtocol`` entry: how to read a
+request off the wire and how to render answers and errors, reusing the protocol
+modules' own codecs. The answer itself comes from ``sim_script``; faults are applied
+here. The server counts in-flight responses and offers ``wait_idle()`` so a test can
+prove that the gateway closed an upstream stream without sleeping.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import re
+from functools import partial
+from importlib import resources
+from typing import Any, Callable
+from urllib.parse import parse_qs
+
+import attrs
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+from protocols import openai_chat
+from protocols.errors import GatewayError, classify_upstream
+from protocols.validate import load_json_object
+from providers.sim_script import Fault, answer, base_model, fault_for
+
+log = logging.getLogger("tollhouse.simulator")
+
+_REJECTION_BODIES = {
+    "azure": ("error-400-azure-unknown-parameter-stream_options.json", 400),
+    "openai": ("error-400-openai-stream_options-requires-stream.json", 400),
+    "vllm": ("error-400-vllm-stream_options-extra-forbidden.json", 400),
+    "mistral": ("error-422-mistral-stream_options-extra-forbidden.json", 422),
+}
+
+
+class SimulatedDisconnect(Exception):
+    """Raised inside the ASGI app to make the server drop the connection mid-body."""
+
+
+@attrs.frozen
+class SimProtocol:
+    """How the simulator speaks one protocol."""
+
+    name: str
+    path: re.Pattern
+    parse: Callable[[re.Match, dict, dict], Any]  # (match, query, body) -> UnifiedRequest
+    format_response: Callable
+    format_error: Callable
+    encoder: Callable  # (req, model) -> StreamEncoder
+    key_header: Callable[[dict, dict], str]  # (headers, query) -> credential presented
+
+
+def _bearer(headers: dict, query: dict) -> str:
+    value = headers.get("authorization", "")
+    return value[7:] if value.lower().startswith("bearer ") else value
+
+
+PROTOCOLS: list[SimProtocol] = [
+    SimProtocol(
+        name=openai_chat.NAME,
+        path=re.compile(r"^(?:/v1)?/chat/completions$"),
+        parse=lambda m, q, doc: openai_chat.parse_request(doc),
+        format_response=openai_chat.format_response,
+        format_error=openai_chat.format_error,
+        encoder=openai_chat.StreamEncoder,
+        key_header=_bearer,
+    ),
+]
+
+
+def register(protocol: SimProtocol) -> None:
+    """Add a protocol to the simulator (each protocol module's simulator adapter calls this)."""
+    PROTOCOLS.append(protocol)
+
+
+class Simulator:
+    def __init__(self, tokens_per_second: float = 0.0) -> None:
+        self.tokens_per_second = tokens_per_second
+        self.key_faults: dict[str, Fault] = {}
+        self.in_flight = 0
+        self.requests = 0
+        self.requests_by_key: dict[str, int] = {}
+        self.bodies: list[dict] = []
+        self._changed = trio.Event()
+        self._ids = itertools.count(1)
+        self.url: str | None = None
+
+    # ------------------------------------------------------------ observation
+
+    def _bump(self, delta: int) -> None:
+        self.in_flight += delta
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_idle(self) -> None:
+        """Return once no response is in flight."""
+        while self.in_flight:
+            await self._changed.wait()
+
+    async def wait_requests(self, n: int) -> None:
+        """Return once at least ``n`` requests have arrived."""
+        while self.requests < n:
+            await self._changed.wait()
+
+    # ------------------------------------------------------------ serving
+
+    async def serve(self, host: str = "127.0.0.1", port: int = 0, *, shutdown: trio.Event | None = None,
+                    task_status=trio.TASK_STATUS_IGNORED) -> None:
+        config = hypercorn.config.Config()
+        config.bind = [f"{host}:{port}"]
+        config.accesslog = None
+        config.errorlog = logging.getLogger("tollhouse.simulator.server")
+        config.keep_alive_timeout = 75
+        event = shutdown or trio.Event()
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(partial(hypercorn.trio.serve, self, config, shutdown_trigger=event.wait))
+            self.url = binds[0]
+            task_status.started(self.url)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        self.requests += 1
+        self._bump(+1)
+        try:
+            await self._http(scope, receive, send)
+        finally:
+            self._bump(-1)
+
+    async def _http(self, scope, receive, send) -> None:
+        path = scope["path"]
+        if scope["method"] == "GET" and path.rstrip("/").endswith("/models"):
+            return await _send_json(send, 200, {"object": "list", "data": [{"id": "sim-chat", "object": "model"}]})
+        for proto in PROTOCOLS:
+            match = proto.path.match(path)
+            if match:
+                break
+        else:
+            return await _send_json(send, 404, {"error": {"message": f"no route {path}"}})
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
+        key = proto.key_header(headers, query)
+        self.requests_by_key[key] = self.requests_by_key.get(key, 0) + 1
+        try:
+            doc = load_json_object(body)
+            self.bodies.append(doc)
+            req = proto.parse(match, query, doc)
+        except GatewayError as exc:
+            return await _send_json(send, exc.status, proto.format_error(exc))
+        fault = fault_for(req.model, req, self.key_faults.get(key))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
+            await self._respond(proto, req, doc, len(body), fault, send)
+            nursery.cancel_scope.cancel()
+
+    async def _respond(self, proto: SimProtocol, req, doc: dict, size: int, fault: Fault, send) -> None:
+        if fault.ttfb_stall:
+            await trio.sleep(fault.ttfb_stall)
+        if fault.reject_stream_options and "stream_options" in doc:
+            name, status = _REJECTION_BODIES[fault.reject_stream_options]
+            body = resources.files("providers").joinpath("sim_data", name).read_bytes()
+            return await _send_raw(send, status, body, [])
+        if fault.status:
+            return await self._error(proto, fault, send)
+        result = answer(req, size, fault, f"sim_{next(self._ids):06d}")
+        model = base_model(req.model)
+        if not req.stream:
+            return await _send_json(send, 200, proto.format_response(result.response, model))
+        encoder = proto.encoder(attrs.evolve(req, include_usage=req.include_usage and not fault.no_usage), model)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", encoder.content_type.encode())]})
+        delay = 1.0 / self.tokens_per_second if self.tokens_per_second else 0.0
+        for n, event in enumerate(result.events):
+            if fault.disconnect_after is not None and n >= fault.disconnect_after:
+                raise SimulatedDisconnect()
+            if fault.stall_after is not None and n >= fault.stall_after:
+                await trio.sleep_forever()
+            if fault.error_after is not None and n >= fault.error_after:
+                err = classify_upstream(529 if proto.name == "anthropic" else 500, b'{"error":{"message":"Overloaded"}}', {}, None)
+                await send({"type": "http.response.body", "body": encoder.error(err), "more_body": False})
+                return
+            data = encoder.encode([event])
+            if data:
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+            if delay:
+                await trio.sleep(delay)
+        await send({"type": "http.response.body", "body": encoder.close(), "more_body": False})
+
+    async def _error(self, proto: SimProtocol, fault: Fault, send) -> None:
+        headers = []
+        if fault.retry_after is not None:
+            headers.append((b"retry-after", fault.retry_after.encode()))
+        if fault.retry_after_ms is not None:
+            headers.append((b"retry-after-ms", fault.retry_after_ms.encode()))
+        messages = {429: "Rate limit reached for requests", 401: "Incorrect API key provided",
+                    503: "The server is overloaded", 529: "Overloaded", 500: "The server had an error"}
+        err = classify_upstream(fault.status, json.dumps({"error": {"message": messages.get(fault.status, "simulated error")}}).encode(), {}, None)
+        err.status = fault.status
+        await _send_raw(send, fault.status, json.dumps(proto.format_error(err)).encode(), headers)
+
+
+async def _cancel_on_disconnect(receive, scope: trio.CancelScope) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            scope.cancel()
+            return
+
+
+async def _send_json(send, status: int, doc: Any) -> None:
+    await _send_raw(send, status, json.dumps(doc).encode(), [])
+
+
+async def _send_raw(send, status: int, body: bytes, headers: list) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), *headers]})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
