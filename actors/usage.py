@@ -365,6 +365,8 @@ class UsageActor(Actor):
         self.ledger: Ledger | None = None
         self.commits = 0
         self.recovered = 0
+        self.settles = 0
+        self._settled_signal = trio.Event()
 
     async def start(self) -> None:
         self.ledger = await trio.to_thread.run_sync(Ledger, self.state_dir, limiter=self.limiter)
@@ -421,7 +423,17 @@ class UsageActor(Actor):
             self.commits += 1
         for envelope, result in replies:
             self.handled += 1
+            if isinstance(result, Settled):
+                self.settles += 1
             answer(envelope, result)
+        self._settled_signal.set()
+        self._settled_signal = trio.Event()
+
+    async def wait_settles(self, n: int) -> None:
+        """Return once ``n`` settlements have been committed by this actor (for tests
+        and tools that must observe the meter without polling)."""
+        while self.settles < n:
+            await self._settled_signal.wait()
 
     async def read(self, fn, *args):
         """Run a read-only ledger query off the event loop (admin views)."""
