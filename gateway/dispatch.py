@@ -117,12 +117,17 @@ class Dispatcher:
             state.id, call.key, req.model, tuple(t.label for t in plan.targets),
             estimate_tokens(call.body_bytes), out_tokens))
         try:
+            failure: GatewayError | None = None
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_client, link, state, nursery.cancel_scope)
                 try:
                     await self._run_plan(call, plan, link, state)
+                except GatewayError as exc:
+                    failure = exc  # raised below, outside the nursery, not in a group
                 finally:
                     nursery.cancel_scope.cancel()
+            if failure is not None:
+                raise failure
             if state.client_gone and state.reason is None:
                 state.reason = EndReason.CLIENT_CANCEL
         except GatewayError:

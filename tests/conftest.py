@@ -39,7 +39,7 @@ def base_config(tmp_path: Path, **overrides: Any) -> dict:
             "demo": {"targets": ["sim/sim-chat"]},
             "*": {"targets": ["sim/sim-chat"]},
         },
-        "pricing": {"sim/sim-chat": {"input": "1.00", "output": "2.00"}},
+        "pricing": {"sim/sim-chat": {"input": "1.00", "output": "2.00"}, "sim/*": {"input": "1.00", "output": "2.00"}},
         "keys": [{"name": "test", "key": DEMO_KEY, "credit_usd": "100.00"}],
         "streaming": {"ttfb_timeout_s": 5, "stall_timeout_s": 5},
     }
