@@ -88,6 +88,7 @@ class CredentialState:
     provider: str
     in_flight: int = 0
     last_used: float = float("-inf")
+    last_order: int = -1  # lease sequence number: LRU order even when leases share a timestamp
     cool_until: float = 0.0
     model_cool: dict = attrs.field(factory=dict)
     dead: bool = False
@@ -141,7 +142,7 @@ class CredentialsCore:
                 continue
             until, why = state.blocked_until(msg.model, now)
             if why is None:
-                if best is None or (state.spec.tier, state.last_used) < (best.spec.tier, best.last_used):
+                if best is None or (state.spec.tier, state.last_order) < (best.spec.tier, best.last_order):
                     best = state
                 continue
             reasons.add(why)
@@ -153,10 +154,11 @@ class CredentialsCore:
         best.in_flight += 1
         best.leases += 1
         best.last_used = now
+        lease_id = next(self._ids)
+        best.last_order = lease_id
         best.requests.append(now)
         if msg.tokens:
             best.tokens.append((now, msg.tokens))
-        lease_id = next(self._ids)
         self.leases[lease_id] = best
         return Leased(lease_id, Credential(msg.provider, best.spec.id, best.spec.key))
 

@@ -85,6 +85,11 @@ class StreamingConfig:
 
 
 @attrs.frozen
+class RoutingConfig:
+    budget_s: float = 10.0
+
+
+@attrs.frozen
 class CooldownConfig:
     base_s: float = 1.0
     max_s: float = 300.0
@@ -116,6 +121,7 @@ class Config:
     keys: tuple
     streaming: StreamingConfig
     cooldown: CooldownConfig
+    routing: RoutingConfig
     actors: ActorsConfig
     simulator: SimulatorConfig
     default_hold_output_tokens: int = 4096
@@ -213,7 +219,7 @@ def parse_config(doc: Any, env: Mapping[str, str] | None = None) -> Config:
     reader = _Reader(os.environ if env is None else env)
     root = reader.obj(doc, "$")
     known = {"server", "admin", "state_dir", "providers", "models", "aliases", "pricing", "keys",
-             "streaming", "cooldown", "actors", "simulator", "default_hold_output_tokens"}
+             "streaming", "cooldown", "routing", "actors", "simulator", "default_hold_output_tokens"}
     for name in sorted(set(root) - known):
         reader.fail(name, "unknown setting")
     server = _section(reader, root, "server", ServerConfig, {
@@ -224,6 +230,7 @@ def parse_config(doc: Any, env: Mapping[str, str] | None = None) -> Config:
         "drain_timeout_s": (_NUM, _POS), "max_concurrent_drains": (int, _NONNEG)})
     cooldown = _section(reader, root, "cooldown", CooldownConfig, {
         "base_s": (_NUM, _POS), "max_s": (_NUM, _POS), "jitter": (_NUM, lambda v: 0 <= v <= 1)})
+    routing = _section(reader, root, "routing", RoutingConfig, {"budget_s": (_NUM, _NONNEG)})
     actors = _section(reader, root, "actors", ActorsConfig, {
         "mailbox_size": (int, _POS), "ask_timeout_s": (_NUM, _POS)})
     simulator = _section(reader, root, "simulator", SimulatorConfig, {
@@ -257,7 +264,7 @@ def parse_config(doc: Any, env: Mapping[str, str] | None = None) -> Config:
         raise ConfigError(reader.problems)
     return Config(server=server, admin_token=admin_token, state_dir=state_dir, providers=providers,
                   models=models, aliases=aliases, pricing=pricing, keys=keys, streaming=streaming,
-                  cooldown=cooldown, actors=actors, simulator=simulator, default_hold_output_tokens=hold)
+                  cooldown=cooldown, routing=routing, actors=actors, simulator=simulator, default_hold_output_tokens=hold)
 
 
 def _providers(reader: _Reader, doc: dict) -> dict:

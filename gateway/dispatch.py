@@ -41,7 +41,10 @@ from protocols.errors import (
     NotFound,
     UpstreamBadRequest,
     UpstreamError,
+    UpstreamOverloaded,
     UpstreamProtocolError,
+    UpstreamQuotaExhausted,
+    UpstreamRateLimited,
     UpstreamTimeout,
 )
 from protocols.unified import EndReason, ErrorEvent, Finish, UnifiedRequest
@@ -58,6 +61,9 @@ class ClientLink(Protocol):
     async def write(self, data: bytes) -> None: ...
     async def end(self, data: bytes = b"") -> None: ...
     async def wait_disconnect(self) -> None: ...
+
+    @property
+    def ended(self) -> bool: ...
 
 
 @attrs.frozen
@@ -96,7 +102,8 @@ class RequestState:
 
 class Dispatcher:
     def __init__(self, actors: Actors, providers: Mapping[str, Any], streaming: Any,
-                 default_hold_output_tokens: int) -> None:
+                 default_hold_output_tokens: int, budget_s: float = 10.0) -> None:
+        self.budget_s = budget_s
         self.actors = actors
         self.providers = providers
         self.streaming = streaming
@@ -117,11 +124,13 @@ class Dispatcher:
             state.id, call.key, req.model, tuple(t.label for t in plan.targets),
             estimate_tokens(call.body_bytes), out_tokens))
         try:
-            failure: GatewayError | None = None
+            failure: GatewayError | _Done | None = None
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_client, link, state, nursery.cancel_scope)
                 try:
                     await self._run_plan(call, plan, link, state)
+                except _Done:
+                    pass
                 except GatewayError as exc:
                     failure = exc  # raised below, outside the nursery, not in a group
                 finally:
@@ -152,6 +161,8 @@ class Dispatcher:
 
     async def _watch_client(self, link: ClientLink, state: RequestState, request_scope: trio.CancelScope) -> None:
         await link.wait_disconnect()
+        if link.ended:
+            return  # the response was complete: a disconnect now cancels nothing
         state.client_gone = True
         if state.reason is None:
             state.reason = EndReason.CLIENT_CANCEL
@@ -178,7 +189,28 @@ class Dispatcher:
     # ------------------------------------------------------------ failover
 
     async def _run_plan(self, call: Call, plan: Plan, link: ClientLink, state: RequestState) -> None:
+        """Try the plan's targets in order, each credential at most once per pass.
+
+        When nothing is usable but something frees up within the request's budget, wait
+        for it and make another pass; otherwise fail fast with ``Retry-After``.
+        """
+        deadline = trio.current_time() + self.budget_s
         last_error: GatewayError | None = None
+        while True:
+            soonest, last_error = await self._one_pass(call, plan, link, state, last_error)
+            now = trio.current_time()
+            if soonest is None or soonest > deadline:
+                break
+            await trio.sleep_until(soonest)
+        if last_error is not None and (soonest is None or not isinstance(last_error, RETRY_LATER)):
+            raise last_error
+        wait = None if soonest is None else max(1.0, soonest - now)
+        raise NoCapacity("Every upstream for this model is cooling down or busy; retry later.",
+                         retry_after=wait, status=429 if wait is not None else 503)
+
+    async def _one_pass(self, call: Call, plan: Plan, link: ClientLink, state: RequestState,
+                        last_error: GatewayError | None) -> tuple[float | None, GatewayError | None]:
+        """One walk over the plan; returns (soonest time a credential frees up, last error)."""
         soonest: float | None = None
         for target in plan.targets:
             provider = self.providers[target.provider]
@@ -193,18 +225,14 @@ class Dispatcher:
                 state.target, state.credential = target, lease.credential.id
                 try:
                     await self._attempt(call, provider, target, lease, link, state)
-                    return
+                    raise _Done()
                 except UpstreamError as exc:
                     if state.started:
                         raise GatewayFailure("upstream failed after the response began") from exc
                     last_error = exc
                     if isinstance(exc, UpstreamBadRequest):
                         raise
-        if last_error is not None:
-            raise last_error
-        wait = None if soonest is None else max(1.0, soonest - trio.current_time())
-        raise NoCapacity("No upstream credential is available for this model right now; retry later.",
-                         retry_after=wait, status=429 if wait is not None else 503)
+        return soonest, last_error
 
     async def _attempt(self, call: Call, provider: Any, target: Any, lease: Leased, link: ClientLink,
                        state: RequestState) -> None:
@@ -321,6 +349,15 @@ class Dispatcher:
         if not passthrough:
             held.append(encoder.close())
         await link.end(b"".join(held))
+
+
+class _Done(Exception):
+    """An attempt succeeded: leave the failover loops."""
+
+
+# Errors that mean "this upstream is resting": when every target is resting, the client
+# is told when to come back rather than shown one upstream's error.
+RETRY_LATER = (UpstreamRateLimited, UpstreamOverloaded, UpstreamQuotaExhausted)
 
 
 def _only_error(batch: list) -> UpstreamError | None:

@@ -63,7 +63,8 @@ class Runtime:
                 self.providers[name] = registry.build(pcfg, client, self.simulator.url if self.simulator else None)
             self.supervisor, self.actors = self._actors()
             await nursery.start(self.supervisor.run)
-            self.dispatcher = Dispatcher(self.actors, self.providers, cfg.streaming, cfg.default_hold_output_tokens)
+            self.dispatcher = Dispatcher(self.actors, self.providers, cfg.streaming, cfg.default_hold_output_tokens,
+                                         cfg.routing.budget_s)
             self.ready.set()
             task_status.started()
             await trio.sleep_forever()
