@@ -28,6 +28,8 @@ CREATE TABLE IF NOT EXISTS keys (
     spent_micro INTEGER NOT NULL DEFAULT 0,
     disabled INTEGER NOT NULL DEFAULT 0,
     models TEXT,
+    requests_per_minute INTEGER,
+    max_concurrency INTEGER,
     created_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS reservations (
@@ -89,11 +91,14 @@ class Ledger:
     def load(self) -> tuple[list[dict], list[dict]]:
         """All keys and all open reservations, for (re)building the actor's core."""
         with self._lock:
-            cur = self.db.execute("SELECT name, key_hash, credit_micro, spent_micro, disabled, models, created_at FROM keys")
+            cur = self.db.execute(
+                "SELECT name, key_hash, credit_micro, spent_micro, disabled, models, requests_per_minute, "
+                "max_concurrency, created_at FROM keys")
             keys = [
                 {"name": n, "key_hash": h, "credit_micro": c, "spent_micro": s, "disabled": bool(d),
-                 "models": json.loads(m) if m else None, "created_at": t}
-                for n, h, c, s, d, m, t in cur.fetchall()
+                 "models": json.loads(m) if m else None, "requests_per_minute": rpm, "max_concurrency": mc,
+                 "created_at": t}
+                for n, h, c, s, d, m, rpm, mc, t in cur.fetchall()
             ]
             cur = self.db.execute("SELECT id, key_name, provider, model, hold_micro, created_at FROM reservations")
             holds = [
@@ -146,12 +151,14 @@ class Ledger:
 
 def _put_key(db: sqlite3.Connection, k: dict) -> None:
     db.execute(
-        "INSERT INTO keys (name, key_hash, credit_micro, spent_micro, disabled, models, created_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET key_hash=excluded.key_hash, "
-        "credit_micro=excluded.credit_micro, spent_micro=excluded.spent_micro, disabled=excluded.disabled, "
-        "models=excluded.models",
+        "INSERT INTO keys (name, key_hash, credit_micro, spent_micro, disabled, models, requests_per_minute, "
+        "max_concurrency, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+        "key_hash=excluded.key_hash, credit_micro=excluded.credit_micro, spent_micro=excluded.spent_micro, "
+        "disabled=excluded.disabled, models=excluded.models, requests_per_minute=excluded.requests_per_minute, "
+        "max_concurrency=excluded.max_concurrency",
         (k["name"], k["key_hash"], k["credit_micro"], k["spent_micro"], int(k["disabled"]),
-         json.dumps(k["models"]) if k["models"] is not None else None, k["created_at"]),
+         json.dumps(k["models"]) if k["models"] is not None else None, k["requests_per_minute"],
+         k["max_concurrency"], k["created_at"]),
     )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from collections import deque
 from typing import Any, Iterable, Mapping
 
 import attrs
@@ -27,7 +28,15 @@ import trio
 from actors.base import Actor
 from actors.ledger import Ledger
 from actors.mailbox import Envelope, Mailbox, answer, crash_reply
-from protocols.errors import Forbidden, GatewayError, InvalidRequest, NotFound, OutOfCredit, Unauthenticated
+from protocols.errors import (
+    Forbidden,
+    GatewayError,
+    InvalidRequest,
+    KeyRateLimited,
+    NotFound,
+    OutOfCredit,
+    Unauthenticated,
+)
 from protocols.money import FREE, Price, cost_micro_usd, to_micro, usd
 from protocols.unified import EndReason, Provenance, Usage
 
@@ -93,6 +102,8 @@ class CreateKey:
     credit_usd: Any = None
     models: tuple | None = None
     key: str | None = None
+    requests_per_minute: int | None = None
+    max_concurrency: int | None = None
 
 
 @attrs.frozen
@@ -102,6 +113,8 @@ class UpdateKey:
     add_credit_usd: Any = None
     disabled: bool | None = None
     models: Any = "unchanged"
+    requests_per_minute: Any = "unchanged"
+    max_concurrency: Any = "unchanged"
 
 
 @attrs.frozen
@@ -127,6 +140,22 @@ class KeyState:
     disabled: bool = False
     models: tuple | None = None
     created_at: float = 0.0
+    requests_per_minute: int | None = None
+    max_concurrency: int | None = None
+    in_flight: int = 0
+    recent: deque = attrs.field(factory=deque)
+
+    def check_limits(self, now: float) -> None:
+        """The key's own limits; refusals are 429 with the time to come back."""
+        if self.max_concurrency is not None and self.in_flight >= self.max_concurrency:
+            raise KeyRateLimited(f"This gateway key already has {self.in_flight} requests in flight "
+                                 f"(limit {self.max_concurrency}).", retry_after=1.0)
+        if self.requests_per_minute is not None:
+            while self.recent and self.recent[0] + 60.0 <= now:
+                self.recent.popleft()
+            if len(self.recent) >= self.requests_per_minute:
+                raise KeyRateLimited(f"This gateway key is limited to {self.requests_per_minute} requests "
+                                     "per minute.", retry_after=self.recent[0] + 60.0 - now)
 
     def available(self) -> int | None:
         if self.credit_micro is None:
@@ -136,10 +165,14 @@ class KeyState:
     def row(self) -> dict:
         return {"name": self.name, "key_hash": self.key_hash, "credit_micro": self.credit_micro,
                 "spent_micro": self.spent_micro, "disabled": self.disabled,
-                "models": list(self.models) if self.models is not None else None, "created_at": self.created_at}
+                "models": list(self.models) if self.models is not None else None,
+                "requests_per_minute": self.requests_per_minute, "max_concurrency": self.max_concurrency,
+                "created_at": self.created_at}
 
     def view(self) -> dict:
         return {"name": self.name, "disabled": self.disabled, "models": self.models,
+                "requests_per_minute": self.requests_per_minute, "max_concurrency": self.max_concurrency,
+                "in_flight": self.in_flight,
                 "credit_usd": None if self.credit_micro is None else usd(self.credit_micro),
                 "spent_usd": usd(self.spent_micro), "held_usd": usd(self.held_micro),
                 "available_usd": None if self.available() is None else usd(self.available())}
@@ -171,13 +204,15 @@ class UsageCore:
     def load(self, keys: Iterable[dict], holds: Iterable[dict]) -> None:
         for k in keys:
             state = KeyState(k["name"], k["key_hash"], k["credit_micro"], k["spent_micro"], 0, k["disabled"],
-                             tuple(k["models"]) if k["models"] is not None else None, k["created_at"])
+                             tuple(k["models"]) if k["models"] is not None else None, k["created_at"],
+                             k["requests_per_minute"], k["max_concurrency"])
             self._index(state)
         for h in holds:
             hold = Hold(h["id"], h["key_name"], h["model"] or "", h["hold_micro"], h["created_at"], h["provider"], h["model"])
             self.holds[hold.id] = hold
             if hold.key_name in self.keys:
                 self.keys[hold.key_name].held_micro += hold.hold_micro
+                self.keys[hold.key_name].in_flight += 1
 
     def _index(self, state: KeyState) -> None:
         old = self.keys.get(state.name)
@@ -193,7 +228,8 @@ class UsageCore:
             if spec.name in self.keys:
                 continue
             credit = None if spec.credit_usd is None else to_micro(spec.credit_usd)
-            state = KeyState(spec.name, hash_key(spec.key.value), credit, models=spec.models, created_at=self.wall())
+            state = KeyState(spec.name, hash_key(spec.key.value), credit, models=spec.models, created_at=self.wall(),
+                             requests_per_minute=spec.requests_per_minute, max_concurrency=spec.max_concurrency)
             self._index(state)
             ops.append(("put_key", state.row()))
         return ops
@@ -218,6 +254,7 @@ class UsageCore:
         state = self.authenticate(msg.key, msg.client_model)
         if msg.request_id in self.holds or msg.request_id in self.settled:
             raise InvalidRequest(f"duplicate request id {msg.request_id}")
+        state.check_limits(now)
         estimate = Usage(input=msg.input_tokens, output=msg.output_tokens)
         hold = max((cost_micro_usd(estimate, self.price(t))[0] for t in msg.targets), default=0)
         available = state.available()
@@ -226,6 +263,9 @@ class UsageCore:
                 f"Insufficient credit: this request may cost up to ${usd(hold)} and the key has "
                 f"${usd(max(available, 0))} available.")
         state.held_micro += hold
+        state.in_flight += 1
+        if state.requests_per_minute is not None:
+            state.recent.append(now)
         h = Hold(msg.request_id, state.name, msg.client_model, hold, self.wall())
         self.holds[h.id] = h
         op = ("hold", {"id": h.id, "key_name": h.key_name, "provider": None, "model": msg.client_model,
@@ -261,6 +301,7 @@ class UsageCore:
         state = self.keys.get(hold.key_name)
         if state is not None:
             state.held_micro -= hold.hold_micro
+            state.in_flight -= 1
             state.spent_micro += cost
         result = Settled(msg.request_id, cost, overrun, provenance, msg.reason, source)
         self.settled[msg.request_id] = result
@@ -287,7 +328,9 @@ class UsageCore:
         if hash_key(plaintext) in self.by_hash:
             raise InvalidRequest("that key value is already in use")
         credit = None if msg.credit_usd is None else to_micro(_decimal(msg.credit_usd))
-        state = KeyState(msg.name, hash_key(plaintext), credit, models=msg.models, created_at=self.wall())
+        state = KeyState(msg.name, hash_key(plaintext), credit, models=msg.models, created_at=self.wall(),
+                         requests_per_minute=_limit(msg.requests_per_minute),
+                         max_concurrency=_limit(msg.max_concurrency))
         self._index(state)
         return {**state.view(), "key": plaintext}, [("put_key", state.row())]
 
@@ -302,7 +345,13 @@ class UsageCore:
         if msg.disabled is not None:
             state.disabled = msg.disabled
         if msg.models != "unchanged":
+            if msg.models is not None and not isinstance(msg.models, (list, tuple)):
+                raise InvalidRequest("models must be a list of model names or null")
             state.models = tuple(msg.models) if msg.models is not None else None
+        if msg.requests_per_minute != "unchanged":
+            state.requests_per_minute = _limit(msg.requests_per_minute)
+        if msg.max_concurrency != "unchanged":
+            state.max_concurrency = _limit(msg.max_concurrency)
         return state.view(), [("put_key", state.row())]
 
     def query(self, what: str) -> Any:
@@ -332,6 +381,14 @@ class UsageCore:
                 return self.query(what), []
             case _:
                 raise TypeError(f"usage: unknown message {msg!r}")
+
+
+def _limit(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidRequest(f"a limit must be a positive integer or null, not {value!r}")
+    return value
 
 
 def _decimal(value: Any):

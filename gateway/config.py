@@ -72,6 +72,8 @@ class KeyConfig:
     key: Secret
     credit_usd: Decimal | None = None
     models: tuple | None = None
+    requests_per_minute: int | None = None
+    max_concurrency: int | None = None
 
 
 @attrs.frozen
@@ -346,7 +348,9 @@ def _keys(reader: _Reader, raw: Any) -> tuple:
         keys.append(KeyConfig(name=reader.get(k, "name", path, str, f"key-{i}"),
                               key=reader.secret(k, "key", path) or Secret(""),
                               credit_usd=reader.money(k, "credit_usd", path),
-                              models=tuple(models) if models is not None else None))
+                              models=tuple(models) if models is not None else None,
+                              requests_per_minute=reader.positive(k, "requests_per_minute", path, int, None),
+                              max_concurrency=reader.positive(k, "max_concurrency", path, int, None)))
     return tuple(keys)
 
 

@@ -46,10 +46,14 @@ class Meter:
                 self.error = ev.error
 
     def result(self, complete: bool) -> tuple[Usage | None, Provenance]:
-        """The usage to settle with; ``complete`` means the stream ended normally."""
+        """The usage to settle with; ``complete`` means the stream ended normally.
+
+        Every protocol sends its final usage with or after its finish event, so usage
+        seen once the finish arrived is final even if the client left right after.
+        """
         if self.usage is None:
             return None, Provenance.ESTIMATED
-        if complete:
+        if complete or (self.finished and self.error is None):
             return self.usage, Provenance.REPORTED
         seen = estimate_tokens(self.output_bytes)
         usage = self.usage

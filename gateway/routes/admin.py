@@ -80,7 +80,8 @@ async def create_key(runtime):
     models = doc.get("models")
     created = await runtime.actors.usage.ask(usage.CreateKey(
         name=str(doc.get("name") or ""), credit_usd=doc.get("credit_usd"),
-        models=tuple(models) if isinstance(models, list) else None))
+        models=tuple(models) if isinstance(models, list) else None,
+        requests_per_minute=doc.get("requests_per_minute"), max_concurrency=doc.get("max_concurrency")))
     return created, 201
 
 
@@ -91,7 +92,9 @@ async def update_key(runtime, name):
     return await runtime.actors.usage.ask(usage.UpdateKey(
         name=name, credit_usd=doc.get("credit_usd"), add_credit_usd=doc.get("add_credit_usd"),
         disabled=doc.get("disabled") if isinstance(doc.get("disabled"), bool) else None,
-        models=doc["models"] if "models" in doc else "unchanged"))
+        models=doc["models"] if "models" in doc else "unchanged",
+        requests_per_minute=doc.get("requests_per_minute", "unchanged"),
+        max_concurrency=doc.get("max_concurrency", "unchanged")))
 
 
 @blueprint.route("/reservations", methods=["GET"])
