@@ -180,7 +180,10 @@ def classify_upstream(
         retry_after=retry_after, upstream_status=status, upstream_body=body, upstream_headers=headers
     )
     if status == 429:
-        if any(w in lowered for w in _QUOTA_WORDS) and "rate" not in lowered:
+        # A per-minute quota with a retry hint (Gemini's RetryInfo) is a rate limit; an
+        # exhausted balance (OpenAI's insufficient_quota, billing with no hint) is not.
+        if "insufficient_quota" in lowered or (retry_after is None and any(w in lowered for w in _QUOTA_WORDS)
+                                               and "rate limit" not in lowered):
             return UpstreamQuotaExhausted(message, **kwargs)
         return UpstreamRateLimited(message, **kwargs)
     if status in (401, 403):
