@@ -17,15 +17,18 @@ from quart_trio import QuartTrio
 
 from gateway.config import Config
 from gateway.routes import admin, models
+from gateway.routes import anthropic as anthropic_routes
+from gateway.routes import gemini as gemini_routes
 from gateway.routes import openai_chat as chat_routes
+from gateway.routes import openai_responses as responses_routes
 from gateway.routes.common import send_error
 from gateway.runtime import Runtime
-from protocols import openai_chat
+from protocols import gemini, openai_chat
 from protocols.errors import MethodNotAllowed, NotFound
 
 log = logging.getLogger("tollhouse")
 
-ROUTE_MODULES = [chat_routes]
+ROUTE_MODULES = [chat_routes, responses_routes, anthropic_routes, gemini_routes]
 
 
 def client_protocol_for(path: str):
@@ -40,7 +43,7 @@ def client_protocol_for(path: str):
     return openai_chat
 
 
-PREFIX_PROTOCOLS: list = []
+PREFIX_PROTOCOLS: list = [("/v1beta", gemini)]
 
 
 class Gateway:
@@ -48,6 +51,7 @@ class Gateway:
         self.config = config
         self.runtime = Runtime(config)
         self.routes = [route for module in ROUTE_MODULES for route in module.ROUTES]
+        self.ws_routes = [route for module in ROUTE_MODULES for route in getattr(module, "WEBSOCKET_ROUTES", ())]
         self.quart = QuartTrio("tollhouse")
         self.quart.config["RESPONSE_TIMEOUT"] = None
         self.quart.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
@@ -73,6 +77,11 @@ class Gateway:
             return await self.quart(scope, receive, send)
         if kind == "lifespan":
             return await self._lifespan(receive, send)
+        if kind == "websocket":
+            for pattern, handler in self.ws_routes:
+                match = pattern.match(scope["path"])
+                if match is not None:
+                    return await handler(self.runtime, scope, receive, send, match)
         return await self.quart(scope, receive, send)
 
     async def _lifespan(self, receive, send) -> None:

@@ -52,6 +52,7 @@ from protocols.usage import estimate_tokens
 
 log = logging.getLogger("tollhouse.dispatch")
 SETTLE_TIMEOUT = 10.0
+AFTER_ERROR_GRACE_S = 1.0
 
 
 class ClientLink(Protocol):
@@ -294,6 +295,7 @@ class Dispatcher:
         encoder = call.client.StreamEncoder(req, req.model)
         meter = state.meter
         held: list[bytes] = []
+        errored = False
         streaming = self.streaming
         with trio.CancelScope(deadline=trio.current_time() + streaming.ttfb_timeout_s) as scope:
             state.streaming_scope = scope
@@ -309,13 +311,16 @@ class Dispatcher:
                 await link.start(200, _headers(state, content_type, target))
                 try:
                     while batch is not None:
-                        scope.deadline = trio.current_time() + (
-                            streaming.drain_timeout_s if state.draining else streaming.stall_timeout_s)
+                        if meter.error is None:
+                            scope.deadline = trio.current_time() + (
+                                streaming.drain_timeout_s if state.draining else streaming.stall_timeout_s)
                         out = []
                         for frame in batch:
                             meter.observe(frame.events)
                             if passthrough:
                                 chunk = b"" if frame.drop else frame.raw
+                                if not frame.events:
+                                    meter.opaque_frames += 1
                             else:
                                 chunk = encoder.encode(frame.events)
                             if meter.finished or meter.error is not None:
@@ -324,15 +329,21 @@ class Dispatcher:
                                 out.append(chunk)
                         if out and not state.client_gone:
                             await link.write(b"".join(out))
-                        if meter.error is not None:
-                            break
+                        if meter.error is not None and not errored:
+                            if not passthrough:
+                                break
+                            # The upstream's own closing events (Responses' response.failed
+                            # after error) follow the error: forward them, briefly.
+                            errored = True
+                            scope.deadline = trio.current_time() + AFTER_ERROR_GRACE_S
                         batch = await reader.next_batch()
                 except UpstreamError as exc:
-                    meter.error = exc
-                    held.append(encoder.error(exc))
+                    if meter.error is None:
+                        meter.error = exc
+                        held.append(encoder.error(exc))
         if state.draining:
             self.drains.release()
-        if scope.cancelled_caught and not state.client_gone:
+        if scope.cancelled_caught and not state.client_gone and not errored:
             if not state.started:
                 raise UpstreamTimeout("The upstream sent nothing before the time-to-first-byte deadline.")
             state.reason = EndReason.TIMEOUT

@@ -29,6 +29,7 @@ class Meter:
     finished: bool = False
     error: object = None
     output_bytes: int = 0
+    opaque_frames: int = 0  # forwarded unparsed (pass-through): each carries at least a token
 
     def observe(self, events) -> None:
         for ev in events:
@@ -55,7 +56,7 @@ class Meter:
             return None, Provenance.ESTIMATED
         if complete or (self.finished and self.error is None):
             return self.usage, Provenance.REPORTED
-        seen = estimate_tokens(self.output_bytes)
+        seen = estimate_tokens(self.output_bytes) + self.opaque_frames
         usage = self.usage
         if seen > usage.output + usage.reasoning:
             usage = attrs.evolve(usage, output=seen - usage.reasoning)

@@ -76,6 +76,18 @@ def _openai_responses(doc: Mapping[str, Any]) -> Usage:
 
 
 def _anthropic(doc: Mapping[str, Any]) -> Usage:
+    iterations = doc.get("iterations")
+    if isinstance(iterations, list) and iterations:
+        # Compaction: the top-level counts cover only the last sampling step; the
+        # bill is the sum over ``iterations`` (the compaction pass included).
+        steps = [_anthropic(step) for step in iterations if isinstance(step, Mapping)]
+        return Usage(
+            input=sum(s.input for s in steps),
+            cached_input=sum(s.cached_input for s in steps),
+            cache_write=sum(s.cache_write for s in steps),
+            output=sum(s.output for s in steps),
+            cost_usd=_cost(doc),
+        )
     return Usage(
         input=_int(doc, "input_tokens"),
         cached_input=_int(doc, "cache_read_input_tokens"),

@@ -6,14 +6,23 @@ from typing import Any
 
 import httpx
 
+from providers.anthropic import AnthropicProvider
+from providers.gemini import GeminiProvider
+from providers.openai import OpenAIResponsesProvider
 from providers.openai_compat import OpenAICompatProvider
 
 # family name -> provider class; the simulator family picks by the protocol it speaks.
 FAMILIES: dict[str, type] = {
     "openai_compat": OpenAICompatProvider,
+    "openai": OpenAIResponsesProvider,
+    "anthropic": AnthropicProvider,
+    "gemini": GeminiProvider,
 }
 BY_PROTOCOL: dict[str, type] = {
+    "gemini": GeminiProvider,
     "openai_chat": OpenAICompatProvider,
+    "openai_responses": OpenAIResponsesProvider,
+    "anthropic": AnthropicProvider,
 }
 
 

@@ -44,7 +44,11 @@ from protocols.usage import estimate_tokens
 WORDS = ("Hello", " from", " the", " Tollhouse", " simulator.", " This", " answer", " is", " deterministic",
          " and", " every", " word", " is", " one", " token.")
 DEFAULT_TOKENS = 12
-PREFERRED_TOOLS = ("get_weather", "read_file", "Read", "list_directory", "LS", "Glob", "glob", "ls")
+# Harmless tools first: agent CLIs offer shells and editors too.
+PREFERRED_TOOLS = ("get_weather", "read_file", "Read", "exec_command", "shell", "list_directory", "LS", "Glob",
+                   "glob", "ls")
+_TAGGED = re.compile(r"<([a-z_-]+)>.*?</\1>", re.S)
+_PATH = re.compile(r"(?<![\w.~])(/[\w.-]+(?:/[\w.-]+)+)")
 _DIRECTIVE = re.compile(r"\[\[sim ([^\]]*)\]\]")
 
 
@@ -107,12 +111,16 @@ class Answer:
 
     events: tuple
     response: UnifiedResponse
+    opening: tuple = ()  # usage known at the start, sent with the first event
 
 
 def answer(req: UnifiedRequest, body_bytes: int, fault: Fault, response_id: str) -> Answer:
     model = base_model(req.model)
     last = req.messages[-1] if req.messages else None
     results = [p for p in (last.parts if last else ()) if isinstance(p, ToolResultPart)]
+    # Providers report the input count when the stream starts (Anthropic's message_start,
+    # Gemini's first chunk) and the full usage at the end.
+    early = () if fault.no_usage else (UsageReport(Usage(input=estimate_tokens(body_bytes))),)
     chunks: list = [StreamStart(response_id, model)]
     parts: list = []
     if fault.text is not None:
@@ -125,7 +133,11 @@ def answer(req: UnifiedRequest, body_bytes: int, fault: Fault, response_id: str)
         finish = FinishReason.STOP
     elif req.tools and req.tool_choice != "none":
         tool = _pick_tool(req)
-        args = json.dumps(example_for(tool.parameters or {}), separators=(",", ":"))
+        # Agents wrap their context in tags and spread the prompt over several turns.
+        prompts = [_TAGGED.sub("", m.text()) for m in req.messages if m.role == "user"]
+        found = [p for text in prompts for p in _PATH.findall(text)]
+        hints = {"path": found[-1].rstrip(".")} if found else {}
+        args = json.dumps(example_for(tool.parameters or {}, hints=hints), separators=(",", ":"))
         call_id = f"call_{response_id[-12:]}"
         chunks.append(ToolCallStart(0, call_id, tool.name))
         half = len(args) // 2
@@ -149,7 +161,7 @@ def answer(req: UnifiedRequest, body_bytes: int, fault: Fault, response_id: str)
     if not fault.no_usage:
         chunks.append(UsageReport(usage))
     response = UnifiedResponse(response_id, model, tuple(parts), finish, None if fault.no_usage else usage)
-    return Answer(tuple(chunks), response)
+    return Answer(tuple(chunks), response, early)
 
 
 def _split(text: str) -> list[str]:
@@ -169,8 +181,14 @@ def _pick_tool(req: UnifiedRequest):
     return req.tools[0]
 
 
-def example_for(schema: Mapping[str, Any], name: str = "") -> Any:
-    """A value that satisfies a (simple) JSON schema: required properties, enums, types."""
+def example_for(schema: Mapping[str, Any], name: str = "", hints: Mapping[str, str] | None = None) -> Any:
+    """A value that satisfies a (simple) JSON schema: required properties, enums, types.
+
+    ``hints`` carries an absolute path seen in the prompt, used for path-like fields
+    (and ``cat``-ed for command fields), so a scripted agent reads the file it was
+    asked about rather than something arbitrary.
+    """
+    hints = hints or {}
     if not isinstance(schema, Mapping):
         return "example"
     if "enum" in schema and schema["enum"]:
@@ -179,14 +197,14 @@ def example_for(schema: Mapping[str, Any], name: str = "") -> Any:
         return schema["const"]
     for key in ("anyOf", "oneOf"):
         if schema.get(key):
-            return example_for(schema[key][0], name)
+            return example_for(schema[key][0], name, hints)
     kind = schema.get("type")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "string")
     if kind == "object" or (kind is None and "properties" in schema):
         props = schema.get("properties") or {}
         required = schema.get("required") or list(props)[:1]
-        return {k: example_for(props.get(k, {}), k) for k in required if k in props}
+        return {k: example_for(props.get(k, {}), k, hints) for k in required if k in props}
     if kind == "array":
         return []
     if kind == "integer":
@@ -196,7 +214,9 @@ def example_for(schema: Mapping[str, Any], name: str = "") -> Any:
     if kind == "boolean":
         return False
     if name in ("path", "file_path", "absolute_path", "dir_path", "directory"):
-        return "."
+        return hints.get("path", ".")
+    if name in ("cmd", "command"):
+        return f"cat {hints['path']}" if "path" in hints else "echo hello"
     if name in ("location", "city"):
         return "Paris"
     return "example"

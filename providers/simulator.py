@@ -24,7 +24,8 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
-from protocols import openai_chat
+from protocols import anthropic_messages, openai_chat
+from protocols import gemini, openai_responses
 from protocols.errors import GatewayError, classify_upstream
 from protocols.validate import load_json_object
 from providers.sim_script import Fault, answer, base_model, fault_for
@@ -54,6 +55,7 @@ class SimProtocol:
     format_error: Callable
     encoder: Callable  # (req, model) -> StreamEncoder
     key_header: Callable[[dict, dict], str]  # (headers, query) -> credential presented
+    wait_in_body: bool = False  # a 429's wait goes in the error body (Gemini RetryInfo), not headers
 
 
 def _bearer(headers: dict, query: dict) -> str:
@@ -71,6 +73,35 @@ PROTOCOLS: list[SimProtocol] = [
         encoder=openai_chat.StreamEncoder,
         key_header=_bearer,
     ),
+    SimProtocol(
+        name=openai_responses.NAME,
+        path=re.compile(r"^(?:/v1)?/responses$"),
+        parse=lambda m, q, doc: openai_responses.parse_request(doc),
+        format_response=openai_responses.format_response,
+        format_error=openai_responses.format_error,
+        encoder=openai_responses.StreamEncoder,
+        key_header=_bearer,
+    ),
+    SimProtocol(
+        name=anthropic_messages.NAME,
+        path=re.compile(r"^/v1/messages$"),
+        parse=lambda m, q, doc: anthropic_messages.parse_request(doc),
+        format_response=anthropic_messages.format_response,
+        format_error=anthropic_messages.format_error,
+        encoder=anthropic_messages.StreamEncoder,
+        key_header=lambda headers, query: headers.get("x-api-key", ""),
+    ),
+    SimProtocol(
+        name=gemini.NAME,
+        path=re.compile(r"^/(v1beta|v1)/models/(?P<model>[^:]+):(?P<method>generateContent|streamGenerateContent)$"),
+        parse=lambda m, q, doc: gemini.parse_request(
+            doc, model=m["model"], stream=m["method"] == "streamGenerateContent", sse=q.get("alt") == "sse"),
+        format_response=gemini.format_response,
+        format_error=gemini.format_error,
+        encoder=partial(gemini.StreamEncoder, owns_stream=True),
+        key_header=lambda headers, query: headers.get("x-goog-api-key") or query.get("key", ""),
+        wait_in_body=True,
+    ),
 ]
 
 
@@ -87,6 +118,7 @@ class Simulator:
         self.requests = 0
         self.requests_by_key: dict[str, int] = {}
         self.bodies: list[dict] = []
+        self.reported: list = []  # the usage each answer reported, in order
         self._changed = trio.Event()
         self._ids = itertools.count(1)
         self.url: str | None = None
@@ -183,6 +215,7 @@ class Simulator:
         if fault.status:
             return await self._error(proto, fault, send)
         result = answer(req, size, fault, f"sim_{next(self._ids):06d}")
+        self.reported.append(result.response.usage)
         model = base_model(req.model)
         if not req.stream:
             return await _send_json(send, 200, proto.format_response(result.response, model))
@@ -199,7 +232,7 @@ class Simulator:
                 err = classify_upstream(529 if proto.name == "anthropic" else 500, b'{"error":{"message":"Overloaded"}}', {}, None)
                 await send({"type": "http.response.body", "body": encoder.error(err), "more_body": False})
                 return
-            data = encoder.encode([event])
+            data = encoder.encode([*result.opening, event] if n == 0 else [event])
             if data:
                 await send({"type": "http.response.body", "body": data, "more_body": True})
             if delay:
@@ -208,15 +241,26 @@ class Simulator:
 
     async def _error(self, proto: SimProtocol, fault: Fault, send) -> None:
         headers = []
-        if fault.retry_after is not None:
+        if fault.retry_after is not None and not proto.wait_in_body:
             headers.append((b"retry-after", fault.retry_after.encode()))
-        if fault.retry_after_ms is not None:
+        if fault.retry_after_ms is not None and not proto.wait_in_body:
             headers.append((b"retry-after-ms", fault.retry_after_ms.encode()))
         messages = {429: "Rate limit reached for requests", 401: "Incorrect API key provided",
                     503: "The server is overloaded", 529: "Overloaded", 500: "The server had an error"}
-        err = classify_upstream(fault.status, json.dumps({"error": {"message": messages.get(fault.status, "simulated error")}}).encode(), {}, None)
+        err = classify_upstream(fault.status, json.dumps({"error": {"message": messages.get(fault.status, "simulated error")}}).encode(), {},
+                                 _wait_seconds(fault) if proto.wait_in_body else None)
         err.status = fault.status
         await _send_raw(send, fault.status, json.dumps(proto.format_error(err)).encode(), headers)
+
+
+def _wait_seconds(fault: Fault) -> float | None:
+    """The wait a fault asks for, in seconds, for protocols that state it in the body."""
+    try:
+        if fault.retry_after_ms is not None:
+            return float(fault.retry_after_ms) / 1000.0
+        return float(fault.retry_after) if fault.retry_after is not None else None
+    except ValueError:
+        return None
 
 
 async def _cancel_on_disconnect(receive, scope: trio.CancelScope) -> None:

@@ -13,6 +13,8 @@ from quart import Blueprint, current_app, request
 
 from actors.routing import ListModels
 from actors.usage import Authenticate
+from gateway.routes import anthropic as anthropic_routes
+from gateway.routes import gemini as gemini_routes
 from protocols import openai_chat
 from protocols.errors import GatewayError
 
@@ -25,7 +27,10 @@ def openai_models(names: list[str]) -> dict:
 
 
 # (predicate on the request, protocol module with format_error, formatter of the list)
-SHAPES: list = []
+SHAPES: list = [
+    anthropic_routes.MODELS_SHAPE,
+    gemini_routes.MODELS_SHAPE,
+]
 
 
 def _shape():

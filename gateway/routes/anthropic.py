@@ -1,0 +1,86 @@
+"""``POST /v1/messages`` and ``/v1/messages/count_tokens``: the Anthropic front door.
+
+Anthropic clients send their key as ``x-api-key`` (some proxies' users send a bearer
+token; both are accepted). ``anthropic-version`` and ``anthropic-beta`` are not
+checked but remembered in the request's ``extra``, with ``?beta=true``, so that an
+Anthropic upstream receives them as the client sent them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from urllib.parse import parse_qs
+
+import attrs
+
+from actors.usage import Authenticate
+from gateway.asgi_link import read_body
+from gateway.routes.common import bearer, header, send_error, serve_llm
+from protocols import anthropic_messages
+from protocols.errors import GatewayError, Unauthenticated
+from protocols.validate import load_json_object
+
+PASSED_HEADERS = (b"anthropic-version", b"anthropic-beta")
+
+
+def api_key(scope) -> str | None:
+    return header(scope, b"x-api-key") or bearer(scope)
+
+
+def _parser(scope):
+    """``parse_request`` plus what an Anthropic upstream should see of the headers."""
+    passed = {name.decode(): value for name in PASSED_HEADERS if (value := header(scope, name))}
+    beta_query = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("beta") == ["true"]
+
+    def parse(doc: dict):
+        req = anthropic_messages.parse_request(doc)
+        extra = dict(req.extra, anthropic_headers=passed)
+        if beta_query:
+            extra["anthropic_beta_query"] = True
+        return attrs.evolve(req, extra=extra)
+
+    return parse
+
+
+async def messages(runtime, scope, receive, send, match) -> None:
+    await serve_llm(runtime, anthropic_messages, scope, receive, send, api_key(scope), _parser(scope))
+
+
+async def count_tokens(runtime, scope, receive, send, match) -> None:
+    """An estimate, answered by the gateway itself: no upstream call, no charge."""
+    try:
+        key = api_key(scope)
+        if not key:
+            raise Unauthenticated("Missing gateway key: send it as x-api-key (or a bearer token).")
+        body = await read_body(scope, receive, runtime.config.server.max_body_bytes)
+        await runtime.actors.usage.ask(Authenticate(key))
+        result = anthropic_messages.count_tokens(load_json_object(body))
+    except GatewayError as err:
+        return await send_error(send, anthropic_messages, err)
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": json.dumps(result).encode()})
+
+
+def models_list(names: list[str]) -> dict:
+    """``GET /v1/models`` in Anthropic's shape (one page: the gateway's list is short)."""
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    data = [{"type": "model", "id": n, "display_name": n, "created_at": created} for n in names]
+    return {"data": data, "has_more": False, "first_id": names[0] if names else None,
+            "last_id": names[-1] if names else None}
+
+
+def _models_key(request) -> str:
+    auth = request.headers.get("authorization", "")
+    return request.headers.get("x-api-key") or (auth[7:].strip() if auth.lower().startswith("bearer ") else "")
+
+
+# An entry for ``gateway.routes.models.SHAPES``: an ``anthropic-version`` header asks
+# for Anthropic's list shape.
+MODELS_SHAPE = (lambda request: "anthropic-version" in request.headers, anthropic_messages, models_list, _models_key)
+
+ROUTES = [
+    ("POST", re.compile(r"^/v1/messages/?$"), messages, anthropic_messages),
+    ("POST", re.compile(r"^/v1/messages/count_tokens/?$"), count_tokens, anthropic_messages),
+]

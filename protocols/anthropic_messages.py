@@ -1,0 +1,424 @@
+"""Anthropic Messages: request/response translation, errors, and token counting.
+
+The stream codecs live in ``anthropic_stream`` and are re-exported here, so this
+module offers the whole protocol-module interface (``NAME``, ``parse_request``,
+``build_request``, ``parse_response``, ``format_response``, ``format_error``,
+``StreamDecoder``, ``StreamEncoder``).
+
+An Anthropic client's body is kept in ``raw`` and sent to an Anthropic upstream as
+written (model aside), so nothing below is lost on a same-protocol trip. Converting to
+or from another protocol is lossy here:
+
+- ``cache_control`` marks, ``citations``, ``metadata``, ``thinking`` budgets, ``top_k``,
+  ``tool_choice.disable_parallel_tool_use``, ``context_management`` and every beta
+  field have no unified home; they ride in ``extra``/``raw`` and reach only Anthropic
+  upstreams.
+- Server tools (``web_search_*``, ``bash_*``, ``text_editor_*``, ``computer_*`` ...) are
+  kept in ``extra["server_tools"]``, not offered to other protocols' upstreams; blocks
+  the unified model cannot hold (``document``, ``server_tool_use``,
+  ``web_search_tool_result``, ``search_result``, ``container_upload`` ...) are dropped
+  on the way to another protocol.
+- ``system`` messages inside ``messages`` (sent by recent Claude Code) stay in place for
+  Anthropic; from a unified request they are appended to the top-level system string.
+- Reasoning from another provider without an Anthropic signature cannot be replayed
+  (Anthropic rejects unsigned thinking), so it is dropped from requests; signed
+  thinking and redacted thinking survive. Shown to an Anthropic client (response or
+  stream), such reasoning is a ``thinking`` block with an empty signature. Images keep base64 or URL sources; tool results holding images keep
+  them (Anthropic accepts image blocks there).
+- ``temperature`` above 1 (valid for OpenAI, not Anthropic) is clamped to 1.
+- ``max_tokens`` is required by Anthropic: a unified request without one gets
+  ``DEFAULT_MAX_TOKENS``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+from protocols.anthropic_stream import StreamDecoder, StreamEncoder
+from protocols.anthropic_wire import (
+    DEFAULT_MAX_TOKENS,
+    FINISH_FROM_WIRE,
+    NAME,
+    format_error,
+    message_id,
+    stop_reason,
+    usage_to_wire,
+)
+from protocols.errors import InvalidRequest
+from protocols.unified import (
+    FinishReason,
+    ImagePart,
+    Message,
+    ReasoningPart,
+    TextPart,
+    Tool,
+    ToolCallPart,
+    ToolResultPart,
+    UnifiedRequest,
+    UnifiedResponse,
+)
+from protocols.usage import estimate_tokens, normalize
+from protocols.validate import check, require
+
+__all__ = [
+    "NAME", "parse_request", "build_request", "parse_response", "format_response", "format_error",
+    "count_tokens", "StreamDecoder", "StreamEncoder",
+]
+
+ROLES = ("user", "assistant", "system")
+TOOL_CHOICE_IN = {"auto": "auto", "any": "required", "none": "none"}
+TOOL_CHOICE_OUT = {"auto": {"type": "auto"}, "required": {"type": "any"}, "any": {"type": "any"},
+                   "none": {"type": "none"}}
+
+
+# ---------------------------------------------------------------- requests
+
+
+def parse_request(doc: dict, *, require_max_tokens: bool = True) -> UnifiedRequest:
+    """A client's Messages body; ``count_tokens`` bodies have no ``max_tokens``."""
+    model = require(doc, "model", str)
+    raw_messages = require(doc, "messages", list)
+    if not raw_messages:
+        raise InvalidRequest("'messages' must contain at least one message.", param="messages")
+    if require_max_tokens:
+        max_tokens = require(doc, "max_tokens", int)
+    else:
+        max_tokens = check(doc, "max_tokens", int)
+    messages: list = []
+    for i, m in enumerate(raw_messages):
+        messages.extend(_message_in(m, f"messages[{i}]."))
+    tools, server_tools = _tools_in(check(doc, "tools", list, default=[]))
+    extra: dict = {}
+    if server_tools:
+        extra["server_tools"] = tuple(server_tools)
+    for key in ("metadata", "thinking"):
+        if isinstance(doc.get(key), dict):
+            extra[key] = doc[key]
+    choice = check(doc, "tool_choice", dict)
+    stop = check(doc, "stop_sequences", list, default=[])
+    return UnifiedRequest(
+        protocol=NAME,
+        model=model,
+        messages=tuple(messages),
+        stream=check(doc, "stream", bool, default=False),
+        system=_system_in(doc.get("system")),
+        tools=tuple(tools),
+        tool_choice=_tool_choice_in(choice),
+        max_tokens=max_tokens,
+        temperature=check(doc, "temperature", (int, float)),
+        top_p=check(doc, "top_p", (int, float)),
+        stop=tuple(str(s) for s in stop),
+        raw=doc,
+        extra=extra,
+    )
+
+
+def _rest(block: dict, *known: str) -> dict:
+    """The block's fields the unified part has no slot for (cache_control, citations ...)."""
+    return {k: v for k, v in block.items() if k != "type" and k not in known}
+
+
+def _system_in(system: Any) -> tuple:
+    if system is None:
+        return ()
+    if isinstance(system, str):
+        return (TextPart(system),) if system else ()
+    if not isinstance(system, list):
+        raise InvalidRequest("Invalid type for 'system': expected a string or an array of text blocks.",
+                             param="system")
+    parts = []
+    for i, block in enumerate(system):
+        if not isinstance(block, dict) or block.get("type") != "text" or not isinstance(block.get("text"), str):
+            raise InvalidRequest(f"'system[{i}]' must be a text block.", param=f"system[{i}]")
+        parts.append(TextPart(block["text"], _rest(block, "text")))
+    return tuple(parts)
+
+
+def _message_in(m: Any, path: str) -> list:
+    """One wire message; a user turn's tool results become a unified ``tool`` message."""
+    if not isinstance(m, dict):
+        raise InvalidRequest(f"Invalid type for '{path[:-1]}': expected an object.", param=path[:-1])
+    role = require(m, "role", str, path)
+    if role not in ROLES:
+        raise InvalidRequest(f"Invalid value for '{path}role': {role!r} (expected 'user' or 'assistant').",
+                             param=f"{path}role")
+    content = m.get("content")
+    if isinstance(content, str):
+        return [Message(role, (TextPart(content),) if content else ())]
+    if not isinstance(content, list):
+        raise InvalidRequest(f"Invalid type for '{path}content': expected a string or an array.",
+                             param=f"{path}content")
+    parts = [p for j, block in enumerate(content) if (p := _block_in(block, f"{path}content[{j}]")) is not None]
+    results = tuple(p for p in parts if isinstance(p, ToolResultPart))
+    rest = tuple(p for p in parts if not isinstance(p, ToolResultPart))
+    if not results or role != "user":
+        return [Message(role, tuple(parts))]
+    return [Message("tool", results)] + ([Message(role, rest)] if rest else [])
+
+
+def _block_in(block: Any, path: str) -> Any:
+    if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+        raise InvalidRequest(f"'{path}' must be an object with a 'type'.", param=path)
+    parse = BLOCKS_IN.get(block["type"])
+    return parse(block, path + ".") if parse else None
+
+
+def _text_in(block: dict, path: str) -> TextPart:
+    return TextPart(require(block, "text", str, path), _rest(block, "text"))
+
+
+def _image_in(block: dict, path: str) -> ImagePart:
+    source = require(block, "source", dict, path)
+    kind = source.get("type")
+    if kind == "base64":
+        return ImagePart(data=require(source, "data", str, f"{path}source."),
+                         media_type=require(source, "media_type", str, f"{path}source."), extra=_rest(block, "source"))
+    if kind == "url":
+        return ImagePart(url=require(source, "url", str, f"{path}source."), extra=_rest(block, "source"))
+    return ImagePart(extra=_rest(block))
+
+
+def _tool_use_in(block: dict, path: str) -> ToolCallPart:
+    call_id = require(block, "id", str, path)
+    name = require(block, "name", str, path)
+    args = block.get("input")
+    return ToolCallPart(call_id, name, json.dumps(args if args is not None else {}, ensure_ascii=False),
+                        _rest(block, "id", "name", "input"))
+
+
+def _tool_result_in(block: dict, path: str) -> ToolResultPart:
+    call_id = require(block, "tool_use_id", str, path)
+    content = block.get("content")
+    if content is None:
+        content = ""
+    elif isinstance(content, list):
+        content = tuple(p for j, b in enumerate(content)
+                        if (p := _block_in(b, f"{path}content[{j}]")) is not None)
+    elif not isinstance(content, str):
+        raise InvalidRequest(f"Invalid type for '{path}content': expected a string or an array.",
+                             param=f"{path}content")
+    return ToolResultPart(call_id, content, bool(check(block, "is_error", bool, path, False)),
+                          extra=_rest(block, "tool_use_id", "content", "is_error"))
+
+
+def _thinking_in(block: dict, path: str) -> ReasoningPart:
+    return ReasoningPart(text=check(block, "thinking", str, path, ""), signature=check(block, "signature", str, path),
+                         extra=_rest(block, "thinking", "signature"))
+
+
+def _redacted_in(block: dict, path: str) -> ReasoningPart:
+    return ReasoningPart(redacted=require(block, "data", str, path), extra=_rest(block, "data"))
+
+
+BLOCKS_IN: dict[str, Callable[[dict, str], Any]] = {
+    "text": _text_in,
+    "image": _image_in,
+    "tool_use": _tool_use_in,
+    "tool_result": _tool_result_in,
+    "thinking": _thinking_in,
+    "redacted_thinking": _redacted_in,
+}
+
+
+def _tools_in(raw: list) -> tuple[list, list]:
+    """Custom tools become unified ``Tool``s; server tools stay Anthropic-only."""
+    tools, server = [], []
+    for i, t in enumerate(raw):
+        if not isinstance(t, dict):
+            raise InvalidRequest(f"Invalid type for 'tools[{i}]': expected an object.", param=f"tools[{i}]")
+        if t.get("type") not in (None, "custom"):
+            server.append(t)
+            continue
+        name = require(t, "name", str, f"tools[{i}].")
+        schema = check(t, "input_schema", dict, f"tools[{i}].", {})
+        tools.append(Tool(name, check(t, "description", str, f"tools[{i}].", ""), schema,
+                          _rest(t, "name", "description", "input_schema")))
+    return tools, server
+
+
+def _tool_choice_in(choice: dict | None) -> Any:
+    if choice is None:
+        return None
+    kind = choice.get("type")
+    if kind == "tool":
+        return {"name": choice.get("name")}
+    if kind not in TOOL_CHOICE_IN:
+        raise InvalidRequest(f"Invalid value for 'tool_choice.type': {kind!r}.", param="tool_choice.type")
+    return TOOL_CHOICE_IN[kind]
+
+
+def build_request(req: UnifiedRequest, model: str, **_: Any) -> dict:
+    """The upstream body: an Anthropic client's own, or one built from unified parts."""
+    if req.protocol == NAME:
+        body = dict(req.raw)
+        body["model"] = model
+        return body
+    system = [p.text for p in req.system if isinstance(p, TextPart) and p.text]
+    turns: list = []
+    for m in req.messages:
+        if m.role == "system":
+            system.extend(p.text for p in m.parts if isinstance(p, TextPart) and p.text)
+            continue
+        blocks = [b for p in m.parts if (b := _block_out(p)) is not None]
+        role = "assistant" if m.role == "assistant" else "user"
+        if not blocks:
+            continue
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": blocks})
+    for turn in turns:
+        # Anthropic wants a user turn's tool results before anything else in it.
+        turn["content"].sort(key=lambda b: b["type"] != "tool_result")
+    body: dict = {"model": model, "max_tokens": req.max_tokens or DEFAULT_MAX_TOKENS, "messages": turns}
+    if system:
+        body["system"] = "\n\n".join(system)
+    if req.tools:
+        body["tools"] = [_tool_out(t) for t in req.tools]
+        choice = _tool_choice_out(req.tool_choice)
+        if choice is not None:
+            body["tool_choice"] = choice
+    if req.temperature is not None:
+        body["temperature"] = min(float(req.temperature), 1.0)
+    if req.top_p is not None:
+        body["top_p"] = req.top_p
+    if req.stop:
+        body["stop_sequences"] = list(req.stop)
+    if req.stream:
+        body["stream"] = True
+    return body
+
+
+def _block_out(p: Any) -> dict | None:
+    out = BLOCKS_OUT.get(type(p))
+    return out(p) if out else None
+
+
+def _text_out(p: TextPart) -> dict | None:
+    return {"type": "text", "text": p.text} if p.text else None
+
+
+def _image_out(p: ImagePart) -> dict | None:
+    if p.data is not None:
+        return {"type": "image", "source": {"type": "base64", "media_type": p.media_type or "image/png", "data": p.data}}
+    if p.url:
+        return {"type": "image", "source": {"type": "url", "url": p.url}}
+    return None
+
+
+def _tool_use_out(p: ToolCallPart) -> dict:
+    try:
+        args = json.loads(p.arguments) if p.arguments.strip() else {}
+    except ValueError:
+        args = {"_raw_arguments": p.arguments}
+    if not isinstance(args, dict):
+        args = {"value": args}
+    return {"type": "tool_use", "id": p.id, "name": p.name, "input": args}
+
+
+def _tool_result_out(p: ToolResultPart) -> dict:
+    if isinstance(p.content, str):
+        content: Any = p.content
+    else:
+        content = [b for x in p.content if isinstance(x, (TextPart, ImagePart)) and (b := _block_out(x)) is not None]
+    block = {"type": "tool_result", "tool_use_id": p.call_id, "content": content}
+    if p.is_error:
+        block["is_error"] = True
+    return block
+
+
+def _reasoning_out(p: ReasoningPart) -> dict | None:
+    if p.redacted is not None and not p.text:
+        return {"type": "redacted_thinking", "data": p.redacted}
+    if p.signature:
+        return {"type": "thinking", "thinking": p.text, "signature": p.signature}
+    return None
+
+
+BLOCKS_OUT: dict[type, Callable[[Any], dict | None]] = {
+    TextPart: _text_out,
+    ImagePart: _image_out,
+    ToolCallPart: _tool_use_out,
+    ToolResultPart: _tool_result_out,
+    ReasoningPart: _reasoning_out,
+}
+
+
+def _tool_out(t: Tool) -> dict:
+    tool: dict = {"name": t.name, "input_schema": dict(t.parameters) or {"type": "object", "properties": {}}}
+    if t.description:
+        tool["description"] = t.description
+    return tool
+
+
+def _tool_choice_out(choice: Any) -> dict | None:
+    if isinstance(choice, dict) and choice.get("name"):
+        return {"type": "tool", "name": choice["name"]}
+    if isinstance(choice, str):
+        return TOOL_CHOICE_OUT.get(choice)
+    return None
+
+
+# ---------------------------------------------------------------- responses
+
+
+def parse_response(doc: dict) -> UnifiedResponse:
+    parts = [p for b in doc.get("content") or () if isinstance(b, dict) and (p := _response_block(b)) is not None]
+    extra = {"stop_sequence": doc["stop_sequence"]} if doc.get("stop_sequence") else {}
+    return UnifiedResponse(
+        id=str(doc.get("id", "")),
+        model=str(doc.get("model", "")),
+        parts=tuple(parts),
+        finish=FINISH_FROM_WIRE.get(doc.get("stop_reason") or "end_turn", FinishReason.STOP),
+        usage=normalize(NAME, doc.get("usage")),
+        extra=extra,
+    )
+
+
+def _response_block(block: dict) -> Any:
+    parse = BLOCKS_IN.get(block.get("type", ""))
+    if parse is None or block["type"] == "tool_result":
+        return None
+    try:
+        return parse(block, "content.")
+    except InvalidRequest:
+        return None
+
+
+def format_response(resp: UnifiedResponse, model: str) -> dict:
+    content = [b for p in resp.parts
+               if not isinstance(p, (ToolResultPart, ImagePart)) and (b := _response_block_out(p)) is not None]
+    return {
+        "id": message_id(resp.id),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop_reason(resp.finish, resp.extra.get("stop_sequence")),
+        "stop_sequence": resp.extra.get("stop_sequence"),
+        "usage": usage_to_wire(resp.usage),
+    }
+
+
+def _response_block_out(p: Any) -> dict | None:
+    if isinstance(p, ReasoningPart) and not p.signature and p.redacted is None:
+        # Reasoning from another provider: shown as thinking, with no signature to check.
+        return {"type": "thinking", "thinking": p.text, "signature": ""} if p.text else None
+    return _block_out(p)
+
+
+# ---------------------------------------------------------------- count_tokens
+
+
+def count_tokens(doc: dict) -> dict:
+    """``POST /v1/messages/count_tokens``: an estimate from the size of what is counted.
+
+    The body is validated like a Messages request (without ``max_tokens``); the count
+    is the gateway's usual conservative estimate over the compact JSON of the system
+    prompt, messages and tools, so it does not depend on the client's whitespace.
+    """
+    parse_request(doc, require_max_tokens=False)
+    counted = {k: doc[k] for k in ("system", "messages", "tools") if doc.get(k) is not None}
+    size = len(json.dumps(counted, separators=(",", ":"), ensure_ascii=False).encode())
+    return {"input_tokens": estimate_tokens(size)}

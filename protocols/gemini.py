@@ -1,0 +1,335 @@
+"""Google Gemini ``generateContent``: request/response translation, errors, counting.
+
+The model and whether to stream come from the URL (``models/{model}:{method}``), not
+the body, so ``parse_request`` takes them as arguments; whether a streaming client
+asked for ``alt=sse`` is kept in ``extra["gemini_sse"]`` because it picks the stream's
+framing (SSE, or one JSON array written element by element). The stream codecs live in
+``gemini_stream`` and the shared wire vocabulary in ``gemini_wire``; both are
+re-exported here so this module offers the whole protocol-module interface.
+
+A Gemini client's body is kept in ``raw`` and sent to a Gemini upstream as written,
+so a same-protocol trip loses nothing (thought signatures included). Converting to or
+from another protocol is lossy here:
+
+- Non-function tools (``googleSearch``, ``codeExecution``, ``urlContext`` ...) ride in
+  ``extra["gemini_tools"]`` and reach only Gemini upstreams; so do ``safetySettings``,
+  ``cachedContent``, ``thinkingConfig`` and the rest of ``generationConfig`` (JSON
+  mode, ``topK``, ``seed``, ``candidateCount`` ...).
+- Parts the unified model cannot hold (``executableCode``, ``codeExecutionResult``,
+  ``videoMetadata``) are dropped; ``inlineData``/``fileData`` of any MIME type become
+  image parts, which other protocols may refuse for non-images.
+- Function calls without an id get a gateway id (``gemini_call_...``) so other
+  protocols can pair results with calls; those ids are never sent to Gemini, and an
+  id-less ``functionResponse`` is paired with the oldest open call of its name.
+- A ``functionResponse.response`` of ``{"output"|"result"|"error": "text"}`` becomes that
+  text (``error``: an error result); any other object travels as JSON text. Going to
+  Gemini, the original object is restored when known, else ``{"output": text}``.
+- ``thoughtSignature`` is kept on a function call (``ToolCallPart.extra``) or as a
+  signature-only ``ReasoningPart`` before the part it rode on. Built for a Gemini
+  upstream from another protocol, reasoning and foreign signatures are dropped and
+  a replayed call without a Gemini signature carries ``SKIP_SIGNATURE``.
+- Gemini ends a function-calling turn with ``STOP``; the unified finish is
+  ``tool_calls`` when the answer holds a call. Unified ``content_filter`` goes out as
+  ``SAFETY``, ``error`` as ``OTHER``. Function-declaration schemas in OpenAPI form
+  (``"type": "OBJECT"``) are lower-cased to JSON Schema for other protocols.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from protocols.errors import InvalidRequest
+from protocols.gemini_stream import StreamDecoder, StreamEncoder
+from protocols.gemini_wire import (
+    FINISH_FROM_WIRE,
+    FINISH_TO_WIRE,
+    NAME,
+    CallIds,
+    count_tokens,
+    field,
+    format_error,
+    parts_in,
+    parts_out,
+    snake,
+    usage_to_wire,
+)
+from protocols.unified import (
+    FinishReason,
+    Message,
+    TextPart,
+    Tool,
+    ToolCallPart,
+    ToolResultPart,
+    UnifiedRequest,
+    UnifiedResponse,
+)
+from protocols.usage import normalize
+
+__all__ = [
+    "NAME", "parse_request", "build_request", "parse_response", "format_response", "format_error",
+    "count_tokens", "StreamDecoder", "StreamEncoder", "usage_to_wire",
+]
+
+ROLES_IN = {"user": "user", "model": "assistant", "function": "user"}
+MODES_IN = {"AUTO": "auto", "ANY": "required", "NONE": "none", "VALIDATED": "auto"}
+MODES_OUT = {"auto": "AUTO", "required": "ANY", "any": "ANY", "none": "NONE"}
+_GENERATION_KNOWN = frozenset(
+    name for key in ("maxOutputTokens", "temperature", "topP", "stopSequences", "thinkingConfig")
+    for name in (key, snake(key)))
+
+
+# ---------------------------------------------------------------- requests
+
+
+def parse_request(doc: dict, *, model: str, stream: bool, sse: bool = True) -> UnifiedRequest:
+    contents = field(doc, "contents")
+    if not isinstance(contents, list) or not contents:
+        raise InvalidRequest("* GenerateContentRequest.contents: contents is not specified", param="contents")
+    ids = CallIds()
+    messages: list = []
+    for i, content in enumerate(contents):
+        messages.extend(_content_in(content, f"contents[{i}]", ids))
+    tools, other_tools = _tools_in(field(doc, "tools"))
+    config = field(doc, "generationConfig")
+    if config is None:
+        config = {}
+    if not isinstance(config, Mapping):
+        raise InvalidRequest("Invalid type for 'generationConfig': expected an object.", param="generationConfig")
+    extra: dict = {"gemini_sse": sse}
+    if other_tools:
+        extra["gemini_tools"] = tuple(other_tools)
+    thinking = field(config, "thinkingConfig")
+    if isinstance(thinking, Mapping):
+        extra["thinking_config"] = thinking
+    rest = {k: v for k, v in config.items() if k not in _GENERATION_KNOWN}
+    if rest:
+        extra["generation_config"] = rest
+    for key in ("safetySettings", "cachedContent", "labels"):
+        if field(doc, key) is not None:
+            extra[key] = field(doc, key)
+    stop = field(config, "stopSequences") or ()
+    if not isinstance(stop, (list, tuple)):
+        raise InvalidRequest("Invalid type for 'generationConfig.stopSequences': expected an array.",
+                             param="generationConfig.stopSequences")
+    choice, allowed = _tool_choice_in(field(doc, "toolConfig"))
+    if allowed:
+        extra["allowed_function_names"] = allowed
+    return UnifiedRequest(
+        protocol=NAME,
+        model=model,
+        messages=tuple(messages),
+        stream=stream,
+        system=_system_in(field(doc, "systemInstruction")),
+        tools=tuple(tools),
+        tool_choice=choice,
+        max_tokens=_number(config, "maxOutputTokens", int),
+        temperature=_number(config, "temperature", (int, float)),
+        top_p=_number(config, "topP", (int, float)),
+        stop=tuple(str(s) for s in stop),
+        raw=doc,
+        extra=extra,
+    )
+
+
+def _number(config: Mapping, name: str, kind: Any) -> Any:
+    value = field(config, name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise InvalidRequest(f"Invalid value at 'generation_config.{name}': expected a number.",
+                             param=f"generationConfig.{name}")
+    return value
+
+
+def _content_in(content: Any, path: str, ids: CallIds) -> list:
+    if not isinstance(content, Mapping):
+        raise InvalidRequest(f"Invalid type for '{path}': expected an object.", param=path)
+    role = content.get("role") or "user"
+    if role not in ROLES_IN:
+        raise InvalidRequest(f"Please use a valid role: user, model (got {role!r} at '{path}.role').",
+                             param=f"{path}.role")
+    parts = tuple(parts_in(content.get("parts", []), f"{path}.parts", ids))
+    if role != "model" and parts and all(isinstance(p, ToolResultPart) for p in parts):
+        return [Message("tool", parts)]
+    return [Message(ROLES_IN[role], parts)]
+
+
+def _system_in(system: Any) -> tuple:
+    if system is None:
+        return ()
+    if isinstance(system, str):
+        return (TextPart(system),) if system else ()
+    if not isinstance(system, Mapping) or not isinstance(system.get("parts", []), list):
+        raise InvalidRequest("Invalid type for 'systemInstruction': expected a Content object.",
+                             param="systemInstruction")
+    return tuple(TextPart(p["text"]) for p in system.get("parts", [])
+                 if isinstance(p, Mapping) and isinstance(p.get("text"), str))
+
+
+def _tools_in(raw: Any) -> tuple[list, list]:
+    if raw is None:
+        return [], []
+    if not isinstance(raw, list):
+        raise InvalidRequest("Invalid type for 'tools': expected an array.", param="tools")
+    tools: list = []
+    others: list = []
+    for i, tool in enumerate(raw):
+        if not isinstance(tool, Mapping):
+            raise InvalidRequest(f"Invalid type for 'tools[{i}]': expected an object.", param=f"tools[{i}]")
+        declarations = field(tool, "functionDeclarations")
+        rest = {k: v for k, v in tool.items() if k not in ("functionDeclarations", "function_declarations")}
+        if rest:
+            others.append(rest)
+        for j, decl in enumerate(declarations or []):
+            path = f"tools[{i}].functionDeclarations[{j}]"
+            if not isinstance(decl, Mapping) or not isinstance(decl.get("name"), str):
+                raise InvalidRequest(f"'{path}.name' is required.", param=f"{path}.name")
+            schema = field(decl, "parametersJsonSchema")
+            if schema is None:
+                schema = _json_schema(field(decl, "parameters") or {})
+            tools.append(Tool(decl["name"], decl.get("description") or "", schema if isinstance(schema, Mapping) else {}))
+    return tools, others
+
+
+def _json_schema(schema: Any) -> Any:
+    """Gemini's OpenAPI-style ``parameters`` (``"type": "OBJECT"``) as JSON Schema."""
+    if isinstance(schema, list):
+        return [_json_schema(s) for s in schema]
+    if not isinstance(schema, Mapping):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key == "type" and isinstance(value, str):
+            out[key] = value.lower()
+        elif key == "properties" and isinstance(value, Mapping):
+            out[key] = {name: _json_schema(v) for name, v in value.items()}
+        elif key in ("items", "anyOf", "oneOf", "allOf"):
+            out[key] = _json_schema(value)
+        else:
+            out[key] = value
+    return out
+
+
+def _tool_choice_in(config: Any) -> tuple[Any, tuple]:
+    calling = field(config, "functionCallingConfig") if isinstance(config, Mapping) else None
+    if not isinstance(calling, Mapping):
+        return None, ()
+    mode = str(calling.get("mode") or "AUTO").upper()
+    allowed = tuple(field(calling, "allowedFunctionNames") or ())
+    if mode == "ANY" and len(allowed) == 1:
+        return {"name": allowed[0]}, allowed
+    return MODES_IN.get(mode, "auto"), allowed
+
+
+def build_request(req: UnifiedRequest, model: str) -> dict:
+    """The upstream body (the model goes in the URL). A Gemini client's own body is
+    reused as written."""
+    if req.protocol == NAME:
+        return dict(req.raw)
+    names = {p.id: p.name for m in req.messages for p in m.parts if isinstance(p, ToolCallPart)}
+    system = [p.text for p in req.system if isinstance(p, TextPart)]
+    contents: list[dict] = []
+    for m in req.messages:
+        if m.role == "system":
+            system.append(m.text())
+            continue
+        role = "model" if m.role == "assistant" else "user"
+        parts = parts_out(m.parts, names, replay=True)
+        if not parts:
+            continue
+        if contents and contents[-1]["role"] == role:
+            contents[-1]["parts"].extend(parts)
+        else:
+            contents.append({"role": role, "parts": parts})
+    body: dict = {"contents": contents}
+    if system:
+        body["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
+    if req.tools:
+        body["tools"] = [{"functionDeclarations": [_declaration(t) for t in req.tools]}]
+        config = _tool_config(req.tool_choice)
+        if config:
+            body["toolConfig"] = config
+    generation: dict = {}
+    for key, value in (("maxOutputTokens", req.max_tokens), ("temperature", req.temperature), ("topP", req.top_p)):
+        if value is not None:
+            generation[key] = value
+    if req.stop:
+        generation["stopSequences"] = list(req.stop)
+    if generation:
+        body["generationConfig"] = generation
+    return body
+
+
+def _declaration(tool: Tool) -> dict:
+    decl: dict = {"name": tool.name}
+    if tool.description:
+        decl["description"] = tool.description
+    if tool.parameters:
+        decl["parametersJsonSchema"] = dict(tool.parameters)
+    return decl
+
+
+def _tool_config(choice: Any) -> dict | None:
+    if isinstance(choice, Mapping) and choice.get("name"):
+        return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [choice["name"]]}}
+    mode = MODES_OUT.get(choice) if isinstance(choice, str) else None
+    return {"functionCallingConfig": {"mode": mode}} if mode else None
+
+
+# ---------------------------------------------------------------- responses
+
+
+def parse_response(doc: Any) -> UnifiedResponse:
+    """A ``generateContent`` answer; a whole streamed array is folded into one."""
+    chunks = doc if isinstance(doc, list) else [doc]
+    ids = CallIds()
+    parts: list = []
+    finish: FinishReason | None = None
+    usage = None
+    response_id = model = ""
+    for chunk in chunks:
+        if not isinstance(chunk, Mapping):
+            continue
+        response_id = field(chunk, "responseId") or response_id
+        model = field(chunk, "modelVersion") or model
+        usage = normalize(NAME, field(chunk, "usageMetadata")) or usage
+        candidate = (chunk.get("candidates") or [{}])[0]
+        content = candidate.get("content") or {}
+        parts.extend(parts_in(content.get("parts") or [], "candidates[0].content.parts", ids))
+        reason = field(candidate, "finishReason")
+        if reason:
+            finish = FINISH_FROM_WIRE.get(reason, FinishReason.STOP)
+        feedback = field(chunk, "promptFeedback")
+        if isinstance(feedback, Mapping) and field(feedback, "blockReason"):
+            finish = FinishReason.CONTENT_FILTER
+    if finish in (None, FinishReason.STOP) and any(isinstance(p, ToolCallPart) for p in parts):
+        finish = FinishReason.TOOL_CALLS
+    return UnifiedResponse(id=response_id, model=model, parts=tuple(_merge_text(parts)),
+                           finish=finish or FinishReason.STOP, usage=usage)
+
+
+def _merge_text(parts: list) -> list:
+    """Adjacent plain text parts (one per streamed chunk) joined into one."""
+    out: list = []
+    for p in parts:
+        if isinstance(p, TextPart) and out and isinstance(out[-1], TextPart) and not p.extra:
+            out[-1] = TextPart(out[-1].text + p.text, out[-1].extra)
+        else:
+            out.append(p)
+    return out
+
+
+def format_response(resp: UnifiedResponse, model: str) -> dict:
+    parts = parts_out(resp.parts, {}, replay=False) or [{"text": ""}]
+    doc: dict = {
+        "candidates": [{
+            "content": {"parts": parts, "role": "model"},
+            "finishReason": FINISH_TO_WIRE[resp.finish],
+            "index": 0,
+        }],
+    }
+    if resp.usage is not None:
+        doc["usageMetadata"] = usage_to_wire(resp.usage)
+    doc["modelVersion"] = model
+    doc["responseId"] = resp.id or "tollhouse"
+    return doc

@@ -1,0 +1,337 @@
+"""OpenAI Responses API: request/response translation (stream codecs in ``_stream``).
+
+A Responses client talking to a Responses upstream gets its own body forwarded with
+only the model replaced, so nothing below is lossy for it. Across protocols:
+
+- ``instructions`` and ``system``/``developer`` messages become the unified system
+  prompt (a developer message in mid-conversation moves to the front).
+- Tools other than ``function`` (``namespace``, ``web_search``, ``local_shell``,
+  ``custom`` ...) ride in ``extra`` and reach only a Responses upstream; a
+  ``tool_choice`` naming such a tool becomes ``auto`` elsewhere. ``include``,
+  ``store``, ``prompt_cache_key``, ``parallel_tool_calls``, ``reasoning`` and
+  ``text`` likewise only reach a Responses upstream.
+- Reasoning items become ``ReasoningPart`` (summary text, ``encrypted_content`` as
+  ``redacted``, the item id in ``extra``). Going back to a Responses upstream only
+  reasoning that came from one (it has an ``rs_`` id) is replayed: another
+  provider's reasoning blob means nothing to OpenAI. Signatures are dropped.
+- Input items with no unified meaning (``item_reference``, ``web_search_call``,
+  ``local_shell_call`` ...) and ``input_file`` parts are dropped; ``stop`` has no
+  Responses field and is dropped.
+- ``previous_response_id`` is refused (400): the gateway stores no responses yet.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from protocols.errors import GatewayError, InvalidRequest
+from protocols.openai_responses_stream import StreamDecoder, StreamEncoder
+from protocols.openai_responses_wire import (
+    NAME,
+    TOOL_CALL_ITEMS,
+    finish_from_response,
+    output_items,
+    response_id,
+    response_object,
+    status_for,
+)
+from protocols.unified import (
+    ImagePart,
+    Message,
+    ReasoningPart,
+    TextPart,
+    Tool,
+    ToolCallPart,
+    ToolResultPart,
+    UnifiedRequest,
+    UnifiedResponse,
+)
+from protocols.usage import normalize
+from protocols.validate import check, require
+
+__all__ = ["NAME", "parse_request", "build_request", "parse_response", "format_response", "format_error",
+           "StreamDecoder", "StreamEncoder"]
+
+# Top-level fields kept in ``extra`` and sent again only to a Responses upstream.
+PASSTHROUGH_FIELDS = ("include", "store", "prompt_cache_key", "parallel_tool_calls", "reasoning", "text")
+ASSISTANT_ITEMS = frozenset({"reasoning", "function_call", "custom_tool_call"})
+
+
+# ---------------------------------------------------------------- requests
+
+
+def parse_request(doc: dict) -> UnifiedRequest:
+    model = require(doc, "model", str)
+    if doc.get("previous_response_id") is not None:
+        raise InvalidRequest(
+            "'previous_response_id' is not supported: this gateway does not store responses yet. "
+            "Send the whole conversation in 'input' (with store: false).",
+            param="previous_response_id")
+    system: list = []
+    instructions = check(doc, "instructions", str)
+    if instructions:
+        system.append(TextPart(instructions))
+    messages: list = []
+    raw_input = doc.get("input")
+    if isinstance(raw_input, str):
+        messages.append(Message("user", (TextPart(raw_input),)))
+    elif isinstance(raw_input, list):
+        for i, item in enumerate(raw_input):
+            _input_item(item, f"input[{i}]", system, messages)
+    elif raw_input is not None:
+        raise InvalidRequest("Invalid type for 'input': expected a string or an array.", param="input")
+    else:
+        raise InvalidRequest("Missing required parameter: 'input'.", param="input")
+    tools, other_tools = _tools_in(check(doc, "tools", list, default=[]))
+    extra: dict = {key: doc[key] for key in PASSTHROUGH_FIELDS if key in doc}
+    if other_tools:
+        extra["tools"] = other_tools
+    choice = doc.get("tool_choice")
+    return UnifiedRequest(
+        protocol=NAME,
+        model=model,
+        messages=tuple(messages),
+        stream=check(doc, "stream", bool, default=False),
+        system=tuple(system),
+        tools=tuple(tools),
+        tool_choice=_tool_choice_in(choice, {t.name for t in tools}),
+        max_tokens=check(doc, "max_output_tokens", int),
+        temperature=check(doc, "temperature", (int, float)),
+        top_p=check(doc, "top_p", (int, float)),
+        raw=doc,
+        extra=extra,
+    )
+
+
+def _input_item(item: Any, path: str, system: list, messages: list) -> None:
+    if not isinstance(item, dict):
+        raise InvalidRequest(f"Invalid type for '{path}': expected an object.", param=path)
+    kind = item.get("type") or ("message" if "role" in item else None)
+    if kind == "message":
+        role = require(item, "role", str, f"{path}.")
+        parts = _content_in(item.get("content"), f"{path}.content")
+        if role in ("system", "developer"):
+            system.extend(parts)
+        elif role in ("user", "assistant"):
+            _append(messages, role, parts, merge=role == "assistant")
+        else:
+            raise InvalidRequest(f"Invalid value for '{path}.role': {role!r}.", param=f"{path}.role")
+    elif kind == "function_call":
+        call_id = require(item, "call_id", str, f"{path}.")
+        part = ToolCallPart(call_id, require(item, "name", str, f"{path}."), check(item, "arguments", str, f"{path}.") or "{}",
+                            extra={"id": item["id"]} if isinstance(item.get("id"), str) else {})
+        _append(messages, "assistant", [part], merge=True)
+    elif kind == "custom_tool_call":
+        part = ToolCallPart(require(item, "call_id", str, f"{path}."), str(item.get("name", "")),
+                            str(item.get("input", "")), extra={"item": item})
+        _append(messages, "assistant", [part], merge=True)
+    elif kind in ("function_call_output", "custom_tool_call_output"):
+        call_id = require(item, "call_id", str, f"{path}.")
+        output = item.get("output")
+        content = output if isinstance(output, str) else tuple(_content_in(output, f"{path}.output"))
+        extra = {"item": item} if kind == "custom_tool_call_output" else {}
+        _append(messages, "tool", [ToolResultPart(call_id, content, extra=extra)], merge=True)
+    elif kind == "reasoning":
+        summary = item.get("summary") if isinstance(item.get("summary"), list) else []
+        text = "\n\n".join(s.get("text", "") for s in summary if isinstance(s, dict))
+        encrypted = item.get("encrypted_content")
+        part = ReasoningPart(text=text, redacted=encrypted if isinstance(encrypted, str) else None,
+                             extra={"id": item.get("id"), "summary": summary})
+        _append(messages, "assistant", [part], merge=True)
+
+
+def _append(messages: list, role: str, parts: list, *, merge: bool) -> None:
+    """Consecutive assistant items (reasoning, text, calls) form one turn, and so do
+    consecutive tool outputs: that is the shape Chat and Anthropic need."""
+    if merge and messages and messages[-1].role == role:
+        last = messages[-1]
+        messages[-1] = Message(role, last.parts + tuple(parts), last.extra)
+    elif parts or role != "assistant":
+        messages.append(Message(role, tuple(parts)))
+
+
+def _content_in(content: Any, path: str) -> list:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [TextPart(content)] if content else []
+    if not isinstance(content, list):
+        raise InvalidRequest(f"Invalid type for '{path}': expected a string or an array.", param=path)
+    parts: list = []
+    for part in content:
+        if not isinstance(part, dict):
+            continue
+        kind = part.get("type")
+        if kind in ("input_text", "output_text", "text"):
+            parts.append(TextPart(str(part.get("text", ""))))
+        elif kind == "refusal":
+            parts.append(TextPart(str(part.get("refusal", ""))))
+        elif kind == "input_image":
+            url = part.get("image_url")
+            if isinstance(url, str) and url.startswith("data:") and ";base64," in url:
+                head, data = url[5:].split(";base64,", 1)
+                parts.append(ImagePart(data=data, media_type=head))
+            elif isinstance(url, str):
+                parts.append(ImagePart(url=url))
+    return parts
+
+
+def _tools_in(raw: list) -> tuple[list, list]:
+    tools: list = []
+    others: list = []
+    for i, t in enumerate(raw):
+        if not isinstance(t, dict):
+            raise InvalidRequest(f"Invalid type for 'tools[{i}]': expected an object.", param=f"tools[{i}]")
+        if t.get("type") == "function":
+            name = require(t, "name", str, f"tools[{i}].")
+            extra = {"strict": t["strict"]} if isinstance(t.get("strict"), bool) else {}
+            tools.append(Tool(name, t.get("description") or "", t.get("parameters") or {}, extra))
+        else:
+            others.append(t)
+    return tools, others
+
+
+def _tool_choice_in(choice: Any, function_names: set) -> Any:
+    if isinstance(choice, dict):
+        name = choice.get("name")
+        if choice.get("type") == "function" and name in function_names:
+            return {"name": name}
+        return "auto"
+    return choice
+
+
+def build_request(req: UnifiedRequest, model: str, **_: Any) -> dict:
+    """The upstream body: a Responses client's own body with the model replaced, or a
+    translation of another protocol's request (stateless: ``store`` is false)."""
+    if req.protocol == NAME:
+        body = dict(req.raw)
+        body["model"] = model
+        return body
+    items: list = []
+    for m in req.messages:
+        items.extend(_message_out(m))
+    body: dict = {"model": model, "input": items, "stream": req.stream, "store": False}
+    instructions = "\n\n".join(p.text for p in req.system if isinstance(p, TextPart) and p.text)
+    if instructions:
+        body["instructions"] = instructions
+    tools = [
+        {"type": "function", "name": t.name, "description": t.description,
+         "parameters": t.parameters or {"type": "object", "properties": {}}, "strict": bool(t.extra.get("strict", False))}
+        for t in req.tools
+    ]
+    tools.extend(req.extra.get("tools") or ())
+    if tools:
+        body["tools"] = tools
+        if req.tool_choice is not None:
+            body["tool_choice"] = _tool_choice_out(req.tool_choice)
+    for key, value in (("max_output_tokens", req.max_tokens), ("temperature", req.temperature), ("top_p", req.top_p)):
+        if value is not None:
+            body[key] = value
+    for key in PASSTHROUGH_FIELDS:
+        if key in req.extra:
+            body[key] = req.extra[key]
+    return body
+
+
+def _tool_choice_out(choice: Any) -> Any:
+    if isinstance(choice, dict):
+        return {"type": "function", "name": choice.get("name")} if choice.get("name") else "auto"
+    return {"any": "required"}.get(choice, choice)
+
+
+def _message_out(m: Message) -> list:
+    out: list = []
+    content: list = []
+
+    def flush() -> None:
+        if content:
+            out.append({"type": "message", "role": "assistant" if m.role == "assistant" else "user",
+                        "content": list(content)})
+            content.clear()
+
+    for part in m.parts:
+        if isinstance(part, (TextPart, ImagePart)):
+            content.append(_part_out(part, m.role))
+            continue
+        flush()
+        if isinstance(part, ToolResultPart):
+            out.append(_result_out(part))
+        elif isinstance(part, ToolCallPart):
+            item = part.extra.get("item")
+            if isinstance(item, dict):
+                out.append(dict(item))
+                continue
+            call = {"type": "function_call", "call_id": part.id, "name": part.name, "arguments": part.arguments}
+            if str(part.extra.get("id") or "").startswith("fc_"):
+                call["id"] = part.extra["id"]
+            out.append(call)
+        elif isinstance(part, ReasoningPart) and str(part.extra.get("id") or "").startswith("rs_"):
+            out.append({"type": "reasoning", "id": part.extra["id"],
+                        "summary": part.extra.get("summary") or
+                        ([{"type": "summary_text", "text": part.text}] if part.text else []),
+                        **({"encrypted_content": part.redacted} if part.redacted else {})})
+    flush()
+    return out
+
+
+def _part_out(part: TextPart | ImagePart, role: str) -> dict:
+    if isinstance(part, TextPart):
+        return {"type": "output_text" if role == "assistant" else "input_text", "text": part.text}
+    url = part.url or f"data:{part.media_type};base64,{part.data}"
+    return {"type": "input_image", "image_url": url}
+
+
+def _result_out(part: ToolResultPart) -> dict:
+    item = part.extra.get("item")
+    if isinstance(item, dict):
+        return dict(item)
+    if isinstance(part.content, str):
+        output: Any = part.content
+    else:
+        output = [_part_out(p, "user") for p in part.content if isinstance(p, (TextPart, ImagePart))]
+    return {"type": "function_call_output", "call_id": part.call_id, "output": output}
+
+
+# ---------------------------------------------------------------- responses
+
+
+def parse_response(doc: dict) -> UnifiedResponse:
+    parts: list = []
+    for item in doc.get("output") or ():
+        if not isinstance(item, dict):
+            continue
+        kind = item.get("type")
+        if kind == "message":
+            for c in item.get("content") or ():
+                if isinstance(c, dict) and c.get("type") in ("output_text", "refusal"):
+                    parts.append(TextPart(str(c.get("text") or c.get("refusal") or "")))
+        elif kind == "reasoning":
+            summary = item.get("summary") or []
+            text = "\n\n".join(s.get("text", "") for s in summary if isinstance(s, dict))
+            parts.append(ReasoningPart(text=text, redacted=item.get("encrypted_content"), extra={"id": item.get("id")}))
+        elif kind == "function_call":
+            parts.append(ToolCallPart(str(item.get("call_id", "")), str(item.get("name", "")),
+                                      item.get("arguments") or "{}", extra={"id": item.get("id")}))
+        elif kind in TOOL_CALL_ITEMS:
+            parts.append(ToolCallPart(str(item.get("call_id", "")), str(item.get("name", "")),
+                                      str(item.get("input", "")), extra={"item": item}))
+    return UnifiedResponse(
+        id=str(doc.get("id", "")),
+        model=str(doc.get("model", "")),
+        parts=tuple(parts),
+        finish=finish_from_response(doc),
+        usage=normalize(NAME, doc.get("usage")),
+    )
+
+
+def format_response(resp: UnifiedResponse, model: str) -> dict:
+    return response_object(response_id(resp.id), model, int(time.time()), status=status_for(resp.finish),
+                           output=output_items(resp.parts), usage=resp.usage, finish=resp.finish)
+
+
+def format_error(err: GatewayError) -> dict:
+    code = {401: "invalid_api_key", 402: "insufficient_quota", 429: "rate_limit_exceeded"}.get(err.status)
+    if err.status == 404 and err.param == "model":
+        code = "model_not_found"
+    return {"error": {"message": err.message, "type": err.kind, "param": err.param, "code": code}}

@@ -1,0 +1,70 @@
+"""Anthropic Messages upstreams (api.anthropic.com and compatible servers).
+
+Anthropic authenticates with ``x-api-key`` and versions its API with the
+``anthropic-version`` header. When the client is itself an Anthropic client, the
+version and ``anthropic-beta`` headers it sent (kept in ``req.extra["anthropic_headers"]``
+by the front door) are forwarded, because beta request fields such as
+``context_management`` are rejected without their beta header; so is ``?beta=true``.
+Headers configured for the provider are applied last and win. Streams always carry
+usage (``message_start`` and ``message_delta``), so nothing is injected and a
+same-protocol stream is forwarded byte for byte.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+import httpx
+
+from protocols import anthropic_messages
+from protocols.anthropic_wire import API_VERSION
+from providers.base import Completion, FrameReader, SSEFramer, encode_body, parse_json, send
+
+PASSED_HEADERS = ("anthropic-version", "anthropic-beta")
+
+
+class AnthropicProvider:
+    protocol = anthropic_messages.NAME
+    SIM_SUFFIX = ""
+
+    def __init__(self, name: str, base_url: str, client: httpx.AsyncClient, headers: dict | None = None) -> None:
+        self.name = name
+        self.url = f"{base_url}/v1/messages"
+        self.client = client
+        self.extra_headers = dict(headers or {})
+
+    def headers(self, req: Any, credential: Any) -> dict:
+        headers = {
+            "x-api-key": credential.secret.value,
+            "anthropic-version": API_VERSION,
+            "content-type": "application/json",
+            "accept-encoding": "identity",
+        }
+        if req.protocol == self.protocol:
+            passed = req.extra.get("anthropic_headers") or {}
+            headers.update({k: v for k, v in passed.items() if k in PASSED_HEADERS and v})
+        headers.update(self.extra_headers)
+        return headers
+
+    def url_for(self, req: Any) -> str:
+        if req.protocol == self.protocol and req.extra.get("anthropic_beta_query"):
+            return self.url + "?beta=true"
+        return self.url
+
+    @asynccontextmanager
+    async def stream(self, req, model: str, credential: Any) -> AsyncIterator[FrameReader]:
+        body = encode_body(anthropic_messages.build_request(req, model))
+        response = await send(self.client, self.url_for(req), self.headers(req, credential), body, stream=True)
+        decoder = anthropic_messages.StreamDecoder(light=req.protocol == self.protocol)
+        reader = FrameReader(response, SSEFramer(decoder))
+        try:
+            yield reader
+        finally:
+            await reader.aclose()
+
+    async def complete(self, req, model: str, credential: Any) -> Completion:
+        body = encode_body(anthropic_messages.build_request(req, model))
+        response = await send(self.client, self.url_for(req), self.headers(req, credential), body, stream=False)
+        return Completion(response.content, parse_json(response.content, anthropic_messages.parse_response),
+                          response.headers.get("content-type", "application/json"))

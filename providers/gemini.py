@@ -1,0 +1,120 @@
+"""Google Gemini upstreams (``generativelanguage.googleapis.com`` and lookalikes).
+
+Streams ask for ``?alt=sse``: SSE is what every Gemini SDK uses and what the gateway's
+decoders read fastest. The one exception is a Gemini client that itself asked for the
+JSON-array framing (``streamGenerateContent`` without ``alt=sse``): the upstream is
+asked for the same framing, so the bytes it sends can be forwarded unchanged.
+
+Gemini sends no ``Retry-After`` header; a 429's wait is a ``RetryInfo.retryDelay`` in
+the error body, which ``protocols.retry_after`` reads at the boundary in ``send``.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Mapping
+from urllib.parse import quote
+
+import httpx
+
+from protocols import gemini
+from protocols.errors import UpstreamProtocolError
+from protocols.json_array import ArrayElement, JsonArraySplitter
+from protocols.sse import SSEEvent
+from protocols.unified import ErrorEvent
+from providers.base import Completion, Frame, FrameReader, SSEFramer, encode_body, parse_json, send
+
+API_VERSIONS = ("/v1beta", "/v1", "/v1alpha")
+
+
+class JsonArrayFramer:
+    """A streamed JSON array -> frames, through the Gemini ``StreamDecoder``.
+
+    Each element's frame holds every byte since the previous one, so forwarding the
+    raws reproduces the body. An element that is an error is held back until the array
+    closes (or the body ends): the dispatcher stops reading at an error, and the
+    client's array must still receive its closing bracket.
+    """
+
+    def __init__(self, decoder: Any) -> None:
+        self.splitter = JsonArraySplitter()
+        self.decoder = decoder
+        self._held: list[Frame] = []
+
+    def _frames(self, elements: list[ArrayElement], final: bool = False) -> list[Frame]:
+        out: list[Frame] = []
+        for el in elements:
+            if el.error is not None:
+                events: tuple = (ErrorEvent(UpstreamProtocolError(
+                    f"upstream sent a malformed Gemini JSON-array stream: {el.error}")),)
+            else:
+                events = tuple(self.decoder.feed(SSEEvent(el.raw, el.data)))
+            frame = Frame(el.raw, events)
+            is_error = any(isinstance(ev, ErrorEvent) for ev in events)
+            if self._held or (is_error and el.data is not None):
+                self._held.append(frame)
+                if el.data is None:
+                    out.extend(self._held)
+                    self._held.clear()
+            else:
+                out.append(frame)
+        if final and self._held:
+            out.extend(self._held)
+            self._held.clear()
+        return out
+
+    def feed(self, chunk: bytes) -> list[Frame]:
+        return self._frames(self.splitter.feed(chunk))
+
+    def close(self) -> list[Frame]:
+        return self._frames(self.splitter.close(), final=True)
+
+
+class GeminiProvider:
+    protocol = gemini.NAME
+    SIM_SUFFIX = ""
+
+    def __init__(self, name: str, base_url: str, client: httpx.AsyncClient, headers: dict | None = None) -> None:
+        self.name = name
+        base = base_url.rstrip("/")
+        self.base = base if base.endswith(API_VERSIONS) else base + "/v1beta"
+        self.client = client
+        self.extra_headers = dict(headers or {})
+
+    def headers(self, credential: Any) -> dict:
+        return {
+            "x-goog-api-key": credential.secret.value,
+            "content-type": "application/json",
+            "accept-encoding": "identity",
+            **self.extra_headers,
+        }
+
+    def url(self, model: str, method: str, sse: bool = False) -> str:
+        name = model[len("models/"):] if model.startswith("models/") else model
+        return f"{self.base}/models/{quote(name, safe='/-._~+=@')}:{method}" + ("?alt=sse" if sse else "")
+
+    @staticmethod
+    def wants_sse(req: Any) -> bool:
+        """SSE, unless a Gemini client asked for the JSON array (then forward as is)."""
+        extra = req.extra if isinstance(req.extra, Mapping) else {}
+        return not (req.protocol == gemini.NAME and extra.get("gemini_sse") is False)
+
+    @asynccontextmanager
+    async def stream(self, req, model: str, credential: Any) -> AsyncIterator[FrameReader]:
+        sse = self.wants_sse(req)
+        body = encode_body(gemini.build_request(req, model))
+        response = await send(self.client, self.url(model, "streamGenerateContent", sse),
+                              self.headers(credential), body, stream=True)
+        decoder = gemini.StreamDecoder(light=req.protocol == self.protocol)
+        reader = FrameReader(response, SSEFramer(decoder) if sse else JsonArrayFramer(decoder))
+        try:
+            yield reader
+        finally:
+            await reader.aclose()
+
+    async def complete(self, req, model: str, credential: Any) -> Completion:
+        body = encode_body(gemini.build_request(req, model))
+        response = await send(self.client, self.url(model, "generateContent"), self.headers(credential), body,
+                              stream=False)
+        return Completion(response.content, parse_json(response.content, gemini.parse_response),
+                          response.headers.get("content-type", "application/json"))

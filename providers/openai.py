@@ -1,0 +1,49 @@
+"""OpenAI's native Responses API over HTTP (``POST {base_url}/responses``).
+
+Responses streams always end with usage in ``response.completed``, so nothing is
+injected: a Responses client's stream is forwarded byte for byte. Translated
+requests are stateless (``store: false``), because the gateway keeps no responses
+for a later ``previous_response_id``.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+import httpx
+
+from protocols import openai_responses
+from providers.base import Completion, FrameReader, SSEFramer, encode_body, open_frames, parse_json, send
+
+
+class OpenAIResponsesProvider:
+    protocol = openai_responses.NAME
+    SIM_SUFFIX = "/v1"
+
+    def __init__(self, name: str, base_url: str, client: httpx.AsyncClient, headers: dict | None = None) -> None:
+        self.name = name
+        self.url = f"{base_url}/responses"
+        self.client = client
+        self.extra_headers = dict(headers or {})
+
+    def headers(self, credential: Any) -> dict:
+        return {
+            "authorization": f"Bearer {credential.secret.value}",
+            "content-type": "application/json",
+            "accept-encoding": "identity",
+            **self.extra_headers,
+        }
+
+    @asynccontextmanager
+    async def stream(self, req, model: str, credential: Any) -> AsyncIterator[FrameReader]:
+        body = openai_responses.build_request(req, model)
+        framer = SSEFramer(openai_responses.StreamDecoder(light=req.protocol == self.protocol))
+        async with open_frames(self.client, self.url, self.headers(credential), encode_body(body), framer) as reader:
+            yield reader
+
+    async def complete(self, req, model: str, credential: Any) -> Completion:
+        body = openai_responses.build_request(req, model)
+        response = await send(self.client, self.url, self.headers(credential), encode_body(body), stream=False)
+        return Completion(response.content, parse_json(response.content, openai_responses.parse_response),
+                          response.headers.get("content-type", "application/json"))

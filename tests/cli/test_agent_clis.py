@@ -1,0 +1,108 @@
+"""Real agent CLIs through the gateway: Codex, Claude Code and Gemini CLI.
+
+Opt-in (large installs): see the README's "Agent CLIs" section. Each CLI completes a
+prompt that makes it call one tool (read a file) through the gateway, once with an
+upstream of its own protocol and once with an upstream of another; the answer must
+quote the file, which only the tool call could have read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.conftest import base_config, running_gateway
+
+BIN = Path(os.environ.get("TOLLHOUSE_CLI_BIN", Path(__file__).resolve().parents[2] / ".clis/node_modules/.bin"))
+KEY = "th-cli-key"
+SECRET = "The secret word is marmalade."
+
+pytestmark = pytest.mark.skipif(not BIN.is_dir(), reason=f"agent CLIs not installed in {BIN}")
+
+
+def cli_config(tmp_path) -> dict:
+    doc = base_config(tmp_path)
+    doc["providers"].update({
+        "simr": {"family": "simulator", "embedded": True, "protocol": "openai_responses"},
+        "sima": {"family": "simulator", "embedded": True, "protocol": "anthropic"},
+        "simg": {"family": "simulator", "embedded": True, "protocol": "gemini"},
+    })
+    doc["models"].update({
+        "own-responses": {"targets": ["simr/sim-gpt"]},
+        "own-anthropic": {"targets": ["sima/sim-claude"]},
+        "own-gemini": {"targets": ["simg/sim-gemini"]},
+        "cross-chat": {"targets": ["sim/sim-chat"]},
+    })
+    doc["keys"] = [{"name": "cli", "key": KEY}]
+    doc["streaming"] = {"ttfb_timeout_s": 60, "stall_timeout_s": 60}
+    return doc
+
+
+def _home(tmp_path: Path) -> dict:
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    return {"HOME": str(home), "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "NO_COLOR": "1"}
+
+
+def codex(url: str, model: str, prompt: str, tmp_path: Path) -> tuple[list, dict]:
+    env = {**_home(tmp_path), "TOLLHOUSE_KEY": KEY}
+    argv = [
+        str(BIN / "codex"), "exec", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox",
+        "-c", 'model_provider="tollhouse"',
+        "-c", f'model="{model}"',
+        "-c", 'model_providers.tollhouse.name="Tollhouse"',
+        "-c", f'model_providers.tollhouse.base_url="{url}/v1"',
+        "-c", 'model_providers.tollhouse.env_key="TOLLHOUSE_KEY"',
+        "-c", 'model_providers.tollhouse.wire_api="responses"',
+        prompt,
+    ]
+    return argv, env
+
+
+def claude(url: str, model: str, prompt: str, tmp_path: Path) -> tuple[list, dict]:
+    env = {**_home(tmp_path), "ANTHROPIC_BASE_URL": url, "ANTHROPIC_API_KEY": KEY, "DISABLE_TELEMETRY": "1",
+           "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
+    return [str(BIN / "claude"), "-p", prompt, "--model", model], env
+
+
+def gemini(url: str, model: str, prompt: str, tmp_path: Path) -> tuple[list, dict]:
+    env = {**_home(tmp_path), "GOOGLE_GEMINI_BASE_URL": url, "GEMINI_API_KEY": KEY}
+    settings = Path(env["HOME"]) / ".gemini" / "settings.json"
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_text(json.dumps({"security": {"auth": {"selectedType": "gemini-api-key"},
+                                                 "folderTrust": {"enabled": False}},
+                                    "privacy": {"usageStatisticsEnabled": False}}))
+    return [str(BIN / "gemini"), "-p", prompt, "-m", model, "--yolo"], env
+
+
+CASES = [
+    ("codex", codex, "own-responses"), ("codex", codex, "cross-chat"),
+    ("claude", claude, "own-anthropic"), ("claude", claude, "cross-chat"),
+    ("gemini", gemini, "own-gemini"), ("gemini", gemini, "cross-chat"),
+]
+
+
+@pytest.mark.parametrize("name,build,model", CASES, ids=[f"{c[0]}-{c[2]}" for c in CASES])
+async def test_cli_completes_a_prompt_with_one_tool_call(tmp_path, name, build, model):
+    if not (BIN / name).exists():
+        pytest.skip(f"{name} is not installed")
+    work = tmp_path / "work"
+    work.mkdir()
+    target = work / "hello.txt"
+    target.write_text(SECRET + "\n")
+    prompt = f"Read the file {target} and tell me the secret word."
+    async with running_gateway(cli_config(tmp_path)) as gw:
+        argv, env = build(gw.url, model, prompt, tmp_path)
+        with trio.fail_after(120):
+            done = await trio.run_process(argv, env=env, cwd=work, capture_stdout=True, capture_stderr=True,
+                                          check=False, stdin=b"")
+        out = done.stdout.decode(errors="replace")
+        assert done.returncode == 0, out[-2000:] + done.stderr.decode(errors="replace")[-2000:]
+        assert "marmalade" in out, out[-2000:]
+        served = [e for e in gw.ledger_entries() if e["kind"] == "charge"]
+        assert len(served) >= 2, "a tool call and the answer to its result"
