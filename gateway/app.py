@@ -23,7 +23,7 @@ from gateway.routes import openai_chat as chat_routes
 from gateway.routes import openai_responses as responses_routes
 from gateway.routes.common import send_error
 from gateway.runtime import Runtime
-from protocols import gemini, openai_chat
+from protocols import anthropic_messages, gemini, openai_chat
 from protocols.errors import MethodNotAllowed, NotFound
 
 log = logging.getLogger("tollhouse")
@@ -43,7 +43,7 @@ def client_protocol_for(path: str):
     return openai_chat
 
 
-PREFIX_PROTOCOLS: list = [("/v1beta", gemini)]
+PREFIX_PROTOCOLS: list = [("/v1beta", gemini), ("/v1/messages", anthropic_messages)]
 
 
 class Gateway:

@@ -213,7 +213,8 @@ def _message_out(m: Message) -> list:
     rest = [p for p in m.parts if not isinstance(p, ToolResultPart)]
     if not rest:
         return out
-    role = "assistant" if m.role == "assistant" else "user"
+    # A system turn inside the conversation (Claude Code sends them) stays a system turn.
+    role = m.role if m.role in ("assistant", "system") else "user"
     calls = [p for p in rest if isinstance(p, ToolCallPart)]
     content = [_part_out(p) for p in rest if isinstance(p, (TextPart, ImagePart))]
     msg: dict = {"role": role}

@@ -50,7 +50,9 @@ def _openai_chat(doc: Mapping[str, Any]) -> Usage:
     cached = _int(doc, "prompt_tokens_details", "cached_tokens")
     cache_write = _int(doc, "prompt_tokens_details", "cache_write_tokens")
     completion = _int(doc, "completion_tokens")
-    reasoning = _int(doc, "completion_tokens_details", "reasoning_tokens")
+    # reasoning is part of completion; a provider that reports more (seen on OpenRouter)
+    # must not make the total exceed what it billed
+    reasoning = min(_int(doc, "completion_tokens_details", "reasoning_tokens"), completion)
     return Usage(
         input=max(prompt - cached - cache_write, 0),
         cached_input=cached,
@@ -65,7 +67,7 @@ def _openai_responses(doc: Mapping[str, Any]) -> Usage:
     prompt = _int(doc, "input_tokens")
     cached = _int(doc, "input_tokens_details", "cached_tokens")
     completion = _int(doc, "output_tokens")
-    reasoning = _int(doc, "output_tokens_details", "reasoning_tokens")
+    reasoning = min(_int(doc, "output_tokens_details", "reasoning_tokens"), completion)
     return Usage(
         input=max(prompt - cached, 0),
         cached_input=cached,

@@ -31,6 +31,7 @@ CASES = [
      "authentication_error"),
     ("wrong key", b'{"model": "demo", "messages": [{"role": "user", "content": "x"}]}', "th-wrong", 401,
      "authentication_error"),
+    ("malformed json, wrong key", b"{not json", "th-wrong", 401, "authentication_error"),
     ("unknown model, wrong key", b'{"model": "nope", "messages": [{"role": "user", "content": "x"}]}', "th-wrong",
      401, "authentication_error"),
     ("oversized", b'{"model": "demo", "messages": [{"role": "user", "content": "' + b"x" * 4096 + b'"}]}',

@@ -131,8 +131,10 @@ def test_openrouter_inband_error_chunk_keeps_its_usage():
     [(kind, message)] = errors(events)
     assert issubclass(kind, UpstreamError) and message == "Token limit reached"
     [usage] = usages(events)
-    # OpenRouter reports reasoning_tokens=11 inside completion_tokens=10: the larger count wins, once.
-    assert (usage.input, usage.output, usage.reasoning) == (43, 0, 11)
+    # OpenRouter reports reasoning_tokens=11 inside completion_tokens=10: reasoning is capped at
+    # the completion count, so the buckets add up to the billed total (53) and nothing twice.
+    assert (usage.input, usage.output, usage.reasoning) == (43, 0, 10)
+    assert usage.total == 53
     assert events.count(Finish(FinishReason.LENGTH)) == 1
 
 

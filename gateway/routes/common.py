@@ -12,7 +12,8 @@ from typing import Any, Callable
 
 from gateway.asgi_link import AsgiLink, read_body
 from gateway.dispatch import Call
-from protocols.errors import GatewayError, Unauthenticated
+from actors.usage import Authenticate
+from protocols.errors import GatewayError, InvalidRequest, Unauthenticated
 from protocols.validate import load_json_object
 
 
@@ -50,7 +51,12 @@ async def serve_llm(runtime: Any, client: Any, scope, receive, send, key: str | 
         if not key:
             raise Unauthenticated("Missing gateway key: send it as a bearer token (or the protocol's key header).")
         body = await read_body(scope, receive, runtime.config.server.max_body_bytes)
-        request = parse(load_json_object(body))
+        try:
+            request = parse(load_json_object(body))
+        except InvalidRequest:
+            # A stranger learns nothing about the request format: the key is checked first.
+            await runtime.actors.usage.ask(Authenticate(key))
+            raise
         await runtime.dispatcher.serve(Call(request, key, client, len(body)), link)
     except GatewayError as err:
         if not link.started:
