@@ -84,6 +84,7 @@ class Settle:
     provider: str | None = None
     model: str | None = None
     credential: str | None = None
+    no_work: bool = False  # every upstream refused the call outright: nothing to charge
 
 
 @attrs.frozen
@@ -284,6 +285,8 @@ class UsageCore:
             cost, reported = cost_micro_usd(msg.usage, self.price(label))
             source = "reported" if reported else "pricing"
             provenance = msg.provenance
+        elif msg.no_work:
+            cost, source, provenance = 0, "refused", Provenance.ESTIMATED
         else:
             cost, source, provenance = hold.hold_micro, "hold", Provenance.ESTIMATED
         overrun = max(0, cost - hold.hold_micro)

@@ -99,6 +99,7 @@ class RequestState:
     credential: str | None = None
     settled: bool = False
     draining: bool = False
+    upstream_worked: bool = False  # some upstream accepted the call (or may have: a timeout)
 
 
 class Dispatcher:
@@ -140,8 +141,9 @@ class Dispatcher:
                 raise failure
             if state.client_gone and state.reason is None:
                 state.reason = EndReason.CLIENT_CANCEL
-        except GatewayError:
-            state.reason = state.reason or EndReason.UPSTREAM_ERROR
+        except GatewayError as exc:
+            if state.reason is None:
+                state.reason = EndReason.TIMEOUT if isinstance(exc, UpstreamTimeout) else EndReason.UPSTREAM_ERROR
             raise
         except BaseException:
             if state.reason is None:
@@ -184,7 +186,8 @@ class Dispatcher:
         target = state.target
         await self.actors.usage.ask(Settle(
             state.id, usage, provenance, state.reason or EndReason.END,
-            target.provider if target else None, target.model if target else None, state.credential))
+            target.provider if target else None, target.model if target else None, state.credential,
+            no_work=usage is None and not state.upstream_worked))
         state.settled = True
 
     # ------------------------------------------------------------ failover
@@ -249,6 +252,10 @@ class Dispatcher:
             error = exc
             raise
         finally:
+            # Only an outright refusal (an error status, no connection) proves the upstream
+            # did no work; a success, a timeout or a cancel may all have cost something.
+            if error is None or isinstance(error, UpstreamTimeout) or state.started:
+                state.upstream_worked = True
             with trio.move_on_after(SETTLE_TIMEOUT, shield=True):
                 await self._release(target, lease, error, state)
 
@@ -275,6 +282,7 @@ class Dispatcher:
             state.reason = EndReason.TIMEOUT
             raise UpstreamTimeout("The upstream did not answer before the request deadline.")
         response = completion.response
+        state.upstream_worked = True
         state.meter.usage = response.usage
         state.meter.finished = True
         if req.protocol == provider.protocol:
@@ -307,7 +315,7 @@ class Dispatcher:
                 if first_error is not None:
                     raise first_error
                 content_type = reader.content_type if passthrough else encoder.content_type
-                state.started = True
+                state.upstream_worked = state.started = True
                 await link.start(200, _headers(state, content_type, target))
                 try:
                     while batch is not None:

@@ -61,6 +61,7 @@ class Fault:
     stall_after: int | None = None
     disconnect_after: int | None = None
     error_after: int | None = None
+    hold_open: bool = False
     no_usage: bool = False
     reject_stream_options: str | None = None
     tokens: int | None = None
@@ -78,7 +79,7 @@ class Fault:
                 values[name] = int(value)
             elif name == "ttfb_stall":
                 values[name] = float(value)
-            elif name == "no_usage":
+            elif name in ("no_usage", "hold_open"):
                 values[name] = value.lower() not in ("0", "false", "no")
             else:
                 values[name] = value

@@ -119,6 +119,7 @@ class Simulator:
         self.requests_by_key: dict[str, int] = {}
         self.bodies: list[dict] = []
         self.reported: list = []  # the usage each answer reported, in order
+        self.streams_sent = 0  # streams whose every event has been written
         self._changed = trio.Event()
         self._ids = itertools.count(1)
         self.url: str | None = None
@@ -133,6 +134,11 @@ class Simulator:
     async def wait_idle(self) -> None:
         """Return once no response is in flight."""
         while self.in_flight:
+            await self._changed.wait()
+
+    async def wait_streams_sent(self, n: int) -> None:
+        """Return once ``n`` streams have had all their events written."""
+        while self.streams_sent < n:
             await self._changed.wait()
 
     async def wait_requests(self, n: int) -> None:
@@ -237,7 +243,12 @@ class Simulator:
                 await send({"type": "http.response.body", "body": data, "more_body": True})
             if delay:
                 await trio.sleep(delay)
-        await send({"type": "http.response.body", "body": encoder.close(), "more_body": False})
+        await send({"type": "http.response.body", "body": encoder.close(), "more_body": fault.hold_open})
+        self.streams_sent += 1
+        self._changed.set()
+        self._changed = trio.Event()
+        if fault.hold_open:
+            await trio.sleep_forever()
 
     async def _error(self, proto: SimProtocol, fault: Fault, send) -> None:
         headers = []

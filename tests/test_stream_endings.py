@@ -35,7 +35,8 @@ async def test_ttfb_timeout_fails_over_then_reports_504(tmp_path):
             with trio.fail_after(2):
                 await gw.simulator.wait_idle()
             [entry] = gw.ledger_entries()
-            assert entry["reason"] == "upstream_error" and entry["provenance"] == "estimated"
+            assert entry["reason"] == "timeout" and entry["provenance"] == "estimated"
+            assert entry["amount_micro"] == entry["hold_micro"]
 
 
 async def test_stall_mid_stream_ends_with_error_chunk_and_timeout_record(tmp_path):
@@ -74,9 +75,10 @@ async def test_stream_without_usage_charges_the_hold(tmp_path):
 
 
 @pytest.mark.parametrize("stream", [True, False])
-async def test_upstream_503_everywhere_is_a_502_family_error(tmp_path, stream):
+async def test_upstream_refusal_everywhere_passes_its_status_and_charges_nothing(tmp_path, stream):
     with trio.fail_after(10):
         async with running_gateway(_config(tmp_path, "sim/sim-chat+status=503")) as gw:
             r = await _post(gw, stream=stream)
             assert r.status_code == 503
-            assert gw.ledger_entries()[0]["amount_micro"] == gw.ledger_entries()[0]["hold_micro"]
+            [entry] = gw.ledger_entries()
+            assert (entry["amount_micro"], entry["cost_source"], entry["reason"]) == (0, "refused", "upstream_error")
