@@ -30,3 +30,16 @@ def test_nothing_imports_gateway_but_gateway():
     for package in ("protocols", "actors", "providers"):
         for path in sorted((ROOT / package).glob("*.py")):
             assert "gateway" not in _imports(path), f"{package}/{path.name} imports gateway"
+
+
+def test_every_fixture_has_its_attribution():
+    import fnmatch
+    import re
+
+    fixtures = ROOT / "tests" / "fixtures"
+    sources = (fixtures / "SOURCES.md").read_text()
+    patterns = set(re.findall(r"`([\w./*-]+\.\w+)`", sources))
+    for path in sorted(fixtures.rglob("*")):
+        if path.is_file() and path.name != "SOURCES.md":
+            name = path.relative_to(fixtures).as_posix()
+            assert any(fnmatch.fnmatch(name, p) for p in patterns), f"{name} has no entry in SOURCES.md"
