@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     sim.set_defaults(run=_simulate)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "httpcore", "hypercorn.access"):
+    for noisy in ("hypercorn.access",):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.run(args)

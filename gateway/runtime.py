@@ -1,7 +1,7 @@
 """Everything the running gateway owns, started and stopped in one nursery.
 
 Order matters: the embedded simulator (if configured) starts first so providers can
-point at it; then one pooled HTTP client per provider; then the actor supervisor;
+point at it; then one upstream connection pool per provider; then the actor supervisor;
 then the dispatcher is published and requests may flow. Leaving ``run`` closes them
 in reverse.
 """
@@ -59,8 +59,9 @@ class Runtime:
                 self.simulator = Simulator(cfg.simulator.tokens_per_second)
                 await nursery.start(self.simulator.serve, cfg.simulator.host, cfg.simulator.port)
             for name, pcfg in cfg.providers.items():
-                client = await stack.enter_async_context(registry.http_client(pcfg))
-                self.providers[name] = registry.build(pcfg, client, self.simulator.url if self.simulator else None)
+                provider = registry.build(pcfg, self.simulator.url if self.simulator else None)
+                stack.push_async_callback(provider.client.aclose)
+                self.providers[name] = provider
             self.supervisor, self.actors = self._actors()
             await nursery.start(self.supervisor.run)
             self.dispatcher = Dispatcher(self.actors, self.providers, cfg.streaming, cfg.default_hold_output_tokens,

@@ -15,7 +15,7 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
-import httpx
+from providers.http11 import Pool
 
 from protocols import anthropic_messages
 from protocols.anthropic_wire import API_VERSION
@@ -28,7 +28,7 @@ class AnthropicProvider:
     protocol = anthropic_messages.NAME
     SIM_SUFFIX = ""
 
-    def __init__(self, name: str, base_url: str, client: httpx.AsyncClient, headers: dict | None = None) -> None:
+    def __init__(self, name: str, base_url: str, client: Pool, headers: dict | None = None) -> None:
         self.name = name
         self.url = f"{base_url}/v1/messages"
         self.client = client

@@ -16,16 +16,15 @@ from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable, Mapping, Protocol
 
 import attrs
-import httpx
-import trio
 
-from protocols.errors import UpstreamProtocolError, UpstreamServerError, UpstreamTimeout, classify_upstream
+from providers import http11
+
+from protocols.errors import UpstreamProtocolError, UpstreamServerError, classify_upstream
 from protocols.retry_after import retry_after
 from protocols.sse import SSEDecoder
 from protocols.unified import UnifiedRequest, UnifiedResponse
 
 MAX_ERROR_BODY = 64 * 1024
-CLOSE_TIMEOUT = 5.0
 
 
 @attrs.frozen
@@ -79,10 +78,9 @@ class SSEFramer:
 class FrameReader:
     """Pulls batches of frames from an open upstream response; one batch per read."""
 
-    def __init__(self, response: httpx.Response, framer: Framer) -> None:
+    def __init__(self, response: http11.Response, framer: Framer) -> None:
         self.response = response
         self.framer = framer
-        self._chunks = response.aiter_raw()
         self._done = False
 
     @property
@@ -93,15 +91,12 @@ class FrameReader:
         """The frames completed by the next read; None at the end of the body."""
         while not self._done:
             try:
-                chunk = await self._chunks.__anext__()
-            except StopAsyncIteration:
+                chunk = await self.response.receive()
+            except http11.UpstreamReadError as exc:
+                raise UpstreamServerError(f"upstream connection failed mid-stream: {exc}") from None
+            if chunk is None:
                 self._done = True
-                tail = self.framer.close()
-                return tail or None
-            except httpx.TimeoutException as exc:
-                raise UpstreamTimeout(f"upstream read timed out: {type(exc).__name__}") from None
-            except httpx.TransportError as exc:
-                raise UpstreamServerError(f"upstream connection failed mid-stream: {type(exc).__name__}") from None
+                return self.framer.close() or None
             frames = self.framer.feed(chunk)
             if frames:
                 return frames
@@ -109,9 +104,7 @@ class FrameReader:
 
     async def aclose(self) -> None:
         """Close at once, even inside a cancelled scope: the connection must not leak."""
-        with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
-            await self._chunks.aclose()
-            await self.response.aclose()
+        await self.response.aclose()
 
 
 def parse_json(body: bytes, parse: Callable[[Any], UnifiedResponse]) -> UnifiedResponse:
@@ -129,48 +122,50 @@ def encode_body(body: Mapping[str, Any]) -> bytes:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-async def _raise_for_status(response: httpx.Response) -> None:
-    if 200 <= response.status_code < 300:
-        return
-    try:
-        body = b""
-        async for chunk in response.aiter_raw():
-            body += chunk
-            if len(body) >= MAX_ERROR_BODY:
-                break
-    except httpx.HTTPError:
-        pass
-    finally:
-        await response.aclose()
-    headers = dict(response.headers)
-    raise classify_upstream(response.status_code, body, headers, retry_after(headers, body, time.time()))
+class Answer:
+    """A response as providers see it: status, headers, and (non-streaming) the body."""
+
+    __slots__ = ("response", "status_code", "headers", "content")
+
+    def __init__(self, response: http11.Response, content: bytes = b"") -> None:
+        self.response = response
+        self.status_code = response.status
+        self.headers = response.headers
+        self.content = content
 
 
-async def send(client: httpx.AsyncClient, url: str, headers: Mapping[str, str], body: bytes,
-               *, stream: bool) -> httpx.Response:
-    """POST to the upstream; return an open response with a 2xx status, or raise."""
-    request = client.build_request("POST", url, headers=headers, content=body)
+async def send(client: http11.Pool, url: str, headers: Mapping[str, str], body: bytes,
+               *, stream: bool) -> Any:
+    """POST to the upstream; return an open 2xx response (``stream``) or the whole
+    answer, or raise the classified error."""
     try:
-        response = await client.send(request, stream=True)
-    except httpx.TimeoutException as exc:
-        raise UpstreamTimeout(f"upstream did not answer in time ({type(exc).__name__})") from None
-    except httpx.TransportError as exc:
-        raise UpstreamServerError(f"cannot reach the upstream ({type(exc).__name__})") from None
-    await _raise_for_status(response)
-    if not stream:
+        response = await client.request("POST", url, headers.items(), body)
+    except http11.UpstreamConnectError as exc:
+        raise UpstreamServerError(f"cannot reach the upstream: {exc}") from None
+    except http11.UpstreamReadError as exc:
+        raise UpstreamServerError(f"upstream connection failed: {exc}") from None
+    if not 200 <= response.status < 300:
         try:
-            await response.aread()
-        except httpx.TimeoutException:
-            raise UpstreamTimeout("upstream body timed out") from None
-        except httpx.TransportError as exc:
-            raise UpstreamServerError(f"upstream connection failed ({type(exc).__name__})") from None
+            content = await response.read(MAX_ERROR_BODY)
+        except http11.UpstreamReadError:
+            content = b""
         finally:
             await response.aclose()
-    return response
+        raise classify_upstream(response.status, content, response.headers,
+                                retry_after(response.headers, content, time.time()))
+    if stream:
+        return response
+    try:
+        content = await response.read()
+    except http11.UpstreamReadError as exc:
+        raise UpstreamServerError(f"upstream connection failed: {exc}") from None
+    finally:
+        await response.aclose()
+    return Answer(response, content)
 
 
 @asynccontextmanager
-async def open_frames(client: httpx.AsyncClient, url: str, headers: Mapping[str, str], body: bytes,
+async def open_frames(client: http11.Pool, url: str, headers: Mapping[str, str], body: bytes,
                       framer: Framer) -> AsyncIterator[FrameReader]:
     """An upstream stream, closed on exit however the block ends."""
     response = await send(client, url, headers, body, stream=True)
@@ -191,4 +186,3 @@ class Provider(Protocol):
     async def complete(self, req: UnifiedRequest, model: str, credential: Any) -> Completion: ...
 
 
-ClientFactory = Callable[[], httpx.AsyncClient]

@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Mapping
 from urllib.parse import quote
 
-import httpx
+from providers.http11 import Pool
 
 from protocols import gemini
 from protocols.errors import UpstreamProtocolError
@@ -74,7 +74,7 @@ class GeminiProvider:
     protocol = gemini.NAME
     SIM_SUFFIX = ""
 
-    def __init__(self, name: str, base_url: str, client: httpx.AsyncClient, headers: dict | None = None) -> None:
+    def __init__(self, name: str, base_url: str, client: Pool, headers: dict | None = None) -> None:
         self.name = name
         base = base_url.rstrip("/")
         self.base = base if base.endswith(API_VERSIONS) else base + "/v1beta"

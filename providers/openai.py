@@ -11,7 +11,7 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
-import httpx
+from providers.http11 import Pool
 
 from protocols import openai_responses
 from providers.base import Completion, FrameReader, SSEFramer, encode_body, open_frames, parse_json, send
@@ -21,7 +21,7 @@ class OpenAIResponsesProvider:
     protocol = openai_responses.NAME
     SIM_SUFFIX = "/v1"
 
-    def __init__(self, name: str, base_url: str, client: httpx.AsyncClient, headers: dict | None = None) -> None:
+    def __init__(self, name: str, base_url: str, client: Pool, headers: dict | None = None) -> None:
         self.name = name
         self.url = f"{base_url}/responses"
         self.client = client

@@ -13,7 +13,7 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
-import httpx
+from providers.http11 import Pool
 
 from protocols import openai_chat
 from protocols.errors import UpstreamBadRequest
@@ -26,7 +26,7 @@ class OpenAICompatProvider:
     protocol = openai_chat.NAME
     SIM_SUFFIX = "/v1"
 
-    def __init__(self, name: str, base_url: str, client: httpx.AsyncClient, headers: dict | None = None) -> None:
+    def __init__(self, name: str, base_url: str, client: Pool, headers: dict | None = None) -> None:
         self.name = name
         self.url = f"{base_url}/chat/completions"
         self.client = client

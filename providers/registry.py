@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
-
 from providers.anthropic import AnthropicProvider
 from providers.gemini import GeminiProvider
+from providers.http11 import Pool
 from providers.openai import OpenAIResponsesProvider
 from providers.openai_compat import OpenAICompatProvider
 
@@ -26,22 +25,13 @@ BY_PROTOCOL: dict[str, type] = {
 }
 
 
-def build(cfg: Any, client: httpx.AsyncClient, simulator_url: str | None) -> Any:
-    """A provider object for one configured provider."""
+def build(cfg: Any, simulator_url: str | None) -> Any:
+    """A provider object for one configured provider, with its own connection pool
+    (``provider.client``; the caller closes it)."""
     if cfg.family == "simulator" or cfg.embedded:
         cls = BY_PROTOCOL[cfg.protocol or "openai_chat"]
         base = cfg.base_url or (simulator_url or "") + getattr(cls, "SIM_SUFFIX", "")
     else:
         cls = FAMILIES[cfg.family]
         base = cfg.base_url
-    return cls(cfg.name, base, client, dict(cfg.headers))
-
-
-def http_client(cfg: Any) -> httpx.AsyncClient:
-    """One pooled client per provider. Reads have no httpx timeout: the dispatcher owns
-    the time-to-first-byte and stall deadlines."""
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(connect=cfg.connect_timeout_s, read=None, write=60.0, pool=60.0),
-        limits=httpx.Limits(max_connections=2000, max_keepalive_connections=256),
-        follow_redirects=False,
-    )
+    return cls(cfg.name, base, Pool(base, connect_timeout=cfg.connect_timeout_s), dict(cfg.headers))
