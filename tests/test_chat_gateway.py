@@ -7,7 +7,6 @@ from contextlib import aclosing
 
 import httpx
 import openai
-import pytest
 import trio
 
 from tests.conftest import DEMO_KEY, base_config, running_gateway

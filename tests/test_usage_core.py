@@ -7,7 +7,8 @@ from decimal import Decimal
 import attrs
 import pytest
 
-from actors.usage import CreateKey, Reserve, Settle, UpdateKey, UsageCore, hash_key
+from actors.usage import CreateKey, Reserve, Settle, UpdateKey, hash_key
+from actors.usage_core import UsageCore
 from protocols import errors as E
 from protocols.money import Price
 from protocols.secret import Secret

@@ -1,0 +1,311 @@
+"""The meter's state and rules, synchronous and clock-free: keys, holds, settlements.
+
+Each handler returns its answer and the ledger operations it implies; nothing here
+touches the disk, so every rule is tested without trio or SQLite.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import deque
+from decimal import Decimal, InvalidOperation
+from typing import Any, Iterable, Mapping
+
+import attrs
+
+from actors.usage_messages import (
+    Authenticate,
+    CreateKey,
+    Msg,
+    Query,
+    Reservation,
+    Reserve,
+    Settle,
+    Settled,
+    UpdateKey,
+    hash_key,
+)
+from protocols.errors import (
+    Forbidden,
+    InvalidRequest,
+    KeyRateLimited,
+    NotFound,
+    OutOfCredit,
+    Unauthenticated,
+)
+from protocols.money import FREE, Price, cost_micro_usd, to_micro, usd
+from protocols.unified import EndReason, Provenance, Usage
+
+
+@attrs.define
+class KeyState:
+    name: str
+    key_hash: str
+    credit_micro: int | None
+    spent_micro: int = 0
+    held_micro: int = 0
+    disabled: bool = False
+    models: tuple | None = None
+    created_at: float = 0.0
+    requests_per_minute: int | None = None
+    max_concurrency: int | None = None
+    in_flight: int = 0
+    recent: deque = attrs.field(factory=deque)
+
+    def check_limits(self, now: float) -> None:
+        """The key's own limits; refusals are 429 with the time to come back."""
+        if self.max_concurrency is not None and self.in_flight >= self.max_concurrency:
+            raise KeyRateLimited(f"This gateway key already has {self.in_flight} requests in flight "
+                                 f"(limit {self.max_concurrency}).", retry_after=1.0)
+        if self.requests_per_minute is not None:
+            while self.recent and self.recent[0] + 60.0 <= now:
+                self.recent.popleft()
+            if len(self.recent) >= self.requests_per_minute:
+                raise KeyRateLimited(f"This gateway key is limited to {self.requests_per_minute} requests "
+                                     "per minute.", retry_after=self.recent[0] + 60.0 - now)
+
+    def available(self) -> int | None:
+        if self.credit_micro is None:
+            return None
+        return self.credit_micro - self.spent_micro - self.held_micro
+
+    def row(self) -> dict:
+        return {"name": self.name, "key_hash": self.key_hash, "credit_micro": self.credit_micro,
+                "spent_micro": self.spent_micro, "disabled": self.disabled,
+                "models": list(self.models) if self.models is not None else None,
+                "requests_per_minute": self.requests_per_minute, "max_concurrency": self.max_concurrency,
+                "created_at": self.created_at}
+
+    def view(self) -> dict:
+        return {"name": self.name, "disabled": self.disabled, "models": self.models,
+                "requests_per_minute": self.requests_per_minute, "max_concurrency": self.max_concurrency,
+                "in_flight": self.in_flight,
+                "credit_usd": None if self.credit_micro is None else usd(self.credit_micro),
+                "spent_usd": usd(self.spent_micro), "held_usd": usd(self.held_micro),
+                "available_usd": None if self.available() is None else usd(self.available())}
+
+
+@attrs.define
+class Hold:
+    id: str
+    key_name: str
+    client_model: str
+    hold_micro: int
+    created_at: float
+    provider: str | None = None
+    model: str | None = None
+
+
+class UsageCore:
+    def __init__(self, pricing: Mapping[str, Price], wall=time.time) -> None:
+        self.pricing = dict(pricing)
+        self.wall = wall
+        self.keys: dict[str, KeyState] = {}
+        self.by_hash: dict[str, KeyState] = {}
+        self.holds: dict[str, Hold] = {}
+        self.settled: dict[str, Settled] = {}
+        self.totals = {"requests": 0, "charged_micro": 0, "overrun_micro": 0}
+
+    # -- state loading
+
+    def load(self, keys: Iterable[dict], holds: Iterable[dict]) -> None:
+        for k in keys:
+            state = KeyState(k["name"], k["key_hash"], k["credit_micro"], k["spent_micro"], 0, k["disabled"],
+                             tuple(k["models"]) if k["models"] is not None else None, k["created_at"],
+                             k["requests_per_minute"], k["max_concurrency"])
+            self._index(state)
+        for h in holds:
+            hold = Hold(h["id"], h["key_name"], h["model"] or "", h["hold_micro"], h["created_at"], h["provider"], h["model"])
+            self.holds[hold.id] = hold
+            if hold.key_name in self.keys:
+                self.keys[hold.key_name].held_micro += hold.hold_micro
+                self.keys[hold.key_name].in_flight += 1
+
+    def _index(self, state: KeyState) -> None:
+        old = self.keys.get(state.name)
+        if old is not None:
+            self.by_hash.pop(old.key_hash, None)
+        self.keys[state.name] = state
+        self.by_hash[state.key_hash] = state
+
+    def seed_keys(self, specs: Iterable[Any]) -> list:
+        """Keys from the config are created once; afterwards the ledger owns them."""
+        ops = []
+        for spec in specs:
+            if spec.name in self.keys:
+                continue
+            credit = None if spec.credit_usd is None else to_micro(spec.credit_usd)
+            state = KeyState(spec.name, hash_key(spec.key.value), credit, models=spec.models, created_at=self.wall(),
+                             requests_per_minute=spec.requests_per_minute, max_concurrency=spec.max_concurrency)
+            self._index(state)
+            ops.append(("put_key", state.row()))
+        return ops
+
+    def price(self, label: str) -> Price:
+        provider = label.partition("/")[0]
+        return self.pricing.get(label) or self.pricing.get(f"{provider}/*") or FREE
+
+    # -- messages
+
+    def authenticate(self, key: str, model: str | None) -> KeyState:
+        state = self.by_hash.get(hash_key(key)) if key else None
+        if state is None:
+            raise Unauthenticated("Invalid API key: the gateway key is missing or unknown.")
+        if state.disabled:
+            raise Unauthenticated("This gateway key is disabled.")
+        if model is not None and state.models is not None and model not in state.models:
+            raise Forbidden(f"This gateway key may not use the model '{model}'.", param="model")
+        return state
+
+    def reserve(self, msg: Reserve, now: float) -> tuple[Reservation, list]:
+        state = self.authenticate(msg.key, msg.client_model)
+        if msg.request_id in self.holds or msg.request_id in self.settled:
+            raise InvalidRequest(f"duplicate request id {msg.request_id}")
+        state.check_limits(now)
+        estimate = Usage(input=msg.input_tokens, output=msg.output_tokens)
+        hold = max((cost_micro_usd(estimate, self.price(t))[0] for t in msg.targets), default=0)
+        available = state.available()
+        if available is not None and (hold > available or available <= 0):
+            raise OutOfCredit(
+                f"Insufficient credit: this request may cost up to ${usd(hold)} and the key has "
+                f"${usd(max(available, 0))} available.")
+        state.held_micro += hold
+        state.in_flight += 1
+        if state.requests_per_minute is not None:
+            state.recent.append(now)
+        h = Hold(msg.request_id, state.name, msg.client_model, hold, self.wall())
+        self.holds[h.id] = h
+        op = ("hold", {"id": h.id, "key_name": h.key_name, "provider": None, "model": msg.client_model,
+                       "hold_micro": hold, "created_at": h.created_at})
+        return Reservation(h.id, state.name, hold), [op]
+
+    def settle(self, msg: Settle, now: float) -> tuple[Settled, list]:
+        done = self.settled.get(msg.request_id)
+        if done is not None:
+            return done, []
+        hold = self.holds.pop(msg.request_id, None)
+        if hold is None:
+            raise NotFound(f"no open reservation {msg.request_id}")
+        label = f"{msg.provider}/{msg.model}" if msg.provider else ""
+        if msg.usage is not None:
+            cost, reported = cost_micro_usd(msg.usage, self.price(label))
+            source = "reported" if reported else "pricing"
+            provenance = msg.provenance
+        elif msg.no_work:
+            cost, source, provenance = 0, "refused", Provenance.ESTIMATED
+        else:
+            cost, source, provenance = hold.hold_micro, "hold", Provenance.ESTIMATED
+        overrun = max(0, cost - hold.hold_micro)
+        usage = msg.usage or Usage()
+        base = {"request_id": msg.request_id, "key_name": hold.key_name, "provider": msg.provider,
+                "model": msg.model, "client_model": hold.client_model, "credential": msg.credential,
+                "hold_micro": hold.hold_micro, "provenance": provenance.value, "reason": msg.reason.value,
+                "cost_source": source, "created_at": self.wall(),
+                "input": usage.input, "cached_input": usage.cached_input, "cache_write": usage.cache_write,
+                "output": usage.output, "reasoning": usage.reasoning}
+        entries = [{**base, "kind": "charge", "amount_micro": cost - overrun}]
+        if overrun:
+            zero = {"input": 0, "cached_input": 0, "cache_write": 0, "output": 0, "reasoning": 0}
+            entries.append({**base, **zero, "kind": "overrun", "amount_micro": overrun})
+        state = self.keys.get(hold.key_name)
+        if state is not None:
+            state.held_micro -= hold.hold_micro
+            state.in_flight -= 1
+            state.spent_micro += cost
+        result = Settled(msg.request_id, cost, overrun, provenance, msg.reason, source)
+        self.settled[msg.request_id] = result
+        if len(self.settled) > 100_000:
+            self.settled.pop(next(iter(self.settled)))
+        self.totals["requests"] += 1
+        self.totals["charged_micro"] += cost
+        self.totals["overrun_micro"] += overrun
+        return result, [("settle", {"request_id": msg.request_id, "key_name": hold.key_name,
+                                    "charged": cost, "entries": entries})]
+
+    def recover(self, reason: EndReason = EndReason.RECOVERED) -> list:
+        """Settle every hold left open by a previous process at its reserve."""
+        ops = []
+        for request_id in list(self.holds):
+            _, more = self.settle(Settle(request_id, None, Provenance.ESTIMATED, reason), 0.0)
+            ops.extend(more)
+        return ops
+
+    def create_key(self, msg: CreateKey) -> tuple[dict, list]:
+        if not msg.name or msg.name in self.keys:
+            raise InvalidRequest(f"a key named {msg.name!r} already exists" if msg.name else "name is required")
+        plaintext = msg.key or "th-" + secrets.token_urlsafe(24)
+        if hash_key(plaintext) in self.by_hash:
+            raise InvalidRequest("that key value is already in use")
+        credit = None if msg.credit_usd is None else to_micro(_decimal(msg.credit_usd))
+        state = KeyState(msg.name, hash_key(plaintext), credit, models=msg.models, created_at=self.wall(),
+                         requests_per_minute=_limit(msg.requests_per_minute),
+                         max_concurrency=_limit(msg.max_concurrency))
+        self._index(state)
+        return {**state.view(), "key": plaintext}, [("put_key", state.row())]
+
+    def update_key(self, msg: UpdateKey) -> tuple[dict, list]:
+        state = self.keys.get(msg.name)
+        if state is None:
+            raise NotFound(f"no key named {msg.name!r}")
+        if msg.credit_usd is not None:
+            state.credit_micro = to_micro(_decimal(msg.credit_usd))
+        if msg.add_credit_usd is not None:
+            state.credit_micro = (state.credit_micro or 0) + to_micro(_decimal(msg.add_credit_usd))
+        if msg.disabled is not None:
+            state.disabled = msg.disabled
+        if msg.models != "unchanged":
+            if msg.models is not None and not isinstance(msg.models, (list, tuple)):
+                raise InvalidRequest("models must be a list of model names or null")
+            state.models = tuple(msg.models) if msg.models is not None else None
+        if msg.requests_per_minute != "unchanged":
+            state.requests_per_minute = _limit(msg.requests_per_minute)
+        if msg.max_concurrency != "unchanged":
+            state.max_concurrency = _limit(msg.max_concurrency)
+        return state.view(), [("put_key", state.row())]
+
+    def query(self, what: str) -> Any:
+        if what == "keys":
+            return [k.view() for k in self.keys.values()]
+        if what == "reservations":
+            return [{"request_id": h.id, "key": h.key_name, "model": h.client_model, "hold_usd": usd(h.hold_micro),
+                     "age_s": round(self.wall() - h.created_at, 3)} for h in self.holds.values()]
+        if what == "totals":
+            return {"requests": self.totals["requests"], "charged_usd": usd(self.totals["charged_micro"]),
+                    "overrun_usd": usd(self.totals["overrun_micro"])}
+        raise InvalidRequest(f"unknown query {what!r}")
+
+    def handle(self, msg: Msg, now: float) -> tuple[Any, list]:
+        match msg:
+            case Reserve():
+                return self.reserve(msg, now)
+            case Settle():
+                return self.settle(msg, now)
+            case Authenticate(key, model):
+                return self.authenticate(key, model).name, []
+            case CreateKey():
+                return self.create_key(msg)
+            case UpdateKey():
+                return self.update_key(msg)
+            case Query(what):
+                return self.query(what), []
+            case _:
+                raise TypeError(f"usage: unknown message {msg!r}")
+
+
+def _limit(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidRequest(f"a limit must be a positive integer or null, not {value!r}")
+    return value
+
+
+def _decimal(value: Any) -> Decimal:
+    try:
+        d = Decimal(str(value))
+    except InvalidOperation:
+        raise InvalidRequest(f"not a decimal amount: {value!r}") from None
+    if not d.is_finite() or d < 0:
+        raise InvalidRequest(f"amount must be >= 0: {value!r}")
+    return d
