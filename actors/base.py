@@ -12,6 +12,14 @@ from typing import Any
 import trio
 
 from actors.mailbox import Envelope, Mailbox, answer, crash_reply
+
+
+class Crash:
+    """Posted to an actor's own inbox when its handler failed inline in a caller's task,
+    so the actor crashes (and is restarted) in its own task, where the supervisor sees it."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
 from protocols.errors import GatewayError
 
 
@@ -30,11 +38,19 @@ class Actor:
     async def start(self) -> None:
         """Load persisted state before the first message (override where needed)."""
 
+    #: the handler is synchronous and O(1): callers may run it inline when idle
+    inline_safe = True
+
     async def run(self, mailbox: Mailbox) -> None:
         receive = mailbox.receive_channel
         while True:
             envelope: Envelope = await receive.receive()
-            self.dispatch(envelope, trio.current_time())
+            try:
+                if isinstance(envelope.msg, Crash):
+                    raise envelope.msg.error
+                self.dispatch(envelope, trio.current_time())
+            finally:
+                mailbox.pending -= 1
 
     def dispatch(self, envelope: Envelope, now: float) -> None:
         """Handle one envelope; a bug crashes the actor after telling the caller."""

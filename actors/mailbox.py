@@ -9,7 +9,7 @@ caller, so call sites read like ordinary function calls.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import attrs
 import trio
@@ -43,33 +43,58 @@ class Envelope:
 
 
 class Mailbox:
-    """The only handle callers hold on an actor."""
+    """The only handle callers hold on an actor.
+
+    Fast path: an actor whose handler is synchronous (routing, credentials, cooldown)
+    can be given an ``inline`` runner. When its inbox is empty and it holds no message
+    in hand (``pending == 0``), a message is handled right away in the caller's task:
+    the same order (nothing is waiting ahead of it), the same single-threaded ownership
+    of the state (a synchronous handler cannot be interleaved), two scheduler rounds
+    fewer per ask. Otherwise the message queues as usual.
+    """
 
     def __init__(self, name: str, capacity: int, ask_timeout: float = 10.0) -> None:
         self.name = name
         self.ask_timeout = ask_timeout
         self.send_channel, self.receive_channel = trio.open_memory_channel[Envelope](capacity)
+        self.inline: Callable[[Envelope], bool] | None = None
+        self.pending = 0  # queued or in the actor's hands, not yet handled
 
     def depth(self) -> int:
         return self.send_channel.statistics().current_buffer_used
 
+    def _try_inline(self, envelope: Envelope) -> bool:
+        return self.pending == 0 and self.inline is not None and self.inline(envelope)
+
     async def tell(self, msg: Any) -> None:
         """Deliver without waiting for an answer (waits only while the inbox is full)."""
-        await self.send_channel.send(Envelope(msg))
+        envelope = Envelope(msg)
+        if not self._try_inline(envelope):
+            self.pending += 1
+            await self.send_channel.send(envelope)
 
     def tell_nowait(self, msg: Any) -> bool:
         """Deliver from synchronous code; False if the inbox is full (the notice is lost)."""
+        envelope = Envelope(msg)
+        if self._try_inline(envelope):
+            return True
         try:
-            self.send_channel.send_nowait(Envelope(msg))
+            self.send_channel.send_nowait(envelope)
         except trio.WouldBlock:
             return False
+        self.pending += 1
         return True
 
     async def ask(self, msg: Any, timeout: float | None = None) -> Any:
         reply = Reply()
-        with trio.fail_after(self.ask_timeout if timeout is None else timeout):
-            await self.send_channel.send(Envelope(msg, reply))
-            value = await reply.wait()
+        envelope = Envelope(msg, reply)
+        if self._try_inline(envelope):
+            value = reply.value
+        else:
+            with trio.fail_after(self.ask_timeout if timeout is None else timeout):
+                self.pending += 1
+                await self.send_channel.send(envelope)
+                value = await reply.wait()
         if isinstance(value, BaseException):
             raise value
         return value

@@ -8,13 +8,14 @@ Crashes are counted and the last one is kept for ``/admin/actors``.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Callable
 
 import attrs
 import trio
 
-from actors.base import Actor
-from actors.mailbox import Mailbox
+from actors.base import Actor, Crash
+from actors.mailbox import Envelope, Mailbox
 
 log = logging.getLogger("tollhouse.actors")
 
@@ -25,6 +26,7 @@ class Slot:
     mailbox: Mailbox
     actor: Actor
     restarts: int = 0
+    running: bool = False
     last_crash: str | None = None
     handled_before_restart: int = 0
 
@@ -46,8 +48,22 @@ class Supervisor:
 
     def add(self, name: str, factory: Callable[[], Actor], capacity: int, ask_timeout: float) -> Mailbox:
         mailbox = Mailbox(name, capacity, ask_timeout)
-        self.slots[name] = Slot(factory, mailbox, factory())
+        slot = self.slots[name] = Slot(factory, mailbox, factory())
+        if slot.actor.inline_safe:
+            mailbox.inline = partial(self._inline, slot)
         return mailbox
+
+    def _inline(self, slot: Slot, envelope) -> bool:
+        """Handle a message in the caller's task (see ``Mailbox``); False: queue it."""
+        if not slot.running:
+            return False
+        try:
+            slot.actor.dispatch(envelope, trio.current_time())
+        except Exception as exc:
+            slot.running = False
+            slot.mailbox.pending += 1
+            slot.mailbox.send_channel.send_nowait(Envelope(Crash(exc)))
+        return True
 
     def actor(self, name: str) -> Actor:
         return self.slots[name].actor
@@ -63,9 +79,11 @@ class Supervisor:
     async def _keep_alive(self, name: str, slot: Slot) -> None:
         while True:
             try:
+                slot.running = True
                 await slot.actor.run(slot.mailbox)
                 return
             except Exception as exc:
+                slot.running = False
                 slot.restarts += 1
                 slot.last_crash = f"{type(exc).__name__}: {exc}"
                 slot.handled_before_restart += slot.actor.handled

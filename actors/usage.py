@@ -49,6 +49,7 @@ class UsageActor(Actor):
     """Batches messages, commits their ledger writes in one transaction, then answers."""
 
     name = "usage"
+    inline_safe = False  # its replies wait for a disk write
 
     def __init__(self, pricing: Mapping[str, Price], state_dir: str, key_specs: Iterable[Any],
                  limiter: trio.CapacityLimiter, first_start: list) -> None:
@@ -87,7 +88,10 @@ class UsageActor(Actor):
                         batch.append(receive.receive_nowait())
                     except trio.WouldBlock:
                         break
-                await self._process(batch)
+                try:
+                    await self._process(batch)
+                finally:
+                    mailbox.pending -= len(batch)
         finally:
             if self.ledger is not None:
                 self.ledger.close()

@@ -104,6 +104,7 @@ class UsageCore:
         self.keys: dict[str, KeyState] = {}
         self.by_hash: dict[str, KeyState] = {}
         self.holds: dict[str, Hold] = {}
+        self._hashes: dict[str, str] = {}
         self.settled: dict[str, Settled] = {}
         self.totals = {"requests": 0, "charged_micro": 0, "overrun_micro": 0}
 
@@ -148,8 +149,17 @@ class UsageCore:
 
     # -- messages
 
+    def _hash(self, key: str) -> str:
+        """sha256 of a presented key, remembered for the keys seen recently."""
+        digest = self._hashes.get(key)
+        if digest is None:
+            if len(self._hashes) >= 4096:
+                self._hashes.clear()
+            digest = self._hashes[key] = hash_key(key)
+        return digest
+
     def authenticate(self, key: str, model: str | None) -> KeyState:
-        state = self.by_hash.get(hash_key(key)) if key else None
+        state = self.by_hash.get(self._hash(key)) if key else None
         if state is None:
             raise Unauthenticated("Invalid API key: the gateway key is missing or unknown.")
         if state.disabled:

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
+import itertools
+import os
 from typing import Any, Mapping, Protocol
 
 import attrs
@@ -111,13 +112,15 @@ class Dispatcher:
         self.streaming = streaming
         self.default_hold_output_tokens = default_hold_output_tokens
         self.drains = trio.Semaphore(max(streaming.max_concurrent_drains, 1))
+        self._prefix = "req_" + os.urandom(6).hex()  # unique per process: ids never repeat across restarts
+        self._counter = itertools.count(1)
         self.drain_enabled = streaming.on_disconnect == "drain" and streaming.max_concurrent_drains > 0
 
     # ------------------------------------------------------------ entry
 
     async def serve(self, call: Call, link: ClientLink) -> None:
         """Answer one call on ``link``; errors before the response started are raised."""
-        state = RequestState(id="req_" + uuid.uuid4().hex)
+        state = RequestState(id=self._next_id())
         req = call.request
         plan = await self._resolve(call)
         hold_tokens = plan.hold_output_tokens or self.default_hold_output_tokens
@@ -153,6 +156,9 @@ class Dispatcher:
             if not state.settled:
                 with trio.move_on_after(SETTLE_TIMEOUT, shield=True):
                     await self._settle(state, complete=False)
+
+    def _next_id(self) -> str:
+        return f"{self._prefix}{next(self._counter):010x}"
 
     async def _resolve(self, call: Call) -> Plan:
         try:
@@ -293,7 +299,7 @@ class Dispatcher:
         state.reason = EndReason.END
         await self._settle(state, complete=True)
         state.started = True
-        await link.start(200, _headers(state, content_type, target))
+        await link.start(200, [*_headers(state, content_type, target), (b"content-length", b"%d" % len(body))])
         await link.end(body)
 
     async def _stream(self, call: Call, provider: Any, target: Any, lease: Leased, link: ClientLink,

@@ -142,3 +142,29 @@ async def test_ask_times_out_when_the_actor_never_answers(autojump_clock):
     mailbox = sup.add("idle", Fragile, capacity=1, ask_timeout=3)
     with pytest.raises(trio.TooSlowError):
         await mailbox.ask(1)  # no supervisor running: nobody reads the inbox
+
+
+class Recorder(Actor):
+    name = "recorder"
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def handle(self, msg, now):
+        self.seen.append(msg)
+        return list(self.seen)
+
+
+async def test_inline_asks_never_overtake_queued_messages():
+    sup = Supervisor(restart_backoff=0)
+    mailbox = sup.add("recorder", Recorder, capacity=8, ask_timeout=1)
+    assert mailbox.tell_nowait("queued-before-start")
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sup.run)
+            assert await mailbox.ask("second") == ["queued-before-start", "second"]
+            assert mailbox.pending == 0
+            assert await mailbox.ask("third") == ["queued-before-start", "second", "third"]
+            assert sup.snapshot()["recorder"]["handled"] == 3
+            nursery.cancel_scope.cancel()
