@@ -61,7 +61,11 @@ class NoneAvailable:
 
 @attrs.frozen
 class Release:
+    """End of a lease. ``tokens``: what the call produced, added to the credential's
+    tokens-per-minute window (its input was counted when leased)."""
+
     lease_id: int
+    tokens: int = 0
     cool_until: float | None = None
     cool_model: str | None = None
     dead: bool = False
@@ -167,6 +171,8 @@ class CredentialsCore:
         if state is None:
             return
         state.in_flight -= 1
+        if msg.tokens:
+            state.tokens.append((now, msg.tokens))
         if msg.dead:
             state.dead = True
             state.dead_reason = msg.reason

@@ -226,7 +226,8 @@ class Dispatcher:
             provider = self.providers[target.provider]
             tried: set[str] = set()
             while True:
-                lease = await self.actors.credentials.ask(Lease(target.provider, target.model, frozenset(tried)))
+                lease = await self.actors.credentials.ask(
+                    Lease(target.provider, target.model, frozenset(tried), estimate_tokens(call.body_bytes)))
                 if isinstance(lease, NoneAvailable):
                     if lease.until is not None:
                         soonest = lease.until if soonest is None else min(soonest, lease.until)
@@ -270,7 +271,8 @@ class Dispatcher:
         if error is None:
             if state.reason in (None, EndReason.END):
                 await self.actors.cooldown.tell(outcome)
-            await self.actors.credentials.tell(Release(lease.lease_id))
+            usage = state.meter.usage
+            await self.actors.credentials.tell(Release(lease.lease_id, usage.output + usage.reasoning if usage else 0))
             return
         decision = await self.actors.cooldown.ask(outcome)
         await self.actors.credentials.tell(Release(

@@ -168,3 +168,12 @@ async def test_inline_asks_never_overtake_queued_messages():
             assert await mailbox.ask("third") == ["queued-before-start", "second", "third"]
             assert sup.snapshot()["recorder"]["handled"] == 3
             nursery.cancel_scope.cancel()
+
+
+def test_tokens_per_minute_window_counts_input_at_lease_and_output_at_release():
+    core = _pool(Spec("a", tokens_per_minute=100, max_concurrency=10))
+    lease = core.lease(Lease("p", "m", tokens=60), 0.0)
+    core.release(Release(lease.lease_id, tokens=50), 1.0)
+    blocked = core.lease(Lease("p", "m", tokens=1), 2.0)
+    assert isinstance(blocked, NoneAvailable) and blocked.reason == "tokens_per_minute" and blocked.until == 60.0
+    assert isinstance(core.lease(Lease("p", "m", tokens=1), 61.0), Leased)
