@@ -311,55 +311,32 @@ class Dispatcher:
         encoder = call.client.StreamEncoder(req, req.model)
         meter = state.meter
         held: list[bytes] = []
-        errored = False
         streaming = self.streaming
-        with trio.CancelScope(deadline=trio.current_time() + streaming.ttfb_timeout_s) as scope:
-            state.streaming_scope = scope
-            async with provider.stream(req, target.model, lease.credential) as reader:
-                batch = await reader.next_batch()
-                if batch is None:
-                    raise UpstreamProtocolError("The upstream closed the stream without sending anything.")
-                first_error = _only_error(batch)
-                if first_error is not None:
-                    raise first_error
-                content_type = reader.content_type if passthrough else encoder.content_type
-                state.upstream_worked = state.started = True
-                await link.start(200, _headers(state, content_type, target))
-                try:
-                    while batch is not None:
+        try:
+            with trio.CancelScope(deadline=trio.current_time() + streaming.ttfb_timeout_s) as scope:
+                state.streaming_scope = scope
+                async with provider.stream(req, target.model, lease.credential) as reader:
+                    batch = await reader.next_batch()
+                    if batch is None:
+                        raise UpstreamProtocolError("The upstream closed the stream without sending anything.")
+                    first_error = _only_error(batch)
+                    if first_error is not None:
+                        raise first_error
+                    content_type = reader.content_type if passthrough else encoder.content_type
+                    state.upstream_worked = state.started = True
+                    await link.start(200, _headers(state, content_type, target))
+                    try:
+                        await self._relay(batch, reader, scope, link, state, encoder, passthrough, held)
+                    except UpstreamError as exc:
                         if meter.error is None:
-                            scope.deadline = trio.current_time() + (
-                                streaming.drain_timeout_s if state.draining else streaming.stall_timeout_s)
-                        out = []
-                        for frame in batch:
-                            meter.observe(frame.events)
-                            if passthrough:
-                                chunk = b"" if frame.drop else frame.raw
-                                if not frame.events:
-                                    meter.opaque_frames += 1
-                            else:
-                                chunk = encoder.encode(frame.events)
-                            if meter.finished or meter.error is not None:
-                                held.append(chunk)
-                            elif chunk:
-                                out.append(chunk)
-                        if out and not state.client_gone:
-                            await link.write(b"".join(out))
-                        if meter.error is not None and not errored:
-                            if not passthrough:
-                                break
-                            # The upstream's own closing events (Responses' response.failed
-                            # after error) follow the error: forward them, briefly.
-                            errored = True
-                            scope.deadline = trio.current_time() + AFTER_ERROR_GRACE_S
-                        batch = await reader.next_batch()
-                except UpstreamError as exc:
-                    if meter.error is None:
-                        meter.error = exc
-                        held.append(encoder.error(exc))
-        if state.draining:
-            self.drains.release()
-        if scope.cancelled_caught and not state.client_gone and not errored:
+                            meter.error = exc
+                            held.append(encoder.error(exc))
+        finally:
+            state.streaming_scope = None
+            if state.draining:
+                state.draining = False
+                self.drains.release()
+        if scope.cancelled_caught and not state.client_gone and meter.error is None:
             if not state.started:
                 raise UpstreamTimeout("The upstream sent nothing before the time-to-first-byte deadline.")
             state.reason = EndReason.TIMEOUT
@@ -377,6 +354,42 @@ class Dispatcher:
             held.append(encoder.close())
         await link.end(b"".join(held))
 
+    async def _relay(self, batch: list, reader: Any, scope: trio.CancelScope, link: ClientLink,
+                     state: RequestState, encoder: Any, passthrough: bool, held: list[bytes]) -> None:
+        """Forward batches until the upstream ends (or, translated, until its error).
+
+        Each read's frames leave in one write. From the finish (or an error) on, bytes are
+        held back: they go out after the settlement is on disk.
+        """
+        meter = state.meter
+        stall = self.streaming.stall_timeout_s
+        errored = False
+        while batch is not None:
+            if not errored and not state.draining:
+                scope.deadline = trio.current_time() + stall
+            out = []
+            for frame in batch:
+                meter.observe(frame.events)
+                if passthrough:
+                    chunk = b"" if frame.drop else frame.raw
+                    if not frame.events:
+                        meter.opaque_frames += 1
+                else:
+                    chunk = encoder.encode(frame.events)
+                if meter.finished or meter.error is not None:
+                    held.append(chunk)
+                elif chunk:
+                    out.append(chunk)
+            if out and not state.client_gone:
+                await link.write(b"".join(out))
+            if meter.error is not None and not errored:
+                if not passthrough:
+                    return
+                # The upstream's own closing events (Responses' response.failed after
+                # error) follow the error: forward them, briefly.
+                errored = True
+                scope.deadline = trio.current_time() + AFTER_ERROR_GRACE_S
+            batch = await reader.next_batch()
 
 class _Done(Exception):
     """An attempt succeeded: leave the failover loops."""

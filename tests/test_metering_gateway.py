@@ -80,3 +80,20 @@ async def test_admin_keys_lifecycle(config_doc):
                 usage = (await client.get("/admin/usage", headers=ADMIN)).json()
                 assert usage["by"]["key_name"]["team"]["requests"] == 1
                 assert usage["by"]["provider"]["sim"]["output"] == 12
+
+
+async def test_drain_is_bounded_in_time(tmp_path):
+    doc = base_config(tmp_path)
+    doc["simulator"] = {"tokens_per_second": 10}  # the stream needs well over a second
+    doc["streaming"] = {"on_disconnect": "drain", "drain_timeout_s": 0.2, "ttfb_timeout_s": 5, "stall_timeout_s": 5}
+    with trio.fail_after(20):
+        async with running_gateway(doc) as gw:
+            async with httpx.AsyncClient(base_url=gw.url) as client:
+                async with client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True},
+                                         headers={"authorization": f"Bearer {DEMO_KEY}"}) as r:
+                    assert r.status_code == 200
+            await gw.usage_actor.wait_settles(1)
+            [entry] = gw.ledger_entries()
+            assert (entry["reason"], entry["provenance"]) == ("client_cancel", "estimated")
+            assert gw.simulator.streams_sent == 0, "the drain gave up before the upstream finished"
+            await gw.simulator.wait_idle()
