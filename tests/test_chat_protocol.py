@@ -25,6 +25,7 @@ from protocols.unified import (
 )
 from providers.base import SSEFramer
 from tests.conftest import FIXTURES
+from tests.streams import split_at
 
 CHAT = FIXTURES / "openai-chat"
 STREAMS = sorted(CHAT.glob("*.sse"))
@@ -40,16 +41,6 @@ def decode(chunks, light: bool = False) -> list:
     for ev in sse.close():
         out.extend(decoder.feed(ev))
     return [(type(ev.error), ev.error.message) if isinstance(ev, ErrorEvent) else ev for ev in out]
-
-
-def split_at(data: bytes, cuts) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    pieces, last = [], 0
-    for p in points:
-        pieces.append(data[last:p])
-        last = p
-    pieces.append(data[last:])
-    return pieces
 
 
 def chunks_of(data: bytes) -> list[dict]:

@@ -31,6 +31,7 @@ from protocols.unified import (
 )
 from providers.base import SSEFramer
 from tests.conftest import FIXTURES
+from tests.streams import split_at
 
 RESPONSES = FIXTURES / "openai-responses"
 STREAMS = sorted(RESPONSES.glob("*.sse"))
@@ -54,16 +55,6 @@ def decode(chunks, light: bool = False) -> list:
     for ev in sse.close():
         out.extend(decoder.feed(ev))
     return comparable(out)
-
-
-def split_at(data: bytes, cuts) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    pieces, last = [], 0
-    for p in points:
-        pieces.append(data[last:p])
-        last = p
-    pieces.append(data[last:])
-    return pieces
 
 
 def wire_events(data: bytes) -> list[dict]:

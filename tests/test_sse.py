@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocols.sse import SSEDecoder, encode_event
+from tests.streams import split_at
 
 SAMPLE = (
     b": comment\r\n\r\n"
@@ -25,16 +26,6 @@ def decode_all(chunks) -> list:
         out.extend(decoder.feed(chunk))
     out.extend(decoder.close())
     return out
-
-
-def split_at(data: bytes, cuts) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    pieces, last = [], 0
-    for p in points:
-        pieces.append(data[last:p])
-        last = p
-    pieces.append(data[last:])
-    return pieces
 
 
 def test_fields_and_framing():

@@ -1,0 +1,14 @@
+"""Helpers shared by the stream tests: cutting bytes at arbitrary points."""
+
+from __future__ import annotations
+
+
+def split_at(data: bytes, cuts) -> list[bytes]:
+    """``data`` cut at every point in ``cuts`` (taken modulo its length + 1)."""
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    pieces, last = [], 0
+    for p in points:
+        pieces.append(data[last:p])
+        last = p
+    pieces.append(data[last:])
+    return pieces
