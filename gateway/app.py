@@ -1,7 +1,7 @@
 """The ASGI application: hot LLM routes as plain ASGI, everything else in Quart.
 
 ``Gateway`` is what hypercorn serves. It owns the lifespan: one nursery runs the
-``Runtime`` (simulator, HTTP clients, actors) for as long as the server lives, and
+``Runtime`` (simulator, upstream pools, actors) for as long as the server lives, and
 Quart's own startup/shutdown run inside it. LLM calls go straight to their route
 handlers; admin, models, health and every unknown path go to the Quart app, whose
 404/405/413 handlers answer in the caller's protocol shape.
