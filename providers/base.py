@@ -118,6 +118,17 @@ def parse_json(body: bytes, parse: Callable[[Any], UnifiedResponse]) -> UnifiedR
     return parse(doc)
 
 
+def bearer_headers(credential: Any, extra: Mapping[str, str]) -> dict:
+    """OpenAI-style auth; upstream bytes are asked for uncompressed so they can be
+    forwarded as they are."""
+    return {
+        "authorization": f"Bearer {credential.secret.value}",
+        "content-type": "application/json",
+        "accept-encoding": "identity",
+        **extra,
+    }
+
+
 def encode_body(body: Mapping[str, Any]) -> bytes:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 

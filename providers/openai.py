@@ -14,7 +14,7 @@ from typing import Any, AsyncIterator
 from providers.http11 import Pool
 
 from protocols import openai_responses
-from providers.base import Completion, FrameReader, SSEFramer, encode_body, open_frames, parse_json, send
+from providers.base import Completion, FrameReader, SSEFramer, bearer_headers, encode_body, open_frames, parse_json, send
 
 
 class OpenAIResponsesProvider:
@@ -28,12 +28,7 @@ class OpenAIResponsesProvider:
         self.extra_headers = dict(headers or {})
 
     def headers(self, credential: Any) -> dict:
-        return {
-            "authorization": f"Bearer {credential.secret.value}",
-            "content-type": "application/json",
-            "accept-encoding": "identity",
-            **self.extra_headers,
-        }
+        return bearer_headers(credential, self.extra_headers)
 
     @asynccontextmanager
     async def stream(self, req, model: str, credential: Any) -> AsyncIterator[FrameReader]:

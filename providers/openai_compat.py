@@ -17,7 +17,7 @@ from providers.http11 import Pool
 
 from protocols import openai_chat
 from protocols.errors import UpstreamBadRequest
-from providers.base import Completion, FrameReader, SSEFramer, encode_body, parse_json, send
+from providers.base import Completion, FrameReader, SSEFramer, bearer_headers, encode_body, parse_json, send
 
 _REJECTS = (b"stream_options", b"include_usage")
 
@@ -34,12 +34,7 @@ class OpenAICompatProvider:
         self.rejects_stream_options: set[str] = set()
 
     def headers(self, credential: Any) -> dict:
-        return {
-            "authorization": f"Bearer {credential.secret.value}",
-            "content-type": "application/json",
-            "accept-encoding": "identity",
-            **self.extra_headers,
-        }
+        return bearer_headers(credential, self.extra_headers)
 
     @asynccontextmanager
     async def stream(self, req, model: str, credential: Any) -> AsyncIterator[FrameReader]:
