@@ -8,54 +8,36 @@ survive; tool results that hold images are flattened to their text.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
-from protocols.errors import GatewayError, InvalidRequest, UpstreamError
-from protocols.sse import SSEEvent, encode_event
+from protocols.errors import InvalidRequest
+from protocols.openai_chat_stream import StreamDecoder, StreamEncoder
+from protocols.openai_chat_wire import (
+    FINISH_FROM_WIRE,
+    FINISH_TO_WIRE,
+    NAME,
+    chat_id,
+    format_error,
+    usage_to_wire,
+)
 from protocols.unified import (
-    ErrorEvent,
-    Event,
-    Finish,
     FinishReason,
     ImagePart,
     Message,
-    ReasoningDelta,
     ReasoningPart,
-    StreamStart,
-    TextDelta,
     TextPart,
     Tool,
-    ToolCallDelta,
     ToolCallPart,
-    ToolCallStart,
     ToolResultPart,
     UnifiedRequest,
     UnifiedResponse,
-    Usage,
-    UsageReport,
 )
 from protocols.usage import normalize
 from protocols.validate import check, require
 
-NAME = "openai_chat"
-
-FINISH_FROM_WIRE = {
-    "stop": FinishReason.STOP,
-    "length": FinishReason.LENGTH,
-    "tool_calls": FinishReason.TOOL_CALLS,
-    "function_call": FinishReason.TOOL_CALLS,
-    "content_filter": FinishReason.CONTENT_FILTER,
-    "error": FinishReason.ERROR,
-}
-FINISH_TO_WIRE = {
-    FinishReason.STOP: "stop",
-    FinishReason.LENGTH: "length",
-    FinishReason.TOOL_CALLS: "tool_calls",
-    FinishReason.CONTENT_FILTER: "content_filter",
-    FinishReason.ERROR: "stop",
-}
+__all__ = ["NAME", "StreamDecoder", "StreamEncoder", "build_request", "format_error", "format_response",
+           "parse_request", "parse_response", "usage_to_wire"]
 
 
 # ---------------------------------------------------------------- requests
@@ -269,21 +251,6 @@ def parse_response(doc: dict) -> UnifiedResponse:
     )
 
 
-def usage_to_wire(u: Usage) -> dict:
-    prompt = u.input + u.cached_input + u.cache_write
-    completion = u.output + u.reasoning
-    wire = {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": u.cached_input},
-        "completion_tokens_details": {"reasoning_tokens": u.reasoning},
-    }
-    if u.cache_write:
-        wire["prompt_tokens_details"]["cache_write_tokens"] = u.cache_write
-    return wire
-
-
 def format_response(resp: UnifiedResponse, model: str) -> dict:
     text = "".join(p.text for p in resp.parts if isinstance(p, TextPart))
     calls = [p for p in resp.parts if isinstance(p, ToolCallPart)]
@@ -296,7 +263,7 @@ def format_response(resp: UnifiedResponse, model: str) -> dict:
             {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls
         ]
     doc = {
-        "id": _chat_id(resp.id),
+        "id": chat_id(resp.id),
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
@@ -305,176 +272,3 @@ def format_response(resp: UnifiedResponse, model: str) -> dict:
     if resp.usage is not None:
         doc["usage"] = usage_to_wire(resp.usage)
     return doc
-
-
-def _chat_id(upstream_id: str) -> str:
-    return upstream_id if upstream_id.startswith("chatcmpl-") else f"chatcmpl-{upstream_id or 'tollhouse'}"
-
-
-def format_error(err: GatewayError) -> dict:
-    code = {401: "invalid_api_key", 402: "insufficient_quota", 429: "rate_limit_exceeded"}.get(err.status)
-    if err.status == 404 and err.param == "model":
-        code = "model_not_found"
-    return {"error": {"message": err.message, "type": err.kind, "param": err.param, "code": code}}
-
-
-# ---------------------------------------------------------------- streams
-
-
-def _cheap_needs_parse(data: bytes) -> bool:
-    """In pass-through only chunks bearing usage, an error or a finish need decoding."""
-    if b'"error"' in data:
-        return True
-    if b'"usage"' in data and b'"usage":null' not in data and b'"usage": null' not in data:
-        return True
-    return b'"finish_reason"' in data and b'"finish_reason":null' not in data and b'"finish_reason": null' not in data
-
-
-class StreamDecoder:
-    """Chat chunks -> unified events.
-
-    With ``light=True`` (same protocol on both sides, bytes forwarded as sent) only the
-    chunks that can carry usage or errors are JSON-decoded. After each ``feed``,
-    ``usage_only`` says whether that chunk carried nothing but usage (``choices``
-    empty) -- the chunk a gateway that injected ``include_usage`` must not forward.
-    """
-
-    def __init__(self, *, light: bool = False) -> None:
-        self.light = light
-        self.started = False
-        self.finished = False
-        self.usage_only = False
-        self._tool_ids: dict[int, str] = {}
-
-    def feed(self, ev: SSEEvent) -> list[Event]:
-        self.usage_only = False
-        data = ev.data
-        if data is None:
-            return []
-        if data == b"[DONE]":
-            if not self.finished:
-                self.finished = True
-                return [Finish(FinishReason.STOP)]
-            return []
-        if self.light and self.started and not _cheap_needs_parse(data):
-            return []
-        try:
-            doc = json.loads(data)
-        except ValueError:
-            return [ErrorEvent(UpstreamError("upstream sent a malformed stream chunk"))]
-        if not isinstance(doc, dict):
-            return []
-        return self.feed_doc(doc)
-
-    def feed_doc(self, doc: dict) -> list[Event]:
-        out: list[Event] = []
-        if not self.started:
-            self.started = True
-            out.append(StreamStart(doc.get("id", ""), doc.get("model", "")))
-        choices = doc.get("choices") or []
-        for choice in choices[:1]:
-            self._choice(choice, out)
-        usage = doc.get("usage")
-        if usage:
-            out.append(UsageReport(normalize(NAME, usage)))
-            self.usage_only = not choices
-        err = doc.get("error")
-        if err:
-            msg = err.get("message") if isinstance(err, dict) else str(err)
-            out.append(ErrorEvent(UpstreamError(str(msg or "upstream stream error"))))
-        return out
-
-    def _choice(self, choice: dict, out: list) -> None:
-        delta = choice.get("delta") or {}
-        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-        if isinstance(reasoning, str) and reasoning:
-            out.append(ReasoningDelta(text=reasoning))
-        content = delta.get("content")
-        if content:
-            out.append(TextDelta(content))
-        for call in delta.get("tool_calls") or []:
-            index = call.get("index", 0)
-            fn = call.get("function") or {}
-            if index not in self._tool_ids:
-                self._tool_ids[index] = call.get("id") or f"call_{index}"
-                out.append(ToolCallStart(index, self._tool_ids[index], fn.get("name") or ""))
-            if fn.get("arguments"):
-                out.append(ToolCallDelta(index, fn["arguments"]))
-        reason = choice.get("finish_reason")
-        if reason and not self.finished:
-            self.finished = True
-            out.append(Finish(FINISH_FROM_WIRE.get(reason, FinishReason.STOP)))
-
-
-class StreamEncoder:
-    """Unified events -> Chat chunk bytes for a Chat client of a different upstream.
-
-    Usage is held until the end and sent as the usage-only chunk only when the client
-    asked for it with ``stream_options.include_usage``.
-    """
-
-    content_type = "text/event-stream"
-
-    def __init__(self, req: UnifiedRequest, model: str) -> None:
-        self.model = model
-        self.include_usage = req.include_usage
-        self.id = "chatcmpl-tollhouse"
-        self.created = int(time.time())
-        self.usage: Usage | None = None
-        self._tool_index: dict[int, int] = {}
-        self._finish: FinishReason | None = None
-
-    def _chunk(self, delta: dict, finish: str | None = None) -> bytes:
-        doc = {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-        }
-        return encode_event(json.dumps(doc, separators=(",", ":")))
-
-    def encode(self, events: list[Event]) -> bytes:
-        out: list[bytes] = []
-        for ev in events:
-            if isinstance(ev, TextDelta):
-                out.append(self._chunk({"content": ev.text}))
-            elif isinstance(ev, StreamStart):
-                self.id = _chat_id(ev.id)
-                out.append(self._chunk({"role": "assistant", "content": ""}))
-            elif isinstance(ev, ReasoningDelta):
-                if ev.text:
-                    out.append(self._chunk({"reasoning_content": ev.text}))
-            elif isinstance(ev, ToolCallStart):
-                idx = self._tool_index.setdefault(ev.index, len(self._tool_index))
-                call = {"index": idx, "id": ev.id, "type": "function", "function": {"name": ev.name, "arguments": ""}}
-                out.append(self._chunk({"tool_calls": [call]}))
-            elif isinstance(ev, ToolCallDelta):
-                idx = self._tool_index.setdefault(ev.index, len(self._tool_index))
-                out.append(self._chunk({"tool_calls": [{"index": idx, "function": {"arguments": ev.arguments}}]}))
-            elif isinstance(ev, UsageReport):
-                self.usage = ev.usage
-            elif isinstance(ev, Finish):
-                if self._finish is None:
-                    self._finish = ev.reason
-                    out.append(self._chunk({}, FINISH_TO_WIRE[ev.reason]))
-            elif isinstance(ev, ErrorEvent):
-                out.append(self.error(ev.error))
-        return b"".join(out)
-
-    def error(self, err: GatewayError) -> bytes:
-        return encode_event(json.dumps(format_error(err)))
-
-    def close(self) -> bytes:
-        tail = b""
-        if self.include_usage and self.usage is not None:
-            doc = {
-                "id": self.id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": self.model,
-                "choices": [],
-                "usage": usage_to_wire(self.usage),
-            }
-            tail = encode_event(json.dumps(doc, separators=(",", ":")))
-        return tail + b"data: [DONE]\n\n"
