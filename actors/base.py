@@ -40,6 +40,11 @@ class Actor:
 
     #: the handler is synchronous and O(1): callers may run it inline when idle
     inline_safe = True
+    #: ``handle_now(envelope)`` may run one message in a caller's task when idle
+    inline_async = False
+
+    async def handle_now(self, envelope: Envelope) -> None:  # pragma: no cover - optional
+        raise NotImplementedError
 
     async def run(self, mailbox: Mailbox) -> None:
         receive = mailbox.receive_channel

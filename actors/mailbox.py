@@ -9,7 +9,7 @@ caller, so call sites read like ordinary function calls.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import attrs
 import trio
@@ -46,7 +46,8 @@ class Mailbox:
     """The only handle callers hold on an actor.
 
     Fast path: an actor whose handler is synchronous (routing, credentials, cooldown)
-    can be given an ``inline`` runner. When its inbox is empty and it holds no message
+    can be given an ``inline`` runner (and the meter, whose step awaits a disk write,
+    an ``inline_async`` one). When its inbox is empty and it holds no message
     in hand (``pending == 0``), a message is handled right away in the caller's task:
     the same order (nothing is waiting ahead of it), the same single-threaded ownership
     of the state (a synchronous handler cannot be interleaved), two scheduler rounds
@@ -58,6 +59,7 @@ class Mailbox:
         self.ask_timeout = ask_timeout
         self.send_channel, self.receive_channel = trio.open_memory_channel[Envelope](capacity)
         self.inline: Callable[[Envelope], bool] | None = None
+        self.inline_async: Callable[[Envelope], Awaitable[bool]] | None = None
         self.pending = 0  # queued or in the actor's hands, not yet handled
 
     def depth(self) -> int:
@@ -65,6 +67,18 @@ class Mailbox:
 
     def _try_inline(self, envelope: Envelope) -> bool:
         return self.pending == 0 and self.inline is not None and self.inline(envelope)
+
+    async def _try_inline_async(self, envelope: Envelope) -> bool:
+        """The I/O-doing variant (the meter): the caller's task runs the actor's own
+        batch step for this one message, durable write included, while later messages
+        queue behind it (``pending`` is held) for the actor's loop."""
+        if self.pending or self.inline_async is None:
+            return False
+        self.pending += 1
+        try:
+            return await self.inline_async(envelope)
+        finally:
+            self.pending -= 1
 
     async def tell(self, msg: Any) -> None:
         """Deliver without waiting for an answer (waits only while the inbox is full)."""
@@ -88,7 +102,7 @@ class Mailbox:
     async def ask(self, msg: Any, timeout: float | None = None) -> Any:
         reply = Reply()
         envelope = Envelope(msg, reply)
-        if self._try_inline(envelope):
+        if self._try_inline(envelope) or await self._try_inline_async(envelope):
             value = reply.value
         else:
             with trio.fail_after(self.ask_timeout if timeout is None else timeout):

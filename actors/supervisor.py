@@ -51,7 +51,23 @@ class Supervisor:
         slot = self.slots[name] = Slot(factory, mailbox, factory())
         if slot.actor.inline_safe:
             mailbox.inline = partial(self._inline, slot)
+        elif slot.actor.inline_async:
+            mailbox.inline_async = partial(self._inline_async, slot)
         return mailbox
+
+    async def _inline_async(self, slot: Slot, envelope) -> bool:
+        """Run one message's whole step in the caller's task (see ``Mailbox``)."""
+        if not slot.running:
+            return False
+        actor = slot.actor
+        try:
+            await actor.handle_now(envelope)
+        except Exception as exc:
+            if slot.actor is actor and slot.running:
+                slot.running = False
+                slot.mailbox.pending += 1
+                slot.mailbox.send_channel.send_nowait(Envelope(Crash(exc)))
+        return True
 
     def _inline(self, slot: Slot, envelope) -> bool:
         """Handle a message in the caller's task (see ``Mailbox``); False: queue it."""

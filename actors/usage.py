@@ -49,7 +49,8 @@ class UsageActor(Actor):
     """Batches messages, commits their ledger writes in one transaction, then answers."""
 
     name = "usage"
-    inline_safe = False  # its replies wait for a disk write
+    inline_safe = False  # its replies wait for a disk write...
+    inline_async = True  # ...which an idle meter lets the caller's task await itself
 
     def __init__(self, pricing: Mapping[str, Price], state_dir: str, key_specs: Iterable[Any],
                  limiter: trio.CapacityLimiter, first_start: list) -> None:
@@ -95,6 +96,9 @@ class UsageActor(Actor):
         finally:
             if self.ledger is not None:
                 self.ledger.close()
+
+    async def handle_now(self, envelope: Envelope) -> None:
+        await self._process([envelope])
 
     async def _process(self, batch: list[Envelope]) -> None:
         ops: list = []
