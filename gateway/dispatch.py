@@ -33,13 +33,12 @@ from actors.cooldown import Outcome
 from actors.credentials import Lease, Leased, NoneAvailable, Release
 from actors.mailbox import Mailbox
 from actors.routing import Plan, Resolve
-from actors.usage import Authenticate, Reserve, Settle
+from actors.usage import Reserve, Settle
 from gateway.meter import Meter
 from protocols.errors import (
     GatewayError,
     GatewayFailure,
     NoCapacity,
-    NotFound,
     UpstreamBadRequest,
     UpstreamError,
     UpstreamOverloaded,
@@ -122,7 +121,7 @@ class Dispatcher:
         """Answer one call on ``link``; errors before the response started are raised."""
         state = RequestState(id=self._next_id())
         req = call.request
-        plan = await self._resolve(call)
+        plan = await self.actors.routing.ask(Resolve(req.model))
         hold_tokens = plan.hold_output_tokens or self.default_hold_output_tokens
         out_tokens = min(req.max_tokens, hold_tokens) if req.max_tokens else hold_tokens
         await self.actors.usage.ask(Reserve(
@@ -159,14 +158,6 @@ class Dispatcher:
 
     def _next_id(self) -> str:
         return f"{self._prefix}{next(self._counter):010x}"
-
-    async def _resolve(self, call: Call) -> Plan:
-        try:
-            return await self.actors.routing.ask(Resolve(call.request.model))
-        except NotFound:
-            # An unknown model must not tell an unauthenticated caller anything.
-            await self.actors.usage.ask(Authenticate(call.key))
-            raise
 
     async def _watch_client(self, link: ClientLink, state: RequestState, request_scope: trio.CancelScope) -> None:
         await link.wait_disconnect()

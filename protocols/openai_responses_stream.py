@@ -175,25 +175,25 @@ class StreamDecoder:
         index = doc.get("summary_index")
         return [ReasoningDelta(text="\n\n")] if isinstance(index, int) and index > 0 else []
 
-    def _terminal(self, doc: dict) -> list:
+    def _closing(self, doc: dict) -> tuple[dict, list]:
+        """The response object a closing event carries, and its start and usage events."""
         response = doc.get("response")
         response = response if isinstance(response, dict) else {}
         out = self._start(response)
         usage = normalize(NAME, response.get("usage"))
         if usage is not None:
             out.append(UsageReport(usage))
+        return response, out
+
+    def _terminal(self, doc: dict) -> list:
+        response, out = self._closing(doc)
         if not self.finished:
             self.finished = True
             out.append(Finish(finish_from_response(response, bool(self._calls))))
         return out
 
     def _failed(self, doc: dict) -> list:
-        response = doc.get("response")
-        response = response if isinstance(response, dict) else {}
-        out = self._start(response)
-        usage = normalize(NAME, response.get("usage"))
-        if usage is not None:
-            out.append(UsageReport(usage))
+        response, out = self._closing(doc)
         if not self.failed:
             self.failed = True
             out.append(ErrorEvent(error_from_wire(response.get("error"), "The upstream response failed.")))

@@ -19,7 +19,7 @@ from providers.http11 import Pool
 
 from protocols import anthropic_messages
 from protocols.anthropic_wire import API_VERSION
-from providers.base import Completion, FrameReader, SSEFramer, encode_body, parse_json, send
+from providers.base import Completion, FrameReader, SSEFramer, encode_body, fetch_completion, open_frames
 
 PASSED_HEADERS = ("anthropic-version", "anthropic-beta")
 
@@ -55,16 +55,11 @@ class AnthropicProvider:
     @asynccontextmanager
     async def stream(self, req, model: str, credential: Any) -> AsyncIterator[FrameReader]:
         body = encode_body(anthropic_messages.build_request(req, model))
-        response = await send(self.client, self.url_for(req), self.headers(req, credential), body, stream=True)
-        decoder = anthropic_messages.StreamDecoder(light=req.protocol == self.protocol)
-        reader = FrameReader(response, SSEFramer(decoder))
-        try:
+        framer = SSEFramer(anthropic_messages.StreamDecoder(light=req.protocol == self.protocol))
+        async with open_frames(self.client, self.url_for(req), self.headers(req, credential), body, framer) as reader:
             yield reader
-        finally:
-            await reader.aclose()
 
     async def complete(self, req, model: str, credential: Any) -> Completion:
         body = encode_body(anthropic_messages.build_request(req, model))
-        response = await send(self.client, self.url_for(req), self.headers(req, credential), body, stream=False)
-        return Completion(response.content, parse_json(response.content, anthropic_messages.parse_response),
-                          response.headers.get("content-type", "application/json"))
+        return await fetch_completion(self.client, self.url_for(req), self.headers(req, credential), body,
+                                      anthropic_messages.parse_response)

@@ -176,15 +176,30 @@ async def send(client: http11.Pool, url: str, headers: Mapping[str, str], body: 
 
 
 @asynccontextmanager
-async def open_frames(client: http11.Pool, url: str, headers: Mapping[str, str], body: bytes,
-                      framer: Framer) -> AsyncIterator[FrameReader]:
-    """An upstream stream, closed on exit however the block ends."""
-    response = await send(client, url, headers, body, stream=True)
+async def reading(response: http11.Response, framer: Framer) -> AsyncIterator[FrameReader]:
+    """Frames from an open response, which is closed on exit however the block ends."""
     reader = FrameReader(response, framer)
     try:
         yield reader
     finally:
         await reader.aclose()
+
+
+@asynccontextmanager
+async def open_frames(client: http11.Pool, url: str, headers: Mapping[str, str], body: bytes,
+                      framer: Framer) -> AsyncIterator[FrameReader]:
+    """An upstream stream: the request sent, its frames read, the response closed on exit."""
+    response = await send(client, url, headers, body, stream=True)
+    async with reading(response, framer) as reader:
+        yield reader
+
+
+async def fetch_completion(client: http11.Pool, url: str, headers: Mapping[str, str], body: bytes,
+                           parse: Callable[[Any], UnifiedResponse]) -> Completion:
+    """A non-streaming call: the body as sent, and parsed by the protocol's ``parse_response``."""
+    answer = await send(client, url, headers, body, stream=False)
+    return Completion(answer.content, parse_json(answer.content, parse),
+                      answer.headers.get("content-type", "application/json"))
 
 
 class Provider(Protocol):

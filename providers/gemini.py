@@ -22,7 +22,7 @@ from protocols.errors import UpstreamProtocolError
 from protocols.json_array import ArrayElement, JsonArraySplitter
 from protocols.sse import SSEEvent
 from protocols.unified import ErrorEvent
-from providers.base import Completion, Frame, FrameReader, SSEFramer, encode_body, parse_json, send
+from providers.base import Completion, Frame, FrameReader, SSEFramer, encode_body, fetch_completion, open_frames
 
 API_VERSIONS = ("/v1beta", "/v1", "/v1alpha")
 
@@ -103,18 +103,13 @@ class GeminiProvider:
     async def stream(self, req, model: str, credential: Any) -> AsyncIterator[FrameReader]:
         sse = self.wants_sse(req)
         body = encode_body(gemini.build_request(req, model))
-        response = await send(self.client, self.url(model, "streamGenerateContent", sse),
-                              self.headers(credential), body, stream=True)
         decoder = gemini.StreamDecoder(light=req.protocol == self.protocol)
-        reader = FrameReader(response, SSEFramer(decoder) if sse else JsonArrayFramer(decoder))
-        try:
+        framer = SSEFramer(decoder) if sse else JsonArrayFramer(decoder)
+        url = self.url(model, "streamGenerateContent", sse)
+        async with open_frames(self.client, url, self.headers(credential), body, framer) as reader:
             yield reader
-        finally:
-            await reader.aclose()
 
     async def complete(self, req, model: str, credential: Any) -> Completion:
         body = encode_body(gemini.build_request(req, model))
-        response = await send(self.client, self.url(model, "generateContent"), self.headers(credential), body,
-                              stream=False)
-        return Completion(response.content, parse_json(response.content, gemini.parse_response),
-                          response.headers.get("content-type", "application/json"))
+        return await fetch_completion(self.client, self.url(model, "generateContent"), self.headers(credential),
+                                      body, gemini.parse_response)

@@ -14,7 +14,7 @@ from typing import Any, AsyncIterator
 from providers.http11 import Pool
 
 from protocols import openai_responses
-from providers.base import Completion, FrameReader, SSEFramer, bearer_headers, encode_body, open_frames, parse_json, send
+from providers.base import Completion, FrameReader, SSEFramer, bearer_headers, encode_body, fetch_completion, open_frames
 
 
 class OpenAIResponsesProvider:
@@ -39,6 +39,5 @@ class OpenAIResponsesProvider:
 
     async def complete(self, req, model: str, credential: Any) -> Completion:
         body = openai_responses.build_request(req, model)
-        response = await send(self.client, self.url, self.headers(credential), encode_body(body), stream=False)
-        return Completion(response.content, parse_json(response.content, openai_responses.parse_response),
-                          response.headers.get("content-type", "application/json"))
+        return await fetch_completion(self.client, self.url, self.headers(credential), encode_body(body),
+                                      openai_responses.parse_response)

@@ -17,7 +17,7 @@ from providers.http11 import Pool
 
 from protocols import openai_chat
 from protocols.errors import UpstreamBadRequest
-from providers.base import Completion, FrameReader, SSEFramer, bearer_headers, encode_body, parse_json, send
+from providers.base import Completion, FrameReader, SSEFramer, bearer_headers, encode_body, fetch_completion, reading, send
 
 _REJECTS = (b"stream_options", b"include_usage")
 
@@ -50,17 +50,13 @@ class OpenAICompatProvider:
                 self.rejects_stream_options.add(model)
                 inject = False
         decoder = openai_chat.StreamDecoder(light=req.protocol == self.protocol)
-        reader = FrameReader(response, SSEFramer(decoder, drop_usage_only=inject))
-        try:
+        async with reading(response, SSEFramer(decoder, drop_usage_only=inject)) as reader:
             yield reader
-        finally:
-            await reader.aclose()
 
     async def complete(self, req, model: str, credential: Any) -> Completion:
         body = openai_chat.build_request(req, model, include_usage=False)
-        response = await send(self.client, self.url, self.headers(credential), encode_body(body), stream=False)
-        return Completion(response.content, parse_json(response.content, openai_chat.parse_response),
-                          response.headers.get("content-type", "application/json"))
+        return await fetch_completion(self.client, self.url, self.headers(credential), encode_body(body),
+                                      openai_chat.parse_response)
 
 
 def _names_stream_options(exc: UpstreamBadRequest) -> bool:

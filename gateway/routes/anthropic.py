@@ -8,19 +8,14 @@ Anthropic upstream receives them as the client sent them.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from urllib.parse import parse_qs
 
 import attrs
 
-from actors.usage import Authenticate
-from gateway.asgi_link import read_body
-from gateway.routes.common import bearer, header, send_error, serve_llm
+from gateway.routes.common import bearer, header, serve_estimate, serve_llm
 from protocols import anthropic_messages
-from protocols.errors import GatewayError, Unauthenticated
-from protocols.validate import load_json_object
 
 PASSED_HEADERS = (b"anthropic-version", b"anthropic-beta")
 
@@ -49,18 +44,8 @@ async def messages(runtime, scope, receive, send, match) -> None:
 
 
 async def count_tokens(runtime, scope, receive, send, match) -> None:
-    """An estimate, answered by the gateway itself: no upstream call, no charge."""
-    try:
-        key = api_key(scope)
-        if not key:
-            raise Unauthenticated("Missing gateway key: send it as x-api-key (or a bearer token).")
-        body = await read_body(scope, receive, runtime.config.server.max_body_bytes)
-        await runtime.actors.usage.ask(Authenticate(key))
-        result = anthropic_messages.count_tokens(load_json_object(body))
-    except GatewayError as err:
-        return await send_error(send, anthropic_messages, err)
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": json.dumps(result).encode()})
+    await serve_estimate(runtime, anthropic_messages, scope, receive, send, api_key(scope),
+                         anthropic_messages.count_tokens)
 
 
 def models_list(names: list[str]) -> dict:

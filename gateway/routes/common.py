@@ -13,7 +13,7 @@ from typing import Any, Callable
 from gateway.asgi_link import AsgiLink, read_body
 from gateway.dispatch import Call
 from actors.usage import Authenticate
-from protocols.errors import GatewayError, InvalidRequest, Unauthenticated
+from protocols.errors import GatewayError, InvalidRequest, NotFound, Unauthenticated
 from protocols.validate import load_json_object
 
 
@@ -51,15 +51,38 @@ async def serve_llm(runtime: Any, client: Any, scope, receive, send, key: str | 
         if not key:
             raise Unauthenticated("Missing gateway key: send it as a bearer token (or the protocol's key header).")
         body = await read_body(scope, receive, runtime.config.server.max_body_bytes)
-        try:
-            request = parse(load_json_object(body))
-        except InvalidRequest:
-            # A stranger learns nothing about the request format: the key is checked first.
-            await runtime.actors.usage.ask(Authenticate(key))
-            raise
+        request = parse(load_json_object(body))
         await runtime.dispatcher.serve(Call(request, key, client, len(body)), link)
     except GatewayError as err:
         if not link.started:
-            await send_error(send, client, err)
+            await send_error(send, client, await _stranger_first(runtime, key, err))
         elif not link.ended:
             await link.end(client.StreamEncoder(request, request.model).error(err))
+
+
+async def serve_estimate(runtime: Any, client: Any, scope, receive, send, key: str | None,
+                         count: Callable[[dict], dict]) -> None:
+    """A token count answered by the gateway itself (no upstream call, no charge), for
+    any authenticated key, in ``client``'s protocol."""
+    try:
+        if not key:
+            raise Unauthenticated("Missing gateway key: send it as a bearer token (or the protocol's key header).")
+        body = await read_body(scope, receive, runtime.config.server.max_body_bytes)
+        await runtime.actors.usage.ask(Authenticate(key))
+        result = count(load_json_object(body))
+    except GatewayError as err:
+        return await send_error(send, client, err)
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": json.dumps(result).encode()})
+
+
+async def _stranger_first(runtime: Any, key: str | None, err: GatewayError) -> GatewayError:
+    """A malformed request or an unknown model tells an unauthenticated caller nothing:
+    the key is checked first, on these error paths only (the hot path authenticates
+    with its reservation)."""
+    if key and isinstance(err, (InvalidRequest, NotFound)):
+        try:
+            await runtime.actors.usage.ask(Authenticate(key))
+        except GatewayError as refused:
+            return refused
+    return err

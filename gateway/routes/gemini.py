@@ -10,17 +10,13 @@ curl examples) or as a bearer token.
 
 from __future__ import annotations
 
-import json
 import re
 from functools import partial
 from urllib.parse import parse_qs
 
-from actors.usage import Authenticate
-from gateway.asgi_link import read_body
-from gateway.routes.common import bearer, header, send_error, serve_llm
+from gateway.routes.common import bearer, header, send_error, serve_estimate, serve_llm
 from protocols import gemini
-from protocols.errors import GatewayError, NotFound, Unauthenticated
-from protocols.validate import load_json_object
+from protocols.errors import NotFound
 
 GENERATION_METHODS = ["generateContent", "streamGenerateContent", "countTokens"]
 
@@ -41,18 +37,7 @@ async def _generate(runtime, scope, receive, send, model: str, query: dict, *, s
 
 
 async def _count_tokens(runtime, scope, receive, send, model: str, query: dict) -> None:
-    """An estimate answered by the gateway itself: no upstream call, no charge."""
-    try:
-        key = api_key(scope, query)
-        if not key:
-            raise Unauthenticated("Missing gateway key: send it as x-goog-api-key, ?key= or a bearer token.")
-        body = await read_body(scope, receive, runtime.config.server.max_body_bytes)
-        await runtime.actors.usage.ask(Authenticate(key))
-        result = gemini.count_tokens(load_json_object(body))
-    except GatewayError as err:
-        return await send_error(send, gemini, err)
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": json.dumps(result).encode()})
+    await serve_estimate(runtime, gemini, scope, receive, send, api_key(scope, query), gemini.count_tokens)
 
 
 METHODS = {
