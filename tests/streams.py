@@ -1,4 +1,4 @@
-"""Helpers shared by the stream tests: cutting bytes at arbitrary points."""
+"""Helpers shared by the stream tests: cutting bytes at arbitrary points, framing them."""
 
 from __future__ import annotations
 
@@ -12,3 +12,12 @@ def split_at(data: bytes, cuts) -> list[bytes]:
         last = p
     pieces.append(data[last:])
     return pieces
+
+
+def frames_in_pieces(framer, data: bytes, step: int) -> list:
+    """Every frame ``framer`` yields for ``data`` fed in ``step``-byte pieces."""
+    frames = []
+    for piece in split_at(data, range(0, len(data), step)):
+        frames.extend(framer.feed(piece))
+    frames.extend(framer.close())
+    return frames

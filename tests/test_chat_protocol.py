@@ -25,7 +25,7 @@ from protocols.unified import (
 )
 from providers.base import SSEFramer
 from tests.conftest import FIXTURES
-from tests.streams import split_at
+from tests.streams import frames_in_pieces, split_at
 
 CHAT = FIXTURES / "openai-chat"
 STREAMS = sorted(CHAT.glob("*.sse"))
@@ -149,9 +149,5 @@ def test_any_byte_split_gives_the_same_events(path, light, cuts):
 @pytest.mark.parametrize("path", STREAMS, ids=lambda p: p.stem)
 def test_passthrough_frames_reproduce_the_bytes(path):
     data = path.read_bytes()
-    framer = SSEFramer(openai_chat.StreamDecoder(light=True))
-    frames = []
-    for piece in split_at(data, range(0, len(data), 1021)):
-        frames.extend(framer.feed(piece))
-    frames.extend(framer.close())
+    frames = frames_in_pieces(SSEFramer(openai_chat.StreamDecoder(light=True)), data, 1021)
     assert b"".join(f.raw for f in frames) == data

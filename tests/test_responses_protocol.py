@@ -31,7 +31,7 @@ from protocols.unified import (
 )
 from providers.base import SSEFramer
 from tests.conftest import FIXTURES
-from tests.streams import split_at
+from tests.streams import frames_in_pieces, split_at
 
 RESPONSES = FIXTURES / "openai-responses"
 STREAMS = sorted(RESPONSES.glob("*.sse"))
@@ -140,11 +140,7 @@ def test_any_byte_split_gives_the_same_events(path, light, cuts):
 @pytest.mark.parametrize("path", STREAMS, ids=lambda p: p.stem)
 def test_passthrough_frames_reproduce_the_bytes(path):
     data = path.read_bytes()
-    framer = SSEFramer(openai_responses.StreamDecoder(light=True))
-    frames = []
-    for piece in split_at(data, range(0, len(data), 4093)):
-        frames.extend(framer.feed(piece))
-    frames.extend(framer.close())
+    frames = frames_in_pieces(SSEFramer(openai_responses.StreamDecoder(light=True)), data, 4093)
     assert b"".join(f.raw for f in frames) == data
     assert not any(f.drop for f in frames)
 
