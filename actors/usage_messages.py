@@ -49,6 +49,8 @@ class Settle:
     model: str | None = None
     credential: str | None = None
     no_work: bool = False  # every upstream refused the call outright: nothing to charge
+    basis: str = ""  # how an estimated charge was reached (recorded on the ledger entry)
+    unanswered: tuple = ()  # "provider/model@credential" attempts written upstream but never answered
 
 
 @attrs.frozen

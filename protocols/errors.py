@@ -13,6 +13,7 @@
     │   └── KeyRateLimited            429     the gateway key's own limits
     ├── OutOfCredit                   402     the key's balance cannot cover the hold
     ├── NoCapacity                    503     every target cooling or busy (retry_after)
+    ├── LedgerUnavailable             503     the ledger cannot be written: no new holds
     ├── GatewayFailure                500     a bug or broken invariant in the gateway
     └── UpstreamError                 502     the provider failed; subclasses classify how
         ├── UpstreamRateLimited       429     short-term rate limit (retry_after known)
@@ -48,6 +49,7 @@ class GatewayError(Exception):
         upstream_status: int | None = None,
         upstream_body: bytes | None = None,
         upstream_headers: Mapping[str, str] | None = None,
+        request_sent: bool = True,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -58,6 +60,10 @@ class GatewayError(Exception):
         self.upstream_status = upstream_status
         self.upstream_body = upstream_body
         self.upstream_headers = dict(upstream_headers or {})
+        # False only when the transport proved that no byte of the request left the
+        # gateway (connect failed, a dead pooled connection found before writing): the
+        # one case in which an upstream failure cannot have cost upstream work.
+        self.request_sent = request_sent
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r}, status={self.status})"
@@ -110,6 +116,11 @@ class OutOfCredit(GatewayError):
 
 
 class NoCapacity(GatewayError):
+    status = 503
+    kind = "overloaded_error"
+
+
+class LedgerUnavailable(GatewayError):
     status = 503
     kind = "overloaded_error"
 
