@@ -21,7 +21,7 @@ from gateway.routes import anthropic as anthropic_routes
 from gateway.routes import gemini as gemini_routes
 from gateway.routes import openai_chat as chat_routes
 from gateway.routes import openai_responses as responses_routes
-from gateway.routes.common import send_error
+from gateway.routes.common import fresh_request_id, send_error
 from gateway.runtime import Runtime
 from protocols import anthropic_messages, gemini, openai_chat
 from protocols.errors import MethodNotAllowed, NotFound
@@ -108,6 +108,11 @@ class Gateway:
 
 def _error_handlers(app: QuartTrio) -> None:
     from quart import request
+
+    @app.after_request
+    async def request_id(response):
+        response.headers.setdefault("x-request-id", fresh_request_id())
+        return response
 
     def render(err):
         protocol = client_protocol_for(request.path)

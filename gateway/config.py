@@ -84,6 +84,7 @@ class StreamingConfig:
     on_disconnect: str = "cancel"
     drain_timeout_s: float = 30.0
     max_concurrent_drains: int = 32
+    settle_timeout_s: float = 10.0
 
 
 @attrs.frozen
@@ -229,7 +230,8 @@ def parse_config(doc: Any, env: Mapping[str, str] | None = None) -> Config:
     streaming = _section(reader, root, "streaming", StreamingConfig, {
         "ttfb_timeout_s": (_NUM, _POS), "stall_timeout_s": (_NUM, _POS), "nonstream_timeout_s": (_NUM, _POS),
         "on_disconnect": (str, lambda v: v in DISCONNECT_POLICIES),
-        "drain_timeout_s": (_NUM, _POS), "max_concurrent_drains": (int, _NONNEG)})
+        "drain_timeout_s": (_NUM, _POS), "max_concurrent_drains": (int, _NONNEG),
+        "settle_timeout_s": (_NUM, _POS)})
     cooldown = _section(reader, root, "cooldown", CooldownConfig, {
         "base_s": (_NUM, _POS), "max_s": (_NUM, _POS), "jitter": (_NUM, lambda v: 0 <= v <= 1)})
     routing = _section(reader, root, "routing", RoutingConfig, {"budget_s": (_NUM, _NONNEG)})

@@ -1,20 +1,29 @@
-"""What one request's stream has shown so far, for settling it.
+"""What one attempt's stream has shown so far, for settling the request.
 
 Usage reports are cumulative (every decoder normalises them so), so the meter keeps
-the latest. When a stream ends early, the last report may predate most of the output:
-the output count is then raised to what the text already forwarded implies, and the
-record is marked ``reported_partial``.
+the latest. Beside it the meter keeps what was forwarded, bucket by bucket -- visible
+text and tool arguments (output) apart from reasoning -- so that a stream cut before
+its final usage is charged for what it consumed, not for its whole hold.
+
+Same-protocol streams are decoded lightly (only events that can carry usage, errors or
+the finish), so most of their frames arrive here undecoded: the meter keeps their
+payloads (references to bytes already read, up to ``OPAQUE_LIMIT``) and has them
+decoded in full only when a partial charge needs them. Beyond the limit it falls back
+to a byte estimate.
 """
 
 from __future__ import annotations
 
+from typing import Callable, Iterable
+
 import attrs
 
+from protocols.tokens import count_text_tokens
 from protocols.unified import (
     ErrorEvent,
     Finish,
-    Provenance,
     ReasoningDelta,
+    StreamStart,
     TextDelta,
     ToolCallDelta,
     Usage,
@@ -22,42 +31,76 @@ from protocols.unified import (
 )
 from protocols.usage import estimate_tokens
 
+OPAQUE_LIMIT = 1 << 20
+
+
+@attrs.frozen
+class Forwarded:
+    """Tokens the upstream produced and the gateway saw, by bucket."""
+
+    output: int = 0
+    reasoning: int = 0
+
 
 @attrs.define
 class Meter:
     usage: Usage | None = None
     finished: bool = False
+    final_usage: bool = False  # the latest report came with or after the finish: it is final
     error: object = None
-    output_bytes: int = 0
-    opaque_frames: int = 0  # forwarded unparsed (pass-through): each carries at least a token
+    response_id: str = ""
+    text: list = attrs.field(factory=list)
+    reasoning: list = attrs.field(factory=list)
+    opaque: list = attrs.field(factory=list)
+    opaque_bytes: int = 0
+    overflow_bytes: int = 0  # opaque payloads past the limit: estimated from their size
 
-    def observe(self, events) -> None:
+    def observe(self, events: Iterable, payload: bytes | None = None) -> None:
+        """Take one frame's events; ``payload`` is its undecoded data when it had none."""
+        seen = reported = False
         for ev in events:
-            if isinstance(ev, TextDelta):
-                self.output_bytes += len(ev.text)
-            elif isinstance(ev, UsageReport):
+            seen = True
+            kind = type(ev)
+            if kind is TextDelta:
+                self.text.append(ev.text)
+            elif kind is UsageReport:
                 self.usage = ev.usage
-            elif isinstance(ev, ToolCallDelta):
-                self.output_bytes += len(ev.arguments)
-            elif isinstance(ev, ReasoningDelta):
-                self.output_bytes += len(ev.text)
-            elif isinstance(ev, Finish):
+                reported = True
+                self.final_usage = self.finished
+            elif kind is ToolCallDelta:
+                self.text.append(ev.arguments)
+            elif kind is ReasoningDelta:
+                if ev.text:
+                    self.reasoning.append(ev.text)
+            elif kind is Finish:
                 self.finished = True
-            elif isinstance(ev, ErrorEvent):
-                self.error = ev.error
+                self.final_usage = self.final_usage or reported
+            elif kind is ErrorEvent:
+                if self.error is None:
+                    self.error = ev.error
+            elif kind is StreamStart:
+                self.response_id = self.response_id or ev.id
+        if not seen and payload:
+            if self.opaque_bytes + len(payload) <= OPAQUE_LIMIT:
+                self.opaque.append(payload)
+                self.opaque_bytes += len(payload)
+            else:
+                self.overflow_bytes += len(payload)
 
-    def result(self, complete: bool) -> tuple[Usage | None, Provenance]:
-        """The usage to settle with; ``complete`` means the stream ended normally.
-
-        Every protocol sends its final usage with or after its finish event, so usage
-        seen once the finish arrived is final even if the client left right after.
-        """
-        if self.usage is None:
-            return None, Provenance.ESTIMATED
-        if complete or (self.finished and self.error is None):
-            return self.usage, Provenance.REPORTED
-        seen = estimate_tokens(self.output_bytes) + self.opaque_frames
-        usage = self.usage
-        if seen > usage.output + usage.reasoning:
-            usage = attrs.evolve(usage, output=seen - usage.reasoning)
-        return usage, Provenance.REPORTED_PARTIAL
+    def forwarded(self, redecode: Callable[[list], list] | None = None) -> Forwarded:
+        """What the stream carried so far, in tokens; ``redecode`` decodes kept payloads in full."""
+        text, reasoning = list(self.text), list(self.reasoning)
+        unread = self.overflow_bytes
+        if self.opaque and redecode is not None:
+            for ev in redecode(self.opaque):
+                kind = type(ev)
+                if kind is TextDelta:
+                    text.append(ev.text)
+                elif kind is ToolCallDelta:
+                    text.append(ev.arguments)
+                elif kind is ReasoningDelta and ev.text:
+                    reasoning.append(ev.text)
+        else:
+            unread += self.opaque_bytes
+        output = count_text_tokens("".join(text)) + estimate_tokens(unread)
+        return Forwarded(output=output, reasoning=count_text_tokens("".join(reasoning)))

@@ -71,11 +71,13 @@ class StreamDecoder:
     """
 
     usage_only = False  # Anthropic streams have no chunk the gateway must hide
+    ENDS_AT_EOF_AFTER_FINISH = False  # only ``message_stop`` ends a stream
 
     def __init__(self, *, light: bool = False) -> None:
         self.light = light
         self.started = False
         self.finished = False
+        self.ended = False  # message_stop arrived
         self._usage: dict = {}
         self._blocks: dict[int, _Block] = {}
         self._tools = 0
@@ -164,6 +166,7 @@ class StreamDecoder:
         return out
 
     def _message_stop(self, doc: dict) -> list[Event]:
+        self.ended = True
         if self.finished:
             return []
         self.finished = True
@@ -231,6 +234,9 @@ class StreamEncoder:
         if self._pending_start and not self._started and not self._done:
             self._start(out)
         return b"".join(out)
+
+    def resume(self, response_id: str, next_sequence: int) -> None:
+        """Anthropic events carry no sequence: nothing to continue."""
 
     def error(self, err: GatewayError) -> bytes:
         self._done = True

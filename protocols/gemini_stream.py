@@ -75,6 +75,10 @@ class StreamDecoder:
     Gemini is most chunks, since usage rides on nearly all of them.
     """
 
+    # Gemini has no closing event: the body's end after the chunk with finishReason is it.
+    ENDS_AT_EOF_AFTER_FINISH = True
+    ended = False
+
     def __init__(self, *, light: bool = False) -> None:
         self.light = light
         self.started = False
@@ -268,6 +272,9 @@ class StreamEncoder:
         if self.finish is None and not parts and self.usage is None:
             return b""
         return self._chunk(parts or [{"text": ""}], self.finish)
+
+    def resume(self, response_id: str, next_sequence: int) -> None:
+        """Gemini chunks carry no sequence: nothing to continue."""
 
     def error(self, err: GatewayError) -> bytes:
         if self.closed:

@@ -47,10 +47,15 @@ class StreamDecoder:
     empty) -- the chunk a gateway that injected ``include_usage`` must not forward.
     """
 
+    # The protocol's last event is ``data: [DONE]``; some upstreams omit it, so the end
+    # of the body after the finish chunk ends the stream too.
+    ENDS_AT_EOF_AFTER_FINISH = True
+
     def __init__(self, *, light: bool = False) -> None:
         self.light = light
         self.started = False
         self.finished = False
+        self.ended = False  # the terminal event arrived
         self.usage_only = False
         self._tool_ids: dict[int, str] = {}
 
@@ -60,6 +65,7 @@ class StreamDecoder:
         if data is None:
             return []
         if data == b"[DONE]":
+            self.ended = True
             if not self.finished:
                 self.finished = True
                 return [Finish(FinishReason.STOP)]
@@ -131,6 +137,7 @@ class StreamEncoder:
         self.usage: Usage | None = None
         self._tool_index: dict[int, int] = {}
         self._finish: FinishReason | None = None
+        self._failed = False
 
     def _chunk(self, delta: dict, finish: str | None = None) -> bytes:
         doc = {
@@ -170,10 +177,17 @@ class StreamEncoder:
                 out.append(self.error(ev.error))
         return b"".join(out)
 
+    def resume(self, response_id: str, next_sequence: int) -> None:
+        """Chat chunks carry no sequence: nothing to continue."""
+
     def error(self, err: GatewayError) -> bytes:
+        self._failed = True
         return encode_event(json.dumps(format_error(err)))
 
     def close(self) -> bytes:
+        """The closing bytes; none after an error (``[DONE]`` would read as success)."""
+        if self._failed:
+            return b""
         tail = b""
         if self.include_usage and self.usage is not None:
             doc = {

@@ -69,14 +69,36 @@ def _peek_type(data: bytes) -> str | None:
     return data[len(_TYPE_PREFIX):end].decode("utf-8", "replace") if end > 0 else None
 
 
+_SEQ = b'"sequence_number":'
+
+
+def _peek_sequence(data: bytes) -> int | None:
+    """An event's ``sequence_number`` without decoding it (one search, a few digits)."""
+    at = data.find(_SEQ)
+    if at < 0:
+        return None
+    at += len(_SEQ)
+    while data[at:at + 1] == b" ":
+        at += 1
+    end = at
+    while data[end:end + 1].isdigit():
+        end += 1
+    return int(data[at:end]) if end > at else None
+
+
 class StreamDecoder:
     """Responses events -> unified events; usage arrives once, in the terminal event."""
+
+    ENDS_AT_EOF_AFTER_FINISH = False  # completed / incomplete / failed end a stream
 
     def __init__(self, *, light: bool = False) -> None:
         self.light = light
         self.started = False
         self.finished = False
         self.failed = False
+        self.ended = False  # a terminal event arrived
+        self.response_id = ""
+        self.last_sequence = -1  # the upstream's latest sequence_number, so a gateway-made event can follow it
         self._calls: set[int] = set()
         self._handlers: dict[str, Callable[[dict], list]] = {
             "response.created": self._start_event,
@@ -100,7 +122,11 @@ class StreamDecoder:
         data = ev.data
         if data is None:
             return []
+        seq = _peek_sequence(data)
+        if seq is not None:
+            self.last_sequence = seq
         if data == b"[DONE]":
+            self.ended = True
             if self.finished or self.failed:
                 return []
             self.finished = True
@@ -126,6 +152,7 @@ class StreamDecoder:
             return []
         self.started = True
         response = response if isinstance(response, dict) else {}
+        self.response_id = str(response.get("id", ""))
         return [StreamStart(str(response.get("id", "")), str(response.get("model", "")))]
 
     def _start_event(self, doc: dict) -> list:
@@ -186,6 +213,7 @@ class StreamDecoder:
         return response, out
 
     def _terminal(self, doc: dict) -> list:
+        self.ended = True
         response, out = self._closing(doc)
         if not self.finished:
             self.finished = True
@@ -193,6 +221,7 @@ class StreamDecoder:
         return out
 
     def _failed(self, doc: dict) -> list:
+        self.ended = True
         response, out = self._closing(doc)
         if not self.failed:
             self.failed = True
@@ -374,6 +403,15 @@ class StreamEncoder:
             self.output[call.index] = done
             self._emit(out, "response.output_item.done", output_index=call.index, item=done)
         self._calls.clear()
+
+    def resume(self, response_id: str, next_sequence: int) -> None:
+        """Continue a stream whose events so far came from the upstream as they were
+        (pass-through): a gateway-made closing event keeps the upstream's response id
+        and follows its sequence numbers, as clients check both."""
+        if response_id:
+            self.id = response_id
+        self.seq = max(self.seq, next_sequence)
+        self.started = True
 
     def error(self, err: GatewayError) -> bytes:
         if self.ended:

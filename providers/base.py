@@ -21,7 +21,7 @@ from providers import http11
 
 from protocols.errors import UpstreamProtocolError, UpstreamServerError, classify_upstream
 from protocols.retry_after import retry_after
-from protocols.sse import SSEDecoder
+from protocols.sse import SSEDecoder, SSEEvent
 from protocols.unified import UnifiedRequest, UnifiedResponse
 
 MAX_ERROR_BODY = 64 * 1024
@@ -35,6 +35,7 @@ class Frame:
     raw: bytes
     events: tuple
     drop: bool = False
+    payload: bytes | None = None  # the undecoded data of a frame with no events (light decoding)
 
 
 @attrs.frozen
@@ -47,6 +48,8 @@ class Completion:
 
 
 class Framer(Protocol):
+    decoder: Any
+
     def feed(self, chunk: bytes) -> list[Frame]: ...
     def close(self) -> list[Frame]: ...
 
@@ -65,7 +68,7 @@ class SSEFramer:
         for ev in events:
             unified = decoder.feed(ev)
             drop = self.drop_usage_only and getattr(decoder, "usage_only", False)
-            out.append(Frame(ev.raw, tuple(unified), drop))
+            out.append(Frame(ev.raw, tuple(unified), drop, None if unified else ev.data))
         return out
 
     def feed(self, chunk: bytes) -> list[Frame]:
@@ -86,6 +89,26 @@ class FrameReader:
     @property
     def content_type(self) -> str:
         return self.response.headers.get("content-type", "text/event-stream")
+
+    @property
+    def decoder(self) -> Any:
+        return self.framer.decoder
+
+    @property
+    def terminal(self) -> bool:
+        """The upstream protocol's own last event arrived (or, where the protocol has
+        none, the body ended cleanly after the finish)."""
+        decoder = self.framer.decoder
+        return decoder.ended or (self._done and decoder.finished and decoder.ENDS_AT_EOF_AFTER_FINISH)
+
+    def redecode(self, payloads: list) -> list:
+        """Frames that were forwarded undecoded, decoded in full (for a partial charge)."""
+        full = type(self.framer.decoder)(light=False)
+        full.started = True
+        events: list = []
+        for data in payloads:
+            events.extend(full.feed(SSEEvent(b"", data)))
+        return events
 
     async def next_batch(self) -> list[Frame] | None:
         """The frames completed by the next read; None at the end of the body."""
@@ -111,11 +134,23 @@ def parse_json(body: bytes, parse: Callable[[Any], UnifiedResponse]) -> UnifiedR
     """A non-streaming upstream body through a protocol's ``parse_response``."""
     try:
         doc = json.loads(body)
-    except ValueError:
-        raise UpstreamProtocolError("upstream answered with a body that is not JSON") from None
+    except (ValueError, RecursionError):
+        raise Unparseable("upstream answered with a body that is not JSON", len(body)) from None
     if not isinstance(doc, (dict, list)):
-        raise UpstreamProtocolError("upstream answered with unexpected JSON")
-    return parse(doc)
+        raise Unparseable("upstream answered with unexpected JSON", len(body))
+    try:
+        return parse(doc)
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        raise Unparseable(f"upstream answer could not be read: {type(exc).__name__}", len(body)) from None
+
+
+class Unparseable(UpstreamProtocolError):
+    """A success answer whose body is not the protocol's: the upstream worked, the
+    gateway cannot say how much; ``body_bytes`` is the size it was."""
+
+    def __init__(self, message: str, body_bytes: int) -> None:
+        super().__init__(message, upstream_status=200)
+        self.body_bytes = body_bytes
 
 
 def bearer_headers(credential: Any, extra: Mapping[str, str]) -> dict:

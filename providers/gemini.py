@@ -49,7 +49,7 @@ class JsonArrayFramer:
                     f"upstream sent a malformed Gemini JSON-array stream: {el.error}")),)
             else:
                 events = tuple(self.decoder.feed(SSEEvent(el.raw, el.data)))
-            frame = Frame(el.raw, events)
+            frame = Frame(el.raw, events, payload=None if events else el.data)
             is_error = any(isinstance(ev, ErrorEvent) for ev in events)
             if self._held or (is_error and el.data is not None):
                 self._held.append(frame)

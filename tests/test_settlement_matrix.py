@@ -129,15 +129,17 @@ async def test_exactly_one_settlement(tmp_path, client, pairing, ending, stream)
     hold = entry["hold_micro"]
     assert hold > 0
     if provenance == "partial":
-        # Anthropic and Gemini report input usage as the stream starts; a Responses upstream's
-        # failure event may carry usage too.
-        provenance = entry["provenance"] if upstream not in EARLY_USAGE else "reported_partial"
-    if provenance == "refused":
+        # A cut stream is charged what it consumed, never its whole hold: the input (reported
+        # when the upstream sent it as the stream started -- Anthropic, Gemini -- else
+        # estimated) plus the output forwarded so far. A Responses upstream's failure event
+        # may carry usage too.
+        expected = {"reported_partial"} if upstream in EARLY_USAGE else {"estimated", "reported_partial"}
+        assert entry["provenance"] in expected and entry["cost_source"] == "pricing"
+        assert 0 < entry["input"] and 0 < entry["output"] and 0 < entry["amount_micro"] < hold
+    elif provenance == "refused":
         assert (entry["provenance"], entry["amount_micro"], entry["cost_source"]) == ("estimated", 0, "refused")
     elif provenance == "estimated":
         assert (entry["provenance"], entry["amount_micro"], entry["cost_source"]) == ("estimated", hold, "hold")
-    elif provenance == "reported_partial":
-        assert 0 < entry["input"] and 0 < entry["amount_micro"] <= hold
     else:
         reported = gw.simulator.reported[-1]
         assert entry["provenance"] == "reported"

@@ -8,10 +8,11 @@ its own disconnect watcher, and never buffers a body in a framework layer.
 from __future__ import annotations
 
 import json
+import secrets
 from typing import Any, Callable
 
 from gateway.asgi_link import AsgiLink, read_body
-from gateway.dispatch import Call
+from gateway.request import Call
 from actors.usage import Authenticate
 from protocols.errors import GatewayError, InvalidRequest, NotFound, Unauthenticated
 from protocols.validate import load_json_object
@@ -31,31 +32,39 @@ def bearer(scope) -> str | None:
     return None
 
 
-def error_headers(err: GatewayError) -> list:
-    headers = [(b"content-type", b"application/json")]
+def fresh_request_id() -> str:
+    """An id for an answer no ledger entry belongs to (refused before any reserve)."""
+    return "req_" + secrets.token_hex(11)
+
+
+def error_headers(err: GatewayError, request_id: str | None = None) -> list:
+    headers = [(b"content-type", b"application/json"),
+               (b"x-request-id", (request_id or fresh_request_id()).encode())]
     if err.retry_after is not None:
         headers.append((b"retry-after", str(max(1, int(err.retry_after + 0.999))).encode()))
     return headers
 
 
-async def send_error(send, client: Any, err: GatewayError) -> None:
-    await send({"type": "http.response.start", "status": err.status, "headers": error_headers(err)})
+async def send_error(send, client: Any, err: GatewayError, request_id: str | None = None) -> None:
+    await send({"type": "http.response.start", "status": err.status, "headers": error_headers(err, request_id)})
     await send({"type": "http.response.body", "body": json.dumps(client.format_error(err)).encode()})
 
 
 async def serve_llm(runtime: Any, client: Any, scope, receive, send, key: str | None,
                     parse: Callable[[dict], Any]) -> None:
-    """Answer one LLM call in ``client``'s protocol."""
+    """Answer one LLM call in ``client``'s protocol; every answer carries ``x-request-id``,
+    the id of its ledger entry."""
     link = AsgiLink(receive, send)
+    request_id = runtime.dispatcher.next_id()
     try:
         if not key:
             raise Unauthenticated("Missing gateway key: send it as a bearer token (or the protocol's key header).")
         body = await read_body(scope, receive, runtime.config.server.max_body_bytes)
         request = parse(load_json_object(body))
-        await runtime.dispatcher.serve(Call(request, key, client, len(body)), link)
+        await runtime.dispatcher.serve(Call(request, key, client, len(body), request_id), link)
     except GatewayError as err:
         if not link.started:
-            await send_error(send, client, await _stranger_first(runtime, key, err))
+            await send_error(send, client, await _stranger_first(runtime, key, err), request_id)
         elif not link.ended:
             await link.end(client.StreamEncoder(request, request.model).error(err))
 

@@ -1,0 +1,216 @@
+"""One upstream attempt: a call on one leased credential, whole or streamed.
+
+An attempt records what it came to on the request (``Outcome``) and raises an
+``UpstreamError`` when the failover loop may try elsewhere -- only while nothing has
+reached the client. Once the client's response began, every failure ends the client's
+stream with its protocol's error event (continuing the upstream's own response id and
+sequence numbers on a pass-through), and nothing is retried.
+
+Deadlines: the first byte within ``ttfb_timeout_s``; then each upstream read within
+``stall_timeout_s``. A client that leaves under the ``drain`` policy is not cut: the
+upstream is read on, unforwarded, until it ends or ``drain_timeout_s`` passes (a
+drained upstream that goes silent for ``stall_timeout_s`` still ends it), so the exact
+usage is learned.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Awaitable, Callable
+
+import trio
+
+from gateway.ending import Outcome, Trouble
+from gateway.request import ClientLink, Request
+from protocols.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
+from protocols.unified import ErrorEvent, Finish
+from providers.base import Unparseable
+
+AFTER_ERROR_GRACE_S = 1.0
+
+
+def outcome_of(exc: BaseException) -> Outcome:
+    """What a failed attempt came to, from the error the transport or provider raised."""
+    if isinstance(exc, Unparseable):
+        return Outcome.ANSWERED
+    if isinstance(exc, UpstreamError):
+        if not exc.request_sent:
+            return Outcome.NOT_SENT
+        if exc.upstream_status is not None:
+            return Outcome.REFUSED
+        return Outcome.UNANSWERED
+    if isinstance(exc, Exception):
+        # The transport maps every failure after its first write to an UpstreamError;
+        # anything else escaped while the request was being built, before any byte left.
+        return Outcome.NOT_SENT
+    return Outcome.UNANSWERED  # cancelled while in flight: the upstream may be working
+
+
+def _headers(req: Request, content_type: str, target: Any) -> list:
+    headers = [
+        (b"content-type", content_type.encode()),
+        (b"x-request-id", req.id.encode()),
+        (b"x-tollhouse-target", target.label.encode()),
+    ]
+    if content_type.startswith("text/event-stream"):
+        headers.append((b"cache-control", b"no-cache"))
+    return headers
+
+
+def _only_error(batch: list) -> UpstreamError | None:
+    """An upstream whose first event is an error has sent nothing worth keeping:
+    treat it like an error status, so the request can still fail over."""
+    for frame in batch:
+        for ev in frame.events:
+            if isinstance(ev, ErrorEvent):
+                return ev.error if isinstance(ev.error, UpstreamError) else UpstreamError(ev.error.message)
+            if not isinstance(ev, Finish):
+                return None
+    return None
+
+
+class AttemptRunner:
+    def __init__(self, streaming: Any, settle: Callable[[Request], Awaitable[None]]) -> None:
+        self.streaming = streaming
+        self.settle = settle
+
+    async def run(self, req: Request, provider: Any, target: Any, credential: Any, link: ClientLink) -> None:
+        index = req.begin_attempt(target, credential.id)
+        try:
+            if req.call.request.stream:
+                await self._stream(req, provider, target, credential, link, index)
+            else:
+                await self._complete(req, provider, target, credential, link, index)
+        except BaseException as exc:
+            if req.attempts[index].outcome is Outcome.UNANSWERED and not req.started:
+                req.settle_attempt(index, outcome_of(exc))
+            raise
+
+    # ------------------------------------------------------------ whole answers
+
+    async def _complete(self, req: Request, provider: Any, target: Any, credential: Any, link: ClientLink,
+                        index: int) -> None:
+        call = req.call
+        with trio.move_on_after(self.streaming.nonstream_timeout_s) as scope:
+            try:
+                completion = await provider.complete(call.request, target.model, credential)
+            except Unparseable as exc:
+                req.settle_attempt(index, Outcome.ANSWERED)
+                req.unparseable_bytes = exc.body_bytes
+                req.note(Trouble.UPSTREAM)
+                raise
+        if scope.cancelled_caught:
+            raise UpstreamTimeout("The upstream did not answer before the request deadline.")
+        req.settle_attempt(index, Outcome.ANSWERED)
+        response = completion.response
+        meter = req.meter
+        meter.usage, meter.finished, meter.final_usage = response.usage, True, True
+        req.terminal = True
+        if call.request.protocol == provider.protocol:
+            body, content_type = completion.body, completion.content_type
+        else:
+            body = json.dumps(call.client.format_response(response, call.request.model)).encode()
+            content_type = "application/json"
+        await self.settle(req)
+        req.started = True
+        await link.start(200, [*_headers(req, content_type, target), (b"content-length", b"%d" % len(body))])
+        await link.end(body)
+
+    # ------------------------------------------------------------ streams
+
+    async def _stream(self, req: Request, provider: Any, target: Any, credential: Any, link: ClientLink,
+                      index: int) -> None:
+        call = req.call
+        passthrough = call.request.protocol == provider.protocol
+        encoder = call.client.StreamEncoder(call.request, call.request.model)
+        meter = req.meter
+        held: list[bytes] = []
+        reader = None
+        with trio.CancelScope(deadline=trio.current_time() + self.streaming.ttfb_timeout_s) as scope:
+            req.streaming_scope = scope
+            try:
+                async with provider.stream(call.request, target.model, credential) as reader:
+                    batch = await reader.next_batch()
+                    if batch is None:
+                        raise UpstreamProtocolError("The upstream closed the stream without sending anything.")
+                    first_error = _only_error(batch)
+                    if first_error is not None:
+                        req.settle_attempt(index, Outcome.REFUSED)
+                        raise first_error
+                    req.settle_attempt(index, Outcome.ANSWERED)
+                    req.redecode = reader.redecode
+                    content_type = reader.content_type if passthrough else encoder.content_type
+                    req.started = True
+                    await link.start(200, _headers(req, content_type, target))
+                    try:
+                        await self._relay(batch, reader, scope, link, req, encoder, passthrough, held)
+                    except UpstreamError as exc:
+                        self._fail(req, exc, encoder, reader, passthrough, held)
+                    req.terminal = reader.terminal
+                    if not req.terminal and meter.error is None and not req.client_gone:
+                        self._fail(req, UpstreamProtocolError("The upstream ended the stream before its last event."),
+                                   encoder, reader, passthrough, held)
+            finally:
+                req.streaming_scope = None
+        if scope.cancelled_caught and not req.client_gone and meter.error is None:
+            if not req.started:
+                raise UpstreamTimeout("The upstream sent nothing before the time-to-first-byte deadline.")
+            self._fail(req, UpstreamTimeout("The upstream stream stalled past its deadline."),
+                       encoder, reader, passthrough, held, Trouble.TIMEOUT)
+        await self.settle(req)
+        if req.client_gone:
+            return
+        if meter.error is None and not passthrough:
+            held.append(encoder.close())
+        await link.end(b"".join(held))
+
+    def _fail(self, req: Request, exc: UpstreamError, encoder: Any, reader: Any, passthrough: bool,
+              held: list[bytes], trouble: Trouble = Trouble.UPSTREAM) -> None:
+        """End the client's stream with its protocol's error event, after what was sent."""
+        req.note(trouble)
+        meter = req.meter
+        if meter.error is not None:
+            return
+        meter.error = exc
+        if passthrough:
+            encoder.resume(meter.response_id, getattr(reader.decoder, "last_sequence", -1) + 1)
+        held.append(encoder.error(exc))
+
+    async def _relay(self, batch: list, reader: Any, scope: trio.CancelScope, link: ClientLink,
+                     req: Request, encoder: Any, passthrough: bool, held: list[bytes]) -> None:
+        """Forward batches until the upstream ends (or, translated, until its error).
+
+        Each read's frames leave in one write. From the finish (or an error) on, bytes are
+        held back: they go out after the settlement is on disk.
+        """
+        meter = req.meter
+        stall = self.streaming.stall_timeout_s
+        errored = False
+        while batch is not None:
+            if not errored:
+                deadline = trio.current_time() + stall
+                if req.drain_deadline is not None:
+                    deadline = min(deadline, req.drain_deadline)
+                scope.deadline = deadline
+            out = []
+            for frame in batch:
+                meter.observe(frame.events, frame.payload)
+                if passthrough:
+                    chunk = b"" if frame.drop else frame.raw
+                else:
+                    chunk = encoder.encode(frame.events)
+                if meter.finished or meter.error is not None:
+                    held.append(chunk)
+                elif chunk:
+                    out.append(chunk)
+            if out and not req.client_gone:
+                await link.write(b"".join(out))
+            if meter.error is not None and not errored:
+                req.note(Trouble.UPSTREAM)
+                if not passthrough:
+                    return
+                # The upstream's own closing events (Responses' response.failed after
+                # error) follow the error: forward them, briefly.
+                errored = True
+                scope.deadline = trio.current_time() + AFTER_ERROR_GRACE_S
+            batch = await reader.next_batch()

@@ -1,0 +1,94 @@
+"""One request as the dispatcher carries it: the call, the client's side, its facts.
+
+``Request`` records facts as they happen -- attempts and what each came to, the first
+trouble, the meter of the answering attempt -- and never decides anything from them:
+``gateway.ending.decide`` does, once, at the end.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol
+
+import attrs
+import trio
+
+from gateway.ending import Attempt, Facts, Outcome, Trouble
+from gateway.meter import Forwarded, Meter
+from protocols.tokens import estimate_request_tokens
+from protocols.unified import UnifiedRequest
+from protocols.usage import estimate_tokens
+
+
+class ClientLink(Protocol):
+    """The client's side of one HTTP exchange, as the dispatcher sees it."""
+
+    async def start(self, status: int, headers: list) -> None: ...
+    async def write(self, data: bytes) -> None: ...
+    async def end(self, data: bytes = b"") -> None: ...
+    async def wait_disconnect(self) -> None: ...
+
+    @property
+    def ended(self) -> bool: ...
+
+
+@attrs.frozen
+class Call:
+    """One parsed client request, ready to dispatch."""
+
+    request: UnifiedRequest
+    key: str
+    client: Any  # the client protocol's module: format_response, format_error, StreamEncoder
+    body_bytes: int
+    request_id: str
+
+
+@attrs.define
+class Request:
+    """Facts about one request, shared by its attempts and its disconnect watcher."""
+
+    call: Call
+    attempts: list = attrs.field(factory=list)  # Attempt, in order
+    trouble: Trouble | None = None
+    meter: Meter = attrs.field(factory=Meter)
+    target: Any = None  # the target and credential of the latest attempt
+    credential: str | None = None
+    started: bool = False  # the client's response began
+    client_gone: bool = False
+    terminal: bool = False  # the answer reached the upstream protocol's last event
+    unparseable_bytes: int | None = None
+    redecode: Callable[[list], list] | None = None
+    streaming_scope: trio.CancelScope | None = None
+    drain_deadline: float | None = None  # set while a stream is drained for its usage
+    settled: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.call.request_id
+
+    def note(self, trouble: Trouble) -> None:
+        """Record what went wrong; the first trouble is the one that ended the request."""
+        if self.trouble is None:
+            self.trouble = trouble
+
+    def begin_attempt(self, target: Any, credential: str) -> int:
+        """A new attempt, in flight: until it says otherwise it may have reached the upstream."""
+        self.target, self.credential = target, credential
+        self.attempts.append(Attempt(f"{target.label}@{credential}", Outcome.UNANSWERED))
+        return len(self.attempts) - 1
+
+    def settle_attempt(self, index: int, outcome: Outcome) -> None:
+        self.attempts[index] = attrs.evolve(self.attempts[index], outcome=outcome)
+
+    def facts(self) -> Facts:
+        meter = self.meter
+        return Facts(attempts=tuple(self.attempts), trouble=self.trouble, finished=meter.finished,
+                     terminal=self.terminal, usage=meter.usage, final_usage=meter.final_usage,
+                     unparseable=self.unparseable_bytes is not None, estimate=self._estimate)
+
+    def _estimate(self) -> tuple[int, Forwarded]:
+        """The input the request costs and what its answer carried, in tokens (only
+        computed when a charge must be estimated)."""
+        tokens = estimate_request_tokens(self.call.request)
+        if self.unparseable_bytes is not None:
+            return tokens, Forwarded(output=estimate_tokens(self.unparseable_bytes))
+        return tokens, self.meter.forwarded(self.redecode)
