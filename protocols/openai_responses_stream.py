@@ -264,9 +264,9 @@ class StreamEncoder:
     """Unified events -> Responses SSE for a Responses client of another upstream.
 
     Finish and usage are held and go out together in ``close()`` as
-    ``response.completed``; ``error()`` ends the stream with ``response.failed``
-    instead (without a second ``response.created`` when the upstream's own start was
-    forwarded).
+    ``response.completed``; ``error()`` ends the stream with an ``error`` event and
+    ``response.failed`` instead (without a second ``response.created`` when the
+    upstream's own start was forwarded).
     """
 
     content_type = "text/event-stream"
@@ -418,8 +418,12 @@ class StreamEncoder:
             return b""
         self.ended = True
         out: list[bytes] = []
+        code = error_code(err)
+        # As OpenAI does: an ``error`` event (which the SDKs raise as an API error), then
+        # the response's own ``response.failed``.
+        self._emit(out, "error", error={"type": err.kind, "code": code, "message": err.message, "param": err.param})
         self._emit(out, "response.failed", response=self._response(
-            "failed", usage=self.usage, error={"code": error_code(err), "message": err.message}))
+            "failed", usage=self.usage, error={"code": code, "message": err.message}))
         return b"".join(out)
 
     def close(self) -> bytes:

@@ -22,6 +22,7 @@ from providers import http11
 from protocols.errors import UpstreamProtocolError, UpstreamServerError, classify_upstream
 from protocols.retry_after import retry_after
 from protocols.sse import SSEDecoder, SSEEvent
+from protocols.stream_end import reached_terminal
 from protocols.unified import UnifiedRequest, UnifiedResponse
 
 MAX_ERROR_BODY = 64 * 1024
@@ -98,8 +99,7 @@ class FrameReader:
     def terminal(self) -> bool:
         """The upstream protocol's own last event arrived (or, where the protocol has
         none, the body ended cleanly after the finish)."""
-        decoder = self.framer.decoder
-        return decoder.ended or (self._done and decoder.finished and decoder.ENDS_AT_EOF_AFTER_FINISH)
+        return reached_terminal(self.framer.decoder, self._done)
 
     def redecode(self, payloads: list) -> list:
         """Frames that were forwarded undecoded, decoded in full (for a partial charge)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import logging
 from contextlib import asynccontextmanager
 from functools import partial
@@ -79,9 +80,18 @@ async def running_gateway(config_doc: dict):
     cfg.accesslog = None
     cfg.graceful_timeout = 0.5
     shutdown = trio.Event()
+    # In virtual time the clock jumps whenever every task waits -- also while the ledger
+    # opens in a worker thread, which on a busy host can take long enough to fire the
+    # server's startup deadline. Time stands still until the gateway is up.
+    clock = trio.lowlevel.current_clock()
+    threshold = getattr(clock, "autojump_threshold", None)
+    if threshold is not None:
+        clock.autojump_threshold = math.inf
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(partial(hypercorn.trio.serve, gateway, cfg, shutdown_trigger=shutdown.wait))
         await gateway.runtime.ready.wait()
+        if threshold is not None:
+            clock.autojump_threshold = threshold
         try:
             yield Running(binds[0], gateway)
         finally:

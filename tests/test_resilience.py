@@ -2,7 +2,7 @@
 
 The gateway and the simulator run in the test's own trio run, so the actors' clock is
 the test's MockClock: ``trio.sleep(30)`` here is 30 virtual seconds. The clock jumps
-only after 50 ms with every task idle, so loopback I/O never lets a deadline fire
+only after 300 ms with every task idle, so loopback I/O and the ledger's worker thread never let a deadline fire
 early.
 """
 
@@ -22,7 +22,7 @@ ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 
 @pytest.fixture
 def clock():
-    return trio.testing.MockClock(autojump_threshold=0.05)
+    return trio.testing.MockClock(autojump_threshold=0.3)
 
 
 def _config(tmp_path, **extra):

@@ -1,0 +1,18 @@
+"""Whether an upstream stream reached its protocol's last event.
+
+Each protocol ends a stream its own way: Chat with ``data: [DONE]`` (or, for upstreams
+that omit it, the end of the body after the finish chunk), Anthropic with
+``message_stop``, Responses with ``response.completed`` / ``response.incomplete`` /
+``response.failed``, Gemini with the end of the body after the chunk that carries
+``finishReason``. A body that ends before that was cut, however cleanly it closed.
+Every stream decoder says ``ended`` (its terminal event arrived), ``finished`` (the
+model's finish arrived) and ``ENDS_AT_EOF_AFTER_FINISH``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def reached_terminal(decoder: Any, body_ended: bool) -> bool:
+    return decoder.ended or (body_ended and decoder.finished and decoder.ENDS_AT_EOF_AFTER_FINISH)
