@@ -58,8 +58,9 @@ from protocols.unified import (
     UnifiedRequest,
     UnifiedResponse,
 )
-from protocols.usage import estimate_tokens, normalize
-from protocols.validate import check, require
+from protocols.tokens import estimate_request_tokens
+from protocols.usage import normalize
+from protocols.validate import check, require, token_limit
 
 __all__ = [
     "NAME", "parse_request", "build_request", "parse_response", "format_response", "format_error",
@@ -67,6 +68,7 @@ __all__ = [
 ]
 
 ROLES = ("user", "assistant", "system")
+THINKING_MIN_BUDGET = 1024
 TOOL_CHOICE_IN = {"auto": "auto", "any": "required", "none": "none"}
 TOOL_CHOICE_OUT = {"auto": {"type": "auto"}, "required": {"type": "any"}, "any": {"type": "any"},
                    "none": {"type": "none"}}
@@ -81,10 +83,10 @@ def parse_request(doc: dict, *, require_max_tokens: bool = True) -> UnifiedReque
     raw_messages = require(doc, "messages", list)
     if not raw_messages:
         raise InvalidRequest("'messages' must contain at least one message.", param="messages")
-    if require_max_tokens:
-        max_tokens = require(doc, "max_tokens", int)
-    else:
-        max_tokens = check(doc, "max_tokens", int)
+    max_tokens = token_limit(doc, "max_tokens")
+    if require_max_tokens and max_tokens is None:
+        raise InvalidRequest("Missing required parameter: 'max_tokens'.", param="max_tokens")
+    _check_thinking(check(doc, "thinking", dict))
     messages: list = []
     for i, m in enumerate(raw_messages):
         messages.extend(_message_in(m, f"messages[{i}]."))
@@ -112,6 +114,18 @@ def parse_request(doc: dict, *, require_max_tokens: bool = True) -> UnifiedReque
         raw=doc,
         extra=extra,
     )
+
+
+def _check_thinking(thinking: dict | None) -> None:
+    """``thinking.budget_tokens``: Anthropic takes at least 1,024 and requires it when
+    thinking is ``enabled``. It may exceed ``max_tokens`` (interleaved thinking), so the
+    two are not compared here; the hold is priced on ``max_tokens``."""
+    if thinking is None:
+        return
+    if thinking.get("type") == "enabled" and thinking.get("budget_tokens") is None:
+        raise InvalidRequest("Missing required parameter: 'thinking.budget_tokens' (thinking is enabled).",
+                             param="thinking.budget_tokens")
+    token_limit(thinking, "budget_tokens", "thinking.", minimum=THINKING_MIN_BUDGET)
 
 
 def _rest(block: dict, *known: str) -> dict:
@@ -412,13 +426,7 @@ def _response_block_out(p: Any) -> dict | None:
 
 
 def count_tokens(doc: dict) -> dict:
-    """``POST /v1/messages/count_tokens``: an estimate from the size of what is counted.
-
-    The body is validated like a Messages request (without ``max_tokens``); the count
-    is the gateway's usual conservative estimate over the compact JSON of the system
-    prompt, messages and tools, so it does not depend on the client's whitespace.
-    """
-    parse_request(doc, require_max_tokens=False)
-    counted = {k: doc[k] for k in ("system", "messages", "tools") if doc.get(k) is not None}
-    size = len(json.dumps(counted, separators=(",", ":"), ensure_ascii=False).encode())
-    return {"input_tokens": estimate_tokens(size)}
+    """``POST /v1/messages/count_tokens``: the gateway's own count of the input
+    (``protocols.tokens``: system, messages, tools), validated like a Messages request
+    without ``max_tokens``."""
+    return {"input_tokens": estimate_request_tokens(parse_request(doc, require_max_tokens=False))}

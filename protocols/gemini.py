@@ -45,7 +45,6 @@ from protocols.gemini_wire import (
     FINISH_TO_WIRE,
     NAME,
     CallIds,
-    count_tokens,
     field,
     format_error,
     parts_in,
@@ -63,7 +62,9 @@ from protocols.unified import (
     UnifiedRequest,
     UnifiedResponse,
 )
+from protocols.tokens import estimate_request_tokens
 from protocols.usage import normalize
+from protocols.validate import token_limit
 
 __all__ = [
     "NAME", "parse_request", "build_request", "parse_response", "format_response", "format_error",
@@ -73,6 +74,8 @@ __all__ = [
 ROLES_IN = {"user": "user", "model": "assistant", "function": "user"}
 MODES_IN = {"AUTO": "auto", "ANY": "required", "NONE": "none", "VALIDATED": "auto"}
 MODES_OUT = {"auto": "AUTO", "required": "ANY", "any": "ANY", "none": "NONE"}
+# thinkingBudget: -1 lets the model decide, 0 turns thinking off; any other value is a count.
+THINKING_BUDGET_SPECIAL = (-1, 0)
 _GENERATION_KNOWN = frozenset(
     name for key in ("maxOutputTokens", "temperature", "topP", "stopSequences", "thinkingConfig")
     for name in (key, snake(key)))
@@ -99,7 +102,11 @@ def parse_request(doc: dict, *, model: str, stream: bool, sse: bool = True) -> U
     if other_tools:
         extra["gemini_tools"] = tuple(other_tools)
     thinking = field(config, "thinkingConfig")
-    if isinstance(thinking, Mapping):
+    if thinking is not None and not isinstance(thinking, Mapping):
+        raise InvalidRequest("Invalid type for 'generationConfig.thinkingConfig': expected an object.",
+                             param="generationConfig.thinkingConfig")
+    if thinking is not None:
+        _limit(thinking, "thinkingBudget", "generationConfig.thinkingConfig.", special=THINKING_BUDGET_SPECIAL)
         extra["thinking_config"] = thinking
     rest = {k: v for k, v in config.items() if k not in _GENERATION_KNOWN}
     if rest:
@@ -122,13 +129,20 @@ def parse_request(doc: dict, *, model: str, stream: bool, sse: bool = True) -> U
         system=_system_in(field(doc, "systemInstruction")),
         tools=tuple(tools),
         tool_choice=choice,
-        max_tokens=_number(config, "maxOutputTokens", int),
+        max_tokens=_limit(config, "maxOutputTokens", "generationConfig."),
         temperature=_number(config, "temperature", (int, float)),
         top_p=_number(config, "topP", (int, float)),
         stop=tuple(str(s) for s in stop),
         raw=doc,
         extra=extra,
     )
+
+
+def _limit(config: Mapping, name: str, path: str, **rules: Any) -> int | None:
+    """A token limit under its JSON or proto name, read as Google's proto JSON reads an
+    int32 (``5``, ``5.0`` and ``"5"`` are the same limit)."""
+    key = name if config.get(name) is not None else snake(name)
+    return token_limit(config, key, path, proto_json=True, **rules)
 
 
 def _number(config: Mapping, name: str, kind: Any) -> Any:
@@ -333,3 +347,15 @@ def format_response(resp: UnifiedResponse, model: str) -> dict:
     doc["modelVersion"] = model
     doc["responseId"] = resp.id or "tollhouse"
     return doc
+
+
+# ---------------------------------------------------------------- countTokens
+
+
+def count_tokens(doc: dict) -> dict:
+    """``countTokens``: the gateway's own count of what the request would be billed as
+    input (``protocols.tokens``), for a bare request or one wrapped in
+    ``generateContentRequest``; validated like ``generateContent``."""
+    inner = field(doc, "generateContentRequest")
+    source = inner if isinstance(inner, Mapping) else doc
+    return {"totalTokens": estimate_request_tokens(parse_request(source, model="", stream=False))}

@@ -27,7 +27,6 @@ from protocols.unified import (
     ToolResultPart,
     Usage,
 )
-from protocols.usage import estimate_tokens
 
 NAME = "gemini"
 
@@ -111,19 +110,6 @@ def usage_to_wire(u: Usage) -> dict:
     if u.reasoning:
         wire["thoughtsTokenCount"] = u.reasoning
     return wire
-
-
-def count_tokens(doc: Mapping[str, Any]) -> dict:
-    """A ``countTokens`` answer from the request's size (the gateway has no tokenizer;
-    it is the same estimate the credit hold uses)."""
-    inner = field(doc, "generateContentRequest")
-    source = inner if isinstance(inner, Mapping) else doc
-    size = 0
-    for key in ("contents", "systemInstruction", "tools"):
-        value = field(source, key)
-        if value is not None:
-            size += len(json.dumps(value, ensure_ascii=False).encode())
-    return {"totalTokens": estimate_tokens(size)}
 
 
 # ---------------------------------------------------------------- parts in

@@ -34,7 +34,7 @@ from protocols.unified import (
     UnifiedResponse,
 )
 from protocols.usage import normalize
-from protocols.validate import check, require
+from protocols.validate import check, require, token_limit
 
 __all__ = ["NAME", "StreamDecoder", "StreamEncoder", "build_request", "format_error", "format_response",
            "parse_request", "parse_response", "usage_to_wire"]
@@ -76,7 +76,12 @@ def parse_request(doc: dict) -> UnifiedRequest:
             raise InvalidRequest(f"Invalid value for '{path}role': {role!r}.", param=f"{path}role")
     stream = check(doc, "stream", bool, default=False)
     stream_options = check(doc, "stream_options", dict, default={})
-    max_tokens = check(doc, "max_completion_tokens", int) or check(doc, "max_tokens", int)
+    # ``max_completion_tokens`` replaced ``max_tokens``; a client may send both, and the
+    # newer one is the one OpenAI obeys.
+    legacy_max = token_limit(doc, "max_tokens")
+    max_tokens = token_limit(doc, "max_completion_tokens")
+    if max_tokens is None:
+        max_tokens = legacy_max
     tools = []
     for i, t in enumerate(check(doc, "tools", list, default=[])):
         fn = t.get("function") if isinstance(t, dict) else None

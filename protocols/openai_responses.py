@@ -48,7 +48,7 @@ from protocols.unified import (
     UnifiedResponse,
 )
 from protocols.usage import normalize
-from protocols.validate import check, require
+from protocols.validate import check, require, token_limit
 
 __all__ = ["NAME", "parse_request", "build_request", "parse_response", "format_response", "format_error",
            "StreamDecoder", "StreamEncoder"]
@@ -56,6 +56,8 @@ __all__ = ["NAME", "parse_request", "build_request", "parse_response", "format_r
 # Top-level fields kept in ``extra`` and sent again only to a Responses upstream.
 PASSTHROUGH_FIELDS = ("include", "store", "prompt_cache_key", "parallel_tool_calls", "reasoning", "text")
 ASSISTANT_ITEMS = frozenset({"reasoning", "function_call", "custom_tool_call"})
+# OpenAI refuses a smaller ``max_output_tokens`` ("integer below minimum value").
+RESPONSES_MIN_OUTPUT_TOKENS = 16
 
 
 # ---------------------------------------------------------------- requests
@@ -96,7 +98,7 @@ def parse_request(doc: dict) -> UnifiedRequest:
         system=tuple(system),
         tools=tuple(tools),
         tool_choice=_tool_choice_in(choice, {t.name for t in tools}),
-        max_tokens=check(doc, "max_output_tokens", int),
+        max_tokens=token_limit(doc, "max_output_tokens", minimum=RESPONSES_MIN_OUTPUT_TOKENS),
         temperature=check(doc, "temperature", (int, float)),
         top_p=check(doc, "top_p", (int, float)),
         raw=doc,

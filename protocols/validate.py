@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from protocols.errors import InvalidRequest
@@ -52,3 +53,54 @@ _NAMES = {
     dict: "an object",
     type(None): "null",
 }
+
+
+# A token limit is a 32-bit count in every provider's schema (Gemini's proto says so
+# outright); no model accepts more, and keeping limits in range keeps every hold and
+# every ledger integer far from overflow.
+TOKEN_LIMIT_MAX = 2**31 - 1
+_INTEGER_TEXT = re.compile(r"-?[0-9]{1,19}")
+
+
+def token_limit(doc: dict, key: str, path: str = "", *, minimum: int = 1, special: tuple = (),
+                proto_json: bool = False) -> int | None:
+    """A client's token limit as an int, or None if absent; anything else is a 400.
+
+    A limit prices the credit hold, so one that is not a positive integer could mint
+    money (a negative hold settled as-is once gave a key credit). ``special`` values are
+    accepted as they are (Gemini's thinking budget: -1 dynamic, 0 off). ``proto_json``
+    takes what Google's proto JSON parser takes for an int32: an integral number
+    (``5.0``, ``1e3``) or a decimal string (``"5"``); strict JSON APIs take only an int.
+    """
+    value = doc.get(key)
+    if value is None:
+        return None
+    name = f"{path}{key}"
+    number = _proto_int(value) if proto_json else value
+    if isinstance(number, bool) or not isinstance(number, int):
+        got = "a decimal number" if isinstance(value, float) else _NAMES.get(type(value), type(value).__name__)
+        raise InvalidRequest(f"Invalid type for '{name}': expected an integer, but got {got} instead.", param=name)
+    if number in special:
+        return number
+    if number < minimum:
+        allowed = f" (or {' or '.join(map(str, special))})" if special else ""
+        raise InvalidRequest(f"Invalid '{name}': integer below minimum value. Expected a value >= {minimum}"
+                             f"{allowed}, but got {_shown(number)} instead.", param=name)
+    if number > TOKEN_LIMIT_MAX:
+        raise InvalidRequest(f"Invalid '{name}': integer above maximum value. Expected a value <= "
+                             f"{TOKEN_LIMIT_MAX}, but got {_shown(number)} instead.", param=name)
+    return number
+
+
+def _proto_int(value: Any) -> Any:
+    """``value`` as proto JSON reads an integer field, or ``value`` itself if it cannot."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and _INTEGER_TEXT.fullmatch(value):
+        return int(value)
+    return value
+
+
+def _shown(number: int) -> str:
+    text = str(number)
+    return text if len(text) <= 24 else f"an integer of {len(text.lstrip('-'))} digits"

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocols import anthropic_messages as am
-from protocols import openai_chat
+from protocols import openai_chat, tokens
 from protocols.errors import (
     GatewayError,
     InvalidRequest,
@@ -413,10 +413,11 @@ def test_recorded_error_bodies_classify_and_render_back():
 
 def test_count_tokens():
     doc = request_body(FIXTURES / "requests" / "py-anthropic-2.13.0__sdk__05_POST_v1_messages_count_tokens.json")
-    counted = b'{"messages":[{"role":"user","content":"say hi"}]}'
-    assert am.count_tokens(doc) == {"input_tokens": (len(counted) + 3) // 4}
-    big = {**doc, "system": "x" * 4000}
-    assert am.count_tokens(big)["input_tokens"] > 1000
+    one_turn = tokens.MESSAGE_OVERHEAD + tokens.REPLY_OVERHEAD
+    assert am.count_tokens(doc) == {"input_tokens": tokens.count_text_tokens("say hi") + one_turn}
+    prose = "The quick brown fox jumps over the lazy dog. " * 100
+    big = {**doc, "system": prose}
+    assert am.count_tokens(big)["input_tokens"] >= tokens.count_text_tokens(prose) + one_turn
     with pytest.raises(InvalidRequest):
         am.count_tokens({"model": "m"})
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocols import gemini, openai_chat
-from protocols.errors import UpstreamRateLimited, UpstreamServerError, classify_upstream
+from protocols import gemini, openai_chat, tokens
+from protocols.errors import InvalidRequest, UpstreamRateLimited, UpstreamServerError, classify_upstream
 from protocols.gemini_wire import GENERATED_ID_PREFIX, SKIP_SIGNATURE
 from protocols.json_array import JsonArraySplitter
 from protocols.retry_after import gemini_retry_delay, retry_after
@@ -287,8 +287,11 @@ def test_bad_requests_name_the_field(body, param):
 
 def test_count_tokens():
     assert gemini.count_tokens({"contents": [{"parts": [{"text": "say hi"}]}]})["totalTokens"] > 0
-    inner = {"generateContentRequest": {"contents": [{"parts": [{"text": "x" * 400}]}]}}
-    assert gemini.count_tokens(inner)["totalTokens"] > 100
+    prose = "The quick brown fox jumps over the lazy dog. " * 40
+    inner = {"generateContentRequest": {"contents": [{"parts": [{"text": prose}]}]}}
+    assert gemini.count_tokens(inner)["totalTokens"] >= tokens.count_text_tokens(prose)
+    with pytest.raises(InvalidRequest):
+        gemini.count_tokens({"contents": [{"parts": [{"text": "hi"}]}], "generationConfig": {"maxOutputTokens": -1}})
 
 
 # ---------------------------------------------------------------- encoder

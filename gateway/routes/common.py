@@ -11,6 +11,8 @@ import json
 import secrets
 from typing import Any, Callable
 
+import trio
+
 from gateway.asgi_link import AsgiLink, read_body
 from gateway.request import Call
 from actors.usage import Authenticate
@@ -72,13 +74,15 @@ async def serve_llm(runtime: Any, client: Any, scope, receive, send, key: str | 
 async def serve_estimate(runtime: Any, client: Any, scope, receive, send, key: str | None,
                          count: Callable[[dict], dict]) -> None:
     """A token count answered by the gateway itself (no upstream call, no charge), for
-    any authenticated key, in ``client``'s protocol."""
+    any authenticated key, in ``client``'s protocol. The count runs in a worker thread:
+    the first one loads the BPE table (about half a second) and a large body takes
+    tens of milliseconds, neither of which the event loop should wait on."""
     try:
         if not key:
             raise Unauthenticated("Missing gateway key: send it as a bearer token (or the protocol's key header).")
         body = await read_body(scope, receive, runtime.config.server.max_body_bytes)
         await runtime.actors.usage.ask(Authenticate(key))
-        result = count(load_json_object(body))
+        result = await trio.to_thread.run_sync(count, load_json_object(body), abandon_on_cancel=True)
     except GatewayError as err:
         return await send_error(send, client, err)
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
