@@ -37,7 +37,7 @@ from actors.mailbox import Mailbox
 from actors.routing import Plan, Resolve
 from actors.usage import Reserve, Settle
 from gateway.attempt import AttemptRunner
-from gateway.ending import Charge, Outcome, Trouble, decide
+from gateway.ending import Charge, Outcome, Trouble, decide, estimates
 from gateway.request import Call, ClientLink, Request
 from protocols.errors import (
     GatewayError,
@@ -145,7 +145,11 @@ class Dispatcher:
         """Settle once, as ``decide`` says; a ledger that cannot keep up is waited for at
         most ``settle_timeout_s`` (the meter keeps retrying the write on its own)."""
         req.settled = True
-        ending = decide(req.facts())
+        facts = req.facts()
+        if estimates(facts):  # counting tokens may load the tokenizer: not on the event loop
+            ending = await trio.to_thread.run_sync(decide, facts)
+        else:
+            ending = decide(facts)
         target = req.target
         msg = Settle(req.id, ending.usage if ending.charge is Charge.USAGE else None, ending.provenance,
                      ending.reason, target.provider if target else None, target.model if target else None,

@@ -21,7 +21,9 @@ Charging rules, in order:
    parsed: charge what was consumed -- reported input if the upstream sent it, else the
    input estimate, plus the output and reasoning seen, each in its bucket (never less
    than a partial report) -- ``reported_partial`` when a report contributed, else
-   ``estimated``; the basis is written on the entry.
+   ``estimated``; the basis is written on the entry. Counted output leans up by a
+   quarter (``lean``): the gateway's tokenizer is not every provider's, and answers
+   carry tokens no client sees (message and tool-call framing).
 """
 
 from __future__ import annotations
@@ -99,11 +101,38 @@ _REASONS = {
 }
 
 
+class Rule(enum.Enum):
+    """Which of the module's five charging rules applies."""
+
+    NOTHING = 1
+    UNANSWERED_HOLD = 2
+    REPORTED = 3
+    NO_USAGE_HOLD = 4
+    CONSUMED = 5
+
+
+def rule(facts: Facts) -> Rule:
+    outcomes = [a.outcome for a in facts.attempts]
+    if Outcome.ANSWERED not in outcomes:
+        return Rule.UNANSWERED_HOLD if Outcome.UNANSWERED in outcomes else Rule.NOTHING
+    if facts.unparseable:
+        return Rule.CONSUMED
+    if facts.usage is not None and facts.finished and facts.final_usage:
+        return Rule.REPORTED
+    if facts.usage is None and facts.terminal and facts.trouble is None:
+        return Rule.NO_USAGE_HOLD
+    return Rule.CONSUMED
+
+
+def estimates(facts: Facts) -> bool:
+    """Whether ``decide`` will count tokens (callers run it off the event loop then)."""
+    return rule(facts) is Rule.CONSUMED
+
+
 def decide(facts: Facts) -> Ending:
     outcomes = [a.outcome for a in facts.attempts]
     unanswered = tuple(a.label for a in facts.attempts if a.outcome is Outcome.UNANSWERED)
-    answered = Outcome.ANSWERED in outcomes
-    complete = answered and facts.terminal and facts.trouble is None
+    complete = Outcome.ANSWERED in outcomes and facts.terminal and facts.trouble is None
     if facts.trouble is not None:
         reason = _REASONS[facts.trouble]
     elif complete:
@@ -114,26 +143,33 @@ def decide(facts: Facts) -> Ending:
     def end(provenance: Provenance, charge: Charge, usage: Usage | None = None, basis: str = "") -> Ending:
         return Ending(reason, provenance, charge, usage, basis, unanswered)
 
-    if not answered:
-        if unanswered:
-            return end(Provenance.ESTIMATED, Charge.HOLD, basis="sent upstream and never answered: the hold")
+    which = rule(facts)
+    if which is Rule.NOTHING:
         why = "refused by the upstream" if Outcome.REFUSED in outcomes else "nothing was sent upstream"
         return end(Provenance.ESTIMATED, Charge.NOTHING, basis=why)
-    usage = facts.usage
-    if usage is not None and facts.finished and facts.final_usage and not facts.unparseable:
-        return end(Provenance.REPORTED, Charge.USAGE, usage)
-    if complete and usage is None and not facts.unparseable:
+    if which is Rule.UNANSWERED_HOLD:
+        return end(Provenance.ESTIMATED, Charge.HOLD, basis="sent upstream and never answered: the hold")
+    if which is Rule.REPORTED:
+        return end(Provenance.REPORTED, Charge.USAGE, facts.usage)
+    if which is Rule.NO_USAGE_HOLD:
         return end(Provenance.ESTIMATED, Charge.HOLD, basis="the answer carried no usage: the hold")
     return _consumed(facts, end)
 
 
+def lean(tokens: int) -> int:
+    """A counted token figure raised by a quarter, rounded up."""
+    return tokens + (tokens + 3) // 4
+
+
 def _consumed(facts: Facts, end) -> Ending:
     """Rule 5: what a cut (or unreadable) answer consumed, by bucket."""
-    input_estimate, fwd = facts.estimate()
+    input_estimate, seen = facts.estimate()
+    fwd = Forwarded(output=lean(seen.output), reasoning=lean(seen.reasoning))
     usage = facts.usage
     if usage is not None:
+        # a cost the upstream reported mid-stream covered only what it had done then
         estimate = attrs.evolve(usage, output=max(usage.output, fwd.output),
-                                reasoning=max(usage.reasoning, fwd.reasoning))
+                                reasoning=max(usage.reasoning, fwd.reasoning), cost_usd=None)
         inputs = "input reported"
         provenance = Provenance.REPORTED_PARTIAL
     else:

@@ -73,15 +73,15 @@ def test_a_complete_answer_without_usage_charges_the_hold():
 def test_a_cut_before_any_usage_charges_input_estimate_and_what_was_forwarded():
     ending = decide(facts(attempts=(ANSWERED,), trouble=Trouble.CLIENT_GONE))
     assert ending.charge is Charge.USAGE and ending.provenance is Provenance.ESTIMATED
-    assert ending.usage == Usage(input=100, output=7, reasoning=3)
-    assert "input estimated 100" in ending.basis and "output 7" in ending.basis
+    assert ending.usage == Usage(input=100, output=9, reasoning=4)  # counts lean up by a quarter
+    assert "input estimated 100" in ending.basis and "output 9" in ending.basis
 
 
 def test_a_cut_after_a_partial_report_keeps_reported_input_and_never_less_than_reported():
     early = Usage(input=40, cached_input=8, output=9)
     ending = decide(facts(attempts=(ANSWERED,), trouble=Trouble.TIMEOUT, usage=early))
     assert ending.provenance is Provenance.REPORTED_PARTIAL and ending.reason is EndReason.TIMEOUT
-    assert ending.usage == Usage(input=40, cached_input=8, output=9, reasoning=3)
+    assert ending.usage == Usage(input=40, cached_input=8, output=9, reasoning=4)
 
 
 def test_an_early_report_is_not_final_usage():
