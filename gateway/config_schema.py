@@ -4,8 +4,9 @@ The config classes are the schema: each field's type says what JSON it takes (``
 ``int``, ``float``, ``bool``, ``Decimal`` money, ``Secret``, ``Literal[...]`` choices,
 ``X | None``, ``tuple[X, ...]`` arrays, ``Mapping[str, X]`` objects, nested attrs
 classes), its default says whether it may be left out, and ``setting(check=...)``
-adds the rule its value must follow. So a setting is declared once, and the reader
-cannot drift from the classes it fills.
+adds the rule its value must follow; a class may add ``problems(unread)`` for rules
+that span its fields (yielding paths relative to it). So a setting is declared once,
+and the reader cannot drift from the classes it fills.
 
 The reader never stops at the first problem: a bad value is recorded (path, message)
 and replaced by its default, so the operator sees every problem in one pass. A key the
@@ -56,7 +57,6 @@ POSITIVE = Check(lambda v: v > 0, "must be positive")
 NON_NEGATIVE = Check(lambda v: v >= 0, "must be >= 0")
 PORT = Check(lambda v: 0 <= v < 65536, "must be a port number (0-65535)")
 FRACTION = Check(lambda v: 0 <= v <= 1, "must be between 0 and 1")
-NOT_EMPTY = Check(lambda v: len(v) > 0, "must not be empty")
 
 
 @attrs.frozen
@@ -197,7 +197,9 @@ class Reader:
             if raw is None and type(None) in args:
                 return None
             rest = [a for a in args if a is not type(None)]
-            return self.read_value(rest[0] if len(rest) == 1 else typing.Union[tuple(rest)], raw, path)
+            if len(rest) != 1:
+                raise TypeError(f"config reader: a setting is one type or null, not {kind!r} at {path}")
+            return self.read_value(rest[0], raw, path)
         if origin is typing.Literal:
             if not isinstance(raw, str) or raw not in args:
                 shown = raw if isinstance(raw, str) else _json_kind(raw)
