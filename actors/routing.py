@@ -3,14 +3,17 @@
 A client's model name is resolved in this order: an alias, a configured model (its
 targets are the fallback group, in order), ``provider/model`` direct syntax for a
 configured provider, then the catch-all model ``"*"`` if the config has one. Anything
-else is a 404. Targets whose whole provider or model is cooling (a notice from the
+else is a 404. A direct ``provider/model`` name is served only when ``priced`` says the
+meter has a price for it (its own, ``provider/*``, or free on purpose): otherwise it is
+a 404 before any credit is held or upstream called, so a client cannot reach a model
+the operator never priced. Configured targets are checked when the config loads. Targets whose whole provider or model is cooling (a notice from the
 cooldown actor) move to the back of the plan rather than vanish, so a request still
 has somewhere to go when everything is cooling.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import attrs
 
@@ -62,13 +65,15 @@ Msg = Resolve | TargetCooling | ListModels
 
 
 class RoutingCore:
-    def __init__(self, models: Mapping, aliases: Mapping[str, str], providers: Iterable[str]) -> None:
+    def __init__(self, models: Mapping, aliases: Mapping[str, str], providers: Iterable[str],
+                 priced: Callable[[str], bool]) -> None:
         self.models = {
             name: Plan(name, tuple(Target(*t.split("/", 1)) for t in m.targets), m.hold_output_tokens)
             for name, m in models.items()
         }
         self.aliases = dict(aliases)
         self.providers = frozenset(providers)
+        self.priced = priced
         self.cooling: dict[tuple[str, str | None], float] = {}
 
     def resolve(self, model: str, now: float) -> Plan:
@@ -77,6 +82,9 @@ class RoutingCore:
         if plan is None:
             provider, sep, upstream = name.partition("/")
             if sep and upstream and provider in self.providers:
+                if not self.priced(name):
+                    raise NotFound(f"The model '{model}' is not served here: no price is configured for it.",
+                                   param="model")
                 plan = Plan(name, (Target(provider, upstream),))
             elif CATCH_ALL in self.models:
                 plan = self.models[CATCH_ALL]

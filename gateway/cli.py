@@ -12,6 +12,7 @@ import hypercorn.trio
 import trio
 
 from gateway.config import ConfigError, load_config
+from protocols.money import FREE
 
 
 def _serve(args) -> int:
@@ -31,8 +32,16 @@ def _serve(args) -> int:
 
 
 def _check(args) -> int:
+    """Validate a config; on success say what it gives away on purpose, so an audit can see it."""
     config = load_config(args.config)
-    print(f"{args.config}: OK ({len(config.providers)} providers, {len(config.models)} models, {len(config.keys)} keys)")
+    print(f"{args.config}: OK ({len(config.providers)} providers, {len(config.models)} models, "
+          f"{len(config.pricing)} prices, {len(config.keys)} keys)")
+    free = sorted(label for label, price in config.pricing.items() if price == FREE)
+    if free:
+        print(f"  charged nothing (free): {', '.join(free)}")
+    unlimited = [key.name for key in config.keys if key.unlimited]
+    if unlimited:
+        print(f"  keys without a spending limit (unlimited): {', '.join(unlimited)}")
     return 0
 
 

@@ -1,27 +1,40 @@
 """The gateway's configuration: JSON in, frozen attrs out, every error with its path.
 
+The classes below are the schema (``gateway/config_schema.py`` reads JSON into them by
+their field types, defaults and checks), so a setting is declared in one place.
 Loading collects all problems before failing, so an operator fixes a config in one
 pass; a config with any error never starts a server. Secrets may be written as
 ``"env:NAME"`` and are resolved here, once; the resolved values are never printed
 (``Secret.__repr__`` hides them).
+
+A config cannot give money away by accident: every target a model or alias can reach
+has a price (its own ``pricing["provider/model"]`` or ``pricing["provider/*"]``) or is
+marked ``"free": true`` on purpose, and a key without ``credit_usd`` is unlimited only
+with ``"unlimited": true``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from decimal import Decimal, InvalidOperation
+from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Iterator, Literal
+from urllib.parse import urlsplit
 
 import attrs
 
-from protocols.money import Price
+from gateway.config_schema import (FRACTION, INVALID, NON_NEGATIVE, PORT, POSITIVE, Check, Reader, child,
+                                   closest, did_you_mean, setting)
+from protocols.money import FREE, Price
 from protocols.secret import Secret
 
 FAMILIES = ("openai_compat", "openai", "anthropic", "gemini", "simulator")
 DISCONNECT_POLICIES = ("cancel", "drain")
 PROTOCOLS = ("openai_chat", "openai_responses", "anthropic", "gemini")
+RATES = ("input", "cached_input", "cache_write", "output", "reasoning")
+Problems = Iterator[tuple[str, str]]
 
 
 class ConfigError(Exception):
@@ -30,330 +43,284 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-@attrs.frozen
+def _is_proxy_url(value: str) -> bool:
+    try:
+        url = urlsplit(value)
+        port = url.port
+    except ValueError:
+        return False
+    return (url.scheme == "http" and bool(url.hostname) and port is not None and url.path in ("", "/")
+            and not url.query and not url.fragment)
+
+
+PROXY_URL = Check(_is_proxy_url, "expected null or 'http://[user:pass@]host:port'")
+TARGETS = Check(lambda v: len(v) > 0, "needs at least one target")
+
+
+@attrs.frozen(kw_only=True)
 class ServerConfig:
     host: str = "127.0.0.1"
-    port: int = 8787
-    max_body_bytes: int = 10 * 1024 * 1024
+    port: int = setting(8787, check=PORT)
+    max_body_bytes: int = setting(10 * 1024 * 1024, check=POSITIVE)
+    shutdown_grace_s: float = setting(30.0, check=NON_NEGATIVE)
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
+class AdminConfig:
+    token: Secret | None = None
+
+
+@attrs.frozen(kw_only=True)
 class CredentialConfig:
-    id: str
+    id: str = ""
     key: Secret
     tier: int = 0
-    max_concurrency: int = 64
-    requests_per_minute: int | None = None
-    tokens_per_minute: int | None = None
+    max_concurrency: int = setting(64, check=POSITIVE)
+    requests_per_minute: int | None = setting(None, check=POSITIVE)
+    tokens_per_minute: int | None = setting(None, check=POSITIVE)
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class ProviderConfig:
-    name: str
-    family: str
-    base_url: str = ""
+    name: str = setting(from_name=True)
+    family: Literal[FAMILIES]
+    base_url: str = setting("", convert=lambda url: url.rstrip("/"))
     embedded: bool = False
-    credentials: tuple = ()
-    connect_timeout_s: float = 10.0
-    headers: Mapping[str, str] = attrs.field(factory=dict)
-    protocol: str | None = None
+    credentials: tuple[CredentialConfig, ...] = ()
+    connect_timeout_s: float = setting(10.0, check=POSITIVE)
+    keepalive_s: float = setting(15.0, check=POSITIVE)
+    max_connections: int = setting(100, check=POSITIVE)
+    proxy: str | None = setting(None, check=PROXY_URL)
+    headers: Mapping[str, str] = setting(factory=dict)
+    protocol: Literal[PROTOCOLS] | None = None
+
+    def problems(self, unread: frozenset[str]) -> Problems:
+        if not self.embedded and not self.base_url and "base_url" not in unread:
+            yield "base_url", "is required unless the provider is embedded"
+        if not self.embedded and not self.credentials and "credentials" not in unread:
+            yield "credentials", "needs at least one credential"
+        seen: set[str] = set()
+        for i, cred in enumerate(() if "credentials" in unread else self.credentials):
+            if cred is INVALID:
+                continue
+            cid = cred.id or f"{self.name}-{i}"
+            if cid in seen:
+                yield f"credentials[{i}].id", f"duplicate credential id {cid!r}"
+            seen.add(cid)
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class ModelConfig:
-    name: str
-    targets: tuple
-    hold_output_tokens: int | None = None
+    name: str = setting(from_name=True)
+    targets: tuple[str, ...] = setting(check=TARGETS)
+    hold_output_tokens: int | None = setting(None, check=POSITIVE)
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class KeyConfig:
-    name: str
+    name: str = ""
     key: Secret
     credit_usd: Decimal | None = None
-    models: tuple | None = None
-    requests_per_minute: int | None = None
-    max_concurrency: int | None = None
+    unlimited: bool = False
+    models: tuple[str, ...] | None = None
+    requests_per_minute: int | None = setting(None, check=POSITIVE)
+    max_concurrency: int | None = setting(None, check=POSITIVE)
+
+    def problems(self, unread: frozenset[str]) -> Problems:
+        if "credit_usd" in unread or "unlimited" in unread:
+            return
+        if self.credit_usd is None and not self.unlimited:
+            yield "", "has no credit_usd; set credit_usd, or \"unlimited\": true for a key without a spending limit"
+        if self.credit_usd is not None and self.unlimited:
+            yield "", "sets both credit_usd and \"unlimited\": true; keep one"
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
+class PriceEntry:
+    """One pricing table entry as written: USD per million tokens, or ``free`` on purpose."""
+
+    input: Decimal | None = None
+    cached_input: Decimal | None = None
+    cache_write: Decimal | None = None
+    output: Decimal | None = None
+    reasoning: Decimal | None = None
+    free: bool = False
+
+    def problems(self, unread: frozenset[str]) -> Problems:
+        given = [rate for rate in RATES if getattr(self, rate) is not None or rate in unread]
+        if self.free:
+            if given:
+                yield "", f"is free: true and also sets {', '.join(given)}; remove the prices or free"
+        elif not given and "free" not in unread:
+            yield "", "has no prices; set input/output or free: true"
+        else:
+            for rate in ("input", "output"):
+                if rate not in given:
+                    yield "", f"has no {rate} price; set {rate} (\"0\" if it costs nothing) or free: true"
+
+    def price(self) -> Price:
+        """A free entry is a price of zero at every rate: the meter needs no special case."""
+        if self.free:
+            return FREE
+        return Price(input=self.input or Decimal(0), cached_input=self.cached_input, cache_write=self.cache_write,
+                     output=self.output or Decimal(0), reasoning=self.reasoning)
+
+
+def _prices(entries: Mapping[str, Any]) -> dict[str, Any]:
+    return {label: entry if entry is INVALID else entry.price() for label, entry in entries.items()}
+
+
+@attrs.frozen(kw_only=True)
 class StreamingConfig:
-    ttfb_timeout_s: float = 30.0
-    stall_timeout_s: float = 60.0
-    nonstream_timeout_s: float = 600.0
-    on_disconnect: str = "cancel"
-    drain_timeout_s: float = 30.0
-    max_concurrent_drains: int = 32
-    settle_timeout_s: float = 10.0
+    ttfb_timeout_s: float = setting(30.0, check=POSITIVE)
+    stall_timeout_s: float = setting(60.0, check=POSITIVE)
+    nonstream_timeout_s: float = setting(600.0, check=POSITIVE)
+    on_disconnect: Literal[DISCONNECT_POLICIES] = "cancel"
+    drain_timeout_s: float = setting(30.0, check=POSITIVE)
+    max_concurrent_drains: int = setting(32, check=NON_NEGATIVE)
+    settle_timeout_s: float = setting(10.0, check=POSITIVE)
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class RoutingConfig:
-    budget_s: float = 10.0
+    budget_s: float = setting(10.0, check=NON_NEGATIVE)
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class CooldownConfig:
-    base_s: float = 1.0
-    max_s: float = 300.0
-    jitter: float = 0.2
+    base_s: float = setting(1.0, check=POSITIVE)
+    max_s: float = setting(300.0, check=POSITIVE)
+    jitter: float = setting(0.2, check=FRACTION)
+    max_retry_after_s: float = setting(3600.0, check=POSITIVE)
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class ActorsConfig:
-    mailbox_size: int = 1024
-    ask_timeout_s: float = 10.0
+    mailbox_size: int = setting(1024, check=POSITIVE)
+    ask_timeout_s: float = setting(10.0, check=POSITIVE)
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class SimulatorConfig:
     host: str = "127.0.0.1"
-    port: int = 0
-    tokens_per_second: float = 0.0
+    port: int = setting(0, check=PORT)
+    tokens_per_second: float = setting(0.0, check=NON_NEGATIVE)
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class Config:
-    server: ServerConfig
-    admin_token: Secret | None
-    state_dir: str
-    providers: Mapping[str, ProviderConfig]
-    models: Mapping[str, ModelConfig]
-    aliases: Mapping[str, str]
-    pricing: Mapping[str, Price]
-    keys: tuple
-    streaming: StreamingConfig
-    cooldown: CooldownConfig
-    routing: RoutingConfig
-    actors: ActorsConfig
-    simulator: SimulatorConfig
-    default_hold_output_tokens: int = 4096
+    server: ServerConfig = ServerConfig()
+    admin_token: Secret | None = setting(None, key="admin", read_as=AdminConfig, convert=lambda admin: admin.token)
+    state_dir: str = ".tollhouse"
+    providers: Mapping[str, ProviderConfig] = setting(factory=dict)
+    models: Mapping[str, ModelConfig] = setting(factory=dict)
+    aliases: Mapping[str, str] = setting(factory=dict)
+    pricing: Mapping[str, Price] = setting(factory=dict, read_as=Mapping[str, PriceEntry], convert=_prices)
+    keys: tuple[KeyConfig, ...] = ()
+    streaming: StreamingConfig = StreamingConfig()
+    cooldown: CooldownConfig = CooldownConfig()
+    routing: RoutingConfig = RoutingConfig()
+    actors: ActorsConfig = ActorsConfig()
+    simulator: SimulatorConfig = SimulatorConfig()
+    default_hold_output_tokens: int = setting(4096, check=POSITIVE)
+
+    def price_for(self, label: str) -> Price | None:
+        """The price the meter charges ``provider/model`` at (its own entry, else ``provider/*``)."""
+        provider = label.partition("/")[0]
+        return self.pricing.get(label) or self.pricing.get(f"{provider}/*")
+
+    def is_priced(self, label: str) -> bool:
+        """Whether a request for this target may be served: it has a price, or is free on purpose."""
+        return self.price_for(label) is not None
+
+    def problems(self, unread: frozenset[str]) -> Problems:
+        yield from _target_problems(self)
+        yield from _pricing_problems(self)
+        yield from _key_problems(self)
 
 
-class _Reader:
-    """Walks the JSON, recording problems with their paths instead of stopping."""
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self.env = env
-        self.problems: list[str] = []
-
-    def fail(self, path: str, msg: str) -> None:
-        self.problems.append(f"{path}: {msg}")
-
-    def obj(self, doc: Any, path: str) -> dict:
-        if doc is None:
-            return {}
-        if not isinstance(doc, dict):
-            self.fail(path, "expected an object")
-            return {}
-        return doc
-
-    def get(self, doc: dict, key: str, path: str, kind: type | tuple, default: Any = None, required: bool = False) -> Any:
-        if key not in doc:
-            if required:
-                self.fail(f"{path}.{key}", "is required")
-            return default
-        value = doc[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-            self.fail(f"{path}.{key}", f"expected {'/'.join(k.__name__ for k in kinds)}, got {type(value).__name__}")
-            return default
-        return value
-
-    def positive(self, doc: dict, key: str, path: str, kind: type | tuple, default: Any) -> Any:
-        value = self.get(doc, key, path, kind, default)
-        if value is not None and value <= 0:
-            self.fail(f"{path}.{key}", "must be positive")
-            return default
-        return value
-
-    def secret(self, doc: dict, key: str, path: str, required: bool = True) -> Secret | None:
-        raw = self.get(doc, key, path, str, required=required)
-        if raw is None:
-            return None
-        if raw.startswith("env:"):
-            name = raw[4:]
-            if name not in self.env:
-                self.fail(f"{path}.{key}", f"environment variable {name} is not set")
-                return None
-            return Secret(self.env[name])
-        return Secret(raw)
-
-    def money(self, doc: dict, key: str, path: str) -> Decimal | None:
-        raw = doc.get(key)
-        if raw is None:
-            return None
-        if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
-            self.fail(f"{path}.{key}", "expected a decimal string")
-            return None
-        try:
-            value = Decimal(str(raw))
-        except InvalidOperation:
-            self.fail(f"{path}.{key}", f"not a decimal number: {raw!r}")
-            return None
-        if value < 0 or not value.is_finite():
-            self.fail(f"{path}.{key}", "must be a finite number >= 0")
-            return None
-        return value
+def _direct(target: str, providers: Mapping[str, Any]) -> bool:
+    provider, sep, model = target.partition("/")
+    return bool(sep and model and provider in providers)
 
 
-def _section(reader: _Reader, doc: dict, key: str, cls: type, fields: dict[str, tuple]) -> Any:
-    sub = reader.obj(doc.get(key), key)
-    unknown = set(sub) - set(fields)
-    for name in sorted(unknown):
-        reader.fail(f"{key}.{name}", "unknown setting")
-    kwargs = {}
-    for name, (kind, check) in fields.items():
-        default = attrs.fields_dict(cls)[name].default
-        value = reader.get(sub, name, key, kind, default)
-        if check is not None and value is not None and not check(value):
-            reader.fail(f"{key}.{name}", f"invalid value {value!r}")
-            value = default
-        kwargs[name] = value
-    return cls(**kwargs)
+def _unpriced(config: Config, label: str) -> str:
+    provider = label.partition("/")[0]
+    near = closest(label, [k for k in config.pricing if not k.endswith("/*")])
+    hint = f"; did you mean pricing key {near!r} (a typo in its model name?)" if near is not None else ""
+    return (f"{label!r} has no price; add pricing[{json.dumps(label)}] or pricing[{json.dumps(provider + '/*')}], "
+            f"or mark it free on purpose with \"free\": true{hint}")
 
 
-_POS: Callable[[Any], bool] = lambda v: v > 0  # noqa: E731
-_NONNEG: Callable[[Any], bool] = lambda v: v >= 0  # noqa: E731
-_NUM = (int, float)
+def _target_problems(config: Config) -> Problems:
+    for name, model in config.models.items():
+        if model is INVALID:
+            continue
+        for i, target in enumerate(model.targets):
+            path = f"{child(child('models', name), 'targets')}[{i}]"
+            if target is INVALID:
+                continue
+            if not _direct(target, config.providers):
+                provider = target.partition("/")[0]
+                yield path, (f"{target!r} is not 'provider/model' with a configured provider"
+                             + did_you_mean(provider, config.providers))
+            elif not config.is_priced(target):
+                yield path, _unpriced(config, target)
+    for alias, target in config.aliases.items():
+        path = child("aliases", alias)
+        if target is INVALID:
+            continue
+        if target in config.models:
+            continue
+        if not _direct(target, config.providers):
+            yield path, f"points at unknown model {target!r}" + did_you_mean(target, config.models)
+        elif not config.is_priced(target):
+            yield path, _unpriced(config, target)
+
+
+def _pricing_problems(config: Config) -> Problems:
+    for label in config.pricing:
+        provider, sep, model = label.partition("/")
+        path = child("pricing", label)
+        if not sep or not model:
+            yield path, "expected a 'provider/model' or 'provider/*' key"
+        elif provider not in config.providers:
+            yield path, f"provider {provider!r} is not configured" + did_you_mean(provider, config.providers)
+
+
+def _key_problems(config: Config) -> Problems:
+    names: dict[str, int] = {}
+    secrets: dict[str, int] = {}
+    for i, key in enumerate(config.keys):
+        if key is INVALID:
+            continue
+        name = key.name or f"key-{i}"
+        if name in names:
+            yield f"keys[{i}].name", f"duplicate key name {name!r} (also keys[{names[name]}])"
+        names.setdefault(name, i)
+        if key.key.value in secrets:
+            yield f"keys[{i}].key", f"the same key as keys[{secrets[key.key.value]}]"
+        secrets.setdefault(key.key.value, i)
+
+
+def _finished(config: Config) -> Config:
+    """Fill the defaults that depend on where a thing sits: credential ids, key names, the simulator's key."""
+    providers = {}
+    for name, p in config.providers.items():
+        creds = tuple(attrs.evolve(c, id=c.id or f"{name}-{i}") for i, c in enumerate(p.credentials))
+        if not creds:
+            creds = (CredentialConfig(id=f"{name}-embedded", key=Secret("sim-key")),)
+        providers[name] = attrs.evolve(p, credentials=creds)
+    keys = tuple(attrs.evolve(k, name=k.name or f"key-{i}") for i, k in enumerate(config.keys))
+    return attrs.evolve(config, providers=providers, keys=keys)
 
 
 def parse_config(doc: Any, env: Mapping[str, str] | None = None) -> Config:
-    reader = _Reader(os.environ if env is None else env)
-    root = reader.obj(doc, "$")
-    known = {"server", "admin", "state_dir", "providers", "models", "aliases", "pricing", "keys",
-             "streaming", "cooldown", "routing", "actors", "simulator", "default_hold_output_tokens"}
-    for name in sorted(set(root) - known):
-        reader.fail(name, "unknown setting")
-    server = _section(reader, root, "server", ServerConfig, {
-        "host": (str, None), "port": (int, lambda v: 0 <= v < 65536), "max_body_bytes": (int, _POS)})
-    streaming = _section(reader, root, "streaming", StreamingConfig, {
-        "ttfb_timeout_s": (_NUM, _POS), "stall_timeout_s": (_NUM, _POS), "nonstream_timeout_s": (_NUM, _POS),
-        "on_disconnect": (str, lambda v: v in DISCONNECT_POLICIES),
-        "drain_timeout_s": (_NUM, _POS), "max_concurrent_drains": (int, _NONNEG),
-        "settle_timeout_s": (_NUM, _POS)})
-    cooldown = _section(reader, root, "cooldown", CooldownConfig, {
-        "base_s": (_NUM, _POS), "max_s": (_NUM, _POS), "jitter": (_NUM, lambda v: 0 <= v <= 1)})
-    routing = _section(reader, root, "routing", RoutingConfig, {"budget_s": (_NUM, _NONNEG)})
-    actors = _section(reader, root, "actors", ActorsConfig, {
-        "mailbox_size": (int, _POS), "ask_timeout_s": (_NUM, _POS)})
-    simulator = _section(reader, root, "simulator", SimulatorConfig, {
-        "host": (str, None), "port": (int, lambda v: 0 <= v < 65536), "tokens_per_second": (_NUM, _NONNEG)})
-    admin = reader.obj(root.get("admin"), "admin")
-    admin_token = reader.secret(admin, "token", "admin", required=False)
-    providers = _providers(reader, reader.obj(root.get("providers"), "providers"))
-    models = _models(reader, reader.obj(root.get("models"), "models"), providers)
-    aliases = {}
-    for alias, target in reader.obj(root.get("aliases"), "aliases").items():
-        if not isinstance(target, str) or (target not in models and _direct(target, providers) is None):
-            reader.fail(f"aliases.{alias}", f"points at unknown model {target!r}")
-        else:
-            aliases[alias] = target
-    pricing = {}
-    for target, price in reader.obj(root.get("pricing"), "pricing").items():
-        p = reader.obj(price, f"pricing.{target}")
-        for name in sorted(set(p) - {"input", "cached_input", "cache_write", "output", "reasoning"}):
-            reader.fail(f"pricing.{target}.{name}", "unknown price")
-        pricing[target] = Price(
-            input=reader.money(p, "input", f"pricing.{target}") or Decimal(0),
-            cached_input=reader.money(p, "cached_input", f"pricing.{target}"),
-            cache_write=reader.money(p, "cache_write", f"pricing.{target}"),
-            output=reader.money(p, "output", f"pricing.{target}") or Decimal(0),
-            reasoning=reader.money(p, "reasoning", f"pricing.{target}"),
-        )
-    keys = _keys(reader, root.get("keys"))
-    hold = reader.positive(root, "default_hold_output_tokens", "$", int, 4096)
-    state_dir = reader.get(root, "state_dir", "$", str, ".tollhouse")
-    if reader.problems:
+    reader = Reader(os.environ if env is None else env)
+    config = reader.read_object(Config, doc, "")
+    if reader.problems or config is INVALID:
         raise ConfigError(reader.problems)
-    return Config(server=server, admin_token=admin_token, state_dir=state_dir, providers=providers,
-                  models=models, aliases=aliases, pricing=pricing, keys=keys, streaming=streaming,
-                  cooldown=cooldown, routing=routing, actors=actors, simulator=simulator, default_hold_output_tokens=hold)
-
-
-def _providers(reader: _Reader, doc: dict) -> dict:
-    out = {}
-    for name, raw in doc.items():
-        path = f"providers.{name}"
-        p = reader.obj(raw, path)
-        family = reader.get(p, "family", path, str, required=True)
-        if family is not None and family not in FAMILIES:
-            reader.fail(f"{path}.family", f"unknown family {family!r} (one of {', '.join(FAMILIES)})")
-        embedded = reader.get(p, "embedded", path, bool, False)
-        base_url = reader.get(p, "base_url", path, str, "")
-        if not embedded and not base_url:
-            reader.fail(f"{path}.base_url", "is required unless the provider is embedded")
-        creds = []
-        raw_creds = reader.get(p, "credentials", path, list, [])
-        seen = set()
-        for i, c in enumerate(raw_creds):
-            cpath = f"{path}.credentials[{i}]"
-            c = reader.obj(c, cpath)
-            cid = reader.get(c, "id", cpath, str, f"{name}-{i}")
-            if cid in seen:
-                reader.fail(f"{cpath}.id", f"duplicate credential id {cid!r}")
-            seen.add(cid)
-            key = reader.secret(c, "key", cpath)
-            creds.append(CredentialConfig(
-                id=cid, key=key or Secret(""), tier=reader.get(c, "tier", cpath, int, 0),
-                max_concurrency=reader.positive(c, "max_concurrency", cpath, int, 64),
-                requests_per_minute=reader.positive(c, "requests_per_minute", cpath, int, None),
-                tokens_per_minute=reader.positive(c, "tokens_per_minute", cpath, int, None)))
-        if not creds and not embedded:
-            reader.fail(f"{path}.credentials", "needs at least one credential")
-        if not creds:
-            creds.append(CredentialConfig(id=f"{name}-embedded", key=Secret("sim-key")))
-        headers = reader.get(p, "headers", path, dict, {})
-        protocol = reader.get(p, "protocol", path, str, None)
-        if protocol is not None and protocol not in PROTOCOLS:
-            reader.fail(f"{path}.protocol", f"unknown protocol {protocol!r} (one of {', '.join(PROTOCOLS)})")
-        out[name] = ProviderConfig(name=name, family=family or "", base_url=base_url.rstrip("/"),
-                                   embedded=embedded, credentials=tuple(creds), headers=headers, protocol=protocol,
-                                   connect_timeout_s=reader.positive(p, "connect_timeout_s", path, _NUM, 10.0))
-    return out
-
-
-def _direct(target: str, providers: Mapping[str, ProviderConfig]) -> tuple[str, str] | None:
-    provider, sep, model = target.partition("/")
-    if sep and model and provider in providers:
-        return provider, model
-    return None
-
-
-def _models(reader: _Reader, doc: dict, providers: dict) -> dict:
-    out = {}
-    for name, raw in doc.items():
-        path = f"models.{name}"
-        m = reader.obj(raw, path)
-        targets = reader.get(m, "targets", path, list, [], required=True)
-        if not targets:
-            reader.fail(f"{path}.targets", "needs at least one target")
-        for i, t in enumerate(targets):
-            if not isinstance(t, str) or _direct(t, providers) is None:
-                reader.fail(f"{path}.targets[{i}]", f"{t!r} is not 'provider/model' with a configured provider")
-        out[name] = ModelConfig(name=name, targets=tuple(t for t in targets if isinstance(t, str)),
-                                hold_output_tokens=reader.positive(m, "hold_output_tokens", path, int, None))
-    return out
-
-
-def _keys(reader: _Reader, raw: Any) -> tuple:
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        reader.fail("keys", "expected an array")
-        return ()
-    keys = []
-    for i, k in enumerate(raw):
-        path = f"keys[{i}]"
-        k = reader.obj(k, path)
-        models = reader.get(k, "models", path, list, None)
-        keys.append(KeyConfig(name=reader.get(k, "name", path, str, f"key-{i}"),
-                              key=reader.secret(k, "key", path) or Secret(""),
-                              credit_usd=reader.money(k, "credit_usd", path),
-                              models=tuple(models) if models is not None else None,
-                              requests_per_minute=reader.positive(k, "requests_per_minute", path, int, None),
-                              max_concurrency=reader.positive(k, "max_concurrency", path, int, None)))
-    return tuple(keys)
+    return _finished(config)
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:

@@ -41,7 +41,7 @@ class Runtime:
         sup = Supervisor()
         size, timeout = cfg.actors.mailbox_size, cfg.actors.ask_timeout_s
         routing = sup.add("routing", lambda: RoutingActor(RoutingCore(
-            cfg.models, cfg.aliases, cfg.providers)), size, timeout)
+            cfg.models, cfg.aliases, cfg.providers, cfg.is_priced)), size, timeout)
         credentials = sup.add("credentials", lambda: CredentialsActor(CredentialsCore(
             {name: p.credentials for name, p in cfg.providers.items()})), size, timeout)
         cooldown = sup.add("cooldown", lambda: CooldownActor(CooldownCore(

@@ -101,9 +101,12 @@ def test_routing_alias_direct_and_catch_all():
         targets: tuple
         hold_output_tokens: int | None = None
 
-    core = RoutingCore({"demo": M(("p/x", "q/y")), "*": M(("p/any",))}, {"alias": "demo"}, ["p", "q"])
+    core = RoutingCore({"demo": M(("p/x", "q/y")), "*": M(("p/any",))}, {"alias": "demo"}, ["p", "q"],
+                       priced=lambda label: label.startswith("q/"))
     assert [t.label for t in core.resolve("alias", 0).targets] == ["p/x", "q/y"]
     assert [t.label for t in core.resolve("q/direct", 0).targets] == ["q/direct"]
+    with pytest.raises(E.NotFound, match="no price"):
+        core.resolve("p/unpriced", 0)
     assert [t.label for t in core.resolve("whatever", 0).targets] == ["p/any"]
     core.cooling[("p", None)] = 10.0
     assert [t.label for t in core.resolve("demo", 5).targets] == ["q/y", "p/x"]

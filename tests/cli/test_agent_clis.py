@@ -37,7 +37,8 @@ def cli_config(tmp_path) -> dict:
         "own-gemini": {"targets": ["simg/sim-gemini"]},
         "cross-chat": {"targets": ["sim/sim-chat"]},
     })
-    doc["keys"] = [{"name": "cli", "key": KEY}]
+    doc["pricing"].update({f"{p}/*": {"input": "1.00", "output": "2.00"} for p in ("simr", "sima", "simg")})
+    doc["keys"] = [{"name": "cli", "key": KEY, "unlimited": True}]
     doc["streaming"] = {"ttfb_timeout_s": 60, "stall_timeout_s": 60}
     return doc
 
