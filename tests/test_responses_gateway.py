@@ -211,15 +211,19 @@ async def test_websocket_upgrade_gets_426(responses_doc):
             assert json.loads(body)["error"]["code"] == "websocket_not_supported"
 
 
-async def test_midstream_upstream_error_reaches_client_as_response_failed(responses_doc):
+async def test_midstream_upstream_error_reaches_client_as_an_api_error(responses_doc):
+    """The stream ends with an ``error`` event, which the SDK raises, then ``response.failed``."""
     with trio.fail_after(10):
         async with running_gateway(responses_doc) as gw, _client(gw) as client:
-            events = await _events(await client.responses.create(model="gpt-sim-fail", input="hi", stream=True))
+            events = []
+            with pytest.raises(openai.APIError, match="Overloaded"):
+                async with aclosing((await client.responses.create(
+                        model="gpt-sim-fail", input="hi", stream=True)).__aiter__()) as stream:
+                    async for ev in stream:
+                        events.append(ev)
             assert events[0].type == "response.created"
-            assert events[-1].type == "response.failed"
-            assert events[-1].response.status == "failed"
-            assert events[-1].response.error.code == "server_error"
             assert [ev.type for ev in events].count("response.output_text.delta") == 2
+            assert "response.completed" not in [ev.type for ev in events]
             [entry] = gw.ledger_entries()
             assert entry["reason"] == "upstream_error"
 
