@@ -57,6 +57,9 @@ class ProviderConfig:
     connect_timeout_s: float = 10.0
     headers: Mapping[str, str] = attrs.field(factory=dict)
     protocol: str | None = None
+    keepalive_s: float = 15.0
+    max_connections: int = 100
+    proxy: str | None = attrs.field(default=None, repr=False)  # its userinfo may hold a password
 
 
 @attrs.frozen
@@ -307,8 +310,19 @@ def _providers(reader: _Reader, doc: dict) -> dict:
             reader.fail(f"{path}.protocol", f"unknown protocol {protocol!r} (one of {', '.join(PROTOCOLS)})")
         out[name] = ProviderConfig(name=name, family=family or "", base_url=base_url.rstrip("/"),
                                    embedded=embedded, credentials=tuple(creds), headers=headers, protocol=protocol,
-                                   connect_timeout_s=reader.positive(p, "connect_timeout_s", path, _NUM, 10.0))
+                                   connect_timeout_s=reader.positive(p, "connect_timeout_s", path, _NUM, 10.0),
+                                   keepalive_s=reader.positive(p, "keepalive_s", path, _NUM, 15.0),
+                                   max_connections=reader.positive(p, "max_connections", path, int, 100),
+                                   proxy=_proxy(reader, p, path))
     return out
+
+
+def _proxy(reader: _Reader, p: dict, path: str) -> str | None:
+    proxy = reader.get(p, "proxy", path, str, None)
+    if proxy is not None and not proxy.startswith("http://"):
+        reader.fail(f"{path}.proxy", "must be an http:// URL (http://[user:pass@]host:port)")
+        return None
+    return proxy
 
 
 def _direct(target: str, providers: Mapping[str, ProviderConfig]) -> tuple[str, str] | None:

@@ -34,4 +34,6 @@ def build(cfg: Any, simulator_url: str | None) -> Any:
     else:
         cls = FAMILIES[cfg.family]
         base = cfg.base_url
-    return cls(cfg.name, base, Pool(base, connect_timeout=cfg.connect_timeout_s), dict(cfg.headers))
+    pool = Pool(base, connect_timeout=cfg.connect_timeout_s, keepalive_s=cfg.keepalive_s,
+                max_connections=cfg.max_connections, proxy=cfg.proxy)
+    return cls(cfg.name, base, pool, dict(cfg.headers))
