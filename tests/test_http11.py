@@ -19,6 +19,7 @@ from tests.raw_upstream import RawUpstream, ok
 
 CHAT = b'{"model": "sim-chat", "stream": true, "messages": [{"role": "user", "content": "hi"}]}'
 HEADERS = [("content-type", "application/json"), ("authorization", "Bearer k")]
+NO_PROXY_ENV: dict = {}  # loopback tests must not follow the host's HTTP(S)_PROXY
 
 
 @pytest.fixture
@@ -65,7 +66,7 @@ async def _seen_closed(pool: Pool) -> None:
 
 async def test_connections_are_reused_after_a_complete_body():
     async def test(sim, url):
-        pool = Pool(url)
+        pool = Pool(url, env=NO_PROXY_ENV)
         for _ in range(3):
             response = await pool.request("POST", f"{url}/v1/chat/completions", HEADERS, CHAT)
             assert response.status == 200
@@ -81,7 +82,7 @@ async def test_connections_are_reused_after_a_complete_body():
 
 async def test_an_abandoned_body_closes_its_connection_at_once():
     async def test(sim, url):
-        pool = Pool(url)
+        pool = Pool(url, env=NO_PROXY_ENV)
         stalled = CHAT.replace(b"sim-chat", b"sim-chat+stall_after=3")
         response = await pool.request("POST", f"{url}/v1/chat/completions", HEADERS, stalled)
         assert await response.receive()
@@ -106,7 +107,7 @@ async def test_a_request_read_and_not_answered_is_received_exactly_once(answered
 
     with trio.fail_after(10):
         async with _upstream(answer) as upstream:
-            pool = Pool(upstream.url)
+            pool = Pool(upstream.url, env=NO_PROXY_ENV)
             for _ in range(answered_first):
                 assert await _get(pool) == b"ok"
             with pytest.raises(UpstreamServerError) as caught:
@@ -120,7 +121,7 @@ async def test_a_request_read_and_not_answered_is_received_exactly_once(answered
 async def test_a_pooled_connection_closed_while_idle_is_never_used():
     with trio.fail_after(10):
         async with _upstream() as upstream:
-            pool = Pool(upstream.url)
+            pool = Pool(upstream.url, env=NO_PROXY_ENV)
             for round_ in range(3):
                 assert await _get(pool) == b"ok"
                 assert await upstream.close_idle() == 1
@@ -155,7 +156,7 @@ async def test_an_idle_connection_with_stray_bytes_is_discarded():
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             [listener] = await nursery.start(partial(trio.serve_tcp, late_408, 0, host="127.0.0.1"))
-            pool = Pool(f"http://127.0.0.1:{listener.socket.getsockname()[1]}")
+            pool = Pool(f"http://127.0.0.1:{listener.socket.getsockname()[1]}", env=NO_PROXY_ENV)
             assert await _get(pool) == b"ok"
             await stray_sent.wait()
             await _seen_closed(pool)
@@ -169,7 +170,7 @@ async def test_an_idle_connection_with_stray_bytes_is_discarded():
 async def test_idle_connections_expire_after_the_keepalive_limit(clock):
     with trio.fail_after(10 + 29):  # the jumps below move the deadline's clock too
         async with _upstream() as upstream:
-            pool = Pool(upstream.url, keepalive_s=15)
+            pool = Pool(upstream.url, env=NO_PROXY_ENV, keepalive_s=15)
             assert await _get(pool) == b"ok"
             clock.jump(14)
             assert await _get(pool) == b"ok"
@@ -195,7 +196,7 @@ async def test_connections_per_origin_are_capped():
 
     with trio.fail_after(10):
         async with _upstream() as upstream:
-            pool = Pool(upstream.url, max_connections=2)
+            pool = Pool(upstream.url, env=NO_PROXY_ENV, max_connections=2)
             async with trio.open_nursery() as nursery:
                 await nursery.start(one, pool)
                 await nursery.start(one, pool)
@@ -213,7 +214,7 @@ async def test_connections_per_origin_are_capped():
 async def test_a_request_waiting_too_long_for_a_slot_is_not_sent():
     with trio.fail_after(10):
         async with _upstream() as upstream:
-            pool = Pool(upstream.url, max_connections=1, connect_timeout=0.2)
+            pool = Pool(upstream.url, env=NO_PROXY_ENV, max_connections=1, connect_timeout=0.2)
             held = await pool.request("POST", "/x", [], b"{}")
             with pytest.raises(RequestNotSent):
                 await pool.request("POST", "/x", [], b"{}")
@@ -224,7 +225,7 @@ async def test_a_request_waiting_too_long_for_a_slot_is_not_sent():
 
 async def test_unreachable_origin_is_not_sent():
     with _closed_port() as port:
-        pool = Pool(f"http://127.0.0.1:{port}", connect_timeout=2)
+        pool = Pool(f"http://127.0.0.1:{port}", env=NO_PROXY_ENV, connect_timeout=2)
         with trio.fail_after(5):
             with pytest.raises(RequestNotSent):
                 await pool.request("POST", "/x", [], b"{}")
@@ -242,7 +243,7 @@ async def test_a_body_cut_mid_way_is_an_error_of_a_sent_request():
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             [listener] = await nursery.start(partial(trio.serve_tcp, cut, 0, host="127.0.0.1"))
-            pool = Pool(f"http://127.0.0.1:{listener.socket.getsockname()[1]}")
+            pool = Pool(f"http://127.0.0.1:{listener.socket.getsockname()[1]}", env=NO_PROXY_ENV)
             response = await pool.request("POST", "/x", [], b"{}")
             with pytest.raises(RequestBroken):
                 await response.read()
