@@ -19,8 +19,12 @@ GATEWAY_CORE = 0
 LOAD_CORE = 1
 
 
+# read once, before the run pins itself to the load core: pinning must not hide the others
+_USABLE_CORES = len(os.sched_getaffinity(0))
+
+
 def cores() -> int:
-    return len(os.sched_getaffinity(0))
+    return _USABLE_CORES
 
 
 class Proc:

@@ -234,6 +234,8 @@ def markdown(doc: dict, png: str | None, plot_note: str | None = None) -> str:
                     if prof.get("gil", {}).get("samples") else []),
                   "Top functions (inclusive, below the server loop): " + "; ".join(f"`{k}` {v:.0%}" for k, v in prof["top_inclusive"][:12]),
                   ""]
+    if doc.get("transport"):
+        lines += transport_lines(doc["transport"])
     v = doc["versions"]
     lines += ["Versions: " + ", ".join(f"{k} {v[k]}" for k in sorted(v)), ""]
     for note in doc.get("notes") or ():
@@ -243,6 +245,44 @@ def markdown(doc: dict, png: str | None, plot_note: str | None = None) -> str:
     elif plot_note:
         lines += ["", f"(no plot: {plot_note})"]
     return "\n".join(lines) + "\n"
+
+
+def only_markdown(doc: dict) -> str:
+    """A run of one scenario (``--only``): its table, the machine, the notes."""
+    lines = [f"# Tollhouse bench: {doc['command']}", "",
+             f"{doc['started_at']}, {doc['duration_s']:g} s, git {doc['git']['sha'][:10]}"
+             f"{' (dirty)' if doc['git']['dirty'] else ''}, {doc['machine']['cpu']} × {doc['machine']['cores']}", ""]
+    bg = doc.get("background_cpu") or {}
+    if (bg.get("foreign_cores_mean") or 0) > 0.1:
+        lines += [f"⚠ **Other processes used {fmt(bg.get('foreign_cores_mean'))} cores on average during this run**"
+                  " -- the figures are skewed.", ""]
+    if doc.get("transport"):
+        lines += transport_lines(doc["transport"])
+    v = {**doc["versions"], **(doc.get("transport") or {}).get("versions", {})}
+    lines += ["Versions: " + ", ".join(f"{k} {v[k]}" for k in sorted(v)), ""]
+    lines += [f"- note: {note}" for note in doc.get("notes") or ()]
+    return "\n".join(lines) + "\n"
+
+
+def transport_lines(t: dict) -> list[str]:
+    """The transport scenario: the gateway's pool against httpx2 on the mock."""
+    names = list(t["clients"])
+    cells = {n: t["clients"][n] for n in names}
+
+    def row(label: str, cell) -> str:
+        return f"| {label} | " + " | ".join(cell(cells[n]) for n in names) + " |"
+
+    lines = [f"**Transport: upstream clients against the mock** ({t['rounds']} rounds × {t['seconds']:g} s, "
+             f"each client alone on core {t.get('client_core', '—')}; baseline: raw socket client, "
+             f"p50 {fmt(t['baseline_c1'].get('p50_ms'), ' ms')})", "",
+             "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names),
+             row("whole responses/s at c=10 (median)", lambda c: fmt(c.get("rps_c10"))),
+             row("rounds", lambda c: ", ".join(fmt(x) for x in c.get("rps_c10_rounds", []))),
+             row("added p50 at c=1", lambda c: fmt(c.get("added_p50_ms"), " ms")),
+             row("p50 / p99 at c=1", lambda c: pair(c["latency_c1"].get("p50_ms"), c["latency_c1"].get("p99_ms"))),
+             row("errors", lambda c: str(c.get("errors", 0)) + ("; " + c["problems"][0][:80] if c.get("problems") else "")),
+             "", f"- pool / httpx2 at c=10: {fmt(t.get('rps_c10_pool_over_httpx2'))}×", ""]
+    return lines
 
 
 def plot(json_path: Path, png: Path) -> str | None:

@@ -32,8 +32,9 @@ import attrs
 import trio
 
 from bench import report, scenarios, wrk
+from bench import transport as bench_transport
 from bench.arms import CLASSES, GATEWAYS, REPO, TOOLS, Arm, Gateway, Unavailable
-from bench.procs import LOAD_CORE, CpuMonitor, Proc, cores, free_port, wait_port
+from bench.procs import GATEWAY_CORE, LOAD_CORE, CpuMonitor, Proc, cores, free_port, wait_port
 from bench.scenarios import FULL, QUICK, Settings, lat_summary
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -67,6 +68,7 @@ class Run:
         self.notes: list[str] = []
         self.cpu = CpuMonitor()
         self.windows: dict[str, list[tuple[float, float]]] = {}  # arm -> measured intervals
+        self.transport_result: dict | None = None
 
     async def watch_cpu(self) -> None:
         while True:
@@ -210,6 +212,19 @@ class Run:
             smp["ttft"].extend(st.pop("_ttft"))
             smp["gaps"].extend(st.pop("_gaps"))
             d.setdefault("stream_rounds", []).append(st)
+
+    async def transport(self) -> None:
+        """The upstream-client comparison, with every gateway frozen."""
+        need = self.s.rounds * 5 * (self.s.transport_seconds + 3)
+        if self.left() < need + 60:
+            self.notes.append("transport scenario skipped: time budget")
+            return
+        log("transport: pool vs httpx2 against the mock")
+        try:
+            self.transport_result = await bench_transport.scenario(
+                self.mock_port, self.s.rounds, self.s.transport_seconds, GATEWAY_CORE if cores() > 1 else None)
+        except (OSError, RuntimeError, ValueError, trio.TooSlowError) as exc:
+            self.notes.append(f"transport scenario crashed: {type(exc).__name__}: {exc}")
 
     async def capacity(self) -> None:
         for arm in [a for a in self.arms if a.ok]:
@@ -443,6 +458,8 @@ async def amain(args) -> int:
     settings = QUICK if args.quick else FULL
     if args.rounds:
         settings = attrs.evolve(settings, rounds=args.rounds)
+    if args.only == "transport":
+        args.arms = "direct"
     arms_arg = args.arms or ",".join(QUICK_ARMS if args.quick else GATEWAYS)
     names = [n.strip() for n in arms_arg.split(",") if n.strip()]
     bad = [n for n in names if n not in GATEWAYS]
@@ -474,12 +491,16 @@ async def amain(args) -> int:
             watcher.start_soon(run.watch_cpu)
             run.start_mock()
             log(f"mock on 127.0.0.1:{run.mock_port}")
-            await run.start_gateways()
-            await run.initial_warmup()
-            await run.rounds()
-            await run.capacity()
-            if args.profile:
-                await run.run_profile()
+            if args.only == "transport":
+                await run.transport()
+            else:
+                await run.start_gateways()
+                await run.initial_warmup()
+                await run.rounds()
+                await run.transport()
+                await run.capacity()
+                if args.profile:
+                    await run.run_profile()
             watcher.cancel_scope.cancel()
     finally:
         run.stop_all()
@@ -497,20 +518,24 @@ async def amain(args) -> int:
         "arms": arms,
         "ratios": run.ratios(arms),
         "profile": run.profile_result,
+        "transport": run.transport_result,
         "background_cpu": {"before_run_cores": before,
                            **(run.background([(run.t_start, time.monotonic())]) or {})},
         "notes": run.notes,
         "peers_not_attempted": NOT_ATTEMPTED,
     }
-    stem = args.out or ("latest" if settings.mode == "full" else "quick")
+    stem = args.out or ("transport" if args.only else "latest" if settings.mode == "full" else "quick")
     json_path = RESULTS / f"{stem}.json"
     json_path.write_text(json.dumps(doc, indent=1, default=str))
     hist = RESULTS / "history"
     hist.mkdir(exist_ok=True)
-    shutil.copy(json_path, hist / f"{started.strftime('%Y%m%dT%H%M%SZ')}-{settings.mode}.json")
+    shutil.copy(json_path, hist / f"{started.strftime('%Y%m%dT%H%M%SZ')}-{args.only or settings.mode}.json")
     png = RESULTS / f"{stem}.png"
-    plot_note = report.plot(json_path, png)
-    md = report.markdown(doc, png.name if png.exists() else None, plot_note)
+    if args.only:
+        md = report.only_markdown(doc)
+    else:
+        plot_note = report.plot(json_path, png)
+        md = report.markdown(doc, png.name if png.exists() else None, plot_note)
     (RESULTS / f"{stem}.md").write_text(md)
     print(md)
     log(f"wrote {json_path}, {RESULTS / (stem + '.md')}{', ' + str(png) if png.exists() else ''} "
@@ -530,6 +555,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true", help="py-spy profile of tollhouse under wrk c=10")
     ap.add_argument("--out", help="result file stem under bench/results (default latest / quick)")
     ap.add_argument("--keep-workdir", action="store_true", help="keep configs and gateway logs")
+    ap.add_argument("--only", choices=["transport"],
+                    help="run one scenario alone: transport = the gateway's upstream pool vs httpx2 on the mock")
     args = ap.parse_args(argv)
     return trio.run(amain, args)
 

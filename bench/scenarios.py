@@ -56,6 +56,7 @@ class Settings:
     s5_pace_ms: float
     s5_open_timeout_s: float
     budget_s: float
+    transport_seconds: float = 3.0
 
 
 FULL = Settings(mode="full", rounds=3, warmup_requests=300, s1_seconds=3.0, s1_max=5000, wrk_seconds=4,
@@ -65,7 +66,8 @@ FULL = Settings(mode="full", rounds=3, warmup_requests=300, s1_seconds=3.0, s1_m
                 s5_pace_ms=2000, s5_open_timeout_s=25.0, budget_s=28 * 60)
 QUICK = attrs.evolve(FULL, mode="quick", rounds=1, warmup_requests=100, s1_seconds=1.0, s1_max=2000,
                      wrk_seconds=2, warm_wrk_seconds=1, s3_streams=2, ol_step_seconds=1.0, ol_bisect=1, s4_levels=(50, 100),
-                     s4_events=50, s5_levels=(100,), s5_open_timeout_s=15.0, budget_s=5 * 60)
+                     s4_events=50, s5_levels=(100,), s5_open_timeout_s=15.0, budget_s=5 * 60,
+                     transport_seconds=1.0)
 
 
 def ms(x: float | None) -> float | None:

@@ -90,7 +90,7 @@ class ProviderConfig:
     connect_timeout_s: float = setting(10.0, check=POSITIVE)
     keepalive_s: float = setting(15.0, check=POSITIVE)
     max_connections: int = setting(100, check=POSITIVE)
-    proxy: str | None = setting(None, check=PROXY_URL)
+    proxy: str | None = setting(None, check=PROXY_URL, repr=False)  # may carry a password
     headers: Mapping[str, str] = setting(factory=dict)
     protocol: Literal[PROTOCOLS] | None = None
 

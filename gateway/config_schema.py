@@ -72,18 +72,19 @@ class Setting:
 
 def setting(default: Any = attrs.NOTHING, *, factory: Callable[[], Any] | None = None, check: Check | None = None,
             key: str | None = None, from_name: bool = False, read_as: Any = None,
-            convert: Callable[[Any], Any] | None = None) -> Any:
+            convert: Callable[[Any], Any] | None = None, repr: bool = True) -> Any:
     """An attrs field the config reader knows how to fill.
 
     ``from_name`` fields take the entry's name in its parent object (a provider's name)
     instead of a JSON key; ``read_as`` reads the JSON as another type and ``convert``
     turns that into the field's value (the pricing table is read as entries with a
-    ``free`` flag and kept as ``Price``).
+    ``free`` flag and kept as ``Price``); ``repr=False`` keeps a value that may hold a
+    password (a proxy URL) out of the config's repr.
     """
     meta = {_SETTING: Setting(check, key, from_name, read_as, convert)}
     if factory is not None:
-        return attrs.field(factory=factory, metadata=meta)
-    return attrs.field(default=default, metadata=meta)
+        return attrs.field(factory=factory, metadata=meta, repr=repr)
+    return attrs.field(default=default, metadata=meta, repr=repr)
 
 
 def child(path: str, key: str) -> str:

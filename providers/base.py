@@ -5,7 +5,9 @@ stream read as batches of ``Frame``s: each frame keeps the exact upstream bytes
 (``raw``, for same-protocol pass-through) beside the unified events decoded from them
 (for metering and translation). Errors are mapped onto the one tree here, at the
 boundary, before the first frame: a non-2xx answer is read (bounded), classified and
-raised, so the dispatcher can still fail over.
+raised, so the dispatcher can still fail over. Whether the request reached the
+upstream is the transport's finding (``http11.RequestNotSent`` / ``RequestBroken``),
+carried on the error as ``request_sent``.
 """
 
 from __future__ import annotations
@@ -115,8 +117,9 @@ class FrameReader:
         while not self._done:
             try:
                 chunk = await self.response.receive()
-            except http11.UpstreamReadError as exc:
-                raise UpstreamServerError(f"upstream connection failed mid-stream: {exc}") from None
+            except http11.RequestBroken as exc:
+                raise UpstreamServerError(f"upstream connection failed mid-stream: {exc}",
+                                          request_sent=True) from None
             if chunk is None:
                 self._done = True
                 return self.framer.close() or None
@@ -186,14 +189,14 @@ async def send(client: http11.Pool, url: str, headers: Mapping[str, str], body: 
     answer, or raise the classified error."""
     try:
         response = await client.request("POST", url, headers.items(), body)
-    except http11.UpstreamConnectError as exc:
-        raise UpstreamServerError(f"cannot reach the upstream: {exc}") from None
-    except http11.UpstreamReadError as exc:
-        raise UpstreamServerError(f"upstream connection failed: {exc}") from None
+    except http11.RequestNotSent as exc:
+        raise UpstreamServerError(f"cannot reach the upstream: {exc}", request_sent=False) from None
+    except http11.RequestBroken as exc:
+        raise UpstreamServerError(f"upstream connection failed: {exc}", request_sent=True) from None
     if not 200 <= response.status < 300:
         try:
             content = await response.read(MAX_ERROR_BODY)
-        except http11.UpstreamReadError:
+        except http11.RequestBroken:
             content = b""
         finally:
             await response.aclose()
@@ -203,8 +206,8 @@ async def send(client: http11.Pool, url: str, headers: Mapping[str, str], body: 
         return response
     try:
         content = await response.read()
-    except http11.UpstreamReadError as exc:
-        raise UpstreamServerError(f"upstream connection failed: {exc}") from None
+    except http11.RequestBroken as exc:
+        raise UpstreamServerError(f"upstream connection failed: {exc}", request_sent=True) from None
     finally:
         await response.aclose()
     return Answer(response, content)

@@ -28,10 +28,14 @@ BY_PROTOCOL: dict[str, type] = {
 def build(cfg: Any, simulator_url: str | None) -> Any:
     """A provider object for one configured provider, with its own connection pool
     (``provider.client``; the caller closes it)."""
-    if cfg.family == "simulator" or cfg.embedded:
+    simulated = cfg.family == "simulator" or cfg.embedded
+    if simulated:
         cls = BY_PROTOCOL[cfg.protocol or "openai_chat"]
         base = cfg.base_url or (simulator_url or "") + getattr(cls, "SIM_SUFFIX", "")
     else:
         cls = FAMILIES[cfg.family]
         base = cfg.base_url
-    return cls(cfg.name, base, Pool(base, connect_timeout=cfg.connect_timeout_s), dict(cfg.headers))
+    # the simulator is on this host: the environment's proxy is never the way there
+    pool = Pool(base, connect_timeout=cfg.connect_timeout_s, keepalive_s=cfg.keepalive_s,
+                max_connections=cfg.max_connections, proxy=cfg.proxy, env={} if simulated else None)
+    return cls(cfg.name, base, pool, dict(cfg.headers))
