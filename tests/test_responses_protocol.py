@@ -363,12 +363,22 @@ def test_encoder_length_finish_is_incomplete():
     assert last["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
 
 
-def test_encoder_error_is_response_failed_and_ends_the_stream():
+def test_encoder_error_is_an_error_event_then_response_failed_and_ends_the_stream():
     encoder = openai_responses.StreamEncoder(_request(), "m")
     data = encoder.encode([StreamStart("x", "m"), TextDelta("a"), ErrorEvent(UpstreamRateLimited("slow down"))])
     assert encoder.close() == b"" and encoder.error(UpstreamServerError("again")) == b""
-    last = wire_events(data)[-1]
+    error, last = wire_events(data)[-2:]
+    assert error["type"] == "error" and error["error"]["code"] == "rate_limit_exceeded"
     assert last["type"] == "response.failed" and last["response"]["status"] == "failed"
     assert last["response"]["error"] == {"code": "rate_limit_exceeded", "message": "slow down"}
+    assert last["sequence_number"] == error["sequence_number"] + 1
     fresh = openai_responses.StreamEncoder(_request(), "m").error(UpstreamServerError("boom"))
-    assert [ev["type"] for ev in wire_events(fresh)] == ["response.failed"], "no second response.created"
+    assert [ev["type"] for ev in wire_events(fresh)] == ["error", "response.failed"], "no second response.created"
+
+
+def test_a_resumed_encoder_continues_the_upstream_response():
+    encoder = openai_responses.StreamEncoder(_request(), "m")
+    encoder.resume("resp_upstream", 11)
+    events = wire_events(encoder.error(UpstreamServerError("cut")))
+    assert [ev["sequence_number"] for ev in events] == [11, 12]
+    assert events[-1]["response"]["id"] == "resp_upstream"
