@@ -35,6 +35,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8787
     max_body_bytes: int = 10 * 1024 * 1024
+    shutdown_grace_s: float = 30.0
 
 
 @attrs.frozen
@@ -225,7 +226,8 @@ def parse_config(doc: Any, env: Mapping[str, str] | None = None) -> Config:
     for name in sorted(set(root) - known):
         reader.fail(name, "unknown setting")
     server = _section(reader, root, "server", ServerConfig, {
-        "host": (str, None), "port": (int, lambda v: 0 <= v < 65536), "max_body_bytes": (int, _POS)})
+        "host": (str, None), "port": (int, lambda v: 0 <= v < 65536), "max_body_bytes": (int, _POS),
+        "shutdown_grace_s": (_NUM, _NONNEG)})
     streaming = _section(reader, root, "streaming", StreamingConfig, {
         "ttfb_timeout_s": (_NUM, _POS), "stall_timeout_s": (_NUM, _POS), "nonstream_timeout_s": (_NUM, _POS),
         "on_disconnect": (str, lambda v: v in DISCONNECT_POLICIES),
