@@ -39,8 +39,27 @@ class StartRefused(Exception):
     """The gateway's startup failed; the message says why (for the operator, not a bug)."""
 
 
-def server_config(bind: str, grace_s: float) -> hypercorn.config.Config:
-    cfg = hypercorn.config.Config()
+class HypercornConfig(hypercorn.config.Config):
+    """Hypercorn's config, remembering the listening sockets it creates, so a stop can
+    tell when they are closed (hypercorn closes them itself, a few scheduler turns after
+    the shutdown trigger fires)."""
+
+    listening: tuple = ()
+
+    def create_sockets(self) -> hypercorn.config.Sockets:
+        sockets = super().create_sockets()
+        self.listening = (*sockets.secure_sockets, *sockets.insecure_sockets)
+        return sockets
+
+    async def wait_listeners_closed(self, turns: int = 1000) -> None:
+        for _ in range(turns):
+            if all(sock.fileno() == -1 for sock in self.listening):
+                return
+            await trio.lowlevel.checkpoint()
+
+
+def server_config(bind: str, grace_s: float) -> HypercornConfig:
+    cfg = HypercornConfig()
     cfg.bind = [bind]
     cfg.accesslog = None
     cfg.keep_alive_timeout = KEEP_ALIVE_TIMEOUT_S
@@ -55,13 +74,12 @@ async def serve(gateway: Gateway, bind: str, say: Callable[[str], None]) -> None
     one when a stop begins and one when it has ended. Raises ``StartRefused`` when the
     gateway could not start.
     """
-    grace_s = gateway.config.server.shutdown_grace_s
-    cfg = server_config(bind, grace_s)
+    cfg = server_config(bind, gateway.config.server.shutdown_grace_s)
     stop = trio.Event()
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_watch_signals, signals, stop, gateway, grace_s, say)
+                nursery.start_soon(_watch_signals, signals, stop, gateway, cfg, say)
                 try:
                     async with trio.open_nursery() as server:
                         binds = await server.start(partial(hypercorn.trio.serve, gateway, cfg,
@@ -76,18 +94,19 @@ async def serve(gateway: Gateway, bind: str, say: Callable[[str], None]) -> None
             raise StartRefused(str(gateway.startup_error)) from None
     report = gateway.traffic.report()
     say(f"tollhouse stopped: of {_requests(report.in_flight_at_stop)} in flight, {report.finished} finished "
-        f"and {report.cut} cut at the end of the grace period (each settled); ledger closed")
+        f"and {report.cut} cut at the end of the grace period; ledger closed")
 
 
-async def _watch_signals(signals, stop: trio.Event, gateway: Gateway, grace_s: float,
+async def _watch_signals(signals, stop: trio.Event, gateway: Gateway, cfg: HypercornConfig,
                          say: Callable[[str], None]) -> None:
     async for signum in signals:
         name = signal.Signals(signum).name
         if not stop.is_set():
             in_flight = gateway.traffic.begin_stop()
-            say(f"tollhouse stopping ({name}): no new connections; {_requests(in_flight)} in flight, given up to "
-                f"{grace_s:g} s to finish (a second signal stops at once)")
             stop.set()
+            await cfg.wait_listeners_closed()  # so the line below is true when it is read
+            say(f"tollhouse stopping ({name}): no new connections; {_requests(in_flight)} in flight, given up to "
+                f"{cfg.graceful_timeout:g} s to finish (a second signal stops at once)")
             continue
         say(f"tollhouse stopping at once (second {name}): {_requests(gateway.traffic.in_flight)} in flight "
             f"left unsettled; their holds are recovered at the next start")
