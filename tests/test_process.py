@@ -197,7 +197,7 @@ async def test_second_gateway_on_the_same_state_dir_is_refused_naming_the_holder
             assert f"pid {first.pid}" in refusal
             assert str(tmp_path / "state") in refusal
             assert not any(line.startswith("tollhouse listening") for line in second.stdout)
-            first.send_signal(signal.SIGTERM)
+            first.send_signal(signal.SIGINT)  # Ctrl-C stops it as gracefully as SIGTERM
             assert await first.wait() == 0
         async with running_gateway(doc) as third:  # released on exit: the next one starts
             assert third.runtime.ready.is_set()
