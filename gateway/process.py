@@ -91,7 +91,8 @@ async def serve(gateway: Gateway, bind: str, say: Callable[[str], None]) -> None
         except BaseException as exc:
             if gateway.startup_error is None or not _failed_startup(exc):
                 raise
-            raise StartRefused(str(gateway.startup_error)) from None
+            error = gateway.startup_error
+            raise StartRefused(str(error) or type(error).__name__) from None
     report = gateway.traffic.report()
     say(f"tollhouse stopped: of {_requests(report.in_flight_at_stop)} in flight, {report.finished} finished "
         f"and {report.cut} cut at the end of the grace period; ledger closed")
