@@ -2,7 +2,10 @@
 
 ``Gateway`` is what hypercorn serves. It owns the lifespan: one nursery runs the
 ``Runtime`` (simulator, upstream pools, actors) for as long as the server lives, and
-Quart's own startup/shutdown run inside it. LLM calls go straight to their route
+Quart's own startup/shutdown run inside it. Hypercorn sends the lifespan shutdown only
+after its last connection has ended (finished, or cancelled at the end of the grace
+period and settled), so the runtime's ordered stop never pulls an actor or the ledger
+from under a request. LLM calls go straight to their route
 handlers; admin, models, health and every unknown path go to the Quart app, whose
 404/405/413 handlers answer in the caller's protocol shape.
 """
@@ -23,6 +26,8 @@ from gateway.routes import openai_chat as chat_routes
 from gateway.routes import openai_responses as responses_routes
 from gateway.routes.common import fresh_request_id, send_error
 from gateway.runtime import Runtime
+from gateway.state_lock import StateDirBusy
+from gateway.traffic import Traffic
 from protocols import anthropic_messages, gemini, openai_chat
 from protocols.errors import MethodNotAllowed, NotFound
 
@@ -50,6 +55,8 @@ class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.runtime = Runtime(config)
+        self.traffic = Traffic()
+        self.startup_error: BaseException | None = None  # why the lifespan refused to start
         self.routes = [route for module in ROUTE_MODULES for route in module.ROUTES]
         self.ws_routes = [route for module in ROUTE_MODULES for route in getattr(module, "WEBSOCKET_ROUTES", ())]
         self.quart = QuartTrio("tollhouse")
@@ -63,6 +70,12 @@ class Gateway:
 
     async def __call__(self, scope, receive, send) -> None:
         kind = scope["type"]
+        if kind == "lifespan":
+            return await self._lifespan(receive, send)
+        with self.traffic.request():
+            await self._serve(kind, scope, receive, send)
+
+    async def _serve(self, kind: str, scope, receive, send) -> None:
         if kind == "http":
             path = scope["path"]
             for method, pattern, handler, protocol in self.routes:
@@ -74,9 +87,7 @@ class Gateway:
                         f"Method {scope['method']} is not allowed on {path}."))
                 await self.runtime.ready.wait()
                 return await handler(self.runtime, scope, receive, send, match)
-            return await self.quart(scope, receive, send)
-        if kind == "lifespan":
-            return await self._lifespan(receive, send)
+            return await self.quart(scope, receive, _whole_sends(send))
         if kind == "websocket":
             for pattern, handler in self.ws_routes:
                 match = pattern.match(scope["path"])
@@ -93,7 +104,11 @@ class Gateway:
                 await nursery.start(self.runtime.run)
                 await self.quart.startup()
             except Exception as exc:
-                log.exception("startup failed")
+                self.startup_error = exc
+                if isinstance(exc, StateDirBusy):
+                    log.error("%s", exc)  # an operator's situation, not a bug: no traceback
+                else:
+                    log.exception("startup failed")
                 await send({"type": "lifespan.startup.failed", "message": f"{type(exc).__name__}: {exc}"})
                 nursery.cancel_scope.cancel()
                 return
@@ -101,9 +116,28 @@ class Gateway:
             message = await receive()
             try:
                 await self.quart.shutdown()
+                await self.runtime.stop()  # in order: meter flushed, actors, pools, simulator, lock
             finally:
                 nursery.cancel_scope.cancel()
         await send({"type": "lifespan.shutdown.complete"})
+
+
+def _whole_sends(send):
+    """``send``, with each call shielded from cancellation.
+
+    Quart-trio cancels a request's task the moment hypercorn reports the client gone,
+    and hypercorn does that from inside the response's final ``send``, where it is
+    re-arming the connection's idle timer. Cancelled there, the timer is never re-armed:
+    a keep-alive connection that Quart answered would then never be closed, neither
+    after ``keep_alive_timeout`` nor by a graceful stop, which would wait for it for the
+    whole grace period. Each send is brief (hypercorn already shields the socket write).
+    """
+
+    async def whole_send(message) -> None:
+        with trio.CancelScope(shield=True):
+            await send(message)
+
+    return whole_send
 
 
 def _error_handlers(app: QuartTrio) -> None:

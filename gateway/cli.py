@@ -7,8 +7,6 @@ import logging
 import sys
 from functools import partial
 
-import hypercorn.config
-import hypercorn.trio
 import trio
 
 from gateway.config import ConfigError, load_config
@@ -17,17 +15,17 @@ from protocols.money import FREE
 
 def _serve(args) -> int:
     from gateway.app import create_app
+    from gateway.process import StartRefused, serve
 
     config = load_config(args.config)
-    cfg = hypercorn.config.Config()
     host = args.host or config.server.host
     port = config.server.port if args.port is None else args.port
-    cfg.bind = [f"{host}:{port}"]
-    cfg.accesslog = None
-    cfg.keep_alive_timeout = 75
     app = create_app(config)
-    print(f"tollhouse listening on http://{host}:{port}", flush=True)
-    trio.run(partial(hypercorn.trio.serve, app, cfg))
+    try:
+        trio.run(serve, app, f"{host}:{port}", partial(print, flush=True))
+    except StartRefused as exc:
+        print(f"tollhouse: not started: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -65,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", default="config.json")
     serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
+    serve.add_argument("--port", type=int, help="0 picks a free port; the bound address is printed")
     serve.set_defaults(run=_serve)
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("--config", default="config.json")

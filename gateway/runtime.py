@@ -1,9 +1,17 @@
-"""Everything the running gateway owns, started and stopped in one nursery.
+"""Everything the running gateway owns, started and stopped in a fixed order.
 
-Order matters: the embedded simulator (if configured) starts first so providers can
-point at it; then one upstream connection pool per provider; then the actor supervisor;
-then the dispatcher is published and requests may flow. Leaving ``run`` closes them
-in reverse.
+Start: the state directory's lock first (before anything opens the ledger: a second
+gateway on the same ``state_dir`` is refused before it can touch it); then the
+embedded simulator (if configured) so providers can point at it; then one upstream
+connection pool per provider; then the actor supervisor; then the dispatcher is
+published and requests may flow.
+
+Stop (``stop()``, called by the app's lifespan once the server has no request left):
+the meter is flushed -- everything already in its inbox is committed -- then the actors
+stop (the usage actor closes the ledger), then the upstream pools close, then the
+simulator, and last the lock is released. Requests never see a stopped actor: the
+server finishes or cancels every request, and each cancelled request settles through
+the dispatcher's shielded ``finally``, before the lifespan asks the runtime to stop.
 """
 
 from __future__ import annotations
@@ -17,13 +25,18 @@ from actors.cooldown import CooldownActor, CooldownCore
 from actors.credentials import CredentialsActor, CredentialsCore
 from actors.routing import RoutingActor, RoutingCore
 from actors.supervisor import Supervisor
-from actors.usage import UsageActor
+from actors.usage import Query, UsageActor
 from gateway.config import Config
 from gateway.dispatch import Actors, Dispatcher
+from gateway.state_lock import StateDirLock
+from protocols.errors import GatewayError
 from providers import registry
 from providers.simulator import Simulator
 
 log = logging.getLogger("tollhouse")
+
+#: how long a stop waits for the meter to commit what it already holds
+FLUSH_TIMEOUT_S = 15.0
 
 
 class Runtime:
@@ -35,6 +48,13 @@ class Runtime:
         self.actors: Actors | None = None
         self.providers: dict = {}
         self.ready = trio.Event()
+        self._stop = trio.Event()
+        self._stopped = trio.Event()
+
+    async def stop(self) -> None:
+        """Tear everything down in order; returns once ``run`` has (the lock is free)."""
+        self._stop.set()
+        await self._stopped.wait()
 
     def _actors(self) -> tuple[Supervisor, Actors]:
         cfg = self.config
@@ -53,19 +73,44 @@ class Runtime:
         return sup, Actors(routing, credentials, cooldown, usage)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await self._run(task_status)
+        finally:
+            self._stopped.set()
+
+    async def _run(self, task_status) -> None:
         cfg = self.config
-        async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
-            if any(p.embedded for p in cfg.providers.values()):
-                self.simulator = Simulator(cfg.simulator.tokens_per_second)
-                await nursery.start(self.simulator.serve, cfg.simulator.host, cfg.simulator.port)
-            for name, pcfg in cfg.providers.items():
-                provider = registry.build(pcfg, self.simulator.url if self.simulator else None)
-                stack.push_async_callback(provider.client.aclose)
-                self.providers[name] = provider
-            self.supervisor, self.actors = self._actors()
-            await nursery.start(self.supervisor.run)
-            self.dispatcher = Dispatcher(self.actors, self.providers, cfg.streaming, cfg.default_hold_output_tokens,
-                                         cfg.routing.budget_s)
-            self.ready.set()
-            task_status.started()
-            await trio.sleep_forever()
+        with StateDirLock.acquire(cfg.state_dir):
+            async with trio.open_nursery() as upstreams:
+                if any(p.embedded for p in cfg.providers.values()):
+                    self.simulator = Simulator(cfg.simulator.tokens_per_second)
+                    await upstreams.start(self.simulator.serve, cfg.simulator.host, cfg.simulator.port)
+                async with AsyncExitStack() as pools:
+                    for name, pcfg in cfg.providers.items():
+                        provider = registry.build(pcfg, self.simulator.url if self.simulator else None)
+                        pools.push_async_callback(provider.client.aclose)
+                        self.providers[name] = provider
+                    self.supervisor, self.actors = self._actors()
+                    async with trio.open_nursery() as actors:
+                        await actors.start(self.supervisor.run)
+                        self.dispatcher = Dispatcher(self.actors, self.providers, cfg.streaming,
+                                                     cfg.default_hold_output_tokens, cfg.routing.budget_s)
+                        self.ready.set()
+                        task_status.started()
+                        await self._stop.wait()
+                        await self._flush_meter()
+                        actors.cancel_scope.cancel()
+                upstreams.cancel_scope.cancel()
+
+    async def _flush_meter(self) -> None:
+        """Wait until the usage actor has committed every message queued before this one.
+
+        Its inbox is first in, first out and it answers only after a commit, so the
+        answer to one more (read-only) message means everything ahead of it is on disk:
+        a settlement whose caller gave up waiting is still written, not dropped.
+        """
+        try:
+            await self.actors.usage.ask(Query("totals"), timeout=FLUSH_TIMEOUT_S)
+        except (trio.TooSlowError, GatewayError) as exc:
+            log.error("the meter did not flush (%s); its open holds will be recovered at the next start",
+                      type(exc).__name__)

@@ -1,0 +1,132 @@
+"""One gateway process: serve until told to stop, then stop without losing money.
+
+SIGTERM (what ``docker stop`` and systemd send) or SIGINT begins a graceful stop:
+
+1. hypercorn closes its listeners (new connections are refused) and closes idle
+   keep-alive connections at once (a connection that finishes its response is
+   closed rather than kept), so only requests in flight hold the stop;
+2. those requests get up to ``server.shutdown_grace_s`` to finish, streams included;
+3. at the end of the grace period the rest are cancelled; each settles exactly once
+   through the dispatcher's shielded ``finally``, while the actors still run;
+4. only then does hypercorn run the lifespan shutdown, where the runtime flushes the
+   meter, stops the actors (the ledger is closed), the pools and the simulator, and
+   releases the state directory's lock; the process exits 0.
+
+A second signal during the stop ends the process at once, by that signal's default
+action: nothing more is settled, and the holds of requests still in flight are
+recovered at the next start, as after a kill.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from functools import partial
+from typing import Callable
+
+import hypercorn.config
+import hypercorn.trio
+import trio
+from hypercorn.utils import LifespanFailureError
+
+from gateway.app import Gateway
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+KEEP_ALIVE_TIMEOUT_S = 75  # above the usual 60 s of load balancers, so they close first
+
+
+class StartRefused(Exception):
+    """The gateway's startup failed; the message says why (for the operator, not a bug)."""
+
+
+class HypercornConfig(hypercorn.config.Config):
+    """Hypercorn's config, remembering the listening sockets it creates, so a stop can
+    tell when they are closed (hypercorn closes them itself, a few scheduler turns after
+    the shutdown trigger fires)."""
+
+    listening: tuple = ()
+
+    def create_sockets(self) -> hypercorn.config.Sockets:
+        sockets = super().create_sockets()
+        self.listening = (*sockets.secure_sockets, *sockets.insecure_sockets)
+        return sockets
+
+    async def wait_listeners_closed(self, turns: int = 1000) -> None:
+        for _ in range(turns):
+            if all(sock.fileno() == -1 for sock in self.listening):
+                return
+            await trio.lowlevel.checkpoint()
+
+
+def server_config(bind: str, grace_s: float) -> HypercornConfig:
+    cfg = HypercornConfig()
+    cfg.bind = [bind]
+    cfg.accesslog = None
+    cfg.keep_alive_timeout = KEEP_ALIVE_TIMEOUT_S
+    cfg.graceful_timeout = grace_s
+    return cfg
+
+
+async def serve(gateway: Gateway, bind: str, say: Callable[[str], None]) -> None:
+    """Serve ``gateway`` on ``bind`` until a stop signal; returns after a graceful stop.
+
+    Prints one line once it listens (the bound address: a port of 0 picks a free one),
+    one when a stop begins and one when it has ended. Raises ``StartRefused`` when the
+    gateway could not start.
+    """
+    cfg = server_config(bind, gateway.config.server.shutdown_grace_s)
+    stop = trio.Event()
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_watch_signals, signals, stop, gateway, cfg, say)
+                try:
+                    async with trio.open_nursery() as server:
+                        binds = await server.start(partial(hypercorn.trio.serve, gateway, cfg,
+                                                           shutdown_trigger=stop.wait))
+                        if gateway.startup_error is None:  # hypercorn binds even after a failed startup
+                            say(f"tollhouse listening on {' '.join(binds)}")
+                finally:
+                    nursery.cancel_scope.cancel()
+        except BaseException as exc:
+            if gateway.startup_error is None or not _failed_startup(exc):
+                raise
+            error = gateway.startup_error
+            raise StartRefused(str(error) or type(error).__name__) from None
+    report = gateway.traffic.report()
+    say(f"tollhouse stopped: of {_requests(report.in_flight_at_stop)} in flight, {report.finished} finished "
+        f"and {report.cut} cut at the end of the grace period; ledger closed")
+
+
+async def _watch_signals(signals, stop: trio.Event, gateway: Gateway, cfg: HypercornConfig,
+                         say: Callable[[str], None]) -> None:
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if not stop.is_set():
+            in_flight = gateway.traffic.begin_stop()
+            stop.set()
+            await cfg.wait_listeners_closed()  # so the line below is true when it is read
+            say(f"tollhouse stopping ({name}): no new connections; {_requests(in_flight)} in flight, given up to "
+                f"{cfg.graceful_timeout:g} s to finish (a second signal stops at once)")
+            continue
+        say(f"tollhouse stopping at once (second {name}): {_requests(gateway.traffic.in_flight)} in flight "
+            f"left unsettled; their holds are recovered at the next start")
+        _die_by(signum)
+
+
+def _requests(n: int) -> str:
+    return f"{n} request" if n == 1 else f"{n} requests"
+
+
+def _die_by(signum: int) -> None:
+    """End the process now, as the signal's default action would have."""
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    os._exit(128 + signum)  # only if the signal could not be delivered
+
+
+def _failed_startup(exc: BaseException) -> bool:
+    """Whether ``exc`` is hypercorn's report of a failed lifespan startup (maybe grouped)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(LifespanFailureError)[1] is None
+    return isinstance(exc, LifespanFailureError)
