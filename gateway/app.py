@@ -54,8 +54,8 @@ PREFIX_PROTOCOLS: list = [("/v1beta", gemini), ("/v1/messages", anthropic_messag
 class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.runtime = Runtime(config)
         self.traffic = Traffic()
+        self.runtime = Runtime(config, stopping=lambda: self.traffic.stopping)
         self.startup_error: BaseException | None = None  # why the lifespan refused to start
         self.routes = [route for module in ROUTE_MODULES for route in module.ROUTES]
         self.ws_routes = [route for module in ROUTE_MODULES for route in getattr(module, "WEBSOCKET_ROUTES", ())]

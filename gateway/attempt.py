@@ -22,7 +22,7 @@ import trio
 
 from gateway.ending import Outcome, Trouble
 from gateway.request import ClientLink, Request
-from protocols.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
+from protocols.errors import GatewayError, Stopping, UpstreamError, UpstreamProtocolError, UpstreamTimeout
 from protocols.unified import ErrorEvent, Finish
 from providers.base import Unparseable
 
@@ -70,9 +70,11 @@ def _only_error(batch: list) -> UpstreamError | None:
 
 
 class AttemptRunner:
-    def __init__(self, streaming: Any, settle: Callable[[Request], Awaitable[None]]) -> None:
+    def __init__(self, streaming: Any, settle: Callable[[Request], Awaitable[None]],
+                 stopping: Callable[[], bool] = lambda: False) -> None:
         self.streaming = streaming
         self.settle = settle
+        self.stopping = stopping
 
     async def run(self, req: Request, provider: Any, target: Any, credential: Any, link: ClientLink) -> None:
         index = req.begin_attempt(target, credential.id)
@@ -146,6 +148,10 @@ class AttemptRunner:
                         await self._relay(batch, reader, scope, link, req, encoder, passthrough, held)
                     except UpstreamError as exc:
                         self._fail(req, exc, encoder, reader, passthrough, held)
+                    except trio.Cancelled:
+                        if self.stopping() and not req.client_gone:
+                            await self._say_stopping(req, encoder, reader, passthrough, held, link)
+                        raise
                     req.terminal = reader.terminal
                     if not req.terminal and meter.error is None and not req.client_gone:
                         self._fail(req, UpstreamProtocolError("The upstream ended the stream before its last event."),
@@ -164,7 +170,16 @@ class AttemptRunner:
             held.append(encoder.close())
         await link.end(b"".join(held))
 
-    def _fail(self, req: Request, exc: UpstreamError, encoder: Any, reader: Any, passthrough: bool,
+    async def _say_stopping(self, req: Request, encoder: Any, reader: Any, passthrough: bool,
+                            held: list[bytes], link: ClientLink) -> None:
+        """The grace period of a stop ended mid-stream: end the client's stream with an
+        error event rather than a bare cut (the settlement follows in the dispatcher)."""
+        self._fail(req, Stopping("The gateway is stopping; this response was cut."),
+                   encoder, reader, passthrough, held, Trouble.SHUTDOWN)
+        with trio.move_on_after(1.0, shield=True):
+            await link.end(b"".join(held))
+
+    def _fail(self, req: Request, exc: GatewayError, encoder: Any, reader: Any, passthrough: bool,
               held: list[bytes], trouble: Trouble = Trouble.UPSTREAM) -> None:
         """End the client's stream with its protocol's error event, after what was sent."""
         req.note(trouble)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import attrs
 import trio
@@ -67,7 +67,9 @@ class Actors:
 
 class Dispatcher:
     def __init__(self, actors: Actors, providers: Mapping[str, Any], streaming: Any,
-                 default_hold_output_tokens: int, budget_s: float = 10.0) -> None:
+                 default_hold_output_tokens: int, budget_s: float = 10.0,
+                 stopping: Callable[[], bool] = lambda: False) -> None:
+        self.stopping = stopping
         self.budget_s = budget_s
         self.actors = actors
         self.providers = providers
@@ -78,7 +80,7 @@ class Dispatcher:
         self._prefix = "req_" + os.urandom(6).hex()  # unique per process: ids never repeat across restarts
         self._counter = itertools.count(1)
         self.drain_enabled = streaming.on_disconnect == "drain" and streaming.max_concurrent_drains > 0
-        self.attempt = AttemptRunner(streaming, self._settle)
+        self.attempt = AttemptRunner(streaming, self._settle, stopping)
 
     def next_id(self) -> str:
         """A request id, unique across restarts; every response carries it as ``x-request-id``."""
@@ -112,8 +114,9 @@ class Dispatcher:
             req.note(Trouble.TIMEOUT if isinstance(exc, UpstreamTimeout) else
                      Trouble.UPSTREAM if isinstance(exc, (UpstreamError, NoCapacity)) else Trouble.GATEWAY)
             raise
-        except BaseException:
-            req.note(Trouble.CLIENT_GONE if req.client_gone else Trouble.GATEWAY)
+        except BaseException as exc:
+            req.note(Trouble.CLIENT_GONE if req.client_gone else
+                     Trouble.SHUTDOWN if self.stopping() and _cancelled(exc) else Trouble.GATEWAY)
             raise
         finally:
             if not req.settled:
@@ -234,6 +237,13 @@ class Dispatcher:
         await self.actors.credentials.tell(Release(
             lease.lease_id, cool_until=decision.until, cool_model=target.model if decision.scope == "model" else None,
             dead=decision.dead, reason=decision.kind))
+
+
+def _cancelled(exc: BaseException) -> bool:
+    """A trio cancel, bare or as the group a cancelled nursery raises."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(trio.Cancelled)[1] is None
+    return isinstance(exc, trio.Cancelled)
 
 
 # Errors that mean "this upstream is resting": when every target is resting, the client

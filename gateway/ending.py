@@ -53,6 +53,7 @@ class Trouble(enum.Enum):
     TIMEOUT = "timeout"
     UPSTREAM = "upstream"
     GATEWAY = "gateway"
+    SHUTDOWN = "shutdown"  # the end of a graceful stop's grace period
 
 
 class Charge(enum.Enum):
@@ -98,6 +99,7 @@ _REASONS = {
     Trouble.TIMEOUT: EndReason.TIMEOUT,
     Trouble.UPSTREAM: EndReason.UPSTREAM_ERROR,
     Trouble.GATEWAY: EndReason.GATEWAY_ERROR,
+    Trouble.SHUTDOWN: EndReason.SHUTDOWN,
 }
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import logging
 from contextlib import AsyncExitStack
 
+from typing import Callable
+
 import trio
 
 from actors.cooldown import CooldownActor, CooldownCore
@@ -40,8 +42,9 @@ FLUSH_TIMEOUT_S = 15.0
 
 
 class Runtime:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, stopping: Callable[[], bool] = lambda: False) -> None:
         self.config = config
+        self.stopping = stopping  # a graceful stop has begun
         self.dispatcher: Dispatcher | None = None
         self.supervisor: Supervisor | None = None
         self.simulator: Simulator | None = None
@@ -94,7 +97,8 @@ class Runtime:
                     async with trio.open_nursery() as actors:
                         await actors.start(self.supervisor.run)
                         self.dispatcher = Dispatcher(self.actors, self.providers, cfg.streaming,
-                                                     cfg.default_hold_output_tokens, cfg.routing.budget_s)
+                                                     cfg.default_hold_output_tokens, cfg.routing.budget_s,
+                                                     stopping=self.stopping)
                         self.ready.set()
                         task_status.started()
                         await self._stop.wait()

@@ -14,6 +14,7 @@
     ├── OutOfCredit                   402     the key's balance cannot cover the hold
     ├── NoCapacity                    503     every target cooling or busy (retry_after)
     ├── LedgerUnavailable             503     the ledger cannot be written: no new holds
+    ├── Stopping                      503     the gateway's grace period ended mid-request
     ├── GatewayFailure                500     a bug or broken invariant in the gateway
     └── UpstreamError                 502     the provider failed; subclasses classify how
         ├── UpstreamRateLimited       429     short-term rate limit (retry_after known)
@@ -121,6 +122,11 @@ class NoCapacity(GatewayError):
 
 
 class LedgerUnavailable(GatewayError):
+    status = 503
+    kind = "overloaded_error"
+
+
+class Stopping(GatewayError):
     status = 503
     kind = "overloaded_error"
 

@@ -25,6 +25,7 @@ class EndReason(enum.Enum):
     TIMEOUT = "timeout"
     UPSTREAM_ERROR = "upstream_error"
     GATEWAY_ERROR = "gateway_error"
+    SHUTDOWN = "shutdown"  # cut by the end of a graceful stop's grace period
     RECOVERED = "recovered"
 
 
