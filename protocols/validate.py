@@ -9,16 +9,34 @@ from typing import Any
 from protocols.errors import InvalidRequest
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
+
+
 def load_json_object(body: bytes) -> dict:
-    """Parse a request body that must be a JSON object."""
+    """Parse a request body that must be a JSON object.
+
+    JSON can spell what UTF-8 cannot: an unpaired surrogate (``"\\ud800"``) parses but
+    can never be sent on. Such a body, and one nested too deep to handle, is refused
+    here, before anything is reserved.
+    """
     if not body.strip():
         raise InvalidRequest("Request body is empty; expected a JSON object.")
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidRequest("Request body is nested too deeply.") from None
     if not isinstance(doc, dict):
         raise InvalidRequest("Request body must be a JSON object.")
+    if _SURROGATE_ESCAPE.search(body) is not None:
+        try:
+            json.dumps(doc, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRequest("Request body contains an unpaired UTF-16 surrogate (\\ud800-\\udfff), "
+                                 "which is not valid text.") from None
+        except RecursionError:
+            raise InvalidRequest("Request body is nested too deeply.") from None
     return doc
 
 

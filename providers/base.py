@@ -21,7 +21,7 @@ import attrs
 
 from providers import http11
 
-from protocols.errors import UpstreamProtocolError, UpstreamServerError, classify_upstream
+from protocols.errors import InvalidRequest, UpstreamProtocolError, UpstreamServerError, classify_upstream
 from protocols.retry_after import retry_after
 from protocols.sse import SSEDecoder, SSEEvent
 from protocols.stream_end import reached_terminal
@@ -168,7 +168,13 @@ def bearer_headers(credential: Any, extra: Mapping[str, str]) -> dict:
 
 
 def encode_body(body: Mapping[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    """The upstream request's bytes; a body that cannot be written (nested past the
+    interpreter's limit) is the client's error, found before anything is sent."""
+    try:
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    except (RecursionError, UnicodeEncodeError):
+        raise InvalidRequest("The request cannot be encoded for the upstream: it is nested too deeply "
+                             "or holds text that is not valid Unicode.") from None
 
 
 class Answer:

@@ -8,6 +8,7 @@ its own disconnect watcher, and never buffers a body in a framework layer.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from typing import Any, Callable
 
@@ -16,8 +17,10 @@ import trio
 from gateway.asgi_link import AsgiLink, read_body
 from gateway.request import Call
 from actors.usage import Authenticate
-from protocols.errors import GatewayError, InvalidRequest, NotFound, Unauthenticated
+from protocols.errors import GatewayError, GatewayFailure, InvalidRequest, NotFound, Unauthenticated
 from protocols.validate import load_json_object
+
+log = logging.getLogger("tollhouse.routes")
 
 
 def header(scope, name: bytes) -> str | None:
@@ -58,6 +61,7 @@ async def serve_llm(runtime: Any, client: Any, scope, receive, send, key: str | 
     the id of its ledger entry."""
     link = AsgiLink(receive, send)
     request_id = runtime.dispatcher.next_id()
+    request = None
     try:
         if not key:
             raise Unauthenticated("Missing gateway key: send it as a bearer token (or the protocol's key header).")
@@ -65,10 +69,21 @@ async def serve_llm(runtime: Any, client: Any, scope, receive, send, key: str | 
         request = parse(load_json_object(body))
         await runtime.dispatcher.serve(Call(request, key, client, len(body), request_id), link)
     except GatewayError as err:
-        if not link.started:
-            await send_error(send, client, await _stranger_first(runtime, key, err), request_id)
-        elif not link.ended:
-            await link.end(client.StreamEncoder(request, request.model).error(err))
+        await _answer_error(runtime, client, send, link, key, err, request_id, request)
+    except Exception:
+        # A bug, not the client's doing: logged with its trace, answered in the client's
+        # shape (the dispatcher has already settled whatever was reserved).
+        log.exception("request %s failed inside the gateway", request_id)
+        await _answer_error(runtime, client, send, link, key, GatewayFailure(
+            f"The gateway failed to serve this request ({request_id})."), request_id, request)
+
+
+async def _answer_error(runtime: Any, client: Any, send, link: AsgiLink, key: str | None, err: GatewayError,
+                        request_id: str, request: Any) -> None:
+    if not link.started:
+        await send_error(send, client, await _stranger_first(runtime, key, err), request_id)
+    elif not link.ended and request is not None:
+        await link.end(client.StreamEncoder(request, request.model).error(err))
 
 
 async def serve_estimate(runtime: Any, client: Any, scope, receive, send, key: str | None,
@@ -85,7 +100,8 @@ async def serve_estimate(runtime: Any, client: Any, scope, receive, send, key: s
         result = await trio.to_thread.run_sync(count, load_json_object(body), abandon_on_cancel=True)
     except GatewayError as err:
         return await send_error(send, client, err)
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.start", "status": 200, "headers": [
+        (b"content-type", b"application/json"), (b"x-request-id", fresh_request_id().encode())]})
     await send({"type": "http.response.body", "body": json.dumps(result).encode()})
 
 
