@@ -15,6 +15,7 @@ import logging
 import trio
 from quart_trio import QuartTrio
 
+from actors.ledger import LedgerFault
 from gateway.config import Config
 from gateway.routes import admin, models
 from gateway.routes import anthropic as anthropic_routes
@@ -50,6 +51,7 @@ class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.runtime = Runtime(config)
+        self.startup_error: BaseException | None = None  # why the lifespan refused to start
         self.routes = [route for module in ROUTE_MODULES for route in module.ROUTES]
         self.ws_routes = [route for module in ROUTE_MODULES for route in getattr(module, "WEBSOCKET_ROUTES", ())]
         self.quart = QuartTrio("tollhouse")
@@ -93,8 +95,12 @@ class Gateway:
                 await nursery.start(self.runtime.run)
                 await self.quart.startup()
             except Exception as exc:
-                log.exception("startup failed")
-                await send({"type": "lifespan.startup.failed", "message": f"{type(exc).__name__}: {exc}"})
+                self.startup_error = error = _first_leaf(exc)
+                if isinstance(error, LedgerFault):
+                    log.error("startup refused: %s", error)
+                else:
+                    log.exception("startup failed")
+                await send({"type": "lifespan.startup.failed", "message": f"{type(error).__name__}: {error}"})
                 nursery.cancel_scope.cancel()
                 return
             await send({"type": "lifespan.startup.complete"})
@@ -104,6 +110,13 @@ class Gateway:
             finally:
                 nursery.cancel_scope.cancel()
         await send({"type": "lifespan.shutdown.complete"})
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    """The error inside the nurseries' groups: what actually refused the start."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _error_handlers(app: QuartTrio) -> None:

@@ -26,7 +26,13 @@ def _serve(args) -> int:
     cfg.keep_alive_timeout = 75
     app = create_app(config)
     print(f"tollhouse listening on http://{host}:{port}", flush=True)
-    trio.run(partial(hypercorn.trio.serve, app, cfg))
+    try:
+        trio.run(partial(hypercorn.trio.serve, app, cfg))
+    except BaseException:
+        if app.startup_error is None:
+            raise
+        print(f"tollhouse: cannot start: {app.startup_error}", file=sys.stderr)
+        return 1
     return 0
 
 

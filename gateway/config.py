@@ -96,6 +96,7 @@ class CooldownConfig:
     base_s: float = 1.0
     max_s: float = 300.0
     jitter: float = 0.2
+    max_retry_after_s: float = 3600.0
 
 
 @attrs.frozen

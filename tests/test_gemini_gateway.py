@@ -32,6 +32,7 @@ def gemini_config(tmp_path: Path) -> dict:
     doc["providers"]["simg"] = {"family": "simulator", "embedded": True, "protocol": "gemini"}
     doc["models"]["gemini-sim"] = {"targets": ["simg/sim-gemini"]}
     doc["pricing"]["simg/sim-gemini"] = {"input": "1.00", "output": "2.00"}
+    doc["pricing"]["simg/*"] = {"input": "1.00", "output": "2.00"}  # the scripted "+fault" labels
     return doc
 
 

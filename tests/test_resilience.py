@@ -30,6 +30,7 @@ def _config(tmp_path, **extra):
     doc["providers"]["sim"]["credentials"] = [{"id": c, "key": f"k{c}"} for c in "abc"]
     doc["providers"]["backup"] = {"family": "simulator", "embedded": True, "protocol": "openai_chat",
                                   "credentials": [{"id": "z", "key": "kz"}]}
+    doc["pricing"]["backup/*"] = {"input": "1.00", "output": "2.00"}
     doc["streaming"] = {"ttfb_timeout_s": 600, "stall_timeout_s": 600}
     doc["cooldown"] = {"base_s": 5, "max_s": 60, "jitter": 0}
     doc.update(extra)
