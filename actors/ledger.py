@@ -171,8 +171,10 @@ class Ledger:
             message = str(exc)
             if "readonly" in message or "read-only" in message:
                 raise LedgerFault(self.path, f"is read-only ({message})") from exc
-            if "not a database" in message or "malformed" in message:
+            if "not a database" in message:
                 raise LedgerFault(self.path, f"is not a readable SQLite ledger ({message})") from exc
+            if "malformed" in message:
+                raise LedgerFault(self.path, f"fails its integrity check ({message})") from exc
             raise LedgerFault(self.path, f"cannot be used ({message})") from exc
 
     def close(self) -> None:

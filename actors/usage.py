@@ -18,8 +18,9 @@ settlements are kept in a backlog that a retry task writes with backoff until it
 each Settle is answered when its own write commits, and its hold is listed as
 ``settling`` meanwhile (the key's in-flight slot was freed at once by the core). Every
 other message of the batch is undone in the core and refused with ``LedgerUnavailable``,
-and so is every new reserve or key change while the backlog is not empty: nothing is
-held in memory that the ledger does not have.
+and so is every new reserve or key change while the backlog is not empty (without a
+backlog, each batch tries the ledger again): nothing is held in memory that the ledger
+does not have.
 """
 
 from __future__ import annotations
@@ -176,7 +177,7 @@ class UsageActor(Actor):
                 raise
             steps.append(Step(envelope, result, ops, undo))
         writes = [step for step in steps if step.ops]
-        if writes and self.fault is None:
+        if writes and not self.backlog:  # with settlements waiting, the ledger is known to refuse
             try:
                 await self._write([op for step in writes for op in step.ops])
             except LedgerWriteError as exc:
@@ -187,6 +188,7 @@ class UsageActor(Actor):
                 raise
             else:
                 self.commits += 1
+                self.fault = None
                 self.core.written(step.result.request_id for step in writes if isinstance(step.result, Settled))
                 writes = []
         for step in reversed(writes):  # the ledger refused them: park settlements, undo the rest
