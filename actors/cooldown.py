@@ -8,10 +8,15 @@ error rests the credential, an auth failure or permanent quota error kills it, a
 server errors from several credentials of one provider in a short window rest the
 whole provider (told to routing). A success resets the backoff. A second cooldown
 while one is active keeps the later deadline (the credentials actor takes the max).
+
+An upstream's hint is clamped to ``max_retry_after_s``: an hour by default, so a
+``Retry-After`` meant as milliseconds, or a broken proxy's, cannot rest a credential
+for days. ``/admin/cooldowns`` shows both the wait asked and the one applied.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections import deque
 from typing import Any, Callable
@@ -81,8 +86,10 @@ def classify(error: E.GatewayError | None) -> tuple[str, str]:
 
 
 class CooldownCore:
-    def __init__(self, base_s: float, max_s: float, jitter: float, rng: random.Random | None = None) -> None:
+    def __init__(self, base_s: float, max_s: float, jitter: float, rng: random.Random | None = None,
+                 max_retry_after_s: float = 3600.0) -> None:
         self.base_s = base_s
+        self.max_retry_after_s = max_retry_after_s
         self.max_s = max_s
         self.jitter = jitter
         self.rng = rng or random.Random()
@@ -115,11 +122,13 @@ class CooldownCore:
                 return Decision(kind, "credential", None, dead=True), []
         streak = self.failures.get(cred_key, 0) + 1
         self.failures[cred_key] = streak
-        retry_after = o.error.retry_after if o.error is not None else None
-        wait = retry_after if retry_after is not None else self.backoff(streak)
+        asked = o.error.retry_after if o.error is not None else None
+        if asked is not None and (not math.isfinite(asked) or asked < 0):
+            asked = None  # not a wait: parsed hints are checked already, this guards the rest
+        wait = min(asked, self.max_retry_after_s) if asked is not None else self.backoff(streak)
         until = now + wait
         self.active[(o.provider, o.credential_id, o.model if scope == "model" else "*")] = {
-            "reason": kind, "until": until, "dead": False}
+            "reason": kind, "until": until, "dead": False, "asked_s": asked, "applied_s": wait}
         notices = []
         if kind in ("server_error", "overloaded"):
             notices = self._provider_trip(o, now, until)
@@ -153,8 +162,14 @@ class CooldownCore:
                 "model": None if model == "*" else model, "scope": scope, "reason": info["reason"],
                 "dead": info["dead"],
                 "remaining_s": None if info["until"] is None else round(info["until"] - now, 3),
+                "asked_s": info.get("asked_s"), "applied_s": _rounded(info.get("applied_s")),
+                "clamped": info.get("asked_s") is not None and info["asked_s"] > info["applied_s"],
             })
         return {"active": active, "history": {k: list(v) for k, v in self.history.items()}}
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 class CooldownActor(Actor):

@@ -9,7 +9,15 @@ crash can lose the last transactions).
 Schema: ``keys`` (hashed gateway keys and their balances), ``reservations`` (open
 holds; a row exists exactly while a request is in flight), ``entries`` (one row per
 charge, and a separate ``overrun`` row when a charge exceeded its hold; unique by
-request id and kind, which makes settling idempotent on disk too).
+request id and kind, which makes settling idempotent on disk too: a settlement whose
+charge row is already there changes nothing, so a retried write never charges twice).
+
+Opening checks the file before anything trusts it (``Ledger.open``): a zero-length file
+where a ledger existed, a file SQLite cannot read, one that fails ``PRAGMA
+quick_check``, or one that cannot be written refuses the start with ``LedgerFault``
+naming the path and the fault -- never a silent new ledger. While serving, a lock held
+by another process surfaces after a short busy timeout as ``LedgerWriteError``, which
+the usage actor retries.
 """
 
 from __future__ import annotations
@@ -17,8 +25,12 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterable
+
+OPEN_BUSY_TIMEOUT_S = 5.0  # at start: wait this long for another writer before refusing
+BUSY_TIMEOUT_MS = 100  # serving: a lock surfaces fast; the usage actor retries with backoff
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (
@@ -60,15 +72,47 @@ CREATE TABLE IF NOT EXISTS entries (
     reason TEXT NOT NULL,
     cost_source TEXT NOT NULL,
     created_at REAL NOT NULL,
+    basis TEXT NOT NULL DEFAULT '',
+    unanswered TEXT NOT NULL DEFAULT '[]',
     UNIQUE (request_id, kind)
 );
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
+
+# Columns added after the first schema: (name, declaration), added to older ledgers.
+ADDED_ENTRY_COLUMNS = (
+    ("basis", "TEXT NOT NULL DEFAULT ''"),
+    ("unanswered", "TEXT NOT NULL DEFAULT '[]'"),
+)
 
 ENTRY_COLUMNS = (
     "request_id", "kind", "key_name", "provider", "model", "client_model", "credential", "amount_micro",
     "hold_micro", "input", "cached_input", "cache_write", "output", "reasoning", "provenance", "reason",
-    "cost_source", "created_at",
+    "cost_source", "created_at", "basis", "unanswered",
 )
+
+
+class LedgerFault(Exception):
+    """The ledger cannot be trusted or written at start: the gateway must not serve."""
+
+    def __init__(self, path: Path, fault: str) -> None:
+        super().__init__(f"ledger {path}: {fault}; refusing to start (the ledger holds every key's balance: "
+                         "repair or restore it, never delete it to get going)")
+        self.path = path
+        self.fault = fault
+
+
+class LedgerWriteError(Exception):
+    """A write the ledger refused for now (locked by another process, disk error):
+    nothing of that transaction is on disk, and it may be tried again."""
+
+
+def _is_fault(exc: BaseException) -> bool:
+    """SQLite errors of the file or its locks, as opposed to a bug in a statement."""
+    return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
 
 
 class Ledger:
@@ -77,10 +121,61 @@ class Ledger:
         path.mkdir(parents=True, exist_ok=True)
         self.path = path / "ledger.sqlite3"
         self._lock = threading.Lock()
-        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
+        existed = self.path.exists()
+        if existed and self.path.stat().st_size == 0:
+            raise LedgerFault(self.path, "the file is empty (zero bytes) where a ledger existed")
+        try:
+            self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                      timeout=OPEN_BUSY_TIMEOUT_S)
+        except sqlite3.Error as exc:
+            raise LedgerFault(self.path, f"cannot be opened ({exc})") from exc
+        try:
+            self._check(existed)
+        except BaseException:
+            self.db.close()
+            raise
+        self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
+    def _check(self, existed: bool) -> None:
+        """Open, verify and prove writable, or raise ``LedgerFault`` saying which failed."""
+        db = self.db
+        try:
+            if existed:
+                result = [row[0] for row in db.execute("PRAGMA quick_check").fetchall()]
+                if result != ["ok"]:
+                    raise LedgerFault(self.path, "fails its integrity check (PRAGMA quick_check: "
+                                                 + "; ".join(map(str, result[:5])) + ")")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                have = {row[1] for row in db.execute("PRAGMA table_info(entries)").fetchall()}
+                for name, declaration in ADDED_ENTRY_COLUMNS:
+                    if name not in have:
+                        db.execute(f"ALTER TABLE entries ADD COLUMN {name} {declaration}")
+                # A real write proves the file, its directory and its lock are ours to use:
+                # SQLite opens a write-protected file read-only without saying so.
+                db.execute("INSERT INTO meta (name, value) VALUES ('opened_at', ?) "
+                           "ON CONFLICT(name) DO UPDATE SET value = excluded.value", (repr(time.time()),))
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except LedgerFault:
+            raise
+        except sqlite3.Error as exc:
+            message = str(exc)
+            if "readonly" in message or "read-only" in message:
+                raise LedgerFault(self.path, f"is read-only ({message})") from exc
+            if "not a database" in message:
+                raise LedgerFault(self.path, f"is not a readable SQLite ledger ({message})") from exc
+            if "malformed" in message:
+                raise LedgerFault(self.path, f"fails its integrity check ({message})") from exc
+            raise LedgerFault(self.path, f"cannot be used ({message})") from exc
 
     def close(self) -> None:
         with self._lock:
@@ -114,7 +209,10 @@ class Ledger:
             else:
                 cur = self.db.execute(
                     f"SELECT {', '.join(ENTRY_COLUMNS)} FROM entries WHERE request_id = ? ORDER BY seq", (request_id,))
-            return [dict(zip(ENTRY_COLUMNS, row)) for row in cur.fetchall()]
+            rows = [dict(zip(ENTRY_COLUMNS, row)) for row in cur.fetchall()]
+        for row in rows:
+            row["unanswered"] = json.loads(row["unanswered"] or "[]")
+        return rows
 
     def totals(self, since: float | None = None) -> dict:
         """Sums by key, provider, model and credential (optionally since a wall time)."""
@@ -136,24 +234,36 @@ class Ledger:
     # ---------------------------------------------------------------- writes
 
     def apply(self, ops: Iterable[tuple[str, Any]]) -> None:
-        """Write a batch of operations in one transaction."""
+        """Write a batch of operations in one transaction, or none of it.
+
+        A fault of the file or its lock raises ``LedgerWriteError`` (try again later);
+        anything else is a bug and propagates as it is.
+        """
         with self._lock:
             db = self.db
-            db.execute("BEGIN IMMEDIATE")
             try:
-                for op, arg in ops:
-                    _OPS[op](db, arg)
-            except BaseException:
-                db.execute("ROLLBACK")
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    for op, arg in ops:
+                        _OPS[op](db, arg)
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                if _is_fault(exc):
+                    raise LedgerWriteError(str(exc)) from exc
                 raise
-            db.execute("COMMIT")
 
 
 def _put_key(db: sqlite3.Connection, k: dict) -> None:
     db.execute(
+        # spent_micro is written only when the key is new: afterwards only settlements
+        # move it, so a key update can never overwrite a charge that is still being written.
         "INSERT INTO keys (name, key_hash, credit_micro, spent_micro, disabled, models, requests_per_minute, "
         "max_concurrency, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
-        "key_hash=excluded.key_hash, credit_micro=excluded.credit_micro, spent_micro=excluded.spent_micro, "
+        "key_hash=excluded.key_hash, credit_micro=excluded.credit_micro, "
         "disabled=excluded.disabled, models=excluded.models, requests_per_minute=excluded.requests_per_minute, "
         "max_concurrency=excluded.max_concurrency",
         (k["name"], k["key_hash"], k["credit_micro"], k["spent_micro"], int(k["disabled"]),
@@ -170,12 +280,17 @@ def _hold(db: sqlite3.Connection, h: dict) -> None:
 
 
 def _settle(db: sqlite3.Connection, s: dict) -> None:
+    """Book a settlement once: if its charge row exists (unique by request and kind),
+    it was booked before and nothing changes."""
     db.execute("DELETE FROM reservations WHERE id = ?", (s["request_id"],))
-    for entry in s["entries"]:
-        db.execute(
-            f"INSERT OR IGNORE INTO entries ({', '.join(ENTRY_COLUMNS)}) VALUES ({', '.join('?' * len(ENTRY_COLUMNS))})",
-            tuple(entry[c] for c in ENTRY_COLUMNS),
-        )
+    insert = (f"INSERT OR IGNORE INTO entries ({', '.join(ENTRY_COLUMNS)}) "
+              f"VALUES ({', '.join('?' * len(ENTRY_COLUMNS))})")
+    for n, entry in enumerate(s["entries"]):
+        row = {**entry, "unanswered": json.dumps(list(entry.get("unanswered", ()))),
+               "basis": entry.get("basis", "")}
+        cur = db.execute(insert, tuple(row[c] for c in ENTRY_COLUMNS))
+        if n == 0 and cur.rowcount == 0:
+            return
     db.execute("UPDATE keys SET spent_micro = spent_micro + ? WHERE name = ?", (s["charged"], s["key_name"]))
 
 

@@ -12,16 +12,27 @@ first result and changes nothing.
 The core is synchronous and returns the ledger operations each message implies; the
 actor's loop writes a whole batch of them in one transaction in a worker thread, and
 answers the batch only after the commit.
+
+When the ledger refuses a write (locked by another process, a disk error), the batch's
+settlements are kept in a backlog that a retry task writes with backoff until it lands;
+each Settle is answered when its own write commits, and its hold is listed as
+``settling`` meanwhile (the key's in-flight slot was freed at once by the core). Every
+other message of the batch is undone in the core and refused with ``LedgerUnavailable``,
+and so is every new reserve or key change while the backlog is not empty (without a
+backlog, each batch tries the ledger again): nothing is held in memory that the ledger
+does not have.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Iterable, Mapping
 
+import attrs
 import trio
 
 from actors.base import Actor
-from actors.ledger import Ledger
+from actors.ledger import Ledger, LedgerFault, LedgerWriteError
 from actors.mailbox import Envelope, Mailbox, answer, crash_reply
 from actors.usage_core import UsageCore
 from actors.usage_messages import (
@@ -36,13 +47,37 @@ from actors.usage_messages import (
     UpdateKey,
     hash_key,
 )
-from protocols.errors import GatewayError
+from protocols.errors import GatewayError, LedgerUnavailable
 from protocols.money import Price
+
+log = logging.getLogger("tollhouse.usage")
 
 __all__ = ["Authenticate", "CreateKey", "Msg", "Query", "Reservation", "Reserve", "Settle", "Settled",
            "UpdateKey", "UsageActor", "hash_key"]
 
 BATCH = 256
+RETRY_FIRST_S = 0.05  # the first retry of a refused write; doubles up to RETRY_MAX_S
+RETRY_MAX_S = 1.0
+
+
+@attrs.define
+class Step:
+    """One handled message of a batch: its answer, its ledger writes, how to undo it."""
+
+    envelope: Envelope
+    result: Any
+    ops: list
+    undo: Any = None  # () -> None: forgets it in the core if its write is refused
+    parked: bool = False  # a settlement in the backlog: answered when it is written
+
+
+@attrs.define
+class Unwritten:
+    """A settlement the ledger refused so far, and everyone waiting for it."""
+
+    ops: list
+    result: Settled
+    waiters: list = attrs.field(factory=list)
 
 
 class UsageActor(Actor):
@@ -65,8 +100,15 @@ class UsageActor(Actor):
         self.recovered = 0
         self.settles = 0
         self._settled_signal = trio.Event()
+        self.backlog: dict[str, Unwritten] = {}  # request id -> settlement not yet on disk
+        self.fault: str | None = None  # why the ledger refuses writes, while it does
+        self.write_failures = 0
+        self._backlog_added = trio.Event()
 
     async def start(self) -> None:
+        """Open and check the ledger, load it, seed config keys, recover a previous
+        process's open holds. A ledger that cannot be trusted raises ``LedgerFault``:
+        the gateway does not start."""
         self.ledger = await trio.to_thread.run_sync(Ledger, self.state_dir, limiter=self.limiter)
         keys, holds = await trio.to_thread.run_sync(self.ledger.load, limiter=self.limiter)
         self.core.load(keys, holds)
@@ -77,61 +119,153 @@ class UsageActor(Actor):
             self.recovered = len(recovered)
             ops.extend(recovered)
         if ops:
-            await trio.to_thread.run_sync(self.ledger.apply, ops, limiter=self.limiter)
+            try:
+                await trio.to_thread.run_sync(self.ledger.apply, ops, limiter=self.limiter)
+            except LedgerWriteError as exc:
+                self.ledger.close()
+                raise LedgerFault(self.ledger.path, f"cannot be written ({exc})") from exc
+            self.core.written(op[1]["request_id"] for op in ops if op[0] == "settle")
 
     async def run(self, mailbox: Mailbox) -> None:
         receive = mailbox.receive_channel
         try:
-            while True:
-                batch = [await receive.receive()]
-                while len(batch) < BATCH:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_backlog)
+                while True:
+                    batch = [await receive.receive()]
+                    while len(batch) < BATCH:
+                        try:
+                            batch.append(receive.receive_nowait())
+                        except trio.WouldBlock:
+                            break
                     try:
-                        batch.append(receive.receive_nowait())
-                    except trio.WouldBlock:
-                        break
-                try:
-                    await self._process(batch)
-                finally:
-                    mailbox.pending -= len(batch)
+                        await self._process(batch)
+                    finally:
+                        mailbox.pending -= len(batch)
         finally:
             if self.ledger is not None:
                 self.ledger.close()
 
     async def handle_now(self, envelope: Envelope) -> None:
-        await self._process([envelope])
+        """One message in the caller's task; a settlement the ledger refused keeps its
+        caller waiting here for the retry's commit (the caller's own deadline applies)."""
+        if await self._process([envelope]) and envelope.reply is not None:
+            await envelope.reply.wait()
 
-    async def _process(self, batch: list[Envelope]) -> None:
-        ops: list = []
-        replies: list[tuple[Envelope, Any]] = []
+    async def _process(self, batch: list[Envelope]) -> bool:
+        """Handle a batch, write it in one transaction, answer it. True if some of its
+        settlements wait in the backlog (their answers come when they are written)."""
+        now = trio.current_time()
+        steps: list[Step] = []
+        parked = False
         for envelope in batch:
+            msg = envelope.msg
+            if isinstance(msg, Settle) and msg.request_id in self.backlog:
+                self.backlog[msg.request_id].waiters.append(envelope)  # asked again: same answer, same commit
+                parked = True
+                continue
+            undo = self._undo(msg, now)
             try:
-                result, more = self.core.handle(envelope.msg, trio.current_time())
+                result, ops = self.core.handle(msg, now)
             except GatewayError as exc:
-                replies.append((envelope, exc))
+                steps.append(Step(envelope, exc, []))
                 continue
             except Exception as exc:
-                for env, _ in replies:
-                    crash_reply(env, self.name, exc)
+                for step in steps:
+                    crash_reply(step.envelope, self.name, exc)
                 crash_reply(envelope, self.name, exc)
                 raise
-            ops.extend(more)
-            replies.append((envelope, result))
-        if ops:
+            steps.append(Step(envelope, result, ops, undo))
+        writes = [step for step in steps if step.ops]
+        if writes and not self.backlog:  # with settlements waiting, the ledger is known to refuse
             try:
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(self.ledger.apply, ops, limiter=self.limiter)
+                await self._write([op for step in writes for op in step.ops])
+            except LedgerWriteError as exc:
+                self._refused(exc)
             except Exception as exc:
-                for env, _ in replies:
-                    crash_reply(env, self.name, exc)
+                for step in steps:
+                    crash_reply(step.envelope, self.name, exc)
                 raise
-            self.commits += 1
-        for envelope, result in replies:
-            self.handled += 1
-            if isinstance(result, Settled):
-                self.settles += 1
-            answer(envelope, result)
+            else:
+                self.commits += 1
+                self.fault = None
+                self.core.written(step.result.request_id for step in writes if isinstance(step.result, Settled))
+                writes = []
+        for step in reversed(writes):  # the ledger refused them: park settlements, undo the rest
+            if isinstance(step.result, Settled):
+                self.backlog[step.result.request_id] = Unwritten(step.ops, step.result, [step.envelope])
+                self._backlog_added.set()
+                step.parked = parked = True
+            else:
+                step.undo()
+                step.result = LedgerUnavailable(
+                    "The gateway's usage ledger cannot be written right now; no new requests are "
+                    "accepted until it can. Retry later.", retry_after=1.0)
+        for step in steps:
+            if not step.parked:
+                self._answer(step.envelope, step.result)
+        self._signal()
+        return parked
+
+    def _undo(self, msg: Msg, now: float):
+        """How to forget ``msg`` in the core if the ledger refuses its write."""
+        match msg:
+            case Reserve():
+                return lambda: self.core.cancel_reserve(msg.request_id, now)
+            case CreateKey() | UpdateKey():
+                settings = self.core.settings(msg.name)
+                return lambda: self.core.restore(msg.name, settings)
+            case _:
+                return None
+
+    async def _write(self, ops: list) -> None:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self.ledger.apply, ops, limiter=self.limiter)
+
+    def _refused(self, exc: LedgerWriteError) -> None:
+        self.write_failures += 1
+        if self.fault is None:
+            log.error("usage ledger %s refused a write (%s): holding settlements and refusing new "
+                      "requests until it can be written", self.ledger.path, exc)
+        self.fault = str(exc)
+
+    def _answer(self, envelope: Envelope, result: Any) -> None:
+        self.handled += 1
+        if isinstance(result, Settled):
+            self.settles += 1
+        answer(envelope, result)
+
+    def _signal(self) -> None:
         self._settled_signal.set()
         self._settled_signal = trio.Event()
+
+    async def _write_backlog(self) -> None:
+        """Write refused settlements until they land, backing off, without a caller."""
+        delay = RETRY_FIRST_S
+        while True:
+            await self._backlog_added.wait()
+            self._backlog_added = trio.Event()
+            while self.backlog:
+                await trio.sleep(delay)
+                pending = list(self.backlog.items())
+                try:
+                    await self._write([op for _, unwritten in pending for op in unwritten.ops])
+                except LedgerWriteError as exc:
+                    self._refused(exc)
+                    delay = min(delay * 2, RETRY_MAX_S)
+                    continue
+                self.commits += 1
+                self.core.written(request_id for request_id, _ in pending)
+                for request_id, unwritten in pending:
+                    del self.backlog[request_id]
+                    for envelope in unwritten.waiters:
+                        self._answer(envelope, unwritten.result)
+                self._signal()
+            if self.fault is not None:
+                log.warning("usage ledger %s is writable again; every held settlement is written",
+                            self.ledger.path)
+            self.fault = None
+            delay = RETRY_FIRST_S
 
     async def wait_settles(self, n: int) -> None:
         """Return once ``n`` settlements have been committed by this actor (for tests
@@ -145,4 +279,5 @@ class UsageActor(Actor):
 
     def snapshot(self) -> dict:
         return {"keys": len(self.core.keys), "open_reservations": len(self.core.holds),
+                "settling": len(self.backlog), "ledger_fault": self.fault, "write_failures": self.write_failures,
                 "commits": self.commits, "recovered_at_start": self.recovered, **self.core.query("totals")}

@@ -9,7 +9,6 @@ from __future__ import annotations
 import secrets
 import time
 from collections import deque
-from decimal import Decimal, InvalidOperation
 from typing import Any, Iterable, Mapping
 
 import attrs
@@ -34,7 +33,8 @@ from protocols.errors import (
     OutOfCredit,
     Unauthenticated,
 )
-from protocols.money import FREE, Price, cost_micro_usd, to_micro, usd
+from actors.usage_bounds import MAX_MICRO, amount, clean_usage, hold_tokens, micro
+from protocols.money import Price, cost_micro_usd, to_micro, usd
 from protocols.unified import EndReason, Provenance, Usage
 
 
@@ -97,6 +97,20 @@ class Hold:
     model: str | None = None
 
 
+@attrs.frozen
+class KeySettings:
+    """What an admin message may change on a key: kept to undo a change the ledger refused."""
+
+    credit_micro: int | None
+    disabled: bool
+    models: tuple | None
+    requests_per_minute: int | None
+    max_concurrency: int | None
+
+
+SETTINGS = tuple(a.name for a in attrs.fields(KeySettings))
+
+
 class UsageCore:
     def __init__(self, pricing: Mapping[str, Price], wall=time.time) -> None:
         self.pricing = dict(pricing)
@@ -104,6 +118,7 @@ class UsageCore:
         self.keys: dict[str, KeyState] = {}
         self.by_hash: dict[str, KeyState] = {}
         self.holds: dict[str, Hold] = {}
+        self.settling: dict[str, Hold] = {}  # settled in memory, not yet on disk
         self._hashes: dict[str, str] = {}
         self.settled: dict[str, Settled] = {}
         self.totals = {"requests": 0, "charged_micro": 0, "overrun_micro": 0}
@@ -143,9 +158,13 @@ class UsageCore:
             ops.append(("put_key", state.row()))
         return ops
 
-    def price(self, label: str) -> Price:
-        provider = label.partition("/")[0]
-        return self.pricing.get(label) or self.pricing.get(f"{provider}/*") or FREE
+    def price(self, label: str) -> Price | None:
+        """The label's own price, else its provider's ``provider/*``; None: unpriced.
+        A free target is an explicit zero price, never a missing one."""
+        price = self.pricing.get(label)
+        if price is None:
+            price = self.pricing.get(label.partition("/")[0] + "/*")
+        return price
 
     # -- messages
 
@@ -172,9 +191,15 @@ class UsageCore:
         state = self.authenticate(msg.key, msg.client_model)
         if msg.request_id in self.holds or msg.request_id in self.settled:
             raise InvalidRequest(f"duplicate request id {msg.request_id}")
+        estimate = Usage(input=hold_tokens(msg.input_tokens, "input_tokens"),
+                         output=hold_tokens(msg.output_tokens, "output_tokens"))
+        prices = [self.price(t) for t in msg.targets]
+        unpriced = [t for t, p in zip(msg.targets, prices) if p is None]
+        if unpriced:
+            raise Forbidden(f"The model '{msg.client_model}' is not served: no price is configured for "
+                            f"{', '.join(unpriced)}.", param="model")
         state.check_limits(now)
-        estimate = Usage(input=msg.input_tokens, output=msg.output_tokens)
-        hold = max((cost_micro_usd(estimate, self.price(t))[0] for t in msg.targets), default=0)
+        hold = micro(max((cost_micro_usd(estimate, p)[0] for p in prices), default=0))
         available = state.available()
         if available is not None and (hold > available or available <= 0):
             raise OutOfCredit(
@@ -190,6 +215,23 @@ class UsageCore:
                        "hold_micro": hold, "created_at": h.created_at})
         return Reservation(h.id, state.name, hold), [op]
 
+    def cancel_reserve(self, request_id: str, now: float) -> None:
+        """Undo a reserve whose write the ledger refused: nothing stays held for it."""
+        hold = self.holds.pop(request_id, None)
+        if hold is None:
+            return
+        state = self.keys.get(hold.key_name)
+        if state is not None:
+            state.held_micro -= hold.hold_micro
+            state.in_flight -= 1
+            if state.recent and state.recent[-1] == now:
+                state.recent.pop()
+
+    def written(self, request_ids: Iterable[str]) -> None:
+        """These settlements are on disk: their holds are gone for good."""
+        for request_id in request_ids:
+            self.settling.pop(request_id, None)
+
     def settle(self, msg: Settle, now: float) -> tuple[Settled, list]:
         done = self.settled.get(msg.request_id)
         if done is not None:
@@ -198,20 +240,26 @@ class UsageCore:
         if hold is None:
             raise NotFound(f"no open reservation {msg.request_id}")
         label = f"{msg.provider}/{msg.model}" if msg.provider else ""
-        if msg.usage is not None:
-            cost, reported = cost_micro_usd(msg.usage, self.price(label))
+        usage = clean_usage(msg.usage) if msg.usage is not None else None
+        price = self.price(label) if usage is not None else None
+        if usage is not None and (price is not None or usage.cost_usd is not None):
+            cost, reported = cost_micro_usd(usage, price or Price())
             source = "reported" if reported else "pricing"
             provenance = msg.provenance
+        elif usage is not None:
+            cost, source, provenance = hold.hold_micro, "unpriced", Provenance.ESTIMATED
         elif msg.no_work:
             cost, source, provenance = 0, "refused", Provenance.ESTIMATED
         else:
             cost, source, provenance = hold.hold_micro, "hold", Provenance.ESTIMATED
+        cost = micro(cost)
         overrun = max(0, cost - hold.hold_micro)
-        usage = msg.usage or Usage()
+        usage = usage or Usage()
         base = {"request_id": msg.request_id, "key_name": hold.key_name, "provider": msg.provider,
                 "model": msg.model, "client_model": hold.client_model, "credential": msg.credential,
                 "hold_micro": hold.hold_micro, "provenance": provenance.value, "reason": msg.reason.value,
-                "cost_source": source, "created_at": self.wall(),
+                "cost_source": source, "created_at": self.wall(), "basis": str(msg.basis or ""),
+                "unanswered": [str(a) for a in msg.unanswered or ()],
                 "input": usage.input, "cached_input": usage.cached_input, "cache_write": usage.cache_write,
                 "output": usage.output, "reasoning": usage.reasoning}
         entries = [{**base, "kind": "charge", "amount_micro": cost - overrun}]
@@ -223,6 +271,7 @@ class UsageCore:
             state.held_micro -= hold.hold_micro
             state.in_flight -= 1
             state.spent_micro += cost
+        self.settling[msg.request_id] = hold
         result = Settled(msg.request_id, cost, overrun, provenance, msg.reason, source)
         self.settled[msg.request_id] = result
         if len(self.settled) > 100_000:
@@ -247,7 +296,13 @@ class UsageCore:
         plaintext = msg.key or "th-" + secrets.token_urlsafe(24)
         if hash_key(plaintext) in self.by_hash:
             raise InvalidRequest("that key value is already in use")
-        credit = None if msg.credit_usd is None else to_micro(_decimal(msg.credit_usd))
+        if not isinstance(msg.unlimited, bool):
+            raise InvalidRequest(f"unlimited must be true or false, not {msg.unlimited!r}")
+        if msg.credit_usd is None and not msg.unlimited:
+            raise InvalidRequest("A key needs credit_usd, or \"unlimited\": true for a key without a credit limit.")
+        if msg.credit_usd is not None and msg.unlimited:
+            raise InvalidRequest("A key has either credit_usd or \"unlimited\": true, not both.")
+        credit = None if msg.credit_usd is None else to_micro(amount(msg.credit_usd))
         state = KeyState(msg.name, hash_key(plaintext), credit, models=msg.models, created_at=self.wall(),
                          requests_per_minute=_limit(msg.requests_per_minute),
                          max_concurrency=_limit(msg.max_concurrency))
@@ -258,28 +313,53 @@ class UsageCore:
         state = self.keys.get(msg.name)
         if state is None:
             raise NotFound(f"no key named {msg.name!r}")
+        credit = state.credit_micro
         if msg.credit_usd is not None:
-            state.credit_micro = to_micro(_decimal(msg.credit_usd))
+            credit = to_micro(amount(msg.credit_usd))
         if msg.add_credit_usd is not None:
-            state.credit_micro = (state.credit_micro or 0) + to_micro(_decimal(msg.add_credit_usd))
+            credit = (credit or 0) + to_micro(amount(msg.add_credit_usd))
+        if credit is not None and credit > MAX_MICRO:
+            raise InvalidRequest(f"a key's credit must be at most ${usd(MAX_MICRO)}")
+        if msg.models != "unchanged" and msg.models is not None and not isinstance(msg.models, (list, tuple)):
+            raise InvalidRequest("models must be a list of model names or null")
+        rpm = state.requests_per_minute if msg.requests_per_minute == "unchanged" else _limit(msg.requests_per_minute)
+        conc = state.max_concurrency if msg.max_concurrency == "unchanged" else _limit(msg.max_concurrency)
+        state.credit_micro = credit
+        state.requests_per_minute, state.max_concurrency = rpm, conc
         if msg.disabled is not None:
             state.disabled = msg.disabled
         if msg.models != "unchanged":
-            if msg.models is not None and not isinstance(msg.models, (list, tuple)):
-                raise InvalidRequest("models must be a list of model names or null")
             state.models = tuple(msg.models) if msg.models is not None else None
-        if msg.requests_per_minute != "unchanged":
-            state.requests_per_minute = _limit(msg.requests_per_minute)
-        if msg.max_concurrency != "unchanged":
-            state.max_concurrency = _limit(msg.max_concurrency)
         return state.view(), [("put_key", state.row())]
+
+    def settings(self, name: str) -> KeySettings | None:
+        """A key's changeable settings now (None: no such key), to restore if a write fails."""
+        state = self.keys.get(name)
+        if state is None:
+            return None
+        return KeySettings(*(getattr(state, field) for field in SETTINGS))
+
+    def restore(self, name: str, settings: KeySettings | None) -> None:
+        """Undo a CreateKey (``settings`` None) or an UpdateKey the ledger refused."""
+        state = self.keys.get(name)
+        if state is None:
+            return
+        if settings is None:
+            del self.keys[name]
+            self.by_hash.pop(state.key_hash, None)
+            return
+        for field in SETTINGS:
+            setattr(state, field, getattr(settings, field))
 
     def query(self, what: str) -> Any:
         if what == "keys":
             return [k.view() for k in self.keys.values()]
         if what == "reservations":
+            wall = self.wall()
             return [{"request_id": h.id, "key": h.key_name, "model": h.client_model, "hold_usd": usd(h.hold_micro),
-                     "age_s": round(self.wall() - h.created_at, 3)} for h in self.holds.values()]
+                     "age_s": round(wall - h.created_at, 3), "status": status}
+                    for status, holds in (("open", self.holds), ("settling", self.settling))
+                    for h in holds.values()]
         if what == "totals":
             return {"requests": self.totals["requests"], "charged_usd": usd(self.totals["charged_micro"]),
                     "overrun_usd": usd(self.totals["overrun_micro"])}
@@ -309,13 +389,3 @@ def _limit(value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise InvalidRequest(f"a limit must be a positive integer or null, not {value!r}")
     return value
-
-
-def _decimal(value: Any) -> Decimal:
-    try:
-        d = Decimal(str(value))
-    except InvalidOperation:
-        raise InvalidRequest(f"not a decimal amount: {value!r}") from None
-    if not d.is_finite() or d < 0:
-        raise InvalidRequest(f"amount must be >= 0: {value!r}")
-    return d

@@ -71,6 +71,7 @@ class CreateKey:
     key: str | None = None
     requests_per_minute: int | None = None
     max_concurrency: int | None = None
+    unlimited: bool = False  # without credit_usd a key is unlimited only when this says so
 
 
 @attrs.frozen

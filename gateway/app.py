@@ -18,6 +18,7 @@ import logging
 import trio
 from quart_trio import QuartTrio
 
+from actors.ledger import LedgerFault
 from gateway.config import Config
 from gateway.routes import admin, models
 from gateway.routes import anthropic as anthropic_routes
@@ -104,12 +105,12 @@ class Gateway:
                 await nursery.start(self.runtime.run)
                 await self.quart.startup()
             except Exception as exc:
-                self.startup_error = exc
-                if isinstance(exc, StateDirBusy):
-                    log.error("%s", exc)  # an operator's situation, not a bug: no traceback
+                self.startup_error = error = _first_leaf(exc)
+                if isinstance(error, (StateDirBusy, LedgerFault)):
+                    log.error("startup refused: %s", error)  # an operator's situation, not a bug
                 else:
                     log.exception("startup failed")
-                await send({"type": "lifespan.startup.failed", "message": f"{type(exc).__name__}: {exc}"})
+                await send({"type": "lifespan.startup.failed", "message": f"{type(error).__name__}: {error}"})
                 nursery.cancel_scope.cancel()
                 return
             await send({"type": "lifespan.startup.complete"})
@@ -138,6 +139,13 @@ def _whole_sends(send):
             await send(message)
 
     return whole_send
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    """The error inside the nurseries' groups: what actually refused the start."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _error_handlers(app: QuartTrio) -> None:

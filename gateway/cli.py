@@ -24,7 +24,7 @@ def _serve(args) -> int:
     try:
         trio.run(serve, app, f"{host}:{port}", partial(print, flush=True))
     except StartRefused as exc:
-        print(f"tollhouse: not started: {exc}", file=sys.stderr)
+        print(f"tollhouse: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
 

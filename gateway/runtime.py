@@ -68,7 +68,8 @@ class Runtime:
         credentials = sup.add("credentials", lambda: CredentialsActor(CredentialsCore(
             {name: p.credentials for name, p in cfg.providers.items()})), size, timeout)
         cooldown = sup.add("cooldown", lambda: CooldownActor(CooldownCore(
-            cfg.cooldown.base_s, cfg.cooldown.max_s, cfg.cooldown.jitter), routing.tell_nowait), size, timeout)
+            cfg.cooldown.base_s, cfg.cooldown.max_s, cfg.cooldown.jitter,
+            max_retry_after_s=cfg.cooldown.max_retry_after_s), routing.tell_nowait), size, timeout)
         limiter = trio.CapacityLimiter(1)
         first_start = [True]
         usage = sup.add("usage", lambda: UsageActor(

@@ -5,11 +5,18 @@ date; Gemini's ``RetryInfo.retryDelay`` in the error body (``"26s"``); OpenAI's
 ``x-ratelimit-reset-requests``/``-tokens`` Go-style durations (``"6m0s"``, ``"120ms"``)
 when the limit is exhausted; Anthropic's ``anthropic-ratelimit-*-reset`` RFC 3339
 times. All pure: the caller passes the current wall time.
+
+A hint that is not a sane wait -- infinite, NaN, negative, or longer than
+``ABSURD_S`` (``Retry-After: 1e9`` is 31 years: a bug or a unit mix-up, not advice) --
+is treated as absent, so the caller's own backoff applies. A date in the past means
+"now" (clocks differ) and is 0. The cooldown actor clamps what remains to its
+configured maximum.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -17,6 +24,21 @@ from typing import Mapping
 
 _GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+ABSURD_S = 30 * 86400.0  # no upstream means it when it asks for more than a month
+
+
+def sane(seconds: float | None) -> float | None:
+    """A wait in seconds, or None when it is not one anybody meant."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 0 or seconds > ABSURD_S:
+        return None
+    return seconds
+
+
+def _seconds(text: str, scale: float = 1.0) -> float | None:
+    try:
+        return sane(float(text.strip()) * scale)
+    except (ValueError, OverflowError):
+        return None
 
 
 def go_duration(text: str) -> float | None:
@@ -25,15 +47,15 @@ def go_duration(text: str) -> float | None:
     parts = _GO_DURATION.findall(text)
     if not parts or "".join(n + u for n, u in parts) != text:
         return None
-    return sum(float(n) * _UNIT[u] for n, u in parts)
+    return sane(sum(float(n) * _UNIT[u] for n, u in parts))
 
 
 def _http_date(text: str, now_wall: float) -> float | None:
     try:
         when = parsedate_to_datetime(text)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    return max(0.0, when.timestamp() - now_wall)
+    return sane(max(0.0, when.timestamp() - now_wall))
 
 
 def _rfc3339(text: str, now_wall: float) -> float | None:
@@ -41,7 +63,7 @@ def _rfc3339(text: str, now_wall: float) -> float | None:
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return max(0.0, when.timestamp() - now_wall)
+    return sane(max(0.0, when.timestamp() - now_wall))
 
 
 def gemini_retry_delay(body: bytes) -> float | None:
@@ -56,28 +78,30 @@ def gemini_retry_delay(body: bytes) -> float | None:
         if isinstance(d, dict) and str(d.get("@type", "")).endswith("RetryInfo"):
             delay = d.get("retryDelay")
             if isinstance(delay, str) and delay.endswith("s"):
-                try:
-                    return float(delay[:-1])
-                except ValueError:
-                    return None
+                return _seconds(delay[:-1])
     return None
+
+
+def _looks_numeric(value: str) -> bool:
+    """A number of seconds (any float spelling, ``inf`` and ``nan`` included), not a date."""
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
 
 
 def retry_after(headers: Mapping[str, str], body: bytes, now_wall: float) -> float | None:
     h = {k.lower(): v for k, v in headers.items()}
     if "retry-after-ms" in h:
-        try:
-            return max(0.0, float(h["retry-after-ms"]) / 1000.0)
-        except ValueError:
-            pass
+        delay = _seconds(h["retry-after-ms"], 0.001)
+        if delay is not None:
+            return delay
     if "retry-after" in h:
         value = h["retry-after"].strip()
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            delay = _http_date(value, now_wall)
-            if delay is not None:
-                return delay
+        delay = _seconds(value) if _looks_numeric(value) else _http_date(value, now_wall)
+        if delay is not None:
+            return delay
     delay = gemini_retry_delay(body) if body else None
     if delay is not None:
         return delay

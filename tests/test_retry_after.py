@@ -52,3 +52,31 @@ def test_classification_of_real_error_bodies():
     assert isinstance(E.classify_upstream(401, b"{}", {}, None), E.UpstreamAuthError)
     long = b'{"error": {"message": "This model\'s maximum context length is 8192 tokens"}}'
     assert isinstance(E.classify_upstream(400, long, {}, None), E.UpstreamContextTooLong)
+
+
+def test_hints_that_are_not_sane_waits_are_treated_as_absent():
+    for value in ("inf", "-inf", "nan", "-5", "1e9", "1e400", "Infinity"):
+        assert retry_after({"retry-after": value}, b"", 0) is None, value
+        assert retry_after({"retry-after-ms": value if value != "1e9" else "1e12"}, b"", 0) is None, value
+    assert retry_after({"retry-after-ms": "nan", "retry-after": "12"}, b"", 0) == 12
+    gemini = json.dumps({"error": {"details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                                                "retryDelay": "infs"}]}}).encode()
+    assert retry_after({}, gemini, 0) is None
+    assert retry_after({"retry-after": "Fri, 01 Jan 2100 00:00:00 GMT"}, b"", 0) is None
+    assert retry_after({"retry-after": "Tue, 26 Mar 2024 20:00:00 GMT"}, b"", 2e9) == 0.0  # in the past: now
+
+
+def test_cooldown_clamps_an_upstream_hint_and_shows_both_waits():
+    from actors.cooldown import CooldownCore, Outcome
+
+    core = CooldownCore(1.0, 300.0, 0.0, max_retry_after_s=3600.0)
+    limited = E.UpstreamRateLimited("slow down", retry_after=86400.0 * 20, upstream_status=429)
+    decision, _ = core.outcome(Outcome("p", "m", "a", limited), now=100.0)
+    assert decision.until == 100.0 + 3600.0
+    [active] = core.snapshot(now=100.0)["active"]
+    assert (active["asked_s"], active["applied_s"], active["clamped"]) == (86400.0 * 20, 3600.0, True)
+    for bad in (float("inf"), float("nan"), -3.0):
+        decision, _ = core.outcome(Outcome("p", "m", f"b{bad}", E.UpstreamRateLimited("x", retry_after=bad)), now=0.0)
+        assert decision.until == 1.0  # the backoff, not the nonsense
+    decision, _ = core.outcome(Outcome("p", "m", "c", E.UpstreamRateLimited("x", retry_after=7.0)), now=0.0)
+    assert decision.until == 7.0

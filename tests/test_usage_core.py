@@ -136,3 +136,170 @@ def test_created_keys_are_stored_hashed_and_shown_once():
     assert created["key"].startswith("th-") and created["credit_usd"] == "2.500000"
     assert ops[0][1]["key_hash"] == hash_key(created["key"])
     assert created["key"] not in str(ops) and "key" not in c.keys["new"].view()
+
+
+# ---------------------------------------------------------------- bounds: nothing mints money
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from actors.usage_bounds import MAX_MICRO  # noqa: E402
+
+
+def test_negative_or_fractional_token_counts_are_refused_and_hold_nothing():
+    c = core()
+    for bad in (-1, -10**9, 1.5, "100", True, 10**30):
+        with pytest.raises(E.InvalidRequest):
+            c.reserve(Reserve(f"r{bad}", "secret", "m", ("p/m",), input_tokens=50, output_tokens=bad), 0)
+        with pytest.raises(E.InvalidRequest):
+            c.reserve(Reserve(f"r{bad}", "secret", "m", ("p/m",), input_tokens=bad, output_tokens=1), 0)
+    assert not c.holds and c.keys["k"].held_micro == 0 and c.keys["k"].in_flight == 0
+
+
+def test_a_target_without_a_price_is_refused_and_an_explicit_zero_price_is_free():
+    c = UsageCore({"p/m": PRICE, "free/*": Price()}, wall=lambda: 0.0)
+    c.seed_keys([KeySpec("k", Secret("secret"))])
+    with pytest.raises(E.Forbidden, match="no price is configured for q/x"):
+        c.reserve(Reserve("r1", "secret", "m", ("p/m", "q/x"), 1, 1), 0)
+    assert not c.holds and c.keys["k"].in_flight == 0
+    res, _ = c.reserve(Reserve("r2", "secret", "m", ("free/anything",), 1000, 1000), 0)
+    assert res.hold_micro == 0
+    done, _ = c.settle(Settle("r2", Usage(input=5, output=5), Provenance.REPORTED, EndReason.END, "free", "anything"), 0)
+    assert (done.charged_micro, done.cost_source) == (0, "pricing")
+
+
+def test_negative_usage_and_a_negative_reported_cost_are_not_refunds():
+    c = core()
+    reserve(c, "r1")
+    done, ops = c.settle(Settle("r1", Usage(input=-10**6, output=-5, cost_usd="-3.00"), Provenance.REPORTED,
+                                EndReason.END, "p", "m"), 0)
+    assert done.charged_micro == 0 and done.cost_source == "pricing"
+    assert c.keys["k"].spent_micro == 0
+    reserve(c, "r2")
+    done, _ = c.settle(Settle("r2", Usage(input=50, output=10, cost_usd="NaN"), Provenance.REPORTED,
+                              EndReason.END, "p", "m"), 0)
+    assert (done.charged_micro, done.cost_source) == (70, "pricing")
+
+
+def test_a_refused_reserve_write_is_rolled_back_in_the_core():
+    c = core(max_concurrency=1, requests_per_minute=1)
+    reserve(c, "r1", now=5.0)
+    c.cancel_reserve("r1", 5.0)
+    state = c.keys["k"]
+    assert (state.held_micro, state.in_flight, len(state.recent), c.holds) == (0, 0, 0, {})
+    reserve(c, "r2", now=5.0)  # neither the concurrency slot nor the minute's request was used up
+
+
+def test_a_settled_hold_is_listed_as_settling_until_it_is_written():
+    c = core(max_concurrency=1)
+    reserve(c, "r1")
+    assert [r["status"] for r in c.query("reservations")] == ["open"]
+    c.settle(Settle("r1", None, Provenance.ESTIMATED, EndReason.END), 0)
+    assert [(r["request_id"], r["status"]) for r in c.query("reservations")] == [("r1", "settling")]
+    assert c.keys["k"].in_flight == 0
+    reserve(c, "r2")  # the key's slot is free at once
+    c.written(["r1"])
+    assert [(r["request_id"], r["status"]) for r in c.query("reservations")] == [("r2", "open")]
+
+
+def test_settle_records_its_basis_and_unanswered_attempts():
+    c = core()
+    reserve(c, "r1")
+    _, ops = c.settle(Settle("r1", None, Provenance.ESTIMATED, EndReason.CLIENT_CANCEL, "p", "m",
+                             basis="hold", unanswered=("p/m@a",)), 0)
+    [entry] = ops[0][1]["entries"]
+    assert (entry["basis"], entry["unanswered"]) == ("hold", ["p/m@a"])
+
+
+def test_a_key_without_credit_is_unlimited_only_when_it_says_so():
+    c = core()
+    with pytest.raises(E.InvalidRequest, match="unlimited"):
+        c.create_key(CreateKey("a"))
+    with pytest.raises(E.InvalidRequest, match="not both"):
+        c.create_key(CreateKey("b", credit_usd="1", unlimited=True))
+    with pytest.raises(E.InvalidRequest):
+        c.create_key(CreateKey("c", unlimited="yes"))
+    assert set(c.keys) == {"k"}
+    created, _ = c.create_key(CreateKey("d", unlimited=True))
+    assert created["credit_usd"] is None and created["available_usd"] is None
+
+
+def test_a_refused_key_change_is_undone():
+    c = core()
+    before = c.settings("k")
+    c.update_key(UpdateKey("k", credit_usd="9", disabled=True, max_concurrency=3))
+    c.restore("k", before)
+    assert c.settings("k") == before
+    c.create_key(CreateKey("new", credit_usd="1"))
+    c.restore("new", None)
+    assert "new" not in c.keys and len(c.by_hash) == 1
+
+
+def test_amounts_that_do_not_fit_the_ledger_are_refused():
+    c = core()
+    for bad in ("1e30", "Infinity", "NaN", "-1", True, "sNaN"):
+        with pytest.raises(E.InvalidRequest):
+            c.create_key(CreateKey(f"x{bad}", credit_usd=bad))
+        with pytest.raises(E.InvalidRequest):
+            c.update_key(UpdateKey("k", add_credit_usd=bad))
+    assert c.keys["k"].credit_micro == 1_000_000
+
+
+_amounts = st.one_of(st.none(), st.sampled_from(["0", "0.0003", "1", "5.00", "-1", "NaN", "Infinity", "1e30",
+                                                 "sNaN", "abc", "1e-9"]),
+                     st.decimals(allow_nan=True, allow_infinity=True), st.integers(-10**20, 10**20))
+_tokens = st.one_of(st.integers(-10**12, 10**12), st.sampled_from([0, 1, -1, 10**10, 10**10 + 1]),
+                    st.floats(allow_nan=True), st.just("7"))
+_counts = st.one_of(st.integers(-10**20, 10**20), st.floats(allow_nan=True, allow_infinity=True))
+_usage = st.one_of(st.none(), st.builds(
+    Usage, input=_counts, cached_input=_counts, cache_write=_counts, output=_counts, reasoning=_counts,
+    cost_usd=st.one_of(st.none(), st.sampled_from(["-5", "NaN", "0.01", "1e40", "Infinity", "x", "0"]))))
+_ids = st.sampled_from(["r0", "r1", "r2", "r3", "nope"])
+_keys = st.sampled_from(["k", "k2", "ghost"])
+_ops = st.one_of(
+    st.tuples(st.just("create"), _keys, _amounts, st.booleans()),
+    st.tuples(st.just("update"), _keys, _amounts, _amounts, st.one_of(st.none(), st.integers(-2, 3))),
+    st.tuples(st.just("reserve"), _ids, _keys, _tokens, _tokens,
+              st.sampled_from([("p/m",), ("p/m", "p/big"), ("q/unpriced",), ()])),
+    st.tuples(st.just("settle"), _ids, _usage, st.booleans(), st.sampled_from([("p", "m"), ("p", "big"), ("q", "x"),
+                                                                               (None, None)])),
+    st.tuples(st.just("cancel"), _ids),
+    st.tuples(st.just("written"), _ids),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_ops, max_size=40))
+def test_no_sequence_of_messages_mints_credit_or_lowers_spent(ops):
+    c = UsageCore({"p/m": PRICE, "p/big": Price(input=Decimal("1e6"), output=Decimal("1e6"))}, wall=lambda: 0.0)
+    c.seed_keys([KeySpec("k", Secret("secret-k"))])
+    secrets_by_key = {"k": "secret-k", "k2": "secret-k2", "ghost": "secret-ghost"}
+    spent = {"k": 0}
+    for n, op in enumerate(ops):
+        try:
+            match op:
+                case ("create", name, credit, unlimited):
+                    c.create_key(CreateKey(name, credit_usd=credit, key=secrets_by_key[name], unlimited=unlimited))
+                case ("update", name, credit, add, conc):
+                    c.update_key(UpdateKey(name, credit_usd=credit, add_credit_usd=add,
+                                           max_concurrency=conc if conc is None or conc > 0 else conc))
+                case ("reserve", rid, name, inp, out, targets):
+                    c.reserve(Reserve(rid, secrets_by_key[name], "m", targets, inp, out), float(n))
+                case ("settle", rid, usage, no_work, (provider, model)):
+                    c.settle(Settle(rid, usage, Provenance.REPORTED, EndReason.END, provider, model,
+                                    no_work=no_work), float(n))
+                case ("cancel", rid):
+                    c.cancel_reserve(rid, float(n))
+                case ("written", rid):
+                    c.written([rid])
+        except E.GatewayError:
+            pass
+        for name, state in c.keys.items():
+            open_holds = [h for h in c.holds.values() if h.key_name == name]
+            assert state.held_micro == sum(h.hold_micro for h in open_holds) >= 0
+            assert state.in_flight == len(open_holds)
+            assert all(0 <= h.hold_micro <= MAX_MICRO for h in open_holds)
+            assert state.spent_micro >= spent.get(name, 0), "spent never decreases"
+            spent[name] = state.spent_micro
+            if state.credit_micro is not None:
+                assert state.available() <= state.credit_micro, "available credit never exceeds the credit"
+                assert 0 <= state.credit_micro <= MAX_MICRO

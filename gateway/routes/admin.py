@@ -2,7 +2,10 @@
 
 ``/admin/actors``: every actor's mailbox depth, handled count, restarts, state summary.
 ``/admin/credentials``, ``/admin/cooldowns``: pool and cooldown state (no secrets).
-``/admin/keys``, ``/admin/usage``, ``/admin/reservations``: the meter.
+``/admin/keys``, ``/admin/usage``, ``/admin/reservations``: the meter. A reservation is
+``open`` while its request runs and ``settling`` once settled but not yet on disk (the
+ledger refused the write; the meter retries it). ``/admin/usage/records``: the ledger's
+entries, with the ``basis`` of an estimated charge and the ``unanswered`` attempts.
 """
 
 from __future__ import annotations
@@ -81,7 +84,8 @@ async def create_key(runtime):
     created = await runtime.actors.usage.ask(usage.CreateKey(
         name=str(doc.get("name") or ""), credit_usd=doc.get("credit_usd"),
         models=tuple(models) if isinstance(models, list) else None,
-        requests_per_minute=doc.get("requests_per_minute"), max_concurrency=doc.get("max_concurrency")))
+        requests_per_minute=doc.get("requests_per_minute"), max_concurrency=doc.get("max_concurrency"),
+        unlimited=doc.get("unlimited", False)))
     return created, 201
 
 
