@@ -273,6 +273,11 @@ class UsageActor(Actor):
         while self.settles < n:
             await self._settled_signal.wait()
 
+    async def wait_written(self) -> None:
+        """Return once no settlement waits in the backlog (a stop's last flush)."""
+        while self.backlog:
+            await self._settled_signal.wait()
+
     async def read(self, fn, *args):
         """Run a read-only ledger query off the event loop (admin views)."""
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)

@@ -112,10 +112,14 @@ class Runtime:
 
         Its inbox is first in, first out and it answers only after a commit, so the
         answer to one more (read-only) message means everything ahead of it is on disk:
-        a settlement whose caller gave up waiting is still written, not dropped.
+        a settlement whose caller gave up waiting is still written, not dropped -- and so
+        is one the ledger refused, retried until it lands or the flush's time is up.
         """
         try:
-            await self.actors.usage.ask(Query("totals"), timeout=FLUSH_TIMEOUT_S)
+            with trio.fail_after(FLUSH_TIMEOUT_S):
+                await self.actors.usage.ask(Query("totals"), timeout=FLUSH_TIMEOUT_S)
+                # settlements the ledger refused are still being retried: give them the time left
+                await self.supervisor.actor("usage").wait_written()
         except (trio.TooSlowError, GatewayError) as exc:
             log.error("the meter did not flush (%s); its open holds will be recovered at the next start",
                       type(exc).__name__)

@@ -131,6 +131,45 @@ async def test_while_a_settlement_waits_its_hold_is_listed_as_settling_and_the_s
                 other.close()
 
 
+async def test_a_stop_waits_for_a_settlement_the_ledger_refused(tmp_path):
+    doc = base_config(tmp_path)
+    doc["streaming"]["settle_timeout_s"] = 0.5  # the answer goes out while its settlement still waits
+    doc["simulator"] = {"tokens_per_second": 50}  # the answer takes a while: the lock comes first
+    ledger_path = Path(doc["state_dir"]) / "ledger.sqlite3"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            async with running_gateway(doc) as gw, httpx.AsyncClient(base_url=gw.url, timeout=30) as client:
+                other = sqlite3.connect(ledger_path, isolation_level=None, check_same_thread=False)
+
+                answered = trio.Event()
+
+                async def call() -> None:
+                    r = await client.post("/v1/chat/completions", json=CHAT,
+                                          headers={"authorization": f"Bearer {DEMO_KEY}"})
+                    assert r.status_code == 200
+                    answered.set()
+
+                nursery.start_soon(call)
+                meter = gw.usage_actor
+                while not (meter.core.holds and meter.commits):
+                    await trio.sleep(0.001)  # the reserve is on disk: polled under the deadline above
+                other.execute("BEGIN IMMEDIATE")
+                await answered.wait()
+                assert meter.backlog, "the settlement was refused and waits"
+                # The gateway stops with the settlement unwritten; the lock goes a moment later.
+                nursery.start_soon(trio.to_thread.run_sync, _release_after, other, 1.0)
+    with sqlite3.connect(ledger_path) as db:
+        assert db.execute("SELECT kind, reason FROM entries").fetchall() == [("charge", "end")]
+        assert db.execute("SELECT COUNT(*) FROM reservations").fetchall() == [(0,)]
+
+
+def _release_after(db: sqlite3.Connection, seconds: float) -> None:
+    """Another process lets go of the ledger's write lock after ``seconds`` real seconds."""
+    time.sleep(seconds)
+    db.execute("ROLLBACK")
+    db.close()
+
+
 async def test_a_reserve_refused_by_a_locked_ledger_leaves_nothing_and_the_next_one_is_served(tmp_path):
     doc = base_config(tmp_path)
     ledger_path = Path(doc["state_dir"]) / "ledger.sqlite3"
