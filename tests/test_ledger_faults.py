@@ -122,11 +122,14 @@ async def test_while_a_settlement_waits_its_hold_is_listed_as_settling_and_the_s
                     assert key["in_flight"] == 0
                     state = (await client.get("/admin/actors", headers=ADMIN)).json()["usage"]["state"]
                     assert state["settling"] == 1 and "locked" in state["ledger_fault"]
+                    health = await client.get("/healthz")
+                    assert (health.status_code, health.json()["status"]) == (503, "ledger_unavailable")
                     other.execute("ROLLBACK")
                 assert result["r"].status_code == 200
                 assert await _reservations(client) == []
                 state = (await client.get("/admin/actors", headers=ADMIN)).json()["usage"]["state"]
                 assert (state["settling"], state["ledger_fault"]) == (0, None)
+                assert (await client.get("/healthz")).json() == {"status": "ok"}
             finally:
                 other.close()
 

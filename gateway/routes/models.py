@@ -57,6 +57,12 @@ async def list_models():
 
 @blueprint.route("/healthz", methods=["GET"])
 async def healthz():
+    """``ok``, or 503 while starting or while the ledger cannot be written (no new
+    request can be reserved then: a load balancer should look elsewhere)."""
     runtime = current_app.extensions["tollhouse"]
-    ok = runtime.ready.is_set()
-    return {"status": "ok" if ok else "starting"}, 200 if ok else 503
+    if not runtime.ready.is_set():
+        return {"status": "starting"}, 503
+    fault = runtime.supervisor.actor("usage").fault
+    if fault is not None:
+        return {"status": "ledger_unavailable", "detail": fault}, 503
+    return {"status": "ok"}, 200
