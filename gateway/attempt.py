@@ -25,25 +25,21 @@ from gateway.request import ClientLink, Request
 from protocols.errors import GatewayError, Stopping, UpstreamError, UpstreamProtocolError, UpstreamTimeout
 from protocols.unified import ErrorEvent, Finish
 from providers.base import Unparseable
+from providers.http11 import WriteWatch
 
 AFTER_ERROR_GRACE_S = 1.0
 
 
-def outcome_of(exc: BaseException) -> Outcome:
-    """What a failed attempt came to, from the error the transport or provider raised."""
+def outcome_of(exc: BaseException, written: bool) -> Outcome:
+    """What a failed attempt came to, from the error that ended it and whether the
+    transport had begun writing the request (``WriteWatch``)."""
     if isinstance(exc, Unparseable):
         return Outcome.ANSWERED
-    if isinstance(exc, UpstreamError):
-        if not exc.request_sent:
-            return Outcome.NOT_SENT
-        if exc.upstream_status is not None:
-            return Outcome.REFUSED
-        return Outcome.UNANSWERED
-    if isinstance(exc, Exception):
-        # The transport maps every failure after its first write to an UpstreamError;
-        # anything else escaped while the request was being built, before any byte left.
-        return Outcome.NOT_SENT
-    return Outcome.UNANSWERED  # cancelled while in flight: the upstream may be working
+    if not written or (isinstance(exc, UpstreamError) and not exc.request_sent):
+        return Outcome.NOT_SENT  # a deadline or cancel while waiting for a connection included
+    if isinstance(exc, UpstreamError) and exc.upstream_status is not None:
+        return Outcome.REFUSED
+    return Outcome.UNANSWERED  # written: the upstream may be working, whatever ended the wait
 
 
 def _headers(req: Request, content_type: str, target: Any) -> list:
@@ -78,15 +74,16 @@ class AttemptRunner:
 
     async def run(self, req: Request, provider: Any, target: Any, credential: Any, link: ClientLink) -> None:
         index = req.begin_attempt(target, credential.id)
-        try:
-            if req.call.request.stream:
-                await self._stream(req, provider, target, credential, link, index)
-            else:
-                await self._complete(req, provider, target, credential, link, index)
-        except BaseException as exc:
-            if req.attempts[index].outcome is Outcome.UNANSWERED and not req.started:
-                req.settle_attempt(index, outcome_of(exc))
-            raise
+        with WriteWatch.open() as watch:
+            try:
+                if req.call.request.stream:
+                    await self._stream(req, provider, target, credential, link, index)
+                else:
+                    await self._complete(req, provider, target, credential, link, index)
+            except BaseException as exc:
+                if req.attempts[index].outcome is Outcome.UNANSWERED:
+                    req.settle_attempt(index, outcome_of(exc, watch.written))
+                raise
 
     # ------------------------------------------------------------ whole answers
 
@@ -132,15 +129,21 @@ class AttemptRunner:
             req.streaming_scope = scope
             try:
                 async with provider.stream(call.request, target.model, credential) as reader:
-                    batch = await reader.next_batch()
+                    # A success status: the upstream has the request, whatever its body holds.
+                    req.settle_attempt(index, Outcome.ANSWERED)
+                    req.redecode = reader.redecode
+                    try:
+                        batch = await reader.next_batch()
+                    except UpstreamError:
+                        req.settle_attempt(index, Outcome.UNANSWERED)  # broken before its first event
+                        raise
                     if batch is None:
+                        req.settle_attempt(index, Outcome.UNANSWERED)  # no answer after all: try elsewhere
                         raise UpstreamProtocolError("The upstream closed the stream without sending anything.")
                     first_error = _only_error(batch)
                     if first_error is not None:
                         req.settle_attempt(index, Outcome.REFUSED)
                         raise first_error
-                    req.settle_attempt(index, Outcome.ANSWERED)
-                    req.redecode = reader.redecode
                     content_type = reader.content_type if passthrough else encoder.content_type
                     req.started = True
                     await link.start(200, _headers(req, content_type, target))

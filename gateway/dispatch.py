@@ -37,7 +37,7 @@ from actors.mailbox import Mailbox
 from actors.routing import Plan, Resolve
 from actors.usage import Reserve, Settle
 from gateway.attempt import AttemptRunner
-from gateway.ending import Charge, Outcome, Trouble, decide, estimates
+from gateway.ending import Charge, Outcome, Trouble, decide, estimates, hold_instead
 from gateway.request import Call, ClientLink, Request
 from protocols.errors import (
     GatewayError,
@@ -146,23 +146,32 @@ class Dispatcher:
 
     async def _settle(self, req: Request) -> None:
         """Settle once, as ``decide`` says; a ledger that cannot keep up is waited for at
-        most ``settle_timeout_s`` (the meter keeps retrying the write on its own)."""
-        req.settled = True
+        most ``settle_timeout_s`` (the meter keeps retrying the write on its own). Never
+        raises: a settlement that could not be handed to the meter leaves ``settled``
+        unset, and the request's ``finally`` tries once more."""
         facts = req.facts()
-        if estimates(facts):  # counting tokens may load the tokenizer: not on the event loop
-            ending = await trio.to_thread.run_sync(decide, facts)
-        else:
-            ending = decide(facts)
-        target = req.target
+        try:
+            if estimates(facts):  # counting tokens may load the tokenizer: not on the event loop
+                ending = await trio.to_thread.run_sync(decide, facts)
+            else:
+                ending = decide(facts)
+        except Exception:
+            log.exception("request %s: its charge could not be estimated; charging its hold", req.id)
+            ending = hold_instead(facts)
+        billed = req.billed_attempt()
         msg = Settle(req.id, ending.usage if ending.charge is Charge.USAGE else None, ending.provenance,
-                     ending.reason, target.provider if target else None, target.model if target else None,
-                     req.credential, no_work=ending.charge is Charge.NOTHING, basis=ending.basis,
-                     unanswered=ending.unanswered)
+                     ending.reason, billed.provider if billed else None, billed.model if billed else None,
+                     billed.credential if billed else None, no_work=ending.charge is Charge.NOTHING,
+                     basis=ending.basis, unanswered=ending.unanswered)
         with trio.move_on_after(self.settle_timeout_s, shield=True) as scope:
             try:
                 await self.actors.usage.ask(msg, timeout=self.settle_timeout_s)
             except trio.TooSlowError:
                 scope.cancel()
+            except Exception as exc:  # the meter crashed on it: it restarts from the ledger
+                log.error("settlement of %s failed (%s: %s)", req.id, type(exc).__name__, exc)
+                return
+        req.settled = True
         if scope.cancelled_caught:
             log.warning("settlement of %s not yet on disk after %.1f s; the meter keeps it pending",
                         req.id, self.settle_timeout_s)
@@ -208,11 +217,16 @@ class Dispatcher:
                     break
                 tried.add(lease.credential.id)
                 error: UpstreamError | None = None
+                served = False
                 try:
                     await self.attempt.run(req, provider, target, lease.credential, link)
                     error = req.meter.error if isinstance(req.meter.error, UpstreamError) else None
+                    served = True
                 except UpstreamError as exc:
-                    error = exc
+                    # A deadline that passed while the request waited for a connection slot
+                    # says nothing about the upstream: no cooldown for it.
+                    unsent_wait = isinstance(exc, UpstreamTimeout) and req.attempts[-1].outcome is Outcome.NOT_SENT
+                    error = None if unsent_wait else exc
                     if req.started:
                         raise GatewayFailure("upstream failed after the response began") from exc
                     if isinstance(exc, UpstreamBadRequest) or req.attempts[-1].outcome is Outcome.ANSWERED:
@@ -220,15 +234,18 @@ class Dispatcher:
                     last_error = exc
                 finally:
                     with trio.move_on_after(self.settle_timeout_s, shield=True):
-                        await self._release(target, lease, error, req)
-                if error is None or req.started:
+                        await self._release(target, lease, error, req, served)
+                if served:
                     return True, None, None
         return False, soonest, last_error
 
-    async def _release(self, target: Any, lease: Leased, error: UpstreamError | None, req: Request) -> None:
+    async def _release(self, target: Any, lease: Leased, error: UpstreamError | None, req: Request,
+                       served: bool) -> None:
+        """Give the lease back; the cooldown hears of a success only from an attempt
+        that served its answer without trouble, and of every upstream error."""
         outcome = CooldownOutcome(target.provider, target.model, lease.credential.id, error)
         if error is None:
-            if req.trouble is None:
+            if served and req.trouble is None:
                 await self.actors.cooldown.tell(outcome)
             usage = req.meter.usage
             await self.actors.credentials.tell(Release(lease.lease_id, usage.output + usage.reasoning if usage else 0))

@@ -66,6 +66,9 @@ class Charge(enum.Enum):
 class Attempt:
     label: str  # "provider/model@credential"
     outcome: Outcome
+    provider: str = ""
+    model: str = ""
+    credential: str = ""
 
 
 @attrs.frozen
@@ -131,16 +134,30 @@ def estimates(facts: Facts) -> bool:
     return rule(facts) is Rule.CONSUMED
 
 
+def _reason(facts: Facts) -> EndReason:
+    if facts.trouble is not None:
+        return _REASONS[facts.trouble]
+    answered = any(a.outcome is Outcome.ANSWERED for a in facts.attempts)
+    if answered and facts.terminal:
+        return EndReason.END
+    return EndReason.UPSTREAM_ERROR  # an answer that stopped short of its terminal event
+
+
+def _unanswered(facts: Facts) -> tuple:
+    return tuple(a.label for a in facts.attempts if a.outcome is Outcome.UNANSWERED)
+
+
+def hold_instead(facts: Facts) -> Ending:
+    """The ending when its charge cannot be worked out (a failure while estimating):
+    the hold, which covers the worst case."""
+    return Ending(_reason(facts), Provenance.ESTIMATED, Charge.HOLD,
+                  basis="the charge could not be estimated: the hold", unanswered=_unanswered(facts))
+
+
 def decide(facts: Facts) -> Ending:
     outcomes = [a.outcome for a in facts.attempts]
-    unanswered = tuple(a.label for a in facts.attempts if a.outcome is Outcome.UNANSWERED)
-    complete = Outcome.ANSWERED in outcomes and facts.terminal and facts.trouble is None
-    if facts.trouble is not None:
-        reason = _REASONS[facts.trouble]
-    elif complete:
-        reason = EndReason.END
-    else:
-        reason = EndReason.UPSTREAM_ERROR  # an answer that stopped short of its terminal event
+    unanswered = _unanswered(facts)
+    reason = _reason(facts)
 
     def end(provenance: Provenance, charge: Charge, usage: Usage | None = None, basis: str = "") -> Ending:
         return Ending(reason, provenance, charge, usage, basis, unanswered)

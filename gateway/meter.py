@@ -102,5 +102,11 @@ class Meter:
                     reasoning.append(ev.text)
         else:
             unread += self.opaque_bytes
-        output = count_text_tokens("".join(text)) + estimate_tokens(unread)
-        return Forwarded(output=output, reasoning=count_text_tokens("".join(reasoning)))
+        output = count_text_tokens(_joined(text)) + estimate_tokens(unread)
+        return Forwarded(output=output, reasoning=count_text_tokens(_joined(reasoning)))
+
+
+def _joined(pieces: list) -> str:
+    """The text of what was seen; a decoder that let a non-string through must not
+    stop a charge from being worked out."""
+    return "".join(p if isinstance(p, str) else str(p) for p in pieces)

@@ -73,8 +73,18 @@ class Request:
     def begin_attempt(self, target: Any, credential: str) -> int:
         """A new attempt, in flight: until it says otherwise it may have reached the upstream."""
         self.target, self.credential = target, credential
-        self.attempts.append(Attempt(f"{target.label}@{credential}", Outcome.UNANSWERED))
+        self.attempts.append(Attempt(f"{target.label}@{credential}", Outcome.UNANSWERED,
+                                     target.provider, target.model, credential))
         return len(self.attempts) - 1
+
+    def billed_attempt(self) -> Attempt | None:
+        """The attempt a charge belongs to: the one that answered, else the last one that
+        may have reached an upstream, else the last one."""
+        for wanted in (Outcome.ANSWERED, Outcome.UNANSWERED):
+            for attempt in reversed(self.attempts):
+                if attempt.outcome is wanted:
+                    return attempt
+        return self.attempts[-1] if self.attempts else None
 
     def settle_attempt(self, index: int, outcome: Outcome) -> None:
         self.attempts[index] = attrs.evolve(self.attempts[index], outcome=outcome)

@@ -104,7 +104,7 @@ class StreamDecoder:
         if isinstance(reasoning, str) and reasoning:
             out.append(ReasoningDelta(text=reasoning))
         content = delta.get("content")
-        if content:
+        if isinstance(content, str) and content:
             out.append(TextDelta(content))
         for call in delta.get("tool_calls") or []:
             index = call.get("index", 0)
@@ -112,7 +112,7 @@ class StreamDecoder:
             if index not in self._tool_ids:
                 self._tool_ids[index] = call.get("id") or f"call_{index}"
                 out.append(ToolCallStart(index, self._tool_ids[index], fn.get("name") or ""))
-            if fn.get("arguments"):
+            if isinstance(fn.get("arguments"), str) and fn["arguments"]:
                 out.append(ToolCallDelta(index, fn["arguments"]))
         reason = choice.get("finish_reason")
         if reason and not self.finished:

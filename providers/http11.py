@@ -27,6 +27,11 @@ close is a ``RequestBroken``). The check cannot close the race of a server that
 closes the connection while the request is on the wire; that case is a
 ``RequestBroken``, never a silent resend.
 
+Whoever needs to know whether a call's bytes left -- the dispatcher, to charge nothing
+for an attempt that never reached the upstream even when a deadline or a cancel, not
+an error, ended it -- opens a ``WriteWatch`` around the call; the pool marks it the
+moment it starts writing a request.
+
 At most ``max_connections`` connections per origin are open; a request that finds
 them all busy waits for one (in arrival order) up to ``connect_timeout``. A proxy
 (explicit, or from the environment: ``providers/proxy.py``) is reached with CONNECT.
@@ -38,6 +43,9 @@ import os
 import select
 import ssl
 from collections import deque
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Iterator
 from typing import Iterable, Mapping
 from urllib.parse import urlsplit
 
@@ -49,6 +57,28 @@ from providers.proxy import Proxy, ProxyError, choose_proxy, open_tunnel
 
 READ_SIZE = 65536
 _DEAD = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP | select.POLLNVAL
+
+
+class WriteWatch:
+    """Whether any request made in this task (while the watch is open) began to be written."""
+
+    __slots__ = ("written",)
+
+    def __init__(self) -> None:
+        self.written = False
+
+    @classmethod
+    @contextmanager
+    def open(cls) -> Iterator["WriteWatch"]:
+        watch = cls()
+        token = _WATCH.set(watch)
+        try:
+            yield watch
+        finally:
+            _WATCH.reset(token)
+
+
+_WATCH: ContextVar[WriteWatch | None] = ContextVar("tollhouse_write_watch", default=None)
 
 
 class TransportError(Exception):
@@ -329,6 +359,9 @@ class Pool:
             data += h.send(h11.Data(data=body)) + h.send(h11.EndOfMessage())
         except h11.LocalProtocolError as exc:
             raise RequestNotSent(f"the request cannot be sent as HTTP/1.1: {exc}") from None
+        watch = _WATCH.get()
+        if watch is not None:
+            watch.written = True
         try:
             await conn.stream.send_all(data)
             while True:

@@ -323,3 +323,70 @@ async def test_text_that_cannot_be_sent_on_is_refused_before_any_charge(tmp_path
     assert ("surrogate" if trouble == "surrogate" else "nested too deeply") in r.text
     assert before == after and "x-request-id" in r.headers
     assert gw.simulator.requests_by_key == {}
+
+
+async def test_a_deadline_while_waiting_for_a_connection_slot_charges_nothing(tmp_path):
+    doc = base_config(tmp_path)
+    doc["providers"]["sim"]["max_connections"] = 1
+    doc["simulator"] = {"tokens_per_second": 20}
+    doc["streaming"] = {"ttfb_timeout_s": 1, "stall_timeout_s": 30}
+    auth = {"authorization": f"Bearer {DEMO_KEY}"}
+    long = {"model": "demo", "stream": True, "messages": [{"role": "user", "content": "[[sim tokens=200]] go"}]}
+    with trio.fail_after(30):
+        async with running_gateway(doc) as gw, httpx.AsyncClient(base_url=gw.url, timeout=30) as http:
+            async with http.stream("POST", "/v1/chat/completions", json=long, headers=auth) as first:
+                assert first.status_code == 200  # holds the one connection to the upstream
+                second = await http.post("/v1/chat/completions", headers=auth, json={
+                    "model": "demo", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+                cooldowns = (await http.get("/admin/cooldowns", headers=ADMIN)).json()
+            records = (await http.get("/admin/usage/records", params={
+                "request_id": second.headers["x-request-id"]}, headers=ADMIN)).json()["records"]
+    assert second.status_code == 504
+    [charge] = records
+    assert (charge["amount_micro"], charge["cost_source"], charge["reason"]) == (0, "refused", "timeout")
+    assert charge["basis"] == "nothing was sent upstream"
+    assert not cooldowns["active"], "the gateway's own queue is not the upstream's fault"
+
+
+async def test_an_answer_the_gateway_cannot_read_is_charged_an_estimate(tmp_path):
+    garbage = b'data: {"choices": {"0": {}}, "usage": {"prompt_tokens": 5, "completion_tokens": 100}}\n\n'
+    replay = Replay(garbage * 3)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(replay.serve)
+            async with running_gateway(_config(tmp_path, replay.url, "openai-chat")) as gw:
+                async with httpx.AsyncClient(base_url=gw.url, timeout=10) as http:
+                    r = await http.post("/v1/chat/completions", headers={"authorization": f"Bearer {DEMO_KEY}"},
+                                        json={"model": "m", "stream": True,
+                                              "messages": [{"role": "user", "content": "hi"}]})
+                    records = (await http.get("/admin/usage/records", params={
+                        "request_id": r.headers["x-request-id"]}, headers=ADMIN)).json()["records"]
+            nursery.cancel_scope.cancel()
+    assert r.status_code == 500 and r.json()["error"]["message"]
+    [charge] = records
+    assert charge["reason"] == "gateway_error" and charge["amount_micro"] > 0 and charge["input"] > 0
+    assert replay.requests == 1
+
+
+async def test_a_charge_that_cannot_be_estimated_falls_back_to_the_hold(tmp_path, monkeypatch):
+    import gateway.request
+
+    def broken(req):
+        raise ValueError("the tokenizer is broken")
+
+    monkeypatch.setattr(gateway.request, "estimate_request_tokens", broken)
+    doc = base_config(tmp_path)
+    doc["models"]["slow"] = {"targets": ["sim/sim-chat+stall_after=4"]}
+    body = {"model": "slow", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    with trio.fail_after(20):
+        async with running_gateway(doc) as gw:
+            async with httpx.AsyncClient(base_url=gw.url, timeout=10) as http:
+                async with http.stream("POST", "/v1/chat/completions", json=body,
+                                       headers={"authorization": f"Bearer {DEMO_KEY}"}) as r:
+                    async for _ in r.aiter_raw():
+                        break  # leave mid-stream: the charge must be estimated, and cannot be
+            await gw.usage_actor.wait_settles(1)
+            [entry] = gw.ledger_entries()
+            holds = gw.usage_actor.core.holds
+    assert (entry["reason"], entry["cost_source"]) == ("client_cancel", "hold")
+    assert entry["amount_micro"] == entry["hold_micro"] and not holds
