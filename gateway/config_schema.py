@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable
 
 import attrs
 
+from actors.usage_bounds import MAX_USD
 from protocols.secret import Secret
 
 _SETTING = "tollhouse.setting"
@@ -272,6 +273,9 @@ class Reader:
             return INVALID
         if not value.is_finite() or value < 0:
             self.fail(path, "must be a finite number >= 0")
+            return INVALID
+        if value > MAX_USD:
+            self.fail(path, f"must be at most {MAX_USD:,} (the meter's bound on any amount)")
             return INVALID
         return value
 

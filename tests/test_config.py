@@ -110,6 +110,7 @@ def test_a_credit_typo_is_an_error_not_unlimited_credit():
     ({"name": "k", "key": "th-k", "credit_usd": "5", "unlimited": True}, "keys[0]: sets both credit_usd"),
     ({"name": "k", "key": "th-k", "unlimited": "yes", "credit_usd": "1"}, "keys[0].unlimited: expected true/false"),
     ({"name": "k", "key": ""}, "keys[0].key: must not be empty"),
+    ({"name": "k", "key": "th-k", "credit_usd": "10000000000000"}, "keys[0].credit_usd: must be at most"),
 ])
 def test_a_key_needs_credit_or_an_explicit_unlimited(key, problem):
     doc = minimal()

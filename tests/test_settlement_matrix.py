@@ -47,14 +47,14 @@ def request(protocol: str, stream: bool) -> tuple[str, dict, dict]:
         {"x-goog-api-key": DEMO_KEY}
 
 
-def config(tmp_path, upstream: str, fault: str, deadline_s: float) -> dict:
+def config(tmp_path, upstream: str, fault: str, ttfb_s: float, stall_s: float) -> dict:
     doc = base_config(tmp_path)
     for name, (provider, _) in UPSTREAM.items():
         doc["providers"][provider] = {"family": "simulator", "embedded": True, "protocol": PROTOCOL_NAMES[name]}
         doc["pricing"][f"{provider}/*"] = {"input": "1", "output": "2"}
     provider, model = UPSTREAM[upstream]
     doc["models"]["m"] = {"targets": [f"{provider}/{model}{'+' + fault if fault else ''}"]}
-    doc["streaming"] = {"ttfb_timeout_s": deadline_s, "stall_timeout_s": deadline_s, "nonstream_timeout_s": deadline_s}
+    doc["streaming"] = {"ttfb_timeout_s": ttfb_s, "stall_timeout_s": stall_s, "nonstream_timeout_s": ttfb_s}
     doc["default_hold_output_tokens"] = 200
     return doc
 
@@ -112,11 +112,12 @@ async def _call(gw, client: str, stream: bool, leave: str | None) -> None:
 async def test_exactly_one_settlement(tmp_path, client, pairing, ending, stream):
     upstream = client if pairing == "same" else TRANSLATED[client]
     fault, _, leave, reason, provenance = ENDINGS[ending]
-    # Short deadlines only where the ending is a deadline: elsewhere a slow machine must not
-    # turn a normal request into a timeout.
-    deadline_s = 0.5 if reason == "timeout" else 10.0
-    with trio.fail_after(20):
-        async with running_gateway(config(tmp_path, upstream, fault, deadline_s)) as gw:
+    # A short deadline only for the deadline the ending is about (the simulator's faults
+    # stall for 30 s): a slow machine must not turn one ending into another.
+    ttfb_s = 1.0 if ending == "ttfb_timeout" else 10.0
+    stall_s = 1.0 if ending == "stall" else 10.0
+    with trio.fail_after(30):
+        async with running_gateway(config(tmp_path, upstream, fault, ttfb_s, stall_s)) as gw:
             await _call(gw, client, stream, leave)
             await gw.usage_actor.wait_settles(1)
             await gw.simulator.wait_idle()

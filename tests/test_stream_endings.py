@@ -13,10 +13,12 @@ from tests.conftest import DEMO_KEY, base_config, running_gateway
 AUTH = {"authorization": f"Bearer {DEMO_KEY}"}
 
 
-def _config(tmp_path, target: str):
+def _config(tmp_path, target: str, ttfb_s: float = 10.0, stall_s: float = 10.0):
+    """Only the deadline a test is about is short; the simulator's faults stall for 30 s,
+    so a slow host never turns one ending into another."""
     doc = base_config(tmp_path)
     doc["models"]["m"] = {"targets": [target]}
-    doc["streaming"] = {"ttfb_timeout_s": 0.5, "stall_timeout_s": 0.5}
+    doc["streaming"] = {"ttfb_timeout_s": ttfb_s, "stall_timeout_s": stall_s}
     return doc
 
 
@@ -28,7 +30,7 @@ async def _post(gw, stream: bool) -> httpx.Response:
 
 async def test_ttfb_timeout_fails_over_then_reports_504(tmp_path):
     with trio.fail_after(10):
-        async with running_gateway(_config(tmp_path, "sim/sim-chat+ttfb_stall=30")) as gw:
+        async with running_gateway(_config(tmp_path, "sim/sim-chat+ttfb_stall=30", ttfb_s=1.0)) as gw:
             r = await _post(gw, stream=True)
             assert r.status_code == 504
             assert r.json()["error"]["type"] == "timeout_error"
@@ -41,7 +43,7 @@ async def test_ttfb_timeout_fails_over_then_reports_504(tmp_path):
 
 async def test_stall_mid_stream_ends_with_error_chunk_and_timeout_record(tmp_path):
     with trio.fail_after(10):
-        async with running_gateway(_config(tmp_path, "sim/sim-chat+stall_after=5")) as gw:
+        async with running_gateway(_config(tmp_path, "sim/sim-chat+stall_after=5", stall_s=1.0)) as gw:
             r = await _post(gw, stream=True)
             assert r.status_code == 200
             chunks = [json.loads(b[6:]) for b in r.text.split("\n\n") if b.startswith("data: {")]
