@@ -256,18 +256,25 @@ async def test_drain_outlasts_the_stall_timeout_and_settles_the_exact_usage(tmp_
 # ------------------------------------------------------------------ whole answers
 
 
-async def test_an_unreadable_success_is_charged_an_estimate_and_its_id_finds_it(tmp_path):
-    replay = Replay(b'{"id": "chatcmpl-1", "choices": [' + b"x" * 4000, content_type="application/json")
+async def _chat_through(tmp_path: Path, replay: Replay, stream: bool) -> tuple[httpx.Response, list]:
+    """One Chat call through the gateway to ``replay``: the answer and its ledger entries."""
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             await nursery.start(replay.serve)
             async with running_gateway(_config(tmp_path, replay.url, "openai-chat")) as gw:
                 async with httpx.AsyncClient(base_url=gw.url, timeout=10) as http:
                     r = await http.post("/v1/chat/completions", headers={"authorization": f"Bearer {DEMO_KEY}"},
-                                        json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+                                        json={"model": "m", "stream": stream,
+                                              "messages": [{"role": "user", "content": "hi"}]})
                     records = (await http.get("/admin/usage/records", params={
                         "request_id": r.headers["x-request-id"]}, headers=ADMIN)).json()["records"]
             nursery.cancel_scope.cancel()
+    return r, records
+
+
+async def test_an_unreadable_success_is_charged_an_estimate_and_its_id_finds_it(tmp_path):
+    replay = Replay(b'{"id": "chatcmpl-1", "choices": [' + b"x" * 4000, content_type="application/json")
+    r, records = await _chat_through(tmp_path, replay, stream=False)
     assert r.status_code == 502 and "not JSON" in r.json()["error"]["message"]
     assert replay.requests == 1  # an answer is not retried elsewhere
     [charge] = [e for e in records if e["kind"] == "charge"]
@@ -351,17 +358,7 @@ async def test_a_deadline_while_waiting_for_a_connection_slot_charges_nothing(tm
 async def test_an_answer_the_gateway_cannot_read_is_charged_an_estimate(tmp_path):
     garbage = b'data: {"choices": {"0": {}}, "usage": {"prompt_tokens": 5, "completion_tokens": 100}}\n\n'
     replay = Replay(garbage * 3)
-    with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(replay.serve)
-            async with running_gateway(_config(tmp_path, replay.url, "openai-chat")) as gw:
-                async with httpx.AsyncClient(base_url=gw.url, timeout=10) as http:
-                    r = await http.post("/v1/chat/completions", headers={"authorization": f"Bearer {DEMO_KEY}"},
-                                        json={"model": "m", "stream": True,
-                                              "messages": [{"role": "user", "content": "hi"}]})
-                    records = (await http.get("/admin/usage/records", params={
-                        "request_id": r.headers["x-request-id"]}, headers=ADMIN)).json()["records"]
-            nursery.cancel_scope.cancel()
+    r, records = await _chat_through(tmp_path, replay, stream=True)
     assert r.status_code == 500 and r.json()["error"]["message"]
     [charge] = records
     assert charge["reason"] == "gateway_error" and charge["amount_micro"] > 0 and charge["input"] > 0
