@@ -16,6 +16,7 @@ usage is learned.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Awaitable, Callable
 
 import trio
@@ -28,6 +29,11 @@ from providers.base import Unparseable
 from providers.http11 import WriteWatch
 
 AFTER_ERROR_GRACE_S = 1.0
+FINISH_TAIL_S = 2.0  # after the finish, how long an upstream without a closing event may take to end its body
+
+
+class ClientStuck(Exception):
+    """The client stopped reading for longer than ``client_write_timeout_s``."""
 
 
 def outcome_of(exc: BaseException, written: bool) -> Outcome:
@@ -147,15 +153,18 @@ class AttemptRunner:
                     content_type = reader.content_type if passthrough else encoder.content_type
                     req.started = True
                     await link.start(200, _headers(req, content_type, target))
+                    complete = False
                     try:
-                        await self._relay(batch, reader, scope, link, req, encoder, passthrough, held)
+                        complete = await self._relay(batch, reader, scope, link, req, encoder, passthrough, held)
                     except UpstreamError as exc:
                         self._fail(req, exc, encoder, reader, passthrough, held)
+                    except ClientStuck:
+                        pass  # settled below; nobody is reading the ending
                     except trio.Cancelled:
                         if self.stopping() and not req.client_gone:
                             await self._say_stopping(req, encoder, reader, passthrough, held, link)
                         raise
-                    req.terminal = reader.terminal
+                    req.terminal = complete or reader.terminal
                     if not req.terminal and meter.error is None and not req.client_gone:
                         self._fail(req, UpstreamProtocolError("The upstream ended the stream before its last event."),
                                    encoder, reader, passthrough, held)
@@ -171,7 +180,8 @@ class AttemptRunner:
             return
         if meter.error is None and not passthrough:
             held.append(encoder.close())
-        await link.end(b"".join(held))
+        with trio.move_on_after(self.streaming.client_write_timeout_s):
+            await link.end(b"".join(held))
 
     async def _say_stopping(self, req: Request, encoder: Any, reader: Any, passthrough: bool,
                             held: list[bytes], link: ClientLink) -> None:
@@ -194,41 +204,79 @@ class AttemptRunner:
             encoder.resume(meter.response_id, getattr(reader.decoder, "last_sequence", -1) + 1)
         held.append(encoder.error(exc))
 
+    async def _write(self, link: ClientLink, data: bytes, req: Request, scope: trio.CancelScope | None) -> None:
+        """Write to the client on its own clock: the upstream's stall deadline stops while
+        the gateway waits on a client that does not read, which gets
+        ``client_write_timeout_s`` before it counts as gone."""
+        if scope is not None:
+            scope.deadline = math.inf
+        with trio.move_on_after(self.streaming.client_write_timeout_s) as waited:
+            await link.write(data)
+        # the server's socket write is shielded: a deadline that passed shows as called,
+        # the write having finished only once the client read again (or left)
+        if waited.cancel_called:
+            req.client_gone = True
+            req.note(Trouble.CLIENT_GONE)
+            raise ClientStuck()
+
     async def _relay(self, batch: list, reader: Any, scope: trio.CancelScope, link: ClientLink,
-                     req: Request, encoder: Any, passthrough: bool, held: list[bytes]) -> None:
-        """Forward batches until the upstream ends (or, translated, until its error).
+                     req: Request, encoder: Any, passthrough: bool, held: list[bytes]) -> bool:
+        """Forward batches until the upstream ends (or, translated, until its error);
+        True when the answer is complete without the end of its body.
 
         Each read's frames leave in one write. From the finish (or an error) on, bytes are
-        held back: they go out after the settlement is on disk.
+        held back: they go out after the settlement is on disk, and no more than
+        ``max_held_bytes`` of them are kept. The protocol's own last event ends the relay
+        at once (an upstream that keeps its connection open after it is not waited for);
+        where the protocol has none (Chat without ``[DONE]``, Gemini), the end of body is
+        waited for ``FINISH_TAIL_S`` after the finish, then the answer counts as complete.
         """
         meter = req.meter
         stall = self.streaming.stall_timeout_s
+        limit = self.streaming.max_held_bytes
+        decoder = reader.decoder
+        held_bytes = 0
         errored = False
+        tail_until: float | None = None
         while batch is not None:
-            if not errored:
-                deadline = trio.current_time() + stall
-                if req.drain_deadline is not None:
-                    deadline = min(deadline, req.drain_deadline)
-                scope.deadline = deadline
             out = []
             for frame in batch:
                 meter.observe(frame.events, frame.payload)
-                if passthrough:
-                    chunk = b"" if frame.drop else frame.raw
-                else:
-                    chunk = encoder.encode(frame.events)
+                chunk = (b"" if frame.drop else frame.raw) if passthrough else encoder.encode(frame.events)
                 if meter.finished or meter.error is not None:
-                    held.append(chunk)
+                    if chunk:
+                        held.append(chunk)
+                        held_bytes += len(chunk)
                 elif chunk:
                     out.append(chunk)
+            if held_bytes > limit:
+                held.clear()
+                raise UpstreamProtocolError(f"The upstream sent more than {limit} bytes after its answer ended.")
             if out and not req.client_gone:
-                await link.write(b"".join(out))
+                await self._write(link, b"".join(out), req, scope)
+            if decoder.ended and meter.error is None:
+                return True
             if meter.error is not None and not errored:
                 req.note(Trouble.UPSTREAM)
                 if not passthrough:
-                    return
+                    return False
                 # The upstream's own closing events (Responses' response.failed after
                 # error) follow the error: forward them, briefly.
                 errored = True
                 scope.deadline = trio.current_time() + AFTER_ERROR_GRACE_S
-            batch = await reader.next_batch()
+            if not errored:
+                now = trio.current_time()
+                deadline = now + stall
+                if req.drain_deadline is not None:
+                    deadline = min(deadline, req.drain_deadline)
+                if meter.finished and decoder.ENDS_AT_EOF_AFTER_FINISH:
+                    tail_until = tail_until or now + FINISH_TAIL_S  # waited for below, on its own
+                scope.deadline = deadline
+            if tail_until is not None:
+                with trio.move_on_at(tail_until) as tail:
+                    batch = await reader.next_batch()
+                if tail.cancelled_caught:
+                    return True  # finished, and no more came: complete
+            else:
+                batch = await reader.next_batch()
+        return False

@@ -91,6 +91,7 @@ class ProviderConfig:
     keepalive_s: float = setting(15.0, check=POSITIVE)
     max_connections: int = setting(100, check=POSITIVE)
     proxy: str | None = setting(None, check=PROXY_URL, repr=False)  # may carry a password
+    max_response_bytes: int = setting(32 * 1024 * 1024, check=POSITIVE)  # a whole answer's bound
     headers: Mapping[str, str] = setting(factory=dict)
     protocol: Literal[PROTOCOLS] | None = None
 
@@ -179,6 +180,8 @@ class StreamingConfig:
     drain_timeout_s: float = setting(30.0, check=POSITIVE)
     max_concurrent_drains: int = setting(32, check=NON_NEGATIVE)
     settle_timeout_s: float = setting(10.0, check=POSITIVE)
+    max_held_bytes: int = setting(1024 * 1024, check=POSITIVE)  # a stream's bytes after its finish
+    client_write_timeout_s: float = setting(30.0, check=POSITIVE)  # a client that stops reading
 
 
 @attrs.frozen(kw_only=True)

@@ -95,6 +95,7 @@ class Dispatcher:
         plan = await self.actors.routing.ask(Resolve(request.model))
         hold_tokens = plan.hold_output_tokens or self.default_hold_output_tokens
         out_tokens = min(request.max_tokens, hold_tokens) if request.max_tokens else hold_tokens
+        req.output_allowance = out_tokens
         await self.actors.usage.ask(Reserve(
             req.id, call.key, request.model, tuple(t.label for t in plan.targets),
             estimate_tokens(call.body_bytes), out_tokens))

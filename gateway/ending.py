@@ -183,7 +183,8 @@ def lean(tokens: int) -> int:
 def _consumed(facts: Facts, end) -> Ending:
     """Rule 5: what a cut (or unreadable) answer consumed, by bucket."""
     input_estimate, seen = facts.estimate()
-    fwd = Forwarded(output=lean(seen.output), reasoning=lean(seen.reasoning))
+    # an unreadable body's estimate is already a ceiling (the hold's output allowance)
+    fwd = seen if facts.unparseable else Forwarded(output=lean(seen.output), reasoning=lean(seen.reasoning))
     usage = facts.usage
     if usage is not None:
         # a cost the upstream reported mid-stream covered only what it had done then

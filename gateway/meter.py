@@ -31,7 +31,7 @@ from protocols.unified import (
 )
 from protocols.usage import estimate_tokens
 
-OPAQUE_LIMIT = 1 << 20
+OPAQUE_LIMIT = 1 << 20  # bytes of undecoded payloads kept, and (separately) characters of decoded text
 
 
 @attrs.frozen
@@ -53,7 +53,8 @@ class Meter:
     reasoning: list = attrs.field(factory=list)
     opaque: list = attrs.field(factory=list)
     opaque_bytes: int = 0
-    overflow_bytes: int = 0  # opaque payloads past the limit: estimated from their size
+    overflow_bytes: int = 0  # what was seen past the limits: estimated from its size
+    kept_chars: int = 0
 
     def observe(self, events: Iterable, payload: bytes | None = None) -> None:
         """Take one frame's events; ``payload`` is its undecoded data when it had none."""
@@ -62,16 +63,16 @@ class Meter:
             seen = True
             kind = type(ev)
             if kind is TextDelta:
-                self.text.append(ev.text)
+                self._keep(self.text, ev.text)
             elif kind is UsageReport:
                 self.usage = ev.usage
                 reported = True
                 self.final_usage = self.finished
             elif kind is ToolCallDelta:
-                self.text.append(ev.arguments)
+                self._keep(self.text, ev.arguments)
             elif kind is ReasoningDelta:
                 if ev.text:
-                    self.reasoning.append(ev.text)
+                    self._keep(self.reasoning, ev.text)
             elif kind is Finish:
                 self.finished = True
                 self.final_usage = self.final_usage or reported
@@ -86,6 +87,14 @@ class Meter:
                 self.opaque_bytes += len(payload)
             else:
                 self.overflow_bytes += len(payload)
+
+    def _keep(self, pieces: list, text: str) -> None:
+        """Keep forwarded text for counting, up to the limit; past it, only its size."""
+        if self.kept_chars < OPAQUE_LIMIT:
+            pieces.append(text)
+            self.kept_chars += len(text)
+        else:
+            self.overflow_bytes += len(text)
 
     def forwarded(self, redecode: Callable[[list], list] | None = None) -> Forwarded:
         """What the stream carried so far, in tokens; ``redecode`` decodes kept payloads in full."""

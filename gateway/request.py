@@ -60,6 +60,7 @@ class Request:
     streaming_scope: trio.CancelScope | None = None
     drain_deadline: float | None = None  # set while a stream is drained for its usage
     settled: bool = False
+    output_allowance: int = 0  # the output tokens its hold covers
 
     @property
     def id(self) -> str:
@@ -100,5 +101,6 @@ class Request:
         computed when a charge must be estimated)."""
         tokens = estimate_request_tokens(self.call.request)
         if self.unparseable_bytes is not None:
-            return tokens, Forwarded(output=estimate_tokens(self.unparseable_bytes))
+            # an unreadable body says little; no more than the limit the hold covers
+            return tokens, Forwarded(output=min(estimate_tokens(self.unparseable_bytes), self.output_allowance))
         return tokens, self.meter.forwarded(self.redecode)

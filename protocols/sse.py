@@ -27,10 +27,18 @@ class SSEEvent:
     id: str | None = None
 
 
-class SSEDecoder:
-    __slots__ = ("_buf", "_scan", "_line_start", "_data", "_event", "_id", "_has_field")
+MAX_EVENT_BYTES = 16 * 1024 * 1024
 
-    def __init__(self) -> None:
+
+class EventTooLarge(ValueError):
+    """One event (or the bytes since the last one: comment lines included) outgrew the bound."""
+
+
+class SSEDecoder:
+    __slots__ = ("_buf", "_scan", "_line_start", "_data", "_event", "_id", "_has_field", "max_event_bytes")
+
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        self.max_event_bytes = max_event_bytes
         self._buf = bytearray()
         self._scan = 0  # next byte not yet searched for a newline
         self._line_start = 0  # start of the line being assembled
@@ -52,6 +60,8 @@ class SSEDecoder:
             nl = find(b"\n", self._scan)
             if nl < 0:
                 self._scan = len(buf)
+                if len(buf) > self.max_event_bytes:
+                    raise EventTooLarge(f"an event exceeded {self.max_event_bytes} bytes")
                 break
             end = nl - 1 if nl > self._line_start and buf[nl - 1] == 13 else nl
             self._scan = nl + 1
@@ -60,6 +70,8 @@ class SSEDecoder:
             else:
                 self._field(bytes(buf[self._line_start:end]))
                 self._line_start = nl + 1
+                if self._line_start > self.max_event_bytes:
+                    raise EventTooLarge(f"an event exceeded {self.max_event_bytes} bytes")
         return out
 
     def close(self) -> list[SSEEvent]:

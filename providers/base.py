@@ -23,7 +23,7 @@ from providers import http11
 
 from protocols.errors import InvalidRequest, UpstreamProtocolError, UpstreamServerError, classify_upstream
 from protocols.retry_after import retry_after
-from protocols.sse import SSEDecoder, SSEEvent
+from protocols.sse import EventTooLarge, SSEDecoder, SSEEvent
 from protocols.stream_end import reached_terminal
 from protocols.unified import UnifiedRequest, UnifiedResponse
 
@@ -123,7 +123,10 @@ class FrameReader:
             if chunk is None:
                 self._done = True
                 return self.framer.close() or None
-            frames = self.framer.feed(chunk)
+            try:
+                frames = self.framer.feed(chunk)
+            except EventTooLarge as exc:
+                raise UpstreamProtocolError(f"upstream stream rejected: {exc}") from None
             if frames:
                 return frames
         return None
@@ -210,12 +213,15 @@ async def send(client: http11.Pool, url: str, headers: Mapping[str, str], body: 
                                 retry_after(response.headers, content, time.time()))
     if stream:
         return response
+    limit = client.max_body_bytes
     try:
-        content = await response.read()
+        content = await response.read(limit + 1)
     except http11.RequestBroken as exc:
         raise UpstreamServerError(f"upstream connection failed: {exc}", request_sent=True) from None
     finally:
-        await response.aclose()
+        await response.aclose()  # past the bound, this closes the connection mid-body
+    if len(content) > limit:
+        raise Unparseable(f"upstream answer exceeded the {limit}-byte bound", len(content))
     return Answer(response, content)
 
 

@@ -223,7 +223,8 @@ class Pool:
     def __init__(self, base_url: str, *, connect_timeout: float = 10.0, max_idle: int = 256,
                  ssl_context: ssl.SSLContext | None = None, keepalive_s: float = 15.0,
                  max_connections: int = 100, proxy: str | None = None,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, max_body_bytes: int = 32 * 1024 * 1024) -> None:
+        self.max_body_bytes = max_body_bytes  # a whole (non-streamed) answer's bound
         if not keepalive_s > 0:
             raise ValueError(f"keepalive_s must be positive, got {keepalive_s!r}")
         if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:

@@ -37,5 +37,6 @@ def build(cfg: Any, simulator_url: str | None) -> Any:
         base = cfg.base_url
     # the simulator is on this host: the environment's proxy is never the way there
     pool = Pool(base, connect_timeout=cfg.connect_timeout_s, keepalive_s=cfg.keepalive_s,
-                max_connections=cfg.max_connections, proxy=cfg.proxy, env={} if simulated else None)
+                max_connections=cfg.max_connections, proxy=cfg.proxy, env={} if simulated else None,
+                max_body_bytes=cfg.max_response_bytes)
     return cls(cfg.name, base, pool, dict(cfg.headers))

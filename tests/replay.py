@@ -4,6 +4,8 @@ Every request gets the same answer: ``status`` and ``body`` sent chunked. With
 ``cut_at`` the body ends cleanly (a proper last chunk) after that many bytes, as an
 upstream that closes its stream early; with ``pause_at`` it sends that many bytes and
 then waits, sending nothing more, until the connection is closed by the gateway.
+With ``tail`` it sends the body and then ``tail`` again and again, without end, until
+the gateway hangs up (``sent`` counts the bytes it wrote).
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ class Replay:
     status: int = 200
     cut_at: int | None = None
     pause_at: int | None = None
+    tail: bytes | None = None
     requests: int = 0
+    sent: int = 0
     paused: trio.Event = attrs.field(factory=trio.Event)
     closed: trio.Event = attrs.field(factory=trio.Event)  # a paused answer's connection was closed
     url: str = ""
@@ -65,6 +69,15 @@ async def _answer(replay: Replay, conn: h11.Connection, stream: trio.SocketStrea
     head = conn.send(h11.Response(status_code=replay.status, headers=[
         ("content-type", replay.content_type), ("transfer-encoding", "chunked")]))
     await stream.send_all(head + conn.send(h11.Data(data=body[:end])))
+    replay.sent += end
+    if replay.tail is not None:
+        piece = conn.send(h11.Data(data=replay.tail))
+        try:
+            while True:
+                await stream.send_all(piece)
+                replay.sent += len(replay.tail)
+        finally:
+            replay.closed.set()
     if replay.pause_at is not None:
         replay.paused.set()
         try:

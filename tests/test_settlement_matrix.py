@@ -126,6 +126,11 @@ async def test_exactly_one_settlement(tmp_path, client, pairing, ending, stream)
     charges = [e for e in entries if e["kind"] == "charge"]
     assert len(charges) == 1 and not reservations
     [entry] = charges
+    if ending == "cancel_after_usage" and upstream != "gemini":
+        # The upstream sent its protocol's closing event and keeps the connection open: the
+        # answer is complete at once, before the client leaves. (Gemini has no closing
+        # event: the gateway waits a moment for the end of the body, and the client leaves.)
+        reason = "end"
     assert entry["reason"] == reason
     hold = entry["hold_micro"]
     assert hold > 0
