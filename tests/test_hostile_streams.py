@@ -17,6 +17,7 @@ import trio
 import trio.testing
 
 from tests.conftest import DEMO_KEY, base_config, running_gateway
+from tests.gateway_process import serve_process, write_config
 from tests.replay import Replay
 from tests.test_billing_edges import FAMILY, _assert_error_ending, _client_request
 
@@ -153,3 +154,45 @@ async def test_a_client_that_pauses_reading_runs_its_own_clock(tmp_path, clock, 
                 [entry] = gw.ledger_entries()
             nursery.cancel_scope.cancel()
     assert entry["reason"] == reason, (entry["reason"], entry["provenance"], entry["basis"])
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.parametrize("client", ["chat", "anthropic"])
+async def test_a_gateway_process_stays_small_while_an_upstream_streams_without_end(tmp_path, client):
+    """A `tollhouse serve` process relays an endless stream (pass-through and translated)
+    without growing: what it keeps per request for a partial charge is bounded."""
+    events = (FIXTURES / "openai-chat" / RECORDED["openai-chat"]).read_bytes().split(b"\n\n")
+    chunk = events[1] + b"\n\n"
+    replay = Replay(events[0] + b"\n\n" + chunk * 8, tail=chunk * 4096)  # content, endlessly
+    doc = _config(tmp_path, "", "openai-chat")
+    budget_mb, upstream_mb = 50, 60  # more than the budget; the bench is the place for gigabytes
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(replay.serve)
+            doc["providers"]["rec"]["base_url"] = replay.url + "/v1"
+            async with serve_process(write_config(tmp_path, doc)) as gateway:
+                url = await gateway.url()
+                path, body, headers = _client_request(client, FIXTURES / "openai-chat" / RECORDED["openai-chat"])
+                async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+                    async with http.stream("POST", path, json=body, headers=headers) as r:
+                        assert r.status_code == 200
+                        start = _rss_mb(gateway.pid)
+                        peak = start
+                        sampled = 0
+                        async for _ in r.aiter_raw(1 << 20):
+                            if replay.sent > upstream_mb * 1024 * 1024:
+                                break
+                            if replay.sent - sampled > 4 * 1024 * 1024:  # every 4 MB the upstream sends
+                                sampled = replay.sent
+                                peak = max(peak, _rss_mb(gateway.pid))
+                gateway.send_signal(2)
+                assert await gateway.wait() == 0
+            nursery.cancel_scope.cancel()
+    assert replay.sent > upstream_mb * 1024 * 1024
+    assert peak - start < budget_mb, (start, peak)
