@@ -40,8 +40,8 @@ _TOKEN = r"a-z0-9_\-"
 SHAPES = (
     r"sk-(?<![a-z0-9]sk-)[a-z0-9_\-*]{8,}",  # OpenAI (sk-, sk-proj-), Anthropic (sk-ant-), most compatibles
     r"aiza(?<![a-z0-9]aiza)[0-9a-z_\-]{30,}",  # Google API keys
-    r"bearer +([a-z0-9._~+/=\-]{8,})",  # any bearer token
 )
+BEARER_TOKEN = r"[a-z0-9._~+/=\-]{8,}"  # after "bearer ": the group replaced, the scheme word kept
 
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
@@ -84,10 +84,12 @@ def _pattern(secrets: Iterable[str]) -> str:
     short_forms: set[str] = set()
     for secret in secrets:
         (long_forms if len(secret) >= SHORT else short_forms).update(_forms(secret))
-    parts = [_trie(long_forms)] if long_forms else []
-    parts += [rf"{re.escape(f)}(?<![{_TOKEN}]{re.escape(f)})(?![{_TOKEN}])"
+    known = [_trie(long_forms)] if long_forms else []
+    known += [rf"{re.escape(f)}(?<![{_TOKEN}]{re.escape(f)})(?![{_TOKEN}])"
               for f in sorted(short_forms, key=lambda f: (-len(f), f))]
-    return "|".join(parts + list(SHAPES))
+    # a known secret after ``Bearer`` is taken whole, not cut where the token class ends
+    bearer = "bearer +(" + "|".join(known + [BEARER_TOKEN]) + ")"
+    return "|".join(known + list(SHAPES) + [bearer])
 
 
 class Redactor:
