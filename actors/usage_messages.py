@@ -16,7 +16,7 @@ def hash_key(plaintext: str) -> str:
 
 @attrs.frozen
 class Authenticate:
-    key: str
+    key: str = attrs.field(repr=False)  # a presented gateway key: never in a repr, a log or a crash report
     model: str | None = None
 
 
@@ -25,7 +25,7 @@ class Reserve:
     """Hold credit for one request. ``targets`` are price labels ``provider/model``."""
 
     request_id: str
-    key: str
+    key: str = attrs.field(repr=False)
     client_model: str
     targets: tuple
     input_tokens: int
@@ -68,7 +68,7 @@ class CreateKey:
     name: str
     credit_usd: Any = None
     models: tuple | None = None
-    key: str | None = None
+    key: str | None = attrs.field(default=None, repr=False)
     requests_per_minute: int | None = None
     max_concurrency: int | None = None
     unlimited: bool = False  # without credit_usd a key is unlimited only when this says so

@@ -24,7 +24,7 @@ import trio
 from gateway.ending import Outcome, Trouble
 from gateway.request import ClientLink, Request
 from protocols.errors import GatewayError, Stopping, UpstreamError, UpstreamProtocolError, UpstreamTimeout
-from protocols.unified import ErrorEvent, Finish
+from protocols.unified import ErrorEvent, Finish, StreamStart
 from providers.base import Unparseable
 from providers.http11 import WriteWatch
 
@@ -66,7 +66,7 @@ def _only_error(batch: list) -> UpstreamError | None:
         for ev in frame.events:
             if isinstance(ev, ErrorEvent):
                 return ev.error if isinstance(ev.error, UpstreamError) else UpstreamError(ev.error.message)
-            if not isinstance(ev, Finish):
+            if not isinstance(ev, (Finish, StreamStart)):
                 return None
     return None
 

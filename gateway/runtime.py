@@ -30,6 +30,7 @@ from actors.supervisor import Supervisor
 from actors.usage import Query, UsageActor
 from gateway.config import Config
 from gateway.dispatch import Actors, Dispatcher
+from gateway.redaction import redacting_logs, redactor_for
 from gateway.state_lock import StateDirLock
 from protocols.errors import GatewayError
 from providers import registry
@@ -50,6 +51,7 @@ class Runtime:
         self.simulator: Simulator | None = None
         self.actors: Actors | None = None
         self.providers: dict = {}
+        self.redactor = redactor_for(config)  # every secret the config holds, out of upstream text and logs
         self.ready = trio.Event()
         self._stop = trio.Event()
         self._stopped = trio.Event()
@@ -78,7 +80,8 @@ class Runtime:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         try:
-            await self._run(task_status)
+            with redacting_logs(self.redactor):
+                await self._run(task_status)
         finally:
             self._stopped.set()
 
@@ -91,7 +94,8 @@ class Runtime:
                     await upstreams.start(self.simulator.serve, cfg.simulator.host, cfg.simulator.port)
                 async with AsyncExitStack() as pools:
                     for name, pcfg in cfg.providers.items():
-                        provider = registry.build(pcfg, self.simulator.url if self.simulator else None)
+                        provider = registry.build(pcfg, self.simulator.url if self.simulator else None,
+                                                  self.redactor)
                         pools.push_async_callback(provider.client.aclose)
                         self.providers[name] = provider
                     self.supervisor, self.actors = self._actors()

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from protocols.redact import NO_SECRETS, Redactor
+
 
 class GatewayError(Exception):
     status: int = 500
@@ -187,9 +189,14 @@ _CONTEXT_WORDS = ("context length", "context_length", "too long", "maximum conte
 
 
 def classify_upstream(
-    status: int, body: bytes, headers: Mapping[str, str], retry_after: float | None
+    status: int, body: bytes, headers: Mapping[str, str], retry_after: float | None,
+    redactor: Redactor = NO_SECRETS,
 ) -> UpstreamError:
-    """Map an upstream's non-success answer onto the tree, once, at the boundary."""
+    """Map an upstream's non-success answer onto the tree, once, at the boundary. The
+    body and headers kept on the error, and the message drawn from them, have every
+    secret the ``redactor`` knows removed: an upstream may quote the key it was sent."""
+    body = redactor.bytes(body)
+    headers = {k: redactor.text(v) for k, v in headers.items()}
     text = body[:4096].decode("utf-8", "replace")
     lowered = text.lower()
     message = _message_from_body(text) or f"upstream answered {status}"

@@ -18,6 +18,7 @@ from typing import Any, AsyncIterator
 from providers.http11 import Pool
 
 from protocols import anthropic_messages
+from protocols.redact import NO_SECRETS, Redactor
 from protocols.anthropic_wire import API_VERSION
 from providers.base import Completion, FrameReader, SSEFramer, encode_body, fetch_completion, open_frames
 
@@ -28,8 +29,10 @@ class AnthropicProvider:
     protocol = anthropic_messages.NAME
     SIM_SUFFIX = ""
 
-    def __init__(self, name: str, base_url: str, client: Pool, headers: dict | None = None) -> None:
+    def __init__(self, name: str, base_url: str, client: Pool, headers: dict | None = None,
+                 redactor: Redactor = NO_SECRETS) -> None:
         self.name = name
+        self.redactor = redactor  # upstream text on its way to a client or a log loses every secret
         self.url = f"{base_url}/v1/messages"
         self.client = client
         self.extra_headers = dict(headers or {})
@@ -56,10 +59,11 @@ class AnthropicProvider:
     async def stream(self, req, model: str, credential: Any) -> AsyncIterator[FrameReader]:
         body = encode_body(anthropic_messages.build_request(req, model))
         framer = SSEFramer(anthropic_messages.StreamDecoder(light=req.protocol == self.protocol))
-        async with open_frames(self.client, self.url_for(req), self.headers(req, credential), body, framer) as reader:
+        async with open_frames(self.client, self.url_for(req), self.headers(req, credential), body, framer,
+                               self.redactor) as reader:
             yield reader
 
     async def complete(self, req, model: str, credential: Any) -> Completion:
         body = encode_body(anthropic_messages.build_request(req, model))
         return await fetch_completion(self.client, self.url_for(req), self.headers(req, credential), body,
-                                      anthropic_messages.parse_response)
+                                      anthropic_messages.parse_response, self.redactor)

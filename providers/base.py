@@ -8,6 +8,12 @@ boundary, before the first frame: a non-2xx answer is read (bounded), classified
 raised, so the dispatcher can still fail over. Whether the request reached the
 upstream is the transport's finding (``http11.RequestNotSent`` / ``RequestBroken``),
 carried on the error as ``request_sent``.
+
+Upstream text never reaches a client or a log with a secret in it: each provider holds
+the gateway's ``Redactor`` and hands it to ``send`` (error statuses, transport errors),
+to ``FrameReader`` (from the first frame that carries an error on, its events' errors
+and its raw bytes, which a same-protocol stream forwards) and to ``fetch_completion``
+(a whole 200 body that holds an error object).
 """
 
 from __future__ import annotations
@@ -22,10 +28,11 @@ import attrs
 from providers import http11
 
 from protocols.errors import InvalidRequest, UpstreamProtocolError, UpstreamServerError, classify_upstream
+from protocols.redact import NO_SECRETS, Redactor
 from protocols.retry_after import retry_after
 from protocols.sse import EventTooLarge, SSEDecoder, SSEEvent
 from protocols.stream_end import reached_terminal
-from protocols.unified import UnifiedRequest, UnifiedResponse
+from protocols.unified import ErrorEvent, UnifiedRequest, UnifiedResponse
 
 MAX_ERROR_BODY = 64 * 1024
 
@@ -84,10 +91,12 @@ class SSEFramer:
 class FrameReader:
     """Pulls batches of frames from an open upstream response; one batch per read."""
 
-    def __init__(self, response: http11.Response, framer: Framer) -> None:
+    def __init__(self, response: http11.Response, framer: Framer, redactor: Redactor = NO_SECRETS) -> None:
         self.response = response
         self.framer = framer
+        self.redactor = redactor
         self._done = False
+        self._errored = False  # an error frame has been read: every frame from it on is redacted
 
     @property
     def content_type(self) -> str:
@@ -118,18 +127,37 @@ class FrameReader:
             try:
                 chunk = await self.response.receive()
             except http11.RequestBroken as exc:
-                raise UpstreamServerError(f"upstream connection failed mid-stream: {exc}",
+                raise UpstreamServerError(self.redactor.text(f"upstream connection failed mid-stream: {exc}"),
                                           request_sent=True) from None
             if chunk is None:
                 self._done = True
-                return self.framer.close() or None
+                return self._redacted(self.framer.close()) or None
             try:
                 frames = self.framer.feed(chunk)
             except EventTooLarge as exc:
                 raise UpstreamProtocolError(f"upstream stream rejected: {exc}") from None
             if frames:
-                return frames
+                return self._redacted(frames)
         return None
+
+    def _redacted(self, frames: list[Frame]) -> list[Frame]:
+        """Frames as they may leave the gateway: untouched until one carries an error
+        (the upstream's text may quote its key); that one and every later one with its
+        bytes, undecoded payload and error messages redacted."""
+        if not self._errored and not any(isinstance(ev, ErrorEvent) for f in frames for ev in f.events):
+            return frames
+        out = []
+        for frame in frames:
+            if not self._errored and not any(isinstance(ev, ErrorEvent) for ev in frame.events):
+                out.append(frame)
+                continue
+            self._errored = True
+            for ev in frame.events:
+                if isinstance(ev, ErrorEvent):
+                    self.redactor.error(ev.error)
+            payload = frame.payload if frame.payload is None else self.redactor.any(frame.payload)
+            out.append(attrs.evolve(frame, raw=self.redactor.bytes(frame.raw), payload=payload))
+        return out
 
     async def aclose(self) -> None:
         """Close at once, even inside a cancelled scope: the connection must not leak."""
@@ -138,16 +166,24 @@ class FrameReader:
 
 def parse_json(body: bytes, parse: Callable[[Any], UnifiedResponse]) -> UnifiedResponse:
     """A non-streaming upstream body through a protocol's ``parse_response``."""
+    return _parse_doc(_json_doc(body), parse, len(body))
+
+
+def _json_doc(body: bytes) -> Any:
     try:
         doc = json.loads(body)
     except (ValueError, RecursionError):
         raise Unparseable("upstream answered with a body that is not JSON", len(body)) from None
     if not isinstance(doc, (dict, list)):
         raise Unparseable("upstream answered with unexpected JSON", len(body))
+    return doc
+
+
+def _parse_doc(doc: Any, parse: Callable[[Any], UnifiedResponse], size: int) -> UnifiedResponse:
     try:
         return parse(doc)
     except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
-        raise Unparseable(f"upstream answer could not be read: {type(exc).__name__}", len(body)) from None
+        raise Unparseable(f"upstream answer could not be read: {type(exc).__name__}", size) from None
 
 
 class Unparseable(UpstreamProtocolError):
@@ -193,15 +229,16 @@ class Answer:
 
 
 async def send(client: http11.Pool, url: str, headers: Mapping[str, str], body: bytes,
-               *, stream: bool) -> Any:
+               *, stream: bool, redactor: Redactor = NO_SECRETS) -> Any:
     """POST to the upstream; return an open 2xx response (``stream``) or the whole
-    answer, or raise the classified error."""
+    answer, or raise the classified error (redacted: a transport error may quote a
+    header value, an error body the key)."""
     try:
         response = await client.request("POST", url, headers.items(), body)
     except http11.RequestNotSent as exc:
-        raise UpstreamServerError(f"cannot reach the upstream: {exc}", request_sent=False) from None
+        raise UpstreamServerError(redactor.text(f"cannot reach the upstream: {exc}"), request_sent=False) from None
     except http11.RequestBroken as exc:
-        raise UpstreamServerError(f"upstream connection failed: {exc}", request_sent=True) from None
+        raise UpstreamServerError(redactor.text(f"upstream connection failed: {exc}"), request_sent=True) from None
     if not 200 <= response.status < 300:
         try:
             content = await response.read(MAX_ERROR_BODY)
@@ -210,14 +247,14 @@ async def send(client: http11.Pool, url: str, headers: Mapping[str, str], body: 
         finally:
             await response.aclose()
         raise classify_upstream(response.status, content, response.headers,
-                                retry_after(response.headers, content, time.time()))
+                                retry_after(response.headers, content, time.time()), redactor)
     if stream:
         return response
     limit = client.max_body_bytes
     try:
         content = await response.read(limit + 1)
     except http11.RequestBroken as exc:
-        raise UpstreamServerError(f"upstream connection failed: {exc}", request_sent=True) from None
+        raise UpstreamServerError(redactor.text(f"upstream connection failed: {exc}"), request_sent=True) from None
     finally:
         await response.aclose()  # past the bound, this closes the connection mid-body
     if len(content) > limit:
@@ -226,9 +263,10 @@ async def send(client: http11.Pool, url: str, headers: Mapping[str, str], body: 
 
 
 @asynccontextmanager
-async def reading(response: http11.Response, framer: Framer) -> AsyncIterator[FrameReader]:
+async def reading(response: http11.Response, framer: Framer,
+                  redactor: Redactor = NO_SECRETS) -> AsyncIterator[FrameReader]:
     """Frames from an open response, which is closed on exit however the block ends."""
-    reader = FrameReader(response, framer)
+    reader = FrameReader(response, framer, redactor)
     try:
         yield reader
     finally:
@@ -237,18 +275,25 @@ async def reading(response: http11.Response, framer: Framer) -> AsyncIterator[Fr
 
 @asynccontextmanager
 async def open_frames(client: http11.Pool, url: str, headers: Mapping[str, str], body: bytes,
-                      framer: Framer) -> AsyncIterator[FrameReader]:
+                      framer: Framer, redactor: Redactor = NO_SECRETS) -> AsyncIterator[FrameReader]:
     """An upstream stream: the request sent, its frames read, the response closed on exit."""
-    response = await send(client, url, headers, body, stream=True)
-    async with reading(response, framer) as reader:
+    response = await send(client, url, headers, body, stream=True, redactor=redactor)
+    async with reading(response, framer, redactor) as reader:
         yield reader
 
 
 async def fetch_completion(client: http11.Pool, url: str, headers: Mapping[str, str], body: bytes,
-                           parse: Callable[[Any], UnifiedResponse]) -> Completion:
-    """A non-streaming call: the body as sent, and parsed by the protocol's ``parse_response``."""
-    answer = await send(client, url, headers, body, stream=False)
-    return Completion(answer.content, parse_json(answer.content, parse),
+                           parse: Callable[[Any], UnifiedResponse],
+                           redactor: Redactor = NO_SECRETS) -> Completion:
+    """A non-streaming call: the body as sent, and parsed by the protocol's ``parse_response``.
+    A success body that holds an error object (a failed Responses answer) is forwarded
+    redacted; any other is forwarded as sent."""
+    answer = await send(client, url, headers, body, stream=False, redactor=redactor)
+    content = answer.content
+    doc = _json_doc(content)
+    if isinstance(doc, dict) and doc.get("error"):
+        content = redactor.bytes(content)
+    return Completion(content, _parse_doc(doc, parse, len(content)),
                       answer.headers.get("content-type", "application/json"))
 
 

@@ -18,6 +18,7 @@ from urllib.parse import quote
 from providers.http11 import Pool
 
 from protocols import gemini
+from protocols.redact import NO_SECRETS, Redactor
 from protocols.errors import UpstreamProtocolError
 from protocols.json_array import ArrayElement, JsonArraySplitter
 from protocols.sse import SSEEvent
@@ -74,8 +75,10 @@ class GeminiProvider:
     protocol = gemini.NAME
     SIM_SUFFIX = ""
 
-    def __init__(self, name: str, base_url: str, client: Pool, headers: dict | None = None) -> None:
+    def __init__(self, name: str, base_url: str, client: Pool, headers: dict | None = None,
+                 redactor: Redactor = NO_SECRETS) -> None:
         self.name = name
+        self.redactor = redactor  # upstream text on its way to a client or a log loses every secret
         base = base_url.rstrip("/")
         self.base = base if base.endswith(API_VERSIONS) else base + "/v1beta"
         self.client = client
@@ -106,10 +109,10 @@ class GeminiProvider:
         decoder = gemini.StreamDecoder(light=req.protocol == self.protocol)
         framer = SSEFramer(decoder) if sse else JsonArrayFramer(decoder)
         url = self.url(model, "streamGenerateContent", sse)
-        async with open_frames(self.client, url, self.headers(credential), body, framer) as reader:
+        async with open_frames(self.client, url, self.headers(credential), body, framer, self.redactor) as reader:
             yield reader
 
     async def complete(self, req, model: str, credential: Any) -> Completion:
         body = encode_body(gemini.build_request(req, model))
         return await fetch_completion(self.client, self.url(model, "generateContent"), self.headers(credential),
-                                      body, gemini.parse_response)
+                                      body, gemini.parse_response, self.redactor)

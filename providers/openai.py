@@ -14,6 +14,7 @@ from typing import Any, AsyncIterator
 from providers.http11 import Pool
 
 from protocols import openai_responses
+from protocols.redact import NO_SECRETS, Redactor
 from providers.base import Completion, FrameReader, SSEFramer, bearer_headers, encode_body, fetch_completion, open_frames
 
 
@@ -21,8 +22,10 @@ class OpenAIResponsesProvider:
     protocol = openai_responses.NAME
     SIM_SUFFIX = "/v1"
 
-    def __init__(self, name: str, base_url: str, client: Pool, headers: dict | None = None) -> None:
+    def __init__(self, name: str, base_url: str, client: Pool, headers: dict | None = None,
+                 redactor: Redactor = NO_SECRETS) -> None:
         self.name = name
+        self.redactor = redactor  # upstream text on its way to a client or a log loses every secret
         self.url = f"{base_url}/responses"
         self.client = client
         self.extra_headers = dict(headers or {})
@@ -34,10 +37,11 @@ class OpenAIResponsesProvider:
     async def stream(self, req, model: str, credential: Any) -> AsyncIterator[FrameReader]:
         body = openai_responses.build_request(req, model)
         framer = SSEFramer(openai_responses.StreamDecoder(light=req.protocol == self.protocol))
-        async with open_frames(self.client, self.url, self.headers(credential), encode_body(body), framer) as reader:
+        async with open_frames(self.client, self.url, self.headers(credential), encode_body(body), framer,
+                               self.redactor) as reader:
             yield reader
 
     async def complete(self, req, model: str, credential: Any) -> Completion:
         body = openai_responses.build_request(req, model)
         return await fetch_completion(self.client, self.url, self.headers(credential), encode_body(body),
-                                      openai_responses.parse_response)
+                                      openai_responses.parse_response, self.redactor)

@@ -16,6 +16,7 @@ from typing import Any, AsyncIterator
 from providers.http11 import Pool
 
 from protocols import openai_chat
+from protocols.redact import NO_SECRETS, Redactor
 from protocols.errors import UpstreamBadRequest
 from providers.base import Completion, FrameReader, SSEFramer, bearer_headers, encode_body, fetch_completion, reading, send
 
@@ -26,8 +27,10 @@ class OpenAICompatProvider:
     protocol = openai_chat.NAME
     SIM_SUFFIX = "/v1"
 
-    def __init__(self, name: str, base_url: str, client: Pool, headers: dict | None = None) -> None:
+    def __init__(self, name: str, base_url: str, client: Pool, headers: dict | None = None,
+                 redactor: Redactor = NO_SECRETS) -> None:
         self.name = name
+        self.redactor = redactor  # upstream text on its way to a client or a log loses every secret
         self.url = f"{base_url}/chat/completions"
         self.client = client
         self.extra_headers = dict(headers or {})
@@ -42,7 +45,8 @@ class OpenAICompatProvider:
         while True:
             body = openai_chat.build_request(req, model, include_usage=inject or req.include_usage)
             try:
-                response = await send(self.client, self.url, self.headers(credential), encode_body(body), stream=True)
+                response = await send(self.client, self.url, self.headers(credential), encode_body(body), stream=True,
+                                      redactor=self.redactor)
                 break
             except UpstreamBadRequest as exc:
                 if not inject or exc.upstream_status not in (400, 422) or not _names_stream_options(exc):
@@ -50,13 +54,13 @@ class OpenAICompatProvider:
                 self.rejects_stream_options.add(model)
                 inject = False
         decoder = openai_chat.StreamDecoder(light=req.protocol == self.protocol)
-        async with reading(response, SSEFramer(decoder, drop_usage_only=inject)) as reader:
+        async with reading(response, SSEFramer(decoder, drop_usage_only=inject), self.redactor) as reader:
             yield reader
 
     async def complete(self, req, model: str, credential: Any) -> Completion:
         body = openai_chat.build_request(req, model, include_usage=False)
         return await fetch_completion(self.client, self.url, self.headers(credential), encode_body(body),
-                                      openai_chat.parse_response)
+                                      openai_chat.parse_response, self.redactor)
 
 
 def _names_stream_options(exc: UpstreamBadRequest) -> bool:

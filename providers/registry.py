@@ -9,6 +9,7 @@ from providers.gemini import GeminiProvider
 from providers.http11 import Pool
 from providers.openai import OpenAIResponsesProvider
 from providers.openai_compat import OpenAICompatProvider
+from protocols.redact import NO_SECRETS, Redactor
 
 # family name -> provider class; the simulator family picks by the protocol it speaks.
 FAMILIES: dict[str, type] = {
@@ -25,9 +26,10 @@ BY_PROTOCOL: dict[str, type] = {
 }
 
 
-def build(cfg: Any, simulator_url: str | None) -> Any:
+def build(cfg: Any, simulator_url: str | None, redactor: Redactor = NO_SECRETS) -> Any:
     """A provider object for one configured provider, with its own connection pool
-    (``provider.client``; the caller closes it)."""
+    (``provider.client``; the caller closes it) and the gateway's redactor (every
+    upstream text it lets out loses the secrets the gateway knows)."""
     simulated = cfg.family == "simulator" or cfg.embedded
     if simulated:
         cls = BY_PROTOCOL[cfg.protocol or "openai_chat"]
@@ -39,4 +41,4 @@ def build(cfg: Any, simulator_url: str | None) -> Any:
     pool = Pool(base, connect_timeout=cfg.connect_timeout_s, keepalive_s=cfg.keepalive_s,
                 max_connections=cfg.max_connections, proxy=cfg.proxy, env={} if simulated else None,
                 max_body_bytes=cfg.max_response_bytes)
-    return cls(cfg.name, base, pool, dict(cfg.headers))
+    return cls(cfg.name, base, pool, dict(cfg.headers), redactor=redactor)
