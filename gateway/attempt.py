@@ -63,6 +63,8 @@ def _only_error(batch: list) -> UpstreamError | None:
     """An upstream whose first event is an error has sent nothing worth keeping:
     treat it like an error status, so the request can still fail over."""
     for frame in batch:
+        if not frame.events and frame.payload:
+            return None  # forwarded undecoded (light pass-through): it may have been content
         for ev in frame.events:
             if isinstance(ev, ErrorEvent):
                 return ev.error if isinstance(ev.error, UpstreamError) else UpstreamError(ev.error.message)
