@@ -17,7 +17,7 @@ from __future__ import annotations
 import hmac
 import math
 import time
-from functools import wraps
+from functools import partial, wraps
 
 from quart import Blueprint, current_app, request
 
@@ -28,6 +28,8 @@ from protocols.money import usd
 from protocols.validate import load_json_object
 
 blueprint = Blueprint("admin", __name__, url_prefix="/admin")
+# "/admin/keys//x" is no key's path: a 404 in JSON, not an HTML redirect to "/admin/keys/x"
+route = partial(blueprint.route, merge_slashes=False)
 
 
 def _error(err: GatewayError):
@@ -53,56 +55,56 @@ def admin_only(view):
     return guarded
 
 
-@blueprint.route("/actors", methods=["GET"])
+@route("/actors", methods=["GET"])
 @admin_only
 async def actors(runtime):
     return runtime.supervisor.snapshot()
 
 
-@blueprint.route("/credentials", methods=["GET"])
+@route("/credentials", methods=["GET"])
 @admin_only
 async def credential_pools(runtime):
     return await runtime.actors.credentials.ask(credentials.Snapshot())
 
 
-@blueprint.route("/credentials/<provider>/<credential_id>/enable", methods=["POST"])
+@route("/credentials/<provider>/<credential_id>/enable", methods=["POST"])
 @admin_only
 async def enable_credential(runtime, provider, credential_id):
     return await runtime.actors.credentials.ask(credentials.Enable(provider, credential_id))
 
 
-@blueprint.route("/cooldowns", methods=["GET"])
+@route("/cooldowns", methods=["GET"])
 @admin_only
 async def cooldowns(runtime):
     return await runtime.actors.cooldown.ask(cooldown.Snapshot())
 
 
-@blueprint.route("/keys", methods=["GET"])
+@route("/keys", methods=["GET"])
 @admin_only
 async def keys(runtime):
     return {"keys": await runtime.actors.usage.ask(usage.Query("keys"))}
 
 
-@blueprint.route("/keys", methods=["POST"])
+@route("/keys", methods=["POST"])
 @admin_only
 async def create_key(runtime):
     created = await runtime.actors.usage.ask(create_key_message(await _json()))
     return created, 201
 
 
-@blueprint.route("/keys/<name>", methods=["PATCH", "POST"])
+@route("/keys/<name>", methods=["PATCH", "POST"])
 @admin_only
 async def update_key(runtime, name):
     return await runtime.actors.usage.ask(update_key_message(name, await _json()))
 
 
-@blueprint.route("/reservations", methods=["GET"])
+@route("/reservations", methods=["GET"])
 @admin_only
 async def reservations(runtime):
     return {"reservations": await runtime.actors.usage.ask(usage.Query("reservations"))}
 
 
-@blueprint.route("/usage", methods=["GET"])
+@route("/usage", methods=["GET"])
 @admin_only
 async def usage_totals(runtime):
     window = _seconds(request.args.get("since_s"), "since_s")
@@ -114,7 +116,7 @@ async def usage_totals(runtime):
     return {"window_s": window, "by": totals}
 
 
-@blueprint.route("/usage/records", methods=["GET"])
+@route("/usage/records", methods=["GET"])
 @admin_only
 async def usage_records(runtime):
     actor = runtime.supervisor.actor("usage")
