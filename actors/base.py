@@ -12,14 +12,6 @@ from typing import Any
 import trio
 
 from actors.mailbox import Envelope, Mailbox, answer, crash_reply
-
-
-class Crash:
-    """Posted to an actor's own inbox when its handler failed inline in a caller's task,
-    so the actor crashes (and is restarted) in its own task, where the supervisor sees it."""
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
 from protocols.errors import GatewayError
 
 
@@ -49,10 +41,8 @@ class Actor:
     async def run(self, mailbox: Mailbox) -> None:
         receive = mailbox.receive_channel
         while True:
-            envelope: Envelope = await receive.receive()
+            envelope: Envelope = await receive.receive()  # raises a posted crash's error
             try:
-                if isinstance(envelope.msg, Crash):
-                    raise envelope.msg.error
                 self.dispatch(envelope, trio.current_time())
             finally:
                 mailbox.pending -= 1

@@ -5,6 +5,10 @@ reply slot and waits for it under a deadline; an actor that answers a caller who
 up (cancelled, timed out) finds nobody waiting and carries on. A domain error raised by
 the actor's core (``OutOfCredit``, ``NotFound`` ...) travels back and is raised in the
 caller, so call sites read like ordinary function calls.
+
+A message that crashed its actor while a caller's task ran it inline is posted back as
+a ``Crash``; the actor's own receive raises its error (see ``Inbox``), so every actor
+loop crashes with the real error, where the supervisor records it.
 """
 
 from __future__ import annotations
@@ -42,6 +46,52 @@ class Envelope:
     reply: Reply | None = None
 
 
+class Crash:
+    """Posted to an actor's own inbox when its handler failed inline in a caller's task,
+    so the actor crashes (and is restarted) in its own task, where the supervisor sees it."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"Crash({type(self.error).__name__}: {self.error})"
+
+
+class Inbox:
+    """The actor's end of its mailbox: a receive channel that raises a posted ``Crash``.
+
+    ``receive`` raises the crash's error instead of returning it, so an actor loop needs
+    no case for it (the meter's batching loop included). ``receive_nowait`` meeting a
+    crash ends the batch there (``WouldBlock``): the messages received before it are
+    handled and answered first, and the next ``receive`` raises.
+    """
+
+    def __init__(self, channel: trio.MemoryReceiveChannel, mailbox: "Mailbox") -> None:
+        self._channel = channel
+        self._mailbox = mailbox
+        self._crash: Crash | None = None
+
+    async def receive(self) -> Envelope:
+        if self._crash is not None:
+            crash, self._crash = self._crash, None
+            raise crash.error
+        envelope = await self._channel.receive()
+        if isinstance(envelope.msg, Crash):
+            self._mailbox.pending -= 1
+            raise envelope.msg.error
+        return envelope
+
+    def receive_nowait(self) -> Envelope:
+        if self._crash is not None:
+            raise trio.WouldBlock
+        envelope = self._channel.receive_nowait()
+        if isinstance(envelope.msg, Crash):
+            self._mailbox.pending -= 1
+            self._crash = envelope.msg
+            raise trio.WouldBlock
+        return envelope
+
+
 class Mailbox:
     """The only handle callers hold on an actor.
 
@@ -57,13 +107,19 @@ class Mailbox:
     def __init__(self, name: str, capacity: int, ask_timeout: float = 10.0) -> None:
         self.name = name
         self.ask_timeout = ask_timeout
-        self.send_channel, self.receive_channel = trio.open_memory_channel[Envelope](capacity)
+        self.send_channel, channel = trio.open_memory_channel[Envelope](capacity)
+        self.receive_channel = Inbox(channel, self)
         self.inline: Callable[[Envelope], bool] | None = None
         self.inline_async: Callable[[Envelope], Awaitable[bool]] | None = None
         self.pending = 0  # queued or in the actor's hands, not yet handled
 
     def depth(self) -> int:
         return self.send_channel.statistics().current_buffer_used
+
+    def post_crash(self, error: BaseException) -> None:
+        """Hand a crash that happened in a caller's task to the actor's own loop."""
+        self.pending += 1
+        self.send_channel.send_nowait(Envelope(Crash(error)))
 
     def _try_inline(self, envelope: Envelope) -> bool:
         return self.pending == 0 and self.inline is not None and self.inline(envelope)

@@ -14,10 +14,30 @@ from typing import Callable
 import attrs
 import trio
 
-from actors.base import Actor, Crash
-from actors.mailbox import Envelope, Mailbox
+from actors.base import Actor
+from actors.mailbox import Mailbox
 
 log = logging.getLogger("tollhouse.actors")
+
+MAX_CRASH_CHARS = 500
+
+
+def describe_crash(exc: BaseException) -> str:
+    """``Type: message`` of what crashed an actor, for ``/admin/actors`` and the log.
+
+    An actor that runs a nursery (the meter) crashes with an exception group around the
+    error: each error inside it is named, not the group.
+    """
+    errors = []
+    pending = [exc]
+    while pending:
+        error = pending.pop(0)
+        if isinstance(error, BaseExceptionGroup):
+            pending[:0] = error.exceptions
+        else:
+            errors.append(f"{type(error).__name__}: {error}")
+    text = "; ".join(errors)
+    return text if len(text) <= MAX_CRASH_CHARS else text[:MAX_CRASH_CHARS] + "..."
 
 
 @attrs.define
@@ -65,8 +85,7 @@ class Supervisor:
         except Exception as exc:
             if slot.actor is actor and slot.running:
                 slot.running = False
-                slot.mailbox.pending += 1
-                slot.mailbox.send_channel.send_nowait(Envelope(Crash(exc)))
+                slot.mailbox.post_crash(exc)
         return True
 
     def _inline(self, slot: Slot, envelope) -> bool:
@@ -77,8 +96,7 @@ class Supervisor:
             slot.actor.dispatch(envelope, trio.current_time())
         except Exception as exc:
             slot.running = False
-            slot.mailbox.pending += 1
-            slot.mailbox.send_channel.send_nowait(Envelope(Crash(exc)))
+            slot.mailbox.post_crash(exc)
         return True
 
     def actor(self, name: str) -> Actor:
@@ -101,7 +119,7 @@ class Supervisor:
             except Exception as exc:
                 slot.running = False
                 slot.restarts += 1
-                slot.last_crash = f"{type(exc).__name__}: {exc}"
+                slot.last_crash = describe_crash(exc)
                 slot.handled_before_restart += slot.actor.handled
                 log.error("actor %s crashed (%s); restarting", name, slot.last_crash)
                 await trio.sleep(self.restart_backoff)

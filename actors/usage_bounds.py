@@ -6,7 +6,9 @@ first: token counts for a hold must be whole and non-negative (a negative one is
 client's attempt to hold negative credit and is refused); reported usage is clamped
 into range bucket by bucket (an upstream's nonsense is not a refund); amounts are
 finite, non-negative decimals; and every amount fits the ledger's 64-bit integers
-with room to add (no request is worth more than ``MAX_MICRO``).
+with room to add (no request is worth more than ``MAX_MICRO``). A key's own limits
+(requests per minute, concurrency) are whole numbers up to ``MAX_LIMIT``, so they too
+fit the ledger's integers.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from protocols.unified import Usage
 MAX_TOKENS = 10**10  # per bucket: no model reads or writes ten billion tokens in one call
 MAX_USD = Decimal(10**9)  # one amount (a credit, one charge): a billion dollars
 MAX_MICRO = 10**15  # MAX_USD in micro-USD; 9,000 of them still fit an SQLite INTEGER
+MAX_LIMIT = 10**9  # a key's requests_per_minute or max_concurrency: past this it is no limit at all
 BUCKETS = ("input", "cached_input", "cache_write", "output", "reasoning")
 
 
@@ -86,3 +89,14 @@ def amount(value: Any) -> Decimal:
     if d > MAX_USD:
         raise InvalidRequest(f"amount must be at most {MAX_USD} USD: {value!r}")
     return d
+
+
+def limit(value: Any, what: str) -> int | None:
+    """A key's limit: None (no limit) or a whole number in ``[1, MAX_LIMIT]``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"{what} must be a whole number or null, not {type(value).__name__}", param=what)
+    if not 1 <= value <= MAX_LIMIT:
+        raise InvalidRequest(f"{what} must be between 1 and {MAX_LIMIT:,}, or null for no limit", param=what)
+    return value

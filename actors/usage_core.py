@@ -14,6 +14,8 @@ from typing import Any, Iterable, Mapping
 import attrs
 
 from actors.usage_messages import (
+    UNCHANGED,
+    AllowedModels,
     Authenticate,
     CreateKey,
     Msg,
@@ -291,25 +293,24 @@ class UsageCore:
         return ops
 
     def create_key(self, msg: CreateKey) -> tuple[dict, list]:
-        if not msg.name or msg.name in self.keys:
-            raise InvalidRequest(f"a key named {msg.name!r} already exists" if msg.name else "name is required")
+        """A new key from a ``CreateKey`` (whose fields checked themselves when it was built)."""
+        if msg.name in self.keys:
+            raise InvalidRequest(f"a key named {msg.name!r} already exists", param="name")
         plaintext = msg.key or "th-" + secrets.token_urlsafe(24)
         if hash_key(plaintext) in self.by_hash:
-            raise InvalidRequest("that key value is already in use")
-        if not isinstance(msg.unlimited, bool):
-            raise InvalidRequest(f"unlimited must be true or false, not {msg.unlimited!r}")
+            raise InvalidRequest("that key value is already in use", param="key")
         if msg.credit_usd is None and not msg.unlimited:
             raise InvalidRequest("A key needs credit_usd, or \"unlimited\": true for a key without a credit limit.")
         if msg.credit_usd is not None and msg.unlimited:
             raise InvalidRequest("A key has either credit_usd or \"unlimited\": true, not both.")
         credit = None if msg.credit_usd is None else to_micro(amount(msg.credit_usd))
         state = KeyState(msg.name, hash_key(plaintext), credit, models=msg.models, created_at=self.wall(),
-                         requests_per_minute=_limit(msg.requests_per_minute),
-                         max_concurrency=_limit(msg.max_concurrency))
+                         requests_per_minute=msg.requests_per_minute, max_concurrency=msg.max_concurrency)
         self._index(state)
         return {**state.view(), "key": plaintext}, [("put_key", state.row())]
 
     def update_key(self, msg: UpdateKey) -> tuple[dict, list]:
+        """Every check before any change: a refused update leaves the key as it was."""
         state = self.keys.get(msg.name)
         if state is None:
             raise NotFound(f"no key named {msg.name!r}")
@@ -320,16 +321,15 @@ class UsageCore:
             credit = (credit or 0) + to_micro(amount(msg.add_credit_usd))
         if credit is not None and credit > MAX_MICRO:
             raise InvalidRequest(f"a key's credit must be at most ${usd(MAX_MICRO)}")
-        if msg.models != "unchanged" and msg.models is not None and not isinstance(msg.models, (list, tuple)):
-            raise InvalidRequest("models must be a list of model names or null")
-        rpm = state.requests_per_minute if msg.requests_per_minute == "unchanged" else _limit(msg.requests_per_minute)
-        conc = state.max_concurrency if msg.max_concurrency == "unchanged" else _limit(msg.max_concurrency)
         state.credit_micro = credit
-        state.requests_per_minute, state.max_concurrency = rpm, conc
+        if msg.requests_per_minute != UNCHANGED:
+            state.requests_per_minute = msg.requests_per_minute
+        if msg.max_concurrency != UNCHANGED:
+            state.max_concurrency = msg.max_concurrency
         if msg.disabled is not None:
             state.disabled = msg.disabled
-        if msg.models != "unchanged":
-            state.models = tuple(msg.models) if msg.models is not None else None
+        if msg.models != UNCHANGED:
+            state.models = msg.models
         return state.view(), [("put_key", state.row())]
 
     def settings(self, name: str) -> KeySettings | None:
@@ -373,6 +373,8 @@ class UsageCore:
                 return self.settle(msg, now)
             case Authenticate(key, model):
                 return self.authenticate(key, model).name, []
+            case AllowedModels(key):
+                return self.authenticate(key, None).models, []
             case CreateKey():
                 return self.create_key(msg)
             case UpdateKey():
@@ -382,10 +384,3 @@ class UsageCore:
             case _:
                 raise TypeError(f"usage: unknown message {msg!r}")
 
-
-def _limit(value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise InvalidRequest(f"a limit must be a positive integer or null, not {value!r}")
-    return value

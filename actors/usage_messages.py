@@ -1,13 +1,29 @@
-"""The usage actor's messages: what callers may ask of the meter."""
+"""The usage actor's messages: what callers may ask of the meter.
+
+The key-changing messages check their own fields when they are built (a bad value
+raises ``InvalidRequest`` in the caller), so the meter's core only ever sees a key
+change it can store: a safe name, amounts and limits within the ledger's bounds,
+a model allow-list that is a tuple of names. The admin API reads its JSON with the
+config's rules first (``gateway/admin_schema.py``) and so names the field at fault;
+these checks are what holds for every other caller too.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
 
 import attrs
 
+from actors.usage_bounds import amount, limit
+from protocols.errors import InvalidRequest
 from protocols.unified import EndReason, Provenance, Usage
+
+KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+KEY_NAME_RULE = "1-64 letters, digits and '-_.', starting with a letter or digit"
+MAX_KEY_CHARS = 512  # a chosen key value; generated ones are 35
+UNCHANGED = "unchanged"  # an UpdateKey field that leaves the key's setting as it is
 
 
 def hash_key(plaintext: str) -> str:
@@ -63,26 +79,90 @@ class Settled:
     cost_source: str
 
 
+def is_key_name(value: Any) -> bool:
+    return isinstance(value, str) and KEY_NAME.fullmatch(value) is not None
+
+
+def _name(_, attribute, value: Any) -> None:
+    if not is_key_name(value):
+        raise InvalidRequest(f"a key's name must be {KEY_NAME_RULE}", param="name")
+
+
+def _models(value: Any) -> tuple | None:
+    """A model allow-list: None (any model) or model names, kept as a tuple."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)) and all(isinstance(m, str) and m for m in value):
+        return tuple(value)
+    raise InvalidRequest("models must be an array of model names, or null for any model", param="models")
+
+
+def _models_or_unchanged(value: Any) -> tuple | None | str:
+    return value if isinstance(value, str) and value == UNCHANGED else _models(value)
+
+
+def _amount(_, attribute, value: Any) -> None:
+    if value is not None:
+        amount(value)
+
+
+def _limit(_, attribute, value: Any) -> None:
+    limit(value, attribute.name)
+
+
+def _limit_or_unchanged(_, attribute, value: Any) -> None:
+    if not (isinstance(value, str) and value == UNCHANGED):
+        limit(value, attribute.name)
+
+
+def _flag(_, attribute, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{attribute.name} must be true or false", param=attribute.name)
+
+
+def _flag_or_unchanged(_, attribute, value: Any) -> None:
+    if value is not None and not isinstance(value, bool):
+        raise InvalidRequest(f"{attribute.name} must be true or false", param=attribute.name)
+
+
+def _key_value(_, attribute, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_KEY_CHARS or not value.isprintable():
+        raise InvalidRequest(f"a chosen key must be 1-{MAX_KEY_CHARS} printable characters", param="key")
+
+
 @attrs.frozen
 class CreateKey:
-    name: str
-    credit_usd: Any = None
-    models: tuple | None = None
-    key: str | None = attrs.field(default=None, repr=False)
-    requests_per_minute: int | None = None
-    max_concurrency: int | None = None
-    unlimited: bool = False  # without credit_usd a key is unlimited only when this says so
+    name: str = attrs.field(validator=_name)
+    credit_usd: Any = attrs.field(default=None, validator=_amount)
+    models: tuple | None = attrs.field(default=None, converter=_models)
+    key: str | None = attrs.field(default=None, validator=_key_value, repr=False)
+    requests_per_minute: int | None = attrs.field(default=None, validator=_limit)
+    max_concurrency: int | None = attrs.field(default=None, validator=_limit)
+    # without credit_usd a key is unlimited only when this says so
+    unlimited: bool = attrs.field(default=False, validator=_flag)
 
 
 @attrs.frozen
 class UpdateKey:
-    name: str
-    credit_usd: Any = None
-    add_credit_usd: Any = None
-    disabled: bool | None = None
-    models: Any = "unchanged"
-    requests_per_minute: Any = "unchanged"
-    max_concurrency: Any = "unchanged"
+    """A change to a key; ``None`` amounts, ``None`` disabled and ``UNCHANGED`` elsewhere
+    leave that setting as it is (``models``/limits set to None mean "no restriction")."""
+
+    name: str  # not checked against KEY_NAME: a key of an older ledger keeps its name
+    credit_usd: Any = attrs.field(default=None, validator=_amount)
+    add_credit_usd: Any = attrs.field(default=None, validator=_amount)
+    disabled: bool | None = attrs.field(default=None, validator=_flag_or_unchanged)
+    models: Any = attrs.field(default=UNCHANGED, converter=_models_or_unchanged)
+    requests_per_minute: Any = attrs.field(default=UNCHANGED, validator=_limit_or_unchanged)
+    max_concurrency: Any = attrs.field(default=UNCHANGED, validator=_limit_or_unchanged)
+
+
+@attrs.frozen
+class AllowedModels:
+    """The model allow-list of a presented key (None: any model), once it authenticates."""
+
+    key: str
 
 
 @attrs.frozen
@@ -92,4 +172,4 @@ class Query:
     what: str
 
 
-Msg = Authenticate | Reserve | Settle | CreateKey | UpdateKey | Query
+Msg = Authenticate | Reserve | Settle | CreateKey | UpdateKey | AllowedModels | Query

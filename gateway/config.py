@@ -27,6 +27,8 @@ import attrs
 
 from gateway.config_schema import (FRACTION, INVALID, NON_NEGATIVE, PORT, POSITIVE, Check, Reader, child,
                                    closest, did_you_mean, setting)
+from actors.usage_bounds import MAX_LIMIT
+from actors.usage_messages import KEY_NAME_RULE, is_key_name
 from protocols.money import FREE, Price
 from protocols.secret import Secret
 
@@ -55,6 +57,8 @@ def _is_proxy_url(value: str) -> bool:
 
 PROXY_URL = Check(_is_proxy_url, "expected null or 'http://[user:pass@]host:port'")
 TARGETS = Check(lambda v: len(v) > 0, "needs at least one target")
+KEY_NAME = Check(is_key_name, f"must be {KEY_NAME_RULE}")
+KEY_LIMIT = Check(lambda v: 0 < v <= MAX_LIMIT, f"must be between 1 and {MAX_LIMIT:,}")
 
 
 @attrs.frozen(kw_only=True)
@@ -119,13 +123,13 @@ class ModelConfig:
 
 @attrs.frozen(kw_only=True)
 class KeyConfig:
-    name: str = ""
+    name: str = setting("", check=KEY_NAME)
     key: Secret
     credit_usd: Decimal | None = None
     unlimited: bool = False
     models: tuple[str, ...] | None = None
-    requests_per_minute: int | None = setting(None, check=POSITIVE)
-    max_concurrency: int | None = setting(None, check=POSITIVE)
+    requests_per_minute: int | None = setting(None, check=KEY_LIMIT)
+    max_concurrency: int | None = setting(None, check=KEY_LIMIT)
 
     def problems(self, unread: frozenset[str]) -> Problems:
         if "credit_usd" in unread or "unlimited" in unread:

@@ -6,21 +6,30 @@
 ``open`` while its request runs and ``settling`` once settled but not yet on disk (the
 ledger refused the write; the meter retries it). ``/admin/usage/records``: the ledger's
 entries, with the ``basis`` of an estimated charge and the ``unanswered`` attempts.
+
+Every refusal is a JSON error (a 400 for a bad body or query, naming what is wrong);
+key bodies are read by the config's rules (``gateway/admin_schema.py``), so no body
+reaches the meter that it cannot store.
 """
 
 from __future__ import annotations
 
 import hmac
+import math
 import time
-from functools import wraps
+from functools import partial, wraps
 
 from quart import Blueprint, current_app, request
 
 from actors import cooldown, credentials, usage
+from gateway.admin_schema import create_key_message, update_key_message
 from protocols.errors import Forbidden, GatewayError, InvalidRequest, Unauthenticated
 from protocols.money import usd
+from protocols.validate import load_json_object
 
 blueprint = Blueprint("admin", __name__, url_prefix="/admin")
+# "/admin/keys//x" is no key's path: a 404 in JSON, not an HTML redirect to "/admin/keys/x"
+route = partial(blueprint.route, merge_slashes=False)
 
 
 def _error(err: GatewayError):
@@ -46,75 +55,59 @@ def admin_only(view):
     return guarded
 
 
-@blueprint.route("/actors", methods=["GET"])
+@route("/actors", methods=["GET"])
 @admin_only
 async def actors(runtime):
     return runtime.supervisor.snapshot()
 
 
-@blueprint.route("/credentials", methods=["GET"])
+@route("/credentials", methods=["GET"])
 @admin_only
 async def credential_pools(runtime):
     return await runtime.actors.credentials.ask(credentials.Snapshot())
 
 
-@blueprint.route("/credentials/<provider>/<credential_id>/enable", methods=["POST"])
+@route("/credentials/<provider>/<credential_id>/enable", methods=["POST"])
 @admin_only
 async def enable_credential(runtime, provider, credential_id):
     return await runtime.actors.credentials.ask(credentials.Enable(provider, credential_id))
 
 
-@blueprint.route("/cooldowns", methods=["GET"])
+@route("/cooldowns", methods=["GET"])
 @admin_only
 async def cooldowns(runtime):
     return await runtime.actors.cooldown.ask(cooldown.Snapshot())
 
 
-@blueprint.route("/keys", methods=["GET"])
+@route("/keys", methods=["GET"])
 @admin_only
 async def keys(runtime):
     return {"keys": await runtime.actors.usage.ask(usage.Query("keys"))}
 
 
-@blueprint.route("/keys", methods=["POST"])
+@route("/keys", methods=["POST"])
 @admin_only
 async def create_key(runtime):
-    doc = await _json()
-    models = doc.get("models")
-    created = await runtime.actors.usage.ask(usage.CreateKey(
-        name=str(doc.get("name") or ""), credit_usd=doc.get("credit_usd"),
-        models=tuple(models) if isinstance(models, list) else None,
-        requests_per_minute=doc.get("requests_per_minute"), max_concurrency=doc.get("max_concurrency"),
-        unlimited=doc.get("unlimited", False)))
+    created = await runtime.actors.usage.ask(create_key_message(await _json()))
     return created, 201
 
 
-@blueprint.route("/keys/<name>", methods=["PATCH", "POST"])
+@route("/keys/<name>", methods=["PATCH", "POST"])
 @admin_only
 async def update_key(runtime, name):
-    doc = await _json()
-    return await runtime.actors.usage.ask(usage.UpdateKey(
-        name=name, credit_usd=doc.get("credit_usd"), add_credit_usd=doc.get("add_credit_usd"),
-        disabled=doc.get("disabled") if isinstance(doc.get("disabled"), bool) else None,
-        models=doc["models"] if "models" in doc else "unchanged",
-        requests_per_minute=doc.get("requests_per_minute", "unchanged"),
-        max_concurrency=doc.get("max_concurrency", "unchanged")))
+    return await runtime.actors.usage.ask(update_key_message(name, await _json()))
 
 
-@blueprint.route("/reservations", methods=["GET"])
+@route("/reservations", methods=["GET"])
 @admin_only
 async def reservations(runtime):
     return {"reservations": await runtime.actors.usage.ask(usage.Query("reservations"))}
 
 
-@blueprint.route("/usage", methods=["GET"])
+@route("/usage", methods=["GET"])
 @admin_only
 async def usage_totals(runtime):
-    since = request.args.get("since_s")
-    try:
-        window = float(since) if since is not None else None
-    except ValueError:
-        raise InvalidRequest("since_s must be a number of seconds") from None
+    window = _seconds(request.args.get("since_s"), "since_s")
     actor = runtime.supervisor.actor("usage")
     totals = await actor.read(actor.ledger.totals, None if window is None else time.time() - window)
     for dim in totals.values():
@@ -123,7 +116,7 @@ async def usage_totals(runtime):
     return {"window_s": window, "by": totals}
 
 
-@blueprint.route("/usage/records", methods=["GET"])
+@route("/usage/records", methods=["GET"])
 @admin_only
 async def usage_records(runtime):
     actor = runtime.supervisor.actor("usage")
@@ -132,7 +125,24 @@ async def usage_records(runtime):
 
 
 async def _json() -> dict:
-    doc = await request.get_json(force=True, silent=True)
-    if not isinstance(doc, dict):
-        raise InvalidRequest("Expected a JSON object body.")
-    return doc
+    """The body as a JSON object: strict UTF-8 and JSON, or a 400 (never Quart's HTML 500)."""
+    body = await request.get_data(as_text=False)
+    try:
+        body.decode("utf-8")  # json.loads would take UTF-16 or UTF-32 too
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"Request body is not UTF-8 text (byte {exc.start}).") from None
+    return load_json_object(body)
+
+
+def _seconds(raw: str | None, what: str) -> float | None:
+    """A query parameter that counts seconds back from now: finite and >= 0 (NaN would
+    match nothing and answer JSON no client can read)."""
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidRequest(f"{what} must be a number of seconds, not {raw[:40]!r}", param=what) from None
+    if not math.isfinite(value) or value < 0:
+        raise InvalidRequest(f"{what} must be a finite number of seconds >= 0, not {raw[:40]!r}", param=what)
+    return value
