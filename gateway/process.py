@@ -69,6 +69,7 @@ def server_config(server: ServerConfig, bind: str | None = None) -> HypercornCon
     also the ones it waits on while a long stream is sent to a client that has nothing
     more to say, and would cut such streams. The request head has its own deadline
     (``gateway.http1``) and the request body its own total one (``read_body``).
+    Building it installs ``gateway.http1``'s protocol, which reads that deadline.
     """
     http1.install()
     cfg = HypercornConfig()
