@@ -170,8 +170,7 @@ async def test_a_request_with_both_content_length_and_transfer_encoding_is_refus
             await conn.send_raw(
                 b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\n"
                 b"Authorization: Bearer " + DEMO_KEY.encode() + b"\r\n"
-                b"Content-Length: " + str(len(CHAT)).encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
-                b"0\r\n\r\n" + CHAT)
+                b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
             head, body = await conn.response()
             assert head.status_code == 400
             assert "Transfer-Encoding" in json.loads(body)["error"]["message"]
@@ -236,8 +235,9 @@ async def test_a_stranger_is_refused_before_its_body_is_read(tmp_path, door, pat
             # The head promises a body that is never sent: only the headers can be judged.
             await conn.request("POST", target, headers(key) if key else [], b"x" * 100_000, head_only=True)
             head, _ = await conn.response()
-            assert head.status_code == 401
-            await conn.eof()  # the unread body is not waited for
+            assert (head.status_code, _header(head, b"connection")) == (401, b"close")
+            await conn.send_raw(b"x" * 100_000)  # a client that sends its body anyway is not reset:
+            await conn.eof()  # the body is read, dropped, and the connection closed
             assert gw.ledger_entries() == []
 
 
@@ -270,6 +270,7 @@ async def test_a_trickled_body_with_a_valid_key_is_cut_by_the_body_timeout(tmp_p
                 nursery.start_soon(trickle)
                 head, body = await conn.response()  # h11 reads an answer that comes before the body's end
                 nursery.cancel_scope.cancel()
+            await conn.send_raw(CHAT)  # the rest, and more: read and dropped, then the connection closed
             assert head.status_code == 408
             assert trio.current_time() - start >= body_s * 0.9
             assert _header(head, b"connection") == b"close"
@@ -284,3 +285,13 @@ async def test_a_request_head_sent_too_slowly_is_cut_by_the_read_timeout(tmp_pat
         async with running_gateway(_config(tmp_path, read_timeout_s=head_s)) as gw, Conn.open(gw.url) as conn:
             await conn.send_raw(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n")  # and never the blank line
             assert await conn.eof() >= head_s * 0.9
+
+
+async def test_a_stranger_uploading_a_large_body_reads_its_401_not_a_reset(tmp_path):
+    body = json.dumps({"model": "demo", "messages": [{"role": "user", "content": "x" * 5_000_000}]}).encode()
+    with trio.fail_after(LONG / 2):
+        async with running_gateway(_config(tmp_path)) as gw, httpx.AsyncClient(base_url=gw.url) as client:
+            for _ in range(3):
+                r = await client.post("/v1/chat/completions", content=body,
+                                      headers={"authorization": "Bearer th-nobody"})
+                assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
