@@ -104,6 +104,10 @@ class UsageActor(Actor):
         self.fault: str | None = None  # why the ledger refuses writes, while it does
         self.write_failures = 0
         self._backlog_added = trio.Event()
+        # The hashes of every key the core knows, replaced (never mutated) whenever keys
+        # change, so the front doors can refuse a stranger from its headers without a
+        # message to this actor. None until ``start`` has loaded the keys.
+        self.key_hashes: frozenset[str] | None = None
 
     async def start(self) -> None:
         """Open and check the ledger, load it, seed config keys, recover a previous
@@ -125,6 +129,7 @@ class UsageActor(Actor):
                 self.ledger.close()
                 raise LedgerFault(self.ledger.path, f"cannot be written ({exc})") from exc
             self.core.written(op[1]["request_id"] for op in ops if op[0] == "settle")
+        self._publish_key_hashes()
 
     async def run(self, mailbox: Mailbox) -> None:
         receive = mailbox.receive_channel
@@ -201,11 +206,16 @@ class UsageActor(Actor):
                 step.result = LedgerUnavailable(
                     "The gateway's usage ledger cannot be written right now; no new requests are "
                     "accepted until it can. Retry later.", retry_after=1.0)
+        if any(isinstance(step.envelope.msg, (CreateKey, UpdateKey)) for step in steps):
+            self._publish_key_hashes()  # before the answers: a created key works once it is answered
         for step in steps:
             if not step.parked:
                 self._answer(step.envelope, step.result)
         self._signal()
         return parked
+
+    def _publish_key_hashes(self) -> None:
+        self.key_hashes = frozenset(self.core.by_hash)
 
     def _undo(self, msg: Msg, now: float):
         """How to forget ``msg`` in the core if the ledger refuses its write."""

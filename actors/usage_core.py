@@ -111,6 +111,7 @@ class KeySettings:
 
 
 SETTINGS = tuple(a.name for a in attrs.fields(KeySettings))
+UNKNOWN_KEY = "Invalid API key: the gateway key is missing or unknown."
 
 
 class UsageCore:
@@ -182,7 +183,7 @@ class UsageCore:
     def authenticate(self, key: str, model: str | None) -> KeyState:
         state = self.by_hash.get(self._hash(key)) if key else None
         if state is None:
-            raise Unauthenticated("Invalid API key: the gateway key is missing or unknown.")
+            raise Unauthenticated(UNKNOWN_KEY)
         if state.disabled:
             raise Unauthenticated("This gateway key is disabled.")
         if model is not None and state.models is not None and model not in state.models:

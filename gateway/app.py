@@ -30,7 +30,7 @@ from gateway.runtime import Runtime
 from gateway.state_lock import StateDirBusy
 from gateway.traffic import Traffic
 from protocols import anthropic_messages, gemini, openai_chat
-from protocols.errors import MethodNotAllowed, NotFound
+from protocols.errors import InvalidRequest, MethodNotAllowed, NotFound
 
 log = logging.getLogger("tollhouse")
 
@@ -63,6 +63,7 @@ class Gateway:
         self.quart = QuartTrio("tollhouse")
         self.quart.config["RESPONSE_TIMEOUT"] = None
         self.quart.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
+        self.quart.config["BODY_TIMEOUT"] = config.server.body_timeout_s  # admin bodies: 408 past it
         self.quart.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
         self.quart.extensions["tollhouse"] = self.runtime
         self.quart.register_blueprint(models.blueprint)
@@ -79,6 +80,9 @@ class Gateway:
     async def _serve(self, kind: str, scope, receive, send) -> None:
         if kind == "http":
             path = scope["path"]
+            if _ambiguous_framing(scope):
+                return await send_error(send, client_protocol_for(path), InvalidRequest(
+                    "A request may not carry both Content-Length and Transfer-Encoding."), close=True)
             for method, pattern, handler, protocol in self.routes:
                 match = pattern.match(path)
                 if match is None:
@@ -89,12 +93,11 @@ class Gateway:
                 await self.runtime.ready.wait()
                 return await handler(self.runtime, scope, receive, send, match)
             return await self.quart(scope, receive, _whole_sends(send))
-        if kind == "websocket":
-            for pattern, handler in self.ws_routes:
-                match = pattern.match(scope["path"])
-                if match is not None:
-                    return await handler(self.runtime, scope, receive, send, match)
-        return await self.quart(scope, receive, send)
+        for pattern, handler in self.ws_routes:
+            match = pattern.match(scope["path"])
+            if match is not None:
+                return await handler(self.runtime, scope, receive, send, match)
+        await _refuse_websocket(scope, send, NotFound(f"No WebSocket route for {scope['path']}."))
 
     async def _lifespan(self, receive, send) -> None:
         async with trio.open_nursery() as nursery:
@@ -121,6 +124,24 @@ class Gateway:
             finally:
                 nursery.cancel_scope.cancel()
         await send({"type": "lifespan.shutdown.complete"})
+
+
+def _ambiguous_framing(scope) -> bool:
+    """Whether a request says both how long its body is and that it is chunked: two
+    framings that a proxy in front and this server could read differently (request
+    smuggling). h11 would use the chunked one; the request is refused instead."""
+    names = {name for name, _ in scope["headers"]}
+    return b"content-length" in names and b"transfer-encoding" in names
+
+
+async def _refuse_websocket(scope, send, err) -> None:
+    """Refuse a WebSocket handshake with an HTTP answer in JSON (ASGI's denial response;
+    without it hypercorn would answer 403 with no body)."""
+    body = json.dumps(client_protocol_for(scope["path"]).format_error(err)).encode()
+    await send({"type": "websocket.http.response.start", "status": err.status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", fresh_request_id().encode())]})
+    await send({"type": "websocket.http.response.body", "body": body})
 
 
 def _whole_sends(send):
@@ -168,6 +189,13 @@ def _error_handlers(app: QuartTrio) -> None:
     @app.errorhandler(405)
     async def not_allowed(_):
         return render(MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}."))
+
+    @app.errorhandler(408)
+    async def timed_out(_):
+        from protocols.errors import RequestTimeout
+
+        body, status, headers = render(RequestTimeout("The request body did not arrive in time."))
+        return body, status, {**headers, "connection": "close"}
 
     @app.errorhandler(413)
     async def too_large(_):

@@ -1,8 +1,12 @@
-"""The dispatcher's view of an ASGI HTTP exchange, and the body reader with its limit."""
+"""The dispatcher's view of an ASGI HTTP exchange, and the body reader with its limits."""
 
 from __future__ import annotations
 
-from protocols.errors import PayloadTooLarge
+import math
+
+import trio
+
+from protocols.errors import PayloadTooLarge, RequestTimeout
 
 
 class AsgiLink:
@@ -34,8 +38,14 @@ class AsgiLink:
                 return
 
 
-async def read_body(scope, receive, limit: int) -> bytes:
-    """The whole request body, refusing (413) anything over ``limit`` bytes."""
+async def read_body(scope, receive, limit: int, timeout_s: float = math.inf) -> bytes:
+    """The whole request body, refusing (413) anything over ``limit`` bytes and (408)
+    a body not received whole within ``timeout_s``.
+
+    The deadline is a total one: the server's own read timeout restarts at every byte,
+    so a body trickled one byte at a time would otherwise hold its connection (and the
+    request's task) for as long as the client likes.
+    """
     for name, value in scope["headers"]:
         if name == b"content-length":
             try:
@@ -46,15 +56,19 @@ async def read_body(scope, receive, limit: int) -> bytes:
                 raise PayloadTooLarge(f"Request body of {declared} bytes exceeds the limit of {limit} bytes.")
     chunks = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            break
+    with trio.move_on_after(timeout_s) as deadline:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+    if deadline.cancelled_caught:
+        raise RequestTimeout(f"The request body did not arrive within {timeout_s:g} s; "
+                             f"{size} bytes were received.")
     return b"".join(chunks)

@@ -67,6 +67,11 @@ class ServerConfig:
     port: int = setting(8787, check=PORT)
     max_body_bytes: int = setting(10 * 1024 * 1024, check=POSITIVE)
     shutdown_grace_s: float = setting(30.0, check=NON_NEGATIVE)
+    # A keep-alive connection idle this long is closed; above the usual 60 s of load
+    # balancers, so that they close first and never send on a connection we are closing.
+    keep_alive_timeout_s: float = setting(75.0, check=POSITIVE)
+    read_timeout_s: float = setting(10.0, check=POSITIVE)  # a request head, from its first byte
+    body_timeout_s: float = setting(30.0, check=POSITIVE)  # a whole request body, in total (408 past it)
 
 
 @attrs.frozen(kw_only=True)

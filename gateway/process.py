@@ -19,6 +19,7 @@ recovered at the next start, as after a kill.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 from functools import partial
@@ -29,10 +30,11 @@ import hypercorn.trio
 import trio
 from hypercorn.utils import LifespanFailureError
 
+from gateway import http1
 from gateway.app import Gateway
+from gateway.config import ServerConfig
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-KEEP_ALIVE_TIMEOUT_S = 75  # above the usual 60 s of load balancers, so they close first
 
 
 class StartRefused(Exception):
@@ -45,6 +47,7 @@ class HypercornConfig(hypercorn.config.Config):
     the shutdown trigger fires)."""
 
     listening: tuple = ()
+    request_head_timeout: float = math.inf  # read by ``gateway.http1.GatewayH11Protocol``
 
     def create_sockets(self) -> hypercorn.config.Sockets:
         sockets = super().create_sockets()
@@ -58,12 +61,24 @@ class HypercornConfig(hypercorn.config.Config):
             await trio.lowlevel.checkpoint()
 
 
-def server_config(bind: str, grace_s: float) -> HypercornConfig:
+def server_config(server: ServerConfig, bind: str | None = None) -> HypercornConfig:
+    """Hypercorn's config for our ``server`` settings: the one place it is built, for
+    ``tollhouse serve`` and for the test harness alike.
+
+    Hypercorn's ``read_timeout`` stays unset: it bounds every read of a connection,
+    also the ones it waits on while a long stream is sent to a client that has nothing
+    more to say, and would cut such streams. The request head has its own deadline
+    (``gateway.http1``) and the request body its own total one (``read_body``).
+    Building it installs ``gateway.http1``'s protocol, which reads that deadline.
+    """
+    http1.install()
     cfg = HypercornConfig()
-    cfg.bind = [bind]
+    cfg.bind = [bind or f"{server.host}:{server.port}"]
     cfg.accesslog = None
-    cfg.keep_alive_timeout = KEEP_ALIVE_TIMEOUT_S
-    cfg.graceful_timeout = grace_s
+    cfg.keep_alive_timeout = server.keep_alive_timeout_s
+    cfg.request_head_timeout = server.read_timeout_s
+    cfg.read_timeout = None
+    cfg.graceful_timeout = server.shutdown_grace_s
     return cfg
 
 
@@ -74,7 +89,7 @@ async def serve(gateway: Gateway, bind: str, say: Callable[[str], None]) -> None
     one when a stop begins and one when it has ended. Raises ``StartRefused`` when the
     gateway could not start.
     """
-    cfg = server_config(bind, gateway.config.server.shutdown_grace_s)
+    cfg = server_config(gateway.config.server, bind)
     stop = trio.Event()
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         try:

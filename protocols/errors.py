@@ -9,6 +9,7 @@
     │   ├── Forbidden                 403     key may not use this model / admin route
     │   ├── NotFound                  404     unknown model or route
     │   ├── MethodNotAllowed          405
+    │   ├── RequestTimeout            408     the request body did not arrive in time
     │   ├── PayloadTooLarge           413
     │   └── KeyRateLimited            429     the gateway key's own limits
     ├── OutOfCredit                   402     the key's balance cannot cover the hold
@@ -101,6 +102,10 @@ class NotFound(ClientError):
 
 class MethodNotAllowed(ClientError):
     status = 405
+
+
+class RequestTimeout(ClientError):
+    status = 408
 
 
 class PayloadTooLarge(ClientError):

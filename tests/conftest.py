@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import hypercorn.config
 import hypercorn.trio
 import pytest
 import trio
 
 from gateway.app import Gateway
 from gateway.config import parse_config
+from gateway.process import server_config
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DEMO_KEY = "th-test-key"
@@ -30,7 +30,7 @@ for _noisy in ("httpx", "httpcore", "hypercorn.access"):
 def base_config(tmp_path: Path, **overrides: Any) -> dict:
     """A config with one embedded simulator provider per protocol the simulator speaks."""
     doc = {
-        "server": {"host": "127.0.0.1", "port": 0},
+        "server": {"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 0.5},
         "admin": {"token": ADMIN_TOKEN},
         "state_dir": str(tmp_path / "state"),
         "providers": {
@@ -75,10 +75,7 @@ async def running_gateway(config_doc: dict):
     """Start the gateway (and its embedded simulator) on ephemeral loopback ports."""
     config = parse_config(copy.deepcopy(config_doc), env={})
     gateway = Gateway(config)
-    cfg = hypercorn.config.Config()
-    cfg.bind = ["127.0.0.1:0"]
-    cfg.accesslog = None
-    cfg.graceful_timeout = 0.5
+    cfg = server_config(config.server, "127.0.0.1:0")  # the settings `tollhouse serve` uses
     shutdown = trio.Event()
     # In virtual time the clock jumps whenever every task waits -- also while the ledger
     # opens in a worker thread, which on a busy host can take long enough to fire the

@@ -16,8 +16,10 @@ import trio
 
 from gateway.asgi_link import AsgiLink, read_body
 from gateway.request import Call
-from actors.usage import Authenticate
-from protocols.errors import GatewayError, GatewayFailure, InvalidRequest, NotFound, Unauthenticated
+from actors.usage import Authenticate, hash_key
+from actors.usage_core import UNKNOWN_KEY
+from protocols.errors import (GatewayError, GatewayFailure, InvalidRequest, NotFound, RequestTimeout,
+                              Unauthenticated)
 from protocols.validate import load_json_object
 
 log = logging.getLogger("tollhouse.routes")
@@ -42,16 +44,43 @@ def fresh_request_id() -> str:
     return "req_" + secrets.token_hex(11)
 
 
-def error_headers(err: GatewayError, request_id: str | None = None) -> list:
+def error_headers(err: GatewayError, request_id: str | None = None, close: bool = False) -> list:
+    """An error answer's headers; ``close`` (always for a body that timed out: the rest
+    of it is not waited for) ends the connection after the answer."""
     headers = [(b"content-type", b"application/json"),
                (b"x-request-id", (request_id or fresh_request_id()).encode())]
     if err.retry_after is not None:
         headers.append((b"retry-after", str(max(1, int(err.retry_after + 0.999))).encode()))
+    if close or isinstance(err, RequestTimeout):
+        headers.append((b"connection", b"close"))
     return headers
 
 
-async def send_error(send, client: Any, err: GatewayError, request_id: str | None = None) -> None:
-    await send({"type": "http.response.start", "status": err.status, "headers": error_headers(err, request_id)})
+MISSING_KEY = "Missing gateway key: send it as a bearer token (or the protocol's key header)."
+
+
+def check_key_known(runtime: Any, key: str | None) -> None:
+    """Refuse (401) a missing key, or one the usage actor does not know, from the
+    headers alone: before the body is read, so a stranger cannot hold a connection by
+    trickling one. Reads the hash set the actor publishes (no message on the hot path);
+    until it has published one, the key is checked with the reservation as before.
+    A known key is still authenticated in full (disabled, allowed models) by the actor."""
+    if not key:
+        raise Unauthenticated(MISSING_KEY)
+    known = runtime.supervisor.actor("usage").key_hashes
+    if known is not None and hash_key(key) not in known:
+        raise Unauthenticated(UNKNOWN_KEY)
+
+
+async def read_request_body(runtime: Any, scope, receive) -> bytes:
+    server = runtime.config.server
+    return await read_body(scope, receive, server.max_body_bytes, server.body_timeout_s)
+
+
+async def send_error(send, client: Any, err: GatewayError, request_id: str | None = None,
+                     close: bool = False) -> None:
+    await send({"type": "http.response.start", "status": err.status,
+                "headers": error_headers(err, request_id, close)})
     await send({"type": "http.response.body", "body": json.dumps(client.format_error(err)).encode()})
 
 
@@ -63,9 +92,8 @@ async def serve_llm(runtime: Any, client: Any, scope, receive, send, key: str | 
     request_id = runtime.dispatcher.next_id()
     request = None
     try:
-        if not key:
-            raise Unauthenticated("Missing gateway key: send it as a bearer token (or the protocol's key header).")
-        body = await read_body(scope, receive, runtime.config.server.max_body_bytes)
+        check_key_known(runtime, key)
+        body = await read_request_body(runtime, scope, receive)
         request = parse(load_json_object(body))
         await runtime.dispatcher.serve(Call(request, key, client, len(body), request_id), link)
     except GatewayError as err:
@@ -93,9 +121,8 @@ async def serve_estimate(runtime: Any, client: Any, scope, receive, send, key: s
     the first one loads the BPE table (about half a second) and a large body takes
     tens of milliseconds, neither of which the event loop should wait on."""
     try:
-        if not key:
-            raise Unauthenticated("Missing gateway key: send it as a bearer token (or the protocol's key header).")
-        body = await read_body(scope, receive, runtime.config.server.max_body_bytes)
+        check_key_known(runtime, key)
+        body = await read_request_body(runtime, scope, receive)
         await runtime.actors.usage.ask(Authenticate(key))
         result = await trio.to_thread.run_sync(count, load_json_object(body), abandon_on_cancel=True)
     except GatewayError as err:

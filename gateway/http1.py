@@ -1,0 +1,153 @@
+"""Hypercorn's HTTP/1.1 protocol with the gateway's connection rules.
+
+Hypercorn 0.18 has no setting for either rule below, so they live in a subclass of its
+``H11Protocol``, installed where its ``ProtocolWrapper`` looks the class up:
+
+- An ``Upgrade: h2c`` request is answered in HTTP/1.1, as if the header were absent
+  (RFC 9110 section 7.8 lets a server ignore an upgrade). Hypercorn would answer
+  ``101 Switching Protocols`` itself and speak HTTP/2 on the connection, where none of
+  the rules of this module apply; the gateway offers HTTP/1.1 only.
+  A cleartext HTTP/2 preface (``PRI * HTTP/2.0``) is refused the same way: 505, closed.
+- A request head must arrive whole within ``request_head_timeout`` of its first byte,
+  or the connection is closed. Hypercorn's own ``read_timeout`` bounds each read of
+  the connection, including the reads it keeps waiting on while a long response
+  streams to a client that has nothing more to send, so it cannot be used for this;
+  the keep-alive idle timer still bounds the wait for the first byte.
+- An answer sent before its request's body was read (a stranger's 401, a 408, a 400
+  for ambiguous framing) says ``Connection: close``, and the connection is closed only
+  once the client has finished sending the body (read and dropped), or after
+  ``LINGER_S``. Closing a socket with unread bytes makes the kernel send a reset,
+  which can destroy the answer before the client reads it: a client still uploading
+  would see "connection reset" instead of its 401, and retry.
+"""
+
+from __future__ import annotations
+
+import math
+
+import h11
+import hypercorn.protocol
+import trio
+from hypercorn.events import Closed, RawData
+from hypercorn.protocol.events import Response
+from hypercorn.protocol.h11 import H11Protocol
+
+LINGER_S = 2.0  # how long the rest of an unread body is waited for, after the answer
+
+
+class GatewayH11Protocol(H11Protocol):
+    """``H11Protocol`` that ignores h2c upgrades and times out a slow request head."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_timer = self.context.single_task_class()
+        self._head_timer_running = False
+        self._refusal: int | None = None
+        self._linger_timer = self.context.single_task_class()
+        self._lingering = False
+
+    async def handle(self, event) -> None:
+        if isinstance(event, RawData) and event.data and self.stream is None and not self._head_timer_running \
+                and not self._lingering:
+            self._head_timer_running = True  # the first byte of a request head: its clock starts
+            await self._head_timer.restart(self.task_group, self._head_deadline)
+        elif isinstance(event, Closed):
+            await self._stop_head_timer()
+            if self._lingering:
+                self._lingering = False
+                await self._linger_timer.stop()
+        await super().handle(event)
+        if self._lingering:
+            await self._drop_unread_body()
+
+    async def stream_send(self, event) -> None:
+        if isinstance(event, Response) and event.status_code >= 200 and self._body_unread() \
+                and not any(name.lower() == b"connection" for name, _ in event.headers):
+            # answered before the body was read: this connection cannot serve another request
+            event = Response(stream_id=event.stream_id, status_code=event.status_code,
+                             headers=[*event.headers, (b"connection", b"close")])
+        await super().stream_send(event)
+
+    async def _maybe_recycle(self) -> None:
+        if self._body_unread() and self.connection.our_state in (h11.DONE, h11.MUST_CLOSE):
+            await self._close_stream()  # the rest of the body is read and dropped (see handle)
+            self._lingering = True
+            await self._linger_timer.restart(self.task_group, self._linger_deadline)
+            await self.can_read.set()
+            await self._drop_unread_body()
+            return
+        await super()._maybe_recycle()
+
+    async def _drop_unread_body(self) -> None:
+        """Drop what has arrived of the unread body; close once it is all in."""
+        while True:
+            try:
+                event = self.connection.next_event()
+            except h11.RemoteProtocolError:
+                break
+            if event is h11.NEED_DATA:
+                return
+            if not isinstance(event, h11.Data):
+                break  # its end (or the client's EOF): nothing unread is left
+        self._lingering = False
+        await self._linger_timer.stop()
+        await self.send(Closed())
+
+    def _body_unread(self) -> bool:
+        return isinstance(self.connection, h11.Connection) and self.connection.their_state is h11.SEND_BODY
+
+    async def _check_protocol(self, event: h11.Request) -> None:
+        if _wants_h2c(event):
+            return  # answered in HTTP/1.1, the Upgrade header ignored
+        if event.method == b"PRI" and event.target == b"*":
+            self._refusal = 505
+            return
+        await super()._check_protocol(event)
+
+    async def _create_stream(self, request: h11.Request) -> None:
+        await self._stop_head_timer()
+        if self._refusal is not None:
+            await self._send_error_response(self._refusal)
+            await self.send(Closed())
+            return
+        await super()._create_stream(request)
+
+    async def _stop_head_timer(self) -> None:
+        if self._head_timer_running:
+            self._head_timer_running = False
+            await self._head_timer.stop()
+
+    async def _head_deadline(self) -> None:
+        await trio.sleep(getattr(self.config, "request_head_timeout", math.inf))
+        self._head_timer_running = False
+        with trio.CancelScope(shield=True):
+            await self.send(Closed())
+
+
+    async def _linger_deadline(self) -> None:
+        await trio.sleep(LINGER_S)
+        self._lingering = False
+        with trio.CancelScope(shield=True):
+            await self.send(Closed())
+
+
+def _wants_h2c(event: h11.Request) -> bool:
+    for name, value in event.headers:
+        if name.lower() == b"upgrade" and value.strip().lower() == b"h2c":
+            return True
+    return False
+
+
+def install() -> None:
+    """Make hypercorn's ``ProtocolWrapper`` build ``GatewayH11Protocol`` for HTTP/1.1.
+
+    Hypercorn looks the class up by name in ``hypercorn.protocol`` for every new
+    connection; that lookup is the one seam it offers. Idempotent; refuses to replace
+    a class it does not know (a hypercorn upgrade that moved the seam must be noticed).
+    """
+    current = hypercorn.protocol.H11Protocol
+    if current is GatewayH11Protocol:
+        return
+    if current is not H11Protocol:
+        raise RuntimeError(f"hypercorn.protocol.H11Protocol is {current!r}, not hypercorn's own class")
+    hypercorn.protocol.H11Protocol = GatewayH11Protocol
