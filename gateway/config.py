@@ -66,6 +66,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = setting(8787, check=PORT)
     max_body_bytes: int = setting(10 * 1024 * 1024, check=POSITIVE)
+    max_json_depth: int = setting(64, check=POSITIVE)
     shutdown_grace_s: float = setting(30.0, check=NON_NEGATIVE)
     # A keep-alive connection idle this long is closed; above the usual 60 s of load
     # balancers, so that they close first and never send on a connection we are closing.

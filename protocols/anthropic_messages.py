@@ -60,7 +60,7 @@ from protocols.unified import (
 )
 from protocols.tokens import estimate_request_tokens
 from protocols.usage import normalize
-from protocols.validate import check, require, token_limit
+from protocols.validate import check, object_at, require, strings, token_limit
 
 __all__ = [
     "NAME", "parse_request", "build_request", "parse_response", "format_response", "format_error",
@@ -98,7 +98,6 @@ def parse_request(doc: dict, *, require_max_tokens: bool = True) -> UnifiedReque
         if isinstance(doc.get(key), dict):
             extra[key] = doc[key]
     choice = check(doc, "tool_choice", dict)
-    stop = check(doc, "stop_sequences", list, default=[])
     return UnifiedRequest(
         protocol=NAME,
         model=model,
@@ -110,7 +109,7 @@ def parse_request(doc: dict, *, require_max_tokens: bool = True) -> UnifiedReque
         max_tokens=max_tokens,
         temperature=check(doc, "temperature", (int, float)),
         top_p=check(doc, "top_p", (int, float)),
-        stop=tuple(str(s) for s in stop),
+        stop=strings(doc, "stop_sequences"),
         raw=doc,
         extra=extra,
     )
@@ -122,7 +121,7 @@ def _check_thinking(thinking: dict | None) -> None:
     two are not compared here; the hold is priced on ``max_tokens``."""
     if thinking is None:
         return
-    if thinking.get("type") == "enabled" and thinking.get("budget_tokens") is None:
+    if check(thinking, "type", str, "thinking.") == "enabled" and thinking.get("budget_tokens") is None:
         raise InvalidRequest("Missing required parameter: 'thinking.budget_tokens' (thinking is enabled).",
                              param="thinking.budget_tokens")
     token_limit(thinking, "budget_tokens", "thinking.", minimum=THINKING_MIN_BUDGET)
@@ -184,7 +183,7 @@ def _text_in(block: dict, path: str) -> TextPart:
 
 def _image_in(block: dict, path: str) -> ImagePart:
     source = require(block, "source", dict, path)
-    kind = source.get("type")
+    kind = check(source, "type", str, f"{path}source.")
     if kind == "base64":
         return ImagePart(data=require(source, "data", str, f"{path}source."),
                          media_type=require(source, "media_type", str, f"{path}source."), extra=_rest(block, "source"))
@@ -239,9 +238,7 @@ def _tools_in(raw: list) -> tuple[list, list]:
     """Custom tools become unified ``Tool``s; server tools stay Anthropic-only."""
     tools, server = [], []
     for i, t in enumerate(raw):
-        if not isinstance(t, dict):
-            raise InvalidRequest(f"Invalid type for 'tools[{i}]': expected an object.", param=f"tools[{i}]")
-        if t.get("type") not in (None, "custom"):
+        if check(object_at(t, f"tools[{i}]"), "type", str, f"tools[{i}].") not in (None, "custom"):
             server.append(t)
             continue
         name = require(t, "name", str, f"tools[{i}].")
@@ -254,9 +251,9 @@ def _tools_in(raw: list) -> tuple[list, list]:
 def _tool_choice_in(choice: dict | None) -> Any:
     if choice is None:
         return None
-    kind = choice.get("type")
+    kind = require(choice, "type", str, "tool_choice.")
     if kind == "tool":
-        return {"name": choice.get("name")}
+        return {"name": require(choice, "name", str, "tool_choice.")}
     if kind not in TOOL_CHOICE_IN:
         raise InvalidRequest(f"Invalid value for 'tool_choice.type': {kind!r}.", param="tool_choice.type")
     return TOOL_CHOICE_IN[kind]

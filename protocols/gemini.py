@@ -64,7 +64,7 @@ from protocols.unified import (
 )
 from protocols.tokens import estimate_request_tokens
 from protocols.usage import normalize
-from protocols.validate import token_limit
+from protocols.validate import check, strings, token_limit
 
 __all__ = [
     "NAME", "parse_request", "build_request", "parse_response", "format_response", "format_error",
@@ -114,10 +114,7 @@ def parse_request(doc: dict, *, model: str, stream: bool, sse: bool = True) -> U
     for key in ("safetySettings", "cachedContent", "labels"):
         if field(doc, key) is not None:
             extra[key] = field(doc, key)
-    stop = field(config, "stopSequences") or ()
-    if not isinstance(stop, (list, tuple)):
-        raise InvalidRequest("Invalid type for 'generationConfig.stopSequences': expected an array.",
-                             param="generationConfig.stopSequences")
+    stop = strings(config, _named(config, "stopSequences"), "generationConfig.")
     choice, allowed = _tool_choice_in(field(doc, "toolConfig"))
     if allowed:
         extra["allowed_function_names"] = allowed
@@ -132,17 +129,21 @@ def parse_request(doc: dict, *, model: str, stream: bool, sse: bool = True) -> U
         max_tokens=_limit(config, "maxOutputTokens", "generationConfig."),
         temperature=_number(config, "temperature", (int, float)),
         top_p=_number(config, "topP", (int, float)),
-        stop=tuple(str(s) for s in stop),
+        stop=stop,
         raw=doc,
         extra=extra,
     )
 
 
+def _named(doc: Mapping, name: str) -> str:
+    """The key ``doc`` spells field ``name`` with: its JSON name, or else its proto name."""
+    return name if doc.get(name) is not None else snake(name)
+
+
 def _limit(config: Mapping, name: str, path: str, **rules: Any) -> int | None:
     """A token limit under its JSON or proto name, read as Google's proto JSON reads an
     int32 (``5``, ``5.0`` and ``"5"`` are the same limit)."""
-    key = name if config.get(name) is not None else snake(name)
-    return token_limit(config, key, path, proto_json=True, **rules)
+    return token_limit(config, _named(config, name), path, proto_json=True, **rules)
 
 
 def _number(config: Mapping, name: str, kind: Any) -> Any:
@@ -158,7 +159,7 @@ def _number(config: Mapping, name: str, kind: Any) -> Any:
 def _content_in(content: Any, path: str, ids: CallIds) -> list:
     if not isinstance(content, Mapping):
         raise InvalidRequest(f"Invalid type for '{path}': expected an object.", param=path)
-    role = content.get("role") or "user"
+    role = check(content, "role", str, f"{path}.") or "user"
     if role not in ROLES_IN:
         raise InvalidRequest(f"Please use a valid role: user, model (got {role!r} at '{path}.role').",
                              param=f"{path}.role")
@@ -190,18 +191,19 @@ def _tools_in(raw: Any) -> tuple[list, list]:
     for i, tool in enumerate(raw):
         if not isinstance(tool, Mapping):
             raise InvalidRequest(f"Invalid type for 'tools[{i}]': expected an object.", param=f"tools[{i}]")
-        declarations = field(tool, "functionDeclarations")
+        declarations = check(tool, _named(tool, "functionDeclarations"), list, f"tools[{i}].", [])
         rest = {k: v for k, v in tool.items() if k not in ("functionDeclarations", "function_declarations")}
         if rest:
             others.append(rest)
-        for j, decl in enumerate(declarations or []):
+        for j, decl in enumerate(declarations):
             path = f"tools[{i}].functionDeclarations[{j}]"
             if not isinstance(decl, Mapping) or not isinstance(decl.get("name"), str):
                 raise InvalidRequest(f"'{path}.name' is required.", param=f"{path}.name")
             schema = field(decl, "parametersJsonSchema")
             if schema is None:
                 schema = _json_schema(field(decl, "parameters") or {})
-            tools.append(Tool(decl["name"], decl.get("description") or "", schema if isinstance(schema, Mapping) else {}))
+            tools.append(Tool(decl["name"], check(decl, "description", str, f"{path}.", ""),
+                              schema if isinstance(schema, Mapping) else {}))
     return tools, others
 
 
@@ -228,8 +230,9 @@ def _tool_choice_in(config: Any) -> tuple[Any, tuple]:
     calling = field(config, "functionCallingConfig") if isinstance(config, Mapping) else None
     if not isinstance(calling, Mapping):
         return None, ()
-    mode = str(calling.get("mode") or "AUTO").upper()
-    allowed = tuple(field(calling, "allowedFunctionNames") or ())
+    path = "toolConfig.functionCallingConfig."
+    mode = (check(calling, "mode", str, path) or "AUTO").upper()
+    allowed = strings(calling, _named(calling, "allowedFunctionNames"), path)
     if mode == "ANY" and len(allowed) == 1:
         return {"name": allowed[0]}, allowed
     return MODES_IN.get(mode, "auto"), allowed

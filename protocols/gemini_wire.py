@@ -187,15 +187,25 @@ def parts_in(raw_parts: Any, path: str, ids: CallIds) -> list:
             continue
         inline = field(part, "inlineData")
         if isinstance(inline, Mapping):
-            out.append(ImagePart(data=str(inline.get("data", "")), media_type=field(inline, "mimeType")))
+            out.append(ImagePart(data=_text_field(inline, "data", f"{p}.inlineData") or "",
+                                 media_type=_text_field(inline, "mimeType", f"{p}.inlineData")))
             continue
         file_data = field(part, "fileData")
         if isinstance(file_data, Mapping):
-            out.append(ImagePart(url=str(field(file_data, "fileUri") or ""), media_type=field(file_data, "mimeType")))
+            out.append(ImagePart(url=_text_field(file_data, "fileUri", f"{p}.fileData") or "",
+                                 media_type=_text_field(file_data, "mimeType", f"{p}.fileData")))
             continue
         if signature:
             out.append(ReasoningPart(signature=signature))
     return out
+
+
+def _text_field(doc: Mapping, name: str, path: str) -> str | None:
+    """A string field under either spelling; ``None`` if absent, a 400 if not a string."""
+    value = field(doc, name)
+    if value is not None and not isinstance(value, str):
+        raise InvalidRequest(f"Invalid type for '{path}.{name}': expected a string.", param=f"{path}.{name}")
+    return value
 
 
 def _call_in(call: Any, path: str, signature: str | None, ids: CallIds) -> ToolCallPart:

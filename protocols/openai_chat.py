@@ -34,7 +34,7 @@ from protocols.unified import (
     UnifiedResponse,
 )
 from protocols.usage import normalize
-from protocols.validate import check, require, token_limit
+from protocols.validate import check, object_at, one_of, require, strings, token_limit
 
 __all__ = ["NAME", "StreamDecoder", "StreamEncoder", "build_request", "format_error", "format_response",
            "parse_request", "parse_response", "usage_to_wire"]
@@ -52,25 +52,24 @@ def parse_request(doc: dict) -> UnifiedRequest:
     messages: list = []
     for i, m in enumerate(raw_messages):
         path = f"messages[{i}]."
-        if not isinstance(m, dict):
-            raise InvalidRequest(f"Invalid type for 'messages[{i}]': expected an object.", param=f"messages[{i}]")
+        object_at(m, f"messages[{i}]")
         role = require(m, "role", str, path)
         if role in ("system", "developer"):
             system.extend(_content_parts(m.get("content"), path))
         elif role == "tool":
             call_id = require(m, "tool_call_id", str, path)
-            messages.append(Message("tool", (ToolResultPart(call_id, _text_of(m.get("content"))),)))
+            messages.append(Message("tool", (ToolResultPart(call_id, _text_of(m.get("content"), path)),)))
         elif role in ("user", "assistant"):
             parts = []
-            reasoning = m.get("reasoning_content")
-            if isinstance(reasoning, str) and reasoning:
+            reasoning = check(m, "reasoning_content", str, path)
+            if reasoning:
                 parts.append(ReasoningPart(text=reasoning))
             parts.extend(_content_parts(m.get("content"), path))
             for j, call in enumerate(check(m, "tool_calls", list, path, [])):
-                fn = call.get("function") if isinstance(call, dict) else None
-                if not isinstance(fn, dict):
-                    raise InvalidRequest(f"'{path}tool_calls[{j}].function' must be an object.")
-                parts.append(ToolCallPart(str(call.get("id", "")), str(fn.get("name", "")), fn.get("arguments") or "{}"))
+                where = f"{path}tool_calls[{j}]."
+                fn = require(object_at(call, where[:-1]), "function", dict, where)
+                parts.append(ToolCallPart(check(call, "id", str, where, ""), check(fn, "name", str, f"{where}function.", ""),
+                                          check(fn, "arguments", str, f"{where}function.") or "{}"))
             messages.append(Message(role, tuple(parts)))
         else:
             raise InvalidRequest(f"Invalid value for '{path}role': {role!r}.", param=f"{path}role")
@@ -84,11 +83,10 @@ def parse_request(doc: dict) -> UnifiedRequest:
         max_tokens = legacy_max
     tools = []
     for i, t in enumerate(check(doc, "tools", list, default=[])):
-        fn = t.get("function") if isinstance(t, dict) else None
-        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-            raise InvalidRequest(f"'tools[{i}].function.name' is required.", param=f"tools[{i}].function")
-        tools.append(Tool(fn["name"], fn.get("description") or "", fn.get("parameters") or {}))
-    stop = doc.get("stop")
+        fn = require(object_at(t, f"tools[{i}]"), "function", dict, f"tools[{i}].")
+        where = f"tools[{i}].function."
+        tools.append(Tool(require(fn, "name", str, where), check(fn, "description", str, where, ""),
+                          check(fn, "parameters", dict, where, {})))
     return UnifiedRequest(
         protocol=NAME,
         model=model,
@@ -96,12 +94,12 @@ def parse_request(doc: dict) -> UnifiedRequest:
         stream=stream,
         system=tuple(system),
         tools=tuple(tools),
-        tool_choice=_tool_choice_in(doc.get("tool_choice")),
+        tool_choice=_tool_choice_in(doc),
         max_tokens=max_tokens,
         temperature=check(doc, "temperature", (int, float)),
         top_p=check(doc, "top_p", (int, float)),
-        stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
-        include_usage=bool(stream_options.get("include_usage")),
+        stop=strings(doc, "stop", single=True),
+        include_usage=bool(check(stream_options, "include_usage", bool, "stream_options.")),
         raw=doc,
     )
 
@@ -114,17 +112,16 @@ def _content_parts(content: Any, path: str) -> list:
     if not isinstance(content, list):
         raise InvalidRequest(f"Invalid type for '{path}content': expected a string or an array.", param=f"{path}content")
     parts: list = []
-    for part in content:
-        if not isinstance(part, dict):
-            continue
-        kind = part.get("type")
+    for j, part in enumerate(content):
+        where = f"{path}content[{j}]."
+        kind = require(object_at(part, where[:-1]), "type", str, where)
         if kind == "text":
-            parts.append(TextPart(str(part.get("text", ""))))
+            parts.append(TextPart(require(part, "text", str, where)))
         elif kind == "image_url":
-            url = (part.get("image_url") or {}).get("url", "")
-            parts.append(_image_from_url(url))
+            image = require(part, "image_url", dict, where)
+            parts.append(_image_from_url(require(image, "url", str, f"{where}image_url.")))
         elif kind == "refusal":
-            parts.append(TextPart(str(part.get("refusal", ""))))
+            parts.append(TextPart(require(part, "refusal", str, where)))
     return parts
 
 
@@ -135,18 +132,21 @@ def _image_from_url(url: str) -> ImagePart:
     return ImagePart(url=url)
 
 
-def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return ""
+def _text_of(content: Any, path: str) -> str:
+    """A tool message's content: a string, or text parts joined."""
+    return "".join(p.text for p in _content_parts(content, path) if isinstance(p, TextPart))
 
 
-def _tool_choice_in(choice: Any) -> Any:
+TOOL_CHOICES = ("none", "auto", "required")
+
+
+def _tool_choice_in(doc: dict) -> Any:
+    """``"none"``/``"auto"``/``"required"``, or ``{"name": ...}`` for a named function."""
+    choice = check(doc, "tool_choice", (str, dict))
     if isinstance(choice, dict):
-        return {"name": (choice.get("function") or {}).get("name")}
-    return choice
+        fn = require(choice, "function", dict, "tool_choice.")
+        return {"name": require(fn, "name", str, "tool_choice.function.")}
+    return one_of(doc, "tool_choice", TOOL_CHOICES)
 
 
 def _tool_choice_out(choice: Any) -> Any:

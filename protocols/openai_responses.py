@@ -48,7 +48,7 @@ from protocols.unified import (
     UnifiedResponse,
 )
 from protocols.usage import normalize
-from protocols.validate import check, require, token_limit
+from protocols.validate import check, object_at, require, token_limit
 
 __all__ = ["NAME", "parse_request", "build_request", "parse_response", "format_response", "format_error",
            "StreamDecoder", "StreamEncoder"]
@@ -89,7 +89,6 @@ def parse_request(doc: dict) -> UnifiedRequest:
     extra: dict = {key: doc[key] for key in PASSTHROUGH_FIELDS if key in doc}
     if other_tools:
         extra["tools"] = other_tools
-    choice = doc.get("tool_choice")
     return UnifiedRequest(
         protocol=NAME,
         model=model,
@@ -97,7 +96,7 @@ def parse_request(doc: dict) -> UnifiedRequest:
         stream=check(doc, "stream", bool, default=False),
         system=tuple(system),
         tools=tuple(tools),
-        tool_choice=_tool_choice_in(choice, {t.name for t in tools}),
+        tool_choice=_tool_choice_in(doc, {t.name for t in tools}),
         max_tokens=token_limit(doc, "max_output_tokens", minimum=RESPONSES_MIN_OUTPUT_TOKENS),
         temperature=check(doc, "temperature", (int, float)),
         top_p=check(doc, "top_p", (int, float)),
@@ -107,9 +106,8 @@ def parse_request(doc: dict) -> UnifiedRequest:
 
 
 def _input_item(item: Any, path: str, system: list, messages: list) -> None:
-    if not isinstance(item, dict):
-        raise InvalidRequest(f"Invalid type for '{path}': expected an object.", param=path)
-    kind = item.get("type") or ("message" if "role" in item else None)
+    object_at(item, path)
+    kind = check(item, "type", str, f"{path}.") or ("message" if "role" in item else None)
     if kind == "message":
         role = require(item, "role", str, f"{path}.")
         parts = _content_in(item.get("content"), f"{path}.content")
@@ -125,8 +123,8 @@ def _input_item(item: Any, path: str, system: list, messages: list) -> None:
                             extra={"id": item["id"]} if isinstance(item.get("id"), str) else {})
         _append(messages, "assistant", [part], merge=True)
     elif kind == "custom_tool_call":
-        part = ToolCallPart(require(item, "call_id", str, f"{path}."), str(item.get("name", "")),
-                            str(item.get("input", "")), extra={"item": item})
+        part = ToolCallPart(require(item, "call_id", str, f"{path}."), check(item, "name", str, f"{path}.", ""),
+                            check(item, "input", str, f"{path}.", ""), extra={"item": item})
         _append(messages, "assistant", [part], merge=True)
     elif kind in ("function_call_output", "custom_tool_call_output"):
         call_id = require(item, "call_id", str, f"{path}.")
@@ -135,11 +133,11 @@ def _input_item(item: Any, path: str, system: list, messages: list) -> None:
         extra = {"item": item} if kind == "custom_tool_call_output" else {}
         _append(messages, "tool", [ToolResultPart(call_id, content, extra=extra)], merge=True)
     elif kind == "reasoning":
-        summary = item.get("summary") if isinstance(item.get("summary"), list) else []
-        text = "\n\n".join(s.get("text", "") for s in summary if isinstance(s, dict))
-        encrypted = item.get("encrypted_content")
-        part = ReasoningPart(text=text, redacted=encrypted if isinstance(encrypted, str) else None,
-                             extra={"id": item.get("id"), "summary": summary})
+        summary = check(item, "summary", list, f"{path}.", [])
+        text = "\n\n".join(require(object_at(s, f"{path}.summary[{j}]"), "text", str, f"{path}.summary[{j}].")
+                           for j, s in enumerate(summary))
+        part = ReasoningPart(text=text, redacted=check(item, "encrypted_content", str, f"{path}."),
+                             extra={"id": check(item, "id", str, f"{path}."), "summary": summary})
         _append(messages, "assistant", [part], merge=True)
 
 
@@ -161,20 +159,19 @@ def _content_in(content: Any, path: str) -> list:
     if not isinstance(content, list):
         raise InvalidRequest(f"Invalid type for '{path}': expected a string or an array.", param=path)
     parts: list = []
-    for part in content:
-        if not isinstance(part, dict):
-            continue
-        kind = part.get("type")
+    for j, part in enumerate(content):
+        where = f"{path}[{j}]."
+        kind = require(object_at(part, where[:-1]), "type", str, where)
         if kind in ("input_text", "output_text", "text"):
-            parts.append(TextPart(str(part.get("text", ""))))
+            parts.append(TextPart(require(part, "text", str, where)))
         elif kind == "refusal":
-            parts.append(TextPart(str(part.get("refusal", ""))))
+            parts.append(TextPart(require(part, "refusal", str, where)))
         elif kind == "input_image":
-            url = part.get("image_url")
-            if isinstance(url, str) and url.startswith("data:") and ";base64," in url:
+            url = check(part, "image_url", str, where)
+            if url is not None and url.startswith("data:") and ";base64," in url:
                 head, data = url[5:].split(";base64,", 1)
                 parts.append(ImagePart(data=data, media_type=head))
-            elif isinstance(url, str):
+            elif url is not None:
                 parts.append(ImagePart(url=url))
     return parts
 
@@ -183,23 +180,34 @@ def _tools_in(raw: list) -> tuple[list, list]:
     tools: list = []
     others: list = []
     for i, t in enumerate(raw):
-        if not isinstance(t, dict):
-            raise InvalidRequest(f"Invalid type for 'tools[{i}]': expected an object.", param=f"tools[{i}]")
-        if t.get("type") == "function":
-            name = require(t, "name", str, f"tools[{i}].")
-            extra = {"strict": t["strict"]} if isinstance(t.get("strict"), bool) else {}
-            tools.append(Tool(name, t.get("description") or "", t.get("parameters") or {}, extra))
+        where = f"tools[{i}]."
+        if require(object_at(t, where[:-1]), "type", str, where) == "function":
+            name = require(t, "name", str, where)
+            strict = check(t, "strict", bool, where)
+            extra = {"strict": strict} if strict is not None else {}
+            tools.append(Tool(name, check(t, "description", str, where, ""), check(t, "parameters", dict, where, {}),
+                              extra))
         else:
             others.append(t)
     return tools, others
 
 
-def _tool_choice_in(choice: Any, function_names: set) -> Any:
+TOOL_CHOICES = ("none", "auto", "required")
+
+
+def _tool_choice_in(doc: dict, function_names: set) -> Any:
+    """A mode, ``{"name": ...}`` for one of the request's functions, or ``"auto"`` for a
+    choice naming a tool only a Responses upstream knows (``allowed_tools``, hosted tools)."""
+    choice = check(doc, "tool_choice", (str, dict))
     if isinstance(choice, dict):
-        name = choice.get("name")
-        if choice.get("type") == "function" and name in function_names:
+        kind = require(choice, "type", str, "tool_choice.")
+        name = check(choice, "name", str, "tool_choice.")
+        if kind == "function" and name in function_names:
             return {"name": name}
         return "auto"
+    if choice is not None and choice not in TOOL_CHOICES:
+        raise InvalidRequest(f"Invalid value for 'tool_choice': {choice!r} (expected one of "
+                             f"{', '.join(map(repr, TOOL_CHOICES))} or an object).", param="tool_choice")
     return choice
 
 

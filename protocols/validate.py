@@ -10,14 +10,18 @@ from protocols.errors import InvalidRequest
 
 
 _SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
+DEFAULT_MAX_JSON_DEPTH = 64
+"""How deeply a request body may nest arrays and objects (``server.max_json_depth``).
+Real clients stay near a dozen (a Codex body with tool schemas is 12); every codec and
+``json.dumps`` of the body then recurse far from Python's limit."""
 
 
-def load_json_object(body: bytes) -> dict:
+def load_json_object(body: bytes, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> dict:
     """Parse a request body that must be a JSON object.
 
     JSON can spell what UTF-8 cannot: an unpaired surrogate (``"\\ud800"``) parses but
-    can never be sent on. Such a body, and one nested too deep to handle, is refused
-    here, before anything is reserved.
+    can never be sent on. Such a body, and one nested deeper than ``max_depth``, is
+    refused here, before anything is reserved.
     """
     if not body.strip():
         raise InvalidRequest("Request body is empty; expected a JSON object.")
@@ -26,18 +30,70 @@ def load_json_object(body: bytes) -> dict:
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
     except RecursionError:
-        raise InvalidRequest("Request body is nested too deeply.") from None
+        raise InvalidRequest(_too_deep(max_depth)) from None
     if not isinstance(doc, dict):
         raise InvalidRequest("Request body must be a JSON object.")
+    if nested_deeper_than(doc, max_depth):
+        path = next(p for p, _, depth in _walk(doc, scalars=False) if depth > max_depth)
+        raise InvalidRequest(f"{_too_deep(max_depth)[:-1]}, at '{path}'.", param=path)
     if _SURROGATE_ESCAPE.search(body) is not None:
         try:
             json.dumps(doc, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
-            raise InvalidRequest("Request body contains an unpaired UTF-16 surrogate (\\ud800-\\udfff), "
-                                 "which is not valid text.") from None
-        except RecursionError:
-            raise InvalidRequest("Request body is nested too deeply.") from None
+            path = _surrogate_at(doc)
+            raise InvalidRequest(f"Invalid value at '{path}': it contains an unpaired UTF-16 surrogate "
+                                 "(\\ud800-\\udfff), which is not valid text.", param=path) from None
     return doc
+
+
+def nested_deeper_than(doc: Any, limit: int) -> bool:
+    """Whether ``doc`` nests arrays and objects more than ``limit`` deep (``{}`` is 1).
+
+    One level at a time, keeping only the containers: each level is one list
+    comprehension, so the cost is a C-speed pass over the parsed values (about 0.3 ms
+    for a 1 MB Codex body, a tenth of what ``json.loads`` took), with no recursion.
+    """
+    level = [doc] if type(doc) is dict or type(doc) is list else []
+    for _ in range(limit):
+        if not level:
+            return False
+        level = [v for c in level for v in (c.values() if type(c) is dict else c)
+                 if type(v) is dict or type(v) is list]
+    return bool(level)
+
+
+def _walk(doc: Any, *, scalars: bool = True):
+    """Every value (or only every array and object) in ``doc`` with its JSON path
+    (``messages[0].content``) and depth (the body is 1), depth first, without
+    recursion; for naming what was refused."""
+    stack = [("", doc, 1)]
+    while stack:
+        path, value, depth = stack.pop()
+        yield path or "(body)", value, depth
+        if isinstance(value, dict):
+            children = [(f"{path}.{k}" if path else k, v) for k, v in value.items()]
+        elif isinstance(value, list):
+            children = [(f"{path}[{i}]", v) for i, v in enumerate(value)]
+        else:
+            continue
+        stack.extend((p, v, depth + 1) for p, v in reversed(children)
+                     if scalars or isinstance(v, (dict, list)))
+
+
+def _surrogate_at(doc: Any) -> str:
+    """The path of the first string, or object key, that UTF-8 cannot encode."""
+    for path, value, _ in _walk(doc):
+        texts = value.keys() if isinstance(value, dict) else (value,) if isinstance(value, str) else ()
+        for text in texts:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                return path if isinstance(value, str) else f"{path} (a key)"
+    return "(body)"
+
+
+def _too_deep(limit: int) -> str:
+    return f"Request body is nested too deeply (more than {limit} levels of arrays and objects)."
 
 
 def require(doc: dict, key: str, kind: type | tuple, path: str = "") -> Any:
@@ -60,6 +116,43 @@ def check(doc: dict, key: str, kind: type | tuple, path: str = "", default: Any 
             param=f"{path}{key}",
         )
     return value
+
+
+def object_at(value: Any, path: str) -> dict:
+    """``value`` (an array element, or a value already read) if it is an object."""
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"Invalid type for '{path}': expected an object, got {_name_of(value)}.", param=path)
+    return value
+
+
+def one_of(doc: dict, key: str, allowed: tuple, path: str = "", default: Any = None) -> Any:
+    """``doc[key]`` if it is one of the ``allowed`` strings, ``default`` if absent or null."""
+    value = check(doc, key, str, path)
+    if value is None:
+        return default
+    if value not in allowed:
+        raise InvalidRequest(f"Invalid value for '{path}{key}': {value!r} (expected one of "
+                             f"{', '.join(repr(a) for a in allowed)}).", param=f"{path}{key}")
+    return value
+
+
+def strings(doc: dict, key: str, path: str = "", *, single: bool = False) -> tuple:
+    """``doc[key]`` as a tuple of strings: an array of strings (or, if ``single``, one
+    string); ``()`` if absent or null."""
+    value = check(doc, key, (str, list) if single else list, path)
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise InvalidRequest(f"Invalid type for '{path}{key}[{i}]': expected a string, got {_name_of(item)}.",
+                                 param=f"{path}{key}[{i}]")
+    return tuple(value)
+
+
+def _name_of(value: Any) -> str:
+    return _NAMES.get(type(value), type(value).__name__)
 
 
 _NAMES = {

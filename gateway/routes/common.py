@@ -94,7 +94,7 @@ async def serve_llm(runtime: Any, client: Any, scope, receive, send, key: str | 
     try:
         check_key_known(runtime, key)
         body = await read_request_body(runtime, scope, receive)
-        request = parse(load_json_object(body))
+        request = parse(load_json_object(body, runtime.config.server.max_json_depth))
         await runtime.dispatcher.serve(Call(request, key, client, len(body), request_id), link)
     except GatewayError as err:
         await _answer_error(runtime, client, send, link, key, err, request_id, request)
@@ -124,9 +124,14 @@ async def serve_estimate(runtime: Any, client: Any, scope, receive, send, key: s
         check_key_known(runtime, key)
         body = await read_request_body(runtime, scope, receive)
         await runtime.actors.usage.ask(Authenticate(key))
-        result = await trio.to_thread.run_sync(count, load_json_object(body), abandon_on_cancel=True)
+        doc = load_json_object(body, runtime.config.server.max_json_depth)
+        result = await trio.to_thread.run_sync(count, doc, abandon_on_cancel=True)
     except GatewayError as err:
         return await send_error(send, client, err)
+    except Exception:
+        # As in ``serve_llm``: a bug is logged and answered in the client's shape.
+        log.exception("token count failed inside the gateway")
+        return await send_error(send, client, GatewayFailure("The gateway failed to count this request's tokens."))
     await send({"type": "http.response.start", "status": 200, "headers": [
         (b"content-type", b"application/json"), (b"x-request-id", fresh_request_id().encode())]})
     await send({"type": "http.response.body", "body": json.dumps(result).encode()})
