@@ -9,11 +9,13 @@ body is parsed.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx
 import pytest
 import trio
 
+from protocols.validate import DEFAULT_MAX_JSON_DEPTH, load_json_object, nested_deeper_than
 from tests.conftest import ADMIN_TOKEN, DEMO_KEY, base_config, running_gateway
 
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -160,10 +162,6 @@ async def test_the_depth_limit_comes_from_config_and_guards_every_door(tmp_path)
 
 def test_default_depth_limit_admits_real_client_bodies():
     """Every recorded client body fits well inside the default limit."""
-    from pathlib import Path
-
-    from protocols.validate import DEFAULT_MAX_JSON_DEPTH, load_json_object, nested_deeper_than
-
     for fixture in sorted((Path(__file__).parent / "fixtures" / "requests").glob("*.json")):
         body = json.loads(fixture.read_text())["body"]
         if isinstance(body, dict):
@@ -173,8 +171,6 @@ def test_default_depth_limit_admits_real_client_bodies():
 
 @pytest.mark.parametrize("levels,deeper", [(1, False), (3, False), (4, True), (70, True)])
 def test_depth_counts_arrays_and_objects(levels, deeper):
-    from protocols.validate import nested_deeper_than
-
     value: dict | list = {}
     for i in range(levels - 1):
         value = [value] if i % 2 else {"k": value}
