@@ -71,7 +71,9 @@ async def test_endless_after_finish_and_finish_then_open_never_end(family):
             nursery.cancel_scope.cancel()
 
 
-async def test_endless_body_garbage_close_idle_and_huge_headers():
+async def test_endless_body_garbage_and_huge_headers():
+    """(close_idle_early races a plain client's reuse by design; the gateway's pool against
+    an upstream that closes idle connections is tested in tests/test_transport_gateway.py.)"""
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             endless, http = await serving(nursery, "endless_body", "openai_compat")
@@ -89,12 +91,6 @@ async def test_endless_body_garbage_close_idle_and_huge_headers():
             async with http:
                 r = await http.post(path, json=body, headers=headers)
             assert r.status_code == 200 and b"message_start" in r.content and b"\xff" in r.content
-
-            idle, http = await serving(nursery, "close_idle_early", "gemini")
-            path, body, headers = call("gemini", False)
-            async with http:
-                answers = [await http.post(path, json=body, headers=headers) for _ in range(2)]
-            assert [a.status_code for a in answers] == [200, 200] and idle.connections == 2
 
             huge, http = await serving(nursery, "huge_headers", "openai")
             path, body, headers = call("openai", False)
