@@ -203,7 +203,7 @@ class AttemptRunner:
             return
         meter.error = exc
         if passthrough:
-            encoder.resume(meter.response_id, getattr(reader.decoder, "last_sequence", -1) + 1)
+            encoder.resume(meter.response_id, reader.decoder.last_sequence + 1)
         held.append(encoder.error(exc))
 
     async def _write(self, link: ClientLink, data: bytes, req: Request, scope: trio.CancelScope | None) -> None:

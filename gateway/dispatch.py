@@ -39,6 +39,7 @@ from actors.usage import Reserve, Settle
 from gateway.attempt import AttemptRunner
 from gateway.ending import Charge, Outcome, Trouble, decide, estimates, hold_instead
 from gateway.request import Call, ClientLink, Request
+from gateway.traffic import is_cancellation
 from protocols.errors import (
     GatewayError,
     GatewayFailure,
@@ -117,7 +118,7 @@ class Dispatcher:
             raise
         except BaseException as exc:
             req.note(Trouble.CLIENT_GONE if req.client_gone else
-                     Trouble.SHUTDOWN if self.stopping() and _cancelled(exc) else Trouble.GATEWAY)
+                     Trouble.SHUTDOWN if self.stopping() and is_cancellation(exc) else Trouble.GATEWAY)
             raise
         finally:
             if not req.settled:
@@ -255,13 +256,6 @@ class Dispatcher:
         await self.actors.credentials.tell(Release(
             lease.lease_id, cool_until=decision.until, cool_model=target.model if decision.scope == "model" else None,
             dead=decision.dead, reason=decision.kind))
-
-
-def _cancelled(exc: BaseException) -> bool:
-    """A trio cancel, bare or as the group a cancelled nursery raises."""
-    if isinstance(exc, BaseExceptionGroup):
-        return exc.split(trio.Cancelled)[1] is None
-    return isinstance(exc, trio.Cancelled)
 
 
 # Errors that mean "this upstream is resting": when every target is resting, the client

@@ -50,8 +50,6 @@ class Request:
     attempts: list = attrs.field(factory=list)  # Attempt, in order
     trouble: Trouble | None = None
     meter: Meter = attrs.field(factory=Meter)
-    target: Any = None  # the target and credential of the latest attempt
-    credential: str | None = None
     started: bool = False  # the client's response began
     client_gone: bool = False
     terminal: bool = False  # the answer reached the upstream protocol's last event
@@ -73,7 +71,6 @@ class Request:
 
     def begin_attempt(self, target: Any, credential: str) -> int:
         """A new attempt, in flight: until it says otherwise it may have reached the upstream."""
-        self.target, self.credential = target, credential
         self.attempts.append(Attempt(f"{target.label}@{credential}", Outcome.UNANSWERED,
                                      target.provider, target.model, credential))
         return len(self.attempts) - 1

@@ -38,7 +38,7 @@ class Traffic:
         try:
             yield
         except BaseException as exc:
-            cut = _is_cancellation(exc)
+            cut = is_cancellation(exc)
             raise
         finally:
             self.in_flight -= 1
@@ -59,7 +59,7 @@ class Traffic:
         return StopReport(self.in_flight_at_stop, self.finished_while_stopping, self.cut_while_stopping)
 
 
-def _is_cancellation(exc: BaseException) -> bool:
+def is_cancellation(exc: BaseException) -> bool:
     """A trio cancel, bare or as the group a cancelled nursery raises."""
     if isinstance(exc, BaseExceptionGroup):
         return exc.split(trio.Cancelled)[1] is None

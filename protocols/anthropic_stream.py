@@ -71,6 +71,7 @@ class StreamDecoder:
     """
 
     usage_only = False  # Anthropic streams have no chunk the gateway must hide
+    last_sequence = -1  # the protocol numbers no events
     ENDS_AT_EOF_AFTER_FINISH = False  # only ``message_stop`` ends a stream
 
     def __init__(self, *, light: bool = False) -> None:

@@ -76,6 +76,7 @@ class StreamDecoder:
     """
 
     # Gemini has no closing event: the body's end after the chunk with finishReason is it.
+    last_sequence = -1  # the protocol numbers no events
     ENDS_AT_EOF_AFTER_FINISH = True
     ended = False
 

@@ -49,6 +49,7 @@ class StreamDecoder:
 
     # The protocol's last event is ``data: [DONE]``; some upstreams omit it, so the end
     # of the body after the finish chunk ends the stream too.
+    last_sequence = -1  # the protocol numbers no events
     ENDS_AT_EOF_AFTER_FINISH = True
 
     def __init__(self, *, light: bool = False) -> None:

@@ -97,7 +97,6 @@ class StreamDecoder:
         self.finished = False
         self.failed = False
         self.ended = False  # a terminal event arrived
-        self.response_id = ""
         self.last_sequence = -1  # the upstream's latest sequence_number, so a gateway-made event can follow it
         self._calls: set[int] = set()
         self._handlers: dict[str, Callable[[dict], list]] = {
@@ -152,7 +151,6 @@ class StreamDecoder:
             return []
         self.started = True
         response = response if isinstance(response, dict) else {}
-        self.response_id = str(response.get("id", ""))
         return [StreamStart(str(response.get("id", "")), str(response.get("model", "")))]
 
     def _start_event(self, doc: dict) -> list:

@@ -6,7 +6,9 @@ that omit it, the end of the body after the finish chunk), Anthropic with
 ``response.failed``, Gemini with the end of the body after the chunk that carries
 ``finishReason``. A body that ends before that was cut, however cleanly it closed.
 Every stream decoder says ``ended`` (its terminal event arrived), ``finished`` (the
-model's finish arrived) and ``ENDS_AT_EOF_AFTER_FINISH``.
+model's finish arrived) and ``ENDS_AT_EOF_AFTER_FINISH``; and ``last_sequence``, the
+upstream's latest event number (Responses; -1 where events are not numbered), so a
+gateway-made closing event can follow it.
 """
 
 from __future__ import annotations
