@@ -171,7 +171,7 @@ class UsageCore:
 
     # -- messages
 
-    def _hash(self, key: str) -> str:
+    def key_hash(self, key: str) -> str:
         """sha256 of a presented key, remembered for the keys seen recently."""
         digest = self._hashes.get(key)
         if digest is None:
@@ -181,7 +181,7 @@ class UsageCore:
         return digest
 
     def authenticate(self, key: str, model: str | None) -> KeyState:
-        state = self.by_hash.get(self._hash(key)) if key else None
+        state = self.by_hash.get(self.key_hash(key)) if key else None
         if state is None:
             raise Unauthenticated(UNKNOWN_KEY)
         if state.disabled:

@@ -16,7 +16,7 @@ import trio
 
 from gateway.asgi_link import AsgiLink, read_body
 from gateway.request import Call
-from actors.usage import Authenticate, hash_key
+from actors.usage import Authenticate
 from actors.usage_core import UNKNOWN_KEY
 from protocols.errors import (GatewayError, GatewayFailure, InvalidRequest, NotFound, RequestTimeout,
                               Unauthenticated)
@@ -67,8 +67,9 @@ def check_key_known(runtime: Any, key: str | None) -> None:
     A known key is still authenticated in full (disabled, allowed models) by the actor."""
     if not key:
         raise Unauthenticated(MISSING_KEY)
-    known = runtime.supervisor.actor("usage").key_hashes
-    if known is not None and hash_key(key) not in known:
+    meter = runtime.supervisor.actor("usage")
+    known = meter.key_hashes
+    if known is not None and meter.core.key_hash(key) not in known:  # the meter's memo of recent keys
         raise Unauthenticated(UNKNOWN_KEY)
 
 
