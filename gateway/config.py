@@ -214,6 +214,21 @@ class ActorsConfig:
 
 
 @attrs.frozen(kw_only=True)
+class StoreConfig:
+    """The Responses store (``previous_response_id``, ``GET``/``DELETE /v1/responses/{id}``).
+
+    Its limits hold on disk (``max_bytes``, oldest evicted first; ``max_age_s``, the API's
+    30-day retention) and in memory (``cache_bytes`` of whole records; an index entry per
+    response besides)."""
+
+    enabled: bool = True
+    max_bytes: int = setting(512 * 1024 * 1024, check=POSITIVE)
+    max_age_s: float = setting(30 * 24 * 3600.0, check=POSITIVE)
+    sweep_interval_s: float = setting(300.0, check=POSITIVE)
+    cache_bytes: int = setting(32 * 1024 * 1024, check=NON_NEGATIVE)
+
+
+@attrs.frozen(kw_only=True)
 class SimulatorConfig:
     host: str = "127.0.0.1"
     port: int = setting(0, check=PORT)
@@ -235,6 +250,7 @@ class Config:
     routing: RoutingConfig = RoutingConfig()
     actors: ActorsConfig = ActorsConfig()
     simulator: SimulatorConfig = SimulatorConfig()
+    store: StoreConfig = StoreConfig()
     default_hold_output_tokens: int = setting(4096, check=POSITIVE)
 
     def price_for(self, label: str) -> Price | None:

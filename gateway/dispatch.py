@@ -64,6 +64,7 @@ class Actors:
     credentials: Mailbox
     cooldown: Mailbox
     usage: Mailbox
+    store: Mailbox | None = None
 
 
 class Dispatcher:

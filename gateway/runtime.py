@@ -26,6 +26,7 @@ import trio
 from actors.cooldown import CooldownActor, CooldownCore
 from actors.credentials import CredentialsActor, CredentialsCore
 from actors.routing import RoutingActor, RoutingCore
+from actors.store import Flush, StoreActor, StoreLimits
 from actors.supervisor import Supervisor
 from actors.usage import Query, UsageActor
 from gateway.config import Config
@@ -76,7 +77,13 @@ class Runtime:
         first_start = [True]
         usage = sup.add("usage", lambda: UsageActor(
             cfg.pricing, cfg.state_dir, cfg.keys, limiter, first_start), size, timeout)
-        return sup, Actors(routing, credentials, cooldown, usage)
+        store = None
+        if cfg.store.enabled:
+            limits = StoreLimits(cfg.store.max_bytes, cfg.store.max_age_s, cfg.store.cache_bytes)
+            store_limiter = trio.CapacityLimiter(1)
+            store = sup.add("store", lambda: StoreActor(
+                limits, cfg.state_dir, store_limiter, cfg.store.sweep_interval_s), size, timeout)
+        return sup, Actors(routing, credentials, cooldown, usage, store)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -108,8 +115,21 @@ class Runtime:
                         task_status.started()
                         await self._stop.wait()
                         await self._flush_meter()
+                        await self._flush_store()
                         actors.cancel_scope.cancel()
                 upstreams.cancel_scope.cancel()
+
+    async def _flush_store(self) -> None:
+        """Wait until every stored response put so far is on disk (the actor also
+        writes what is pending when it is cancelled; this makes the stop's order plain
+        and bounds it)."""
+        if self.actors.store is None:
+            return
+        try:
+            with trio.fail_after(FLUSH_TIMEOUT_S):
+                await self.actors.store.ask(Flush(), timeout=FLUSH_TIMEOUT_S)
+        except (trio.TooSlowError, GatewayError) as exc:
+            log.error("the response store did not flush (%s)", type(exc).__name__)
 
     async def _flush_meter(self) -> None:
         """Wait until the usage actor has committed every message queued before this one.

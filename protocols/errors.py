@@ -8,6 +8,7 @@
     │   ├── Unauthenticated           401     missing or unknown gateway key
     │   ├── Forbidden                 403     key may not use this model / admin route
     │   ├── NotFound                  404     unknown model or route
+    │   │   └── StoredResponseNotFound 404    a stored response unknown, gone or another key's
     │   ├── MethodNotAllowed          405
     │   ├── RequestTimeout            408     the request body did not arrive in time
     │   ├── PayloadTooLarge           413
@@ -98,6 +99,18 @@ class Forbidden(ClientError):
 class NotFound(ClientError):
     status = 404
     kind = "not_found_error"
+
+
+class StoredResponseNotFound(NotFound):
+    """A stored response the caller may not see: unknown, deleted, expired or another
+    key's. One answer for all of them, so no key learns which ids exist; its shape is
+    the Responses API's own (``invalid_request_error``, no param, no code)."""
+
+    kind = "invalid_request_error"
+
+    def __init__(self, response_id: str) -> None:
+        super().__init__(f"Response with id '{response_id}' not found.")
+        self.response_id = response_id
 
 
 class MethodNotAllowed(ClientError):
