@@ -25,6 +25,7 @@ from gateway.routes import anthropic as anthropic_routes
 from gateway.routes import gemini as gemini_routes
 from gateway.routes import openai_chat as chat_routes
 from gateway.routes import openai_responses as responses_routes
+from gateway.routes import responses_store as stored_responses_routes
 from gateway.routes.common import fresh_request_id, send_error
 from gateway.runtime import Runtime
 from gateway.state_lock import StateDirBusy
@@ -34,7 +35,7 @@ from protocols.errors import InvalidRequest, MethodNotAllowed, NotFound
 
 log = logging.getLogger("tollhouse")
 
-ROUTE_MODULES = [chat_routes, responses_routes, anthropic_routes, gemini_routes]
+ROUTE_MODULES = [chat_routes, responses_routes, stored_responses_routes, anthropic_routes, gemini_routes]
 
 
 def client_protocol_for(path: str):
@@ -83,15 +84,19 @@ class Gateway:
             if _ambiguous_framing(scope):
                 return await send_error(send, client_protocol_for(path), InvalidRequest(
                     "A request may not carry both Content-Length and Transfer-Encoding."), close=True)
+            refusing = None  # the protocol of a route on this path that has another method
             for method, pattern, handler, protocol in self.routes:
                 match = pattern.match(path)
                 if match is None:
                     continue
                 if scope["method"] != method:
-                    return await send_error(send, protocol, MethodNotAllowed(
-                        f"Method {scope['method']} is not allowed on {path}."))
+                    refusing = refusing or protocol
+                    continue
                 await self.runtime.ready.wait()
                 return await handler(self.runtime, scope, receive, send, match)
+            if refusing is not None:
+                return await send_error(send, refusing, MethodNotAllowed(
+                    f"Method {scope['method']} is not allowed on {path}."))
             return await self.quart(scope, receive, _whole_sends(send))
         for pattern, handler in self.ws_routes:
             match = pattern.match(scope["path"])
