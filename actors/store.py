@@ -83,8 +83,10 @@ class StoreActor(Actor):
                         mailbox.pending -= 1
         finally:
             with trio.CancelScope(shield=True):
-                await self._last_write()
-                self.db.close()
+                try:
+                    await self._last_write()
+                finally:
+                    self.db.close()
 
     async def _dispatch(self, envelope: Envelope, nursery: trio.Nursery) -> None:
         msg = envelope.msg

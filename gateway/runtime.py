@@ -7,8 +7,9 @@ connection pool per provider; then the actor supervisor; then the dispatcher is
 published and requests may flow.
 
 Stop (``stop()``, called by the app's lifespan once the server has no request left):
-the meter is flushed -- everything already in its inbox is committed -- then the actors
-stop (the usage actor closes the ledger), then the upstream pools close, then the
+the meter is flushed -- everything already in its inbox is committed -- and so is the
+Responses store (every response put is on disk), then the actors stop (the usage
+actor closes the ledger, the store its file), then the upstream pools close, then the
 simulator, and last the lock is released. Requests never see a stopped actor: the
 server finishes or cancels every request, and each cancelled request settles through
 the dispatcher's shielded ``finally``, before the lifespan asks the runtime to stop.
