@@ -61,6 +61,7 @@ class StoreActor(Actor):
         self._batches_taken = 0
         self._batches_done = 0  # the last batch on disk (every earlier one is too)
         self._written = trio.Event()  # set (and replaced) at each commit
+        self._refused = trio.Event()  # set (and replaced) at each refused write
         self._wake_writer = trio.Event()
         self._read_slots = trio.Semaphore(MAX_READS)
 
@@ -68,6 +69,8 @@ class StoreActor(Actor):
         self.db = await trio.to_thread.run_sync(ResponseDB, self.state_dir, limiter=self.limiter)
         rows = await trio.to_thread.run_sync(self.db.index, limiter=self.limiter)
         self.core.load(rows)
+        if self.core.sweep(self.clock()):  # limits lowered, or the gateway was down past an age
+            self._wake_writer.set()
 
     async def run(self, mailbox: Mailbox) -> None:
         receive = mailbox.receive_channel
@@ -169,6 +172,8 @@ class StoreActor(Actor):
                 log.error("response store %s refused a write (%s); retrying, responses stay readable meanwhile",
                           self.db.path, exc)
             self.fault = str(exc)
+            self._refused.set()
+            self._refused = trio.Event()
             return False
         except BaseException:
             self.core.write_failed()  # cancelled before the thread took it: still pending
@@ -191,6 +196,12 @@ class StoreActor(Actor):
         if self.core.unwritten:
             log.error("response store %s: %d responses were not written before it closed", self.db.path,
                       len(self.core.unwritten))
+
+    async def wait_write_failures(self, n: int) -> None:
+        """Return once ``n`` writes have been refused (for tests and tools that must
+        observe a refusal without polling)."""
+        while self.write_failures < n:
+            await self._refused.wait()
 
     async def _sweep_loop(self, mailbox: Mailbox) -> None:
         while True:

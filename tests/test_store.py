@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import trio
 
 from actors.mailbox import Mailbox
@@ -244,4 +246,41 @@ async def test_actor_flush_commits_and_sweep_follows_its_clock(tmp_path):
             await store.ask(Flush())
             assert [r.id for r in actor.db.index()] == ["resp_2"]
             assert (await store.ask(Snapshot()))["evicted_by_age"] == 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_start_sweeps_what_the_limits_no_longer_allow(tmp_path):
+    clock = Clock(T0)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            store, _ = await _run_store(tmp_path, nursery, StoreLimits(), clock)
+            for n in range(4):
+                await store.tell(Put(record(f"resp_{n}", created_at=T0 + n)))
+            nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as nursery:
+            probe = StoreCore(StoreLimits())
+            probe.put(record("resp_0"), T0)
+            limits = StoreLimits(max_bytes=2 * probe.total_bytes)
+            store, actor = await _run_store(tmp_path, nursery, limits, clock)
+            assert set(actor.core.index) == {"resp_2", "resp_3"}  # the oldest went first
+            await store.ask(Flush())
+            assert sorted(r.id for r in actor.db.index()) == ["resp_2", "resp_3"]
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_refused_write_keeps_responses_readable_and_lands_later(tmp_path):
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            store, actor = await _run_store(tmp_path, nursery)
+            other = sqlite3.connect(actor.db.path, isolation_level=None)  # another process's writer
+            try:
+                other.execute("BEGIN IMMEDIATE")
+                await store.tell(Put(record("resp_1")))
+                await actor.wait_write_failures(1)
+                assert (await store.ask(Snapshot()))["fault"] and (await store.ask(Get("resp_1", ALICE))).id == "resp_1"
+                other.execute("ROLLBACK")
+            finally:
+                other.close()
+            await store.ask(Flush())
+            assert [r.id for r in actor.db.index()] == ["resp_1"] and actor.fault is None
             nursery.cancel_scope.cancel()
