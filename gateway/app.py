@@ -19,6 +19,7 @@ import trio
 from quart_trio import QuartTrio
 
 from actors.ledger import LedgerFault
+from actors.store_db import StoreFault
 from gateway.config import Config
 from gateway.routes import admin, models
 from gateway.routes import anthropic as anthropic_routes
@@ -114,7 +115,7 @@ class Gateway:
                 await self.quart.startup()
             except Exception as exc:
                 self.startup_error = error = _first_leaf(exc)
-                if isinstance(error, (StateDirBusy, LedgerFault)):
+                if isinstance(error, (StateDirBusy, LedgerFault, StoreFault)):
                     log.error("startup refused: %s", error)  # an operator's situation, not a bug
                 else:
                     log.exception("startup failed")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
 import trio
 
 from actors.mailbox import Mailbox
 from actors.store import (Chain, Delete, Flush, Get, InputItems, Put, Snapshot, StoreActor, StoreLimits,
                           StoredResponse, Sweep)
 from actors.store_core import Read, StoreCore
+from actors.store_db import ResponseDB, StoreFault
 from actors.supervisor import Supervisor
 
 ALICE, BOB = "a" * 64, "b" * 64
@@ -284,3 +286,12 @@ async def test_a_refused_write_keeps_responses_readable_and_lands_later(tmp_path
             await store.ask(Flush())
             assert [r.id for r in actor.db.index()] == ["resp_1"] and actor.fault is None
             nursery.cancel_scope.cancel()
+
+
+
+@pytest.mark.parametrize("content,fault", [(b"", "empty"), (b"this is not a database, only text " * 64, "cannot be used")])
+def test_a_store_file_that_cannot_be_trusted_refuses_the_start(tmp_path, content, fault):
+    (tmp_path / "responses.sqlite3").write_bytes(content)
+    with pytest.raises(StoreFault) as refused:
+        ResponseDB(tmp_path)
+    assert "responses.sqlite3" in str(refused.value) and fault in str(refused.value)
