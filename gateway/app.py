@@ -27,7 +27,7 @@ from gateway.routes import gemini as gemini_routes
 from gateway.routes import openai_chat as chat_routes
 from gateway.routes import openai_responses as responses_routes
 from gateway.routes import responses_store as stored_responses_routes
-from gateway.routes.common import fresh_request_id, send_error
+from gateway.routes.common import fresh_request_id, refuse_websocket, send_error
 from gateway.runtime import Runtime
 from gateway.state_lock import StateDirBusy
 from gateway.traffic import Traffic
@@ -58,7 +58,7 @@ class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.traffic = Traffic()
-        self.runtime = Runtime(config, stopping=lambda: self.traffic.stopping)
+        self.runtime = Runtime(config, stopping=lambda: self.traffic.stopping, stop_begun=self.traffic.stop_begun)
         self.startup_error: BaseException | None = None  # why the lifespan refused to start
         self.routes = [route for module in ROUTE_MODULES for route in module.ROUTES]
         self.ws_routes = [route for module in ROUTE_MODULES for route in getattr(module, "WEBSOCKET_ROUTES", ())]
@@ -103,7 +103,8 @@ class Gateway:
             match = pattern.match(scope["path"])
             if match is not None:
                 return await handler(self.runtime, scope, receive, send, match)
-        await _refuse_websocket(scope, send, NotFound(f"No WebSocket route for {scope['path']}."))
+        await refuse_websocket(scope, send, client_protocol_for(scope["path"]),
+                               NotFound(f"No WebSocket route for {scope['path']}."))
 
     async def _lifespan(self, receive, send) -> None:
         async with trio.open_nursery() as nursery:
@@ -138,16 +139,6 @@ def _ambiguous_framing(scope) -> bool:
     smuggling). h11 would use the chunked one; the request is refused instead."""
     names = {name for name, _ in scope["headers"]}
     return b"content-length" in names and b"transfer-encoding" in names
-
-
-async def _refuse_websocket(scope, send, err) -> None:
-    """Refuse a WebSocket handshake with an HTTP answer in JSON (ASGI's denial response;
-    without it hypercorn would answer 403 with no body)."""
-    body = json.dumps(client_protocol_for(scope["path"]).format_error(err)).encode()
-    await send({"type": "websocket.http.response.start", "status": err.status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-        (b"x-request-id", fresh_request_id().encode())]})
-    await send({"type": "websocket.http.response.body", "body": body})
 
 
 def _whole_sends(send):

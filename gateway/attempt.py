@@ -59,6 +59,15 @@ def _headers(req: Request, content_type: str, target: Any) -> list:
     return headers
 
 
+def _json_object(body: bytes) -> dict | None:
+    """A whole answer's body as an object, when it is one (for its recorder)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 def _only_error(batch: list) -> UpstreamError | None:
     """An upstream whose first event is an error has sent nothing worth keeping:
     treat it like an error status, so the request can still fail over."""
@@ -113,12 +122,18 @@ class AttemptRunner:
         meter = req.meter
         meter.usage, meter.finished, meter.final_usage = response.usage, True, True
         req.terminal = True
+        answer = None
         if call.request.protocol == provider.protocol:
             body, content_type = completion.body, completion.content_type
+            if call.recorder is not None:
+                answer = _json_object(body)
         else:
-            body = json.dumps(call.client.format_response(response, call.request.model)).encode()
+            answer = call.client.format_response(response, call.request.model)
+            body = json.dumps(answer).encode()
             content_type = "application/json"
         await self.settle(req)
+        if call.recorder is not None and answer is not None:
+            call.recorder.record(req, answer)
         req.started = True
         await link.start(200, [*_headers(req, content_type, target), (b"content-length", b"%d" % len(body))])
         await link.end(body)
@@ -177,11 +192,16 @@ class AttemptRunner:
                 raise UpstreamTimeout("The upstream sent nothing before the time-to-first-byte deadline.")
             self._fail(req, UpstreamTimeout("The upstream stream stalled past its deadline."),
                        encoder, reader, passthrough, held, Trouble.TIMEOUT)
+        if meter.error is None and not passthrough and not req.client_gone:
+            held.append(encoder.close())
         await self.settle(req)
         if req.client_gone:
             return
-        if meter.error is None and not passthrough:
-            held.append(encoder.close())
+        if call.recorder is not None:
+            # the gateway's own closing event if it made one, else the upstream's
+            answer = encoder.response or (reader.decoder.response if passthrough and reader is not None else None)
+            if answer is not None:
+                call.recorder.record(req, answer)
         with trio.move_on_after(self.streaming.client_write_timeout_s):
             await link.end(b"".join(held))
 

@@ -195,6 +195,20 @@ class StreamingConfig:
 
 
 @attrs.frozen(kw_only=True)
+class WebSocketConfig:
+    """The Responses WebSocket mode (``GET /v1/responses``)."""
+
+    enabled: bool = True
+    idle_timeout_s: float = setting(600.0, check=POSITIVE)  # no message between turns this long: closed
+    max_lifetime_s: float = setting(3600.0, check=POSITIVE)  # the API's 60-minute connection limit
+    max_message_bytes: int = setting(16 * 1024 * 1024, check=POSITIVE)  # a client message (a turn's body)
+    ping_interval_s: float | None = setting(30.0, check=Check(lambda v: v is None or v > 0, "must be null or > 0"))
+    # a browser's handshake (it sends ``Origin``) is refused unless its origin is listed;
+    # clients that send none (CLIs, SDKs) are not affected
+    allowed_origins: tuple[str, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
 class RoutingConfig:
     budget_s: float = setting(10.0, check=NON_NEGATIVE)
 
@@ -246,6 +260,7 @@ class Config:
     pricing: Mapping[str, Price] = setting(factory=dict, read_as=Mapping[str, PriceEntry], convert=_prices)
     keys: tuple[KeyConfig, ...] = ()
     streaming: StreamingConfig = StreamingConfig()
+    websocket: WebSocketConfig = WebSocketConfig()
     cooldown: CooldownConfig = CooldownConfig()
     routing: RoutingConfig = RoutingConfig()
     actors: ActorsConfig = ActorsConfig()

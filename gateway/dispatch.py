@@ -64,7 +64,7 @@ class Actors:
     credentials: Mailbox
     cooldown: Mailbox
     usage: Mailbox
-    store: Mailbox | None = None
+    store: Mailbox | None = None  # stored Responses; None when the store is disabled
 
 
 class Dispatcher:

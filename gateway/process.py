@@ -32,7 +32,7 @@ from hypercorn.utils import LifespanFailureError
 
 from gateway import http1
 from gateway.app import Gateway
-from gateway.config import ServerConfig
+from gateway.config import ServerConfig, WebSocketConfig
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -61,7 +61,8 @@ class HypercornConfig(hypercorn.config.Config):
             await trio.lowlevel.checkpoint()
 
 
-def server_config(server: ServerConfig, bind: str | None = None) -> HypercornConfig:
+def server_config(server: ServerConfig, bind: str | None = None,
+                  websocket: WebSocketConfig | None = None) -> HypercornConfig:
     """Hypercorn's config for our ``server`` settings: the one place it is built, for
     ``tollhouse serve`` and for the test harness alike.
 
@@ -79,6 +80,9 @@ def server_config(server: ServerConfig, bind: str | None = None) -> HypercornCon
     cfg.request_head_timeout = server.read_timeout_s
     cfg.read_timeout = None
     cfg.graceful_timeout = server.shutdown_grace_s
+    websocket = websocket or WebSocketConfig()
+    cfg.websocket_max_message_size = websocket.max_message_bytes
+    cfg.websocket_ping_interval = websocket.ping_interval_s
     return cfg
 
 
@@ -89,7 +93,7 @@ async def serve(gateway: Gateway, bind: str, say: Callable[[str], None]) -> None
     one when a stop begins and one when it has ended. Raises ``StartRefused`` when the
     gateway could not start.
     """
-    cfg = server_config(gateway.config.server, bind)
+    cfg = server_config(gateway.config.server, bind, gateway.config.websocket)
     stop = trio.Event()
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         try:

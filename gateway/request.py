@@ -31,6 +31,14 @@ class ClientLink(Protocol):
     def ended(self) -> bool: ...
 
 
+class Recorder(Protocol):
+    """Keeps the answer a client saw (a Responses client's response object), once it is
+    settled and before the client has its last byte: a later request that names it
+    finds it."""
+
+    def record(self, req: "Request", response: dict) -> None: ...
+
+
 @attrs.frozen
 class Call:
     """One parsed client request, ready to dispatch."""
@@ -40,6 +48,7 @@ class Call:
     client: Any  # the client protocol's module: format_response, format_error, StreamEncoder
     body_bytes: int
     request_id: str
+    recorder: Recorder | None = None
 
 
 @attrs.define

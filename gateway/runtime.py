@@ -33,6 +33,7 @@ from actors.usage import Query, UsageActor
 from gateway.config import Config
 from gateway.dispatch import Actors, Dispatcher
 from gateway.redaction import redacting_logs, redactor_for
+from gateway.sockets import Sockets
 from gateway.state_lock import StateDirLock
 from protocols.errors import GatewayError
 from providers import registry
@@ -45,9 +46,12 @@ FLUSH_TIMEOUT_S = 15.0
 
 
 class Runtime:
-    def __init__(self, config: Config, stopping: Callable[[], bool] = lambda: False) -> None:
+    def __init__(self, config: Config, stopping: Callable[[], bool] = lambda: False,
+                 stop_begun: trio.Event | None = None) -> None:
         self.config = config
         self.stopping = stopping  # a graceful stop has begun
+        self.stop_begun = trio.Event() if stop_begun is None else stop_begun  # set when it begins (long-lived connections end)
+        self.sockets = Sockets()  # open Responses WebSockets, for the admin API
         self.dispatcher: Dispatcher | None = None
         self.supervisor: Supervisor | None = None
         self.simulator: Simulator | None = None

@@ -29,6 +29,7 @@ class Traffic:
     in_flight_at_stop: int = 0
     finished_while_stopping: int = 0
     cut_while_stopping: int = 0
+    stop_begun: trio.Event = attrs.field(factory=trio.Event)  # long-lived connections watch it
 
     @contextmanager
     def request(self) -> Iterator[None]:
@@ -53,6 +54,7 @@ class Traffic:
         if not self.stopping:
             self.stopping = True
             self.in_flight_at_stop = self.in_flight
+            self.stop_begun.set()
         return self.in_flight_at_stop
 
     def report(self) -> StopReport:

@@ -17,7 +17,9 @@ only the model replaced, so nothing below is lossy for it. Across protocols:
 - Input items with no unified meaning (``item_reference``, ``web_search_call``,
   ``local_shell_call`` ...) and ``input_file`` parts are dropped; ``stop`` has no
   Responses field and is dropped.
-- ``previous_response_id`` is refused (400): the gateway stores no responses yet.
+- ``previous_response_id`` is resolved before parsing, by the gateway (its store, or a
+  WebSocket connection's last response): what is parsed here is the whole conversation,
+  and the field itself never reaches an upstream.
 """
 
 from __future__ import annotations
@@ -65,11 +67,6 @@ RESPONSES_MIN_OUTPUT_TOKENS = 16
 
 def parse_request(doc: dict) -> UnifiedRequest:
     model = require(doc, "model", str)
-    if doc.get("previous_response_id") is not None:
-        raise InvalidRequest(
-            "'previous_response_id' is not supported: this gateway does not store responses yet. "
-            "Send the whole conversation in 'input' (with store: false).",
-            param="previous_response_id")
     system: list = []
     instructions = check(doc, "instructions", str)
     if instructions:
@@ -193,6 +190,7 @@ def _tools_in(raw: list) -> tuple[list, list]:
 
 
 TOOL_CHOICES = ("none", "auto", "required")
+NOT_FOUND_CODES = {"model": "model_not_found", "previous_response_id": "previous_response_not_found"}
 
 
 def _tool_choice_in(doc: dict, function_names: set) -> Any:
@@ -342,6 +340,6 @@ def format_response(resp: UnifiedResponse, model: str) -> dict:
 
 def format_error(err: GatewayError) -> dict:
     code = {401: "invalid_api_key", 402: "insufficient_quota", 429: "rate_limit_exceeded"}.get(err.status)
-    if err.status == 404 and err.param == "model":
-        code = "model_not_found"
+    if err.status == 404 and err.param in NOT_FOUND_CODES:
+        code = NOT_FOUND_CODES[err.param]
     return {"error": {"message": err.message, "type": err.kind, "param": err.param, "code": code}}

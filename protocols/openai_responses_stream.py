@@ -98,6 +98,7 @@ class StreamDecoder:
         self.failed = False
         self.ended = False  # a terminal event arrived
         self.last_sequence = -1  # the upstream's latest sequence_number, so a gateway-made event can follow it
+        self.response: dict | None = None  # the response object of the closing event, as the upstream sent it
         self._calls: set[int] = set()
         self._handlers: dict[str, Callable[[dict], list]] = {
             "response.created": self._start_event,
@@ -204,6 +205,7 @@ class StreamDecoder:
         """The response object a closing event carries, and its start and usage events."""
         response = doc.get("response")
         response = response if isinstance(response, dict) else {}
+        self.response = response
         out = self._start(response)
         usage = normalize(NAME, response.get("usage"))
         if usage is not None:
@@ -279,6 +281,7 @@ class StreamEncoder:
         self.usage: Usage | None = None
         self.finish: FinishReason | None = None
         self.output: list = []
+        self.response: dict | None = None  # the response object of the closing event, once sent
         self._item: _OpenItem | None = None
         self._calls: dict[int, _OpenCall] = {}
 
@@ -420,8 +423,8 @@ class StreamEncoder:
         # As OpenAI does: an ``error`` event (which the SDKs raise as an API error), then
         # the response's own ``response.failed``.
         self._emit(out, "error", error={"type": err.kind, "code": code, "message": err.message, "param": err.param})
-        self._emit(out, "response.failed", response=self._response(
-            "failed", usage=self.usage, error={"code": code, "message": err.message}))
+        self.response = self._response("failed", usage=self.usage, error={"code": code, "message": err.message})
+        self._emit(out, "response.failed", response=self.response)
         return b"".join(out)
 
     def close(self) -> bytes:
@@ -434,5 +437,6 @@ class StreamEncoder:
         self.ended = True
         status = status_for(self.finish)
         kind = "response.incomplete" if status == "incomplete" else "response.completed"
-        self._emit(out, kind, response=self._response(status, usage=self.usage, finish=self.finish))
+        self.response = self._response(status, usage=self.usage, finish=self.finish)
+        self._emit(out, kind, response=self.response)
         return b"".join(out)

@@ -75,7 +75,7 @@ async def running_gateway(config_doc: dict):
     """Start the gateway (and its embedded simulator) on ephemeral loopback ports."""
     config = parse_config(copy.deepcopy(config_doc), env={})
     gateway = Gateway(config)
-    cfg = server_config(config.server, "127.0.0.1:0")  # the settings `tollhouse serve` uses
+    cfg = server_config(config.server, "127.0.0.1:0", config.websocket)  # the settings `tollhouse serve` uses
     shutdown = trio.Event()
     # In virtual time the clock jumps whenever every task waits -- also while the ledger
     # opens in a worker thread, which on a busy host can take long enough to fire the

@@ -177,40 +177,6 @@ async def test_captured_requests_are_served(responses_doc, path, routed):
             assert len(gw.ledger_entries()) == 1
 
 
-async def test_previous_response_id_is_refused_in_openai_shape(responses_doc):
-    with trio.fail_after(10):
-        async with running_gateway(responses_doc) as gw, _client(gw) as client:
-            with pytest.raises(openai.BadRequestError) as info:
-                await client.responses.create(model="gpt-sim", input="again", previous_response_id="resp_123")
-            err = info.value.body
-            assert err["param"] == "previous_response_id" and err["type"] == "invalid_request_error"
-            assert "not supported" in err["message"]
-            assert set(err) == {"message", "type", "param", "code"}
-            assert gw.ledger_entries() == [] and gw.simulator.requests == 0
-
-
-async def test_websocket_upgrade_gets_426(responses_doc):
-    with trio.fail_after(10):
-        async with running_gateway(responses_doc) as gw:
-            host, port = gw.url.removeprefix("http://").rsplit(":", 1)
-            stream = await trio.open_tcp_stream(host, int(port))
-            async with stream:
-                await stream.send_all(
-                    b"GET /v1/responses HTTP/1.1\r\nHost: " + host.encode() + b"\r\n"
-                    b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-                    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                    b"Authorization: Bearer " + DEMO_KEY.encode() + b"\r\n\r\n")
-                reply = b""
-                while b"websocket_not_supported" not in reply:
-                    chunk = await stream.receive_some()
-                    if not chunk:
-                        break
-                    reply += chunk
-            head, _, body = reply.partition(b"\r\n\r\n")
-            assert head.startswith(b"HTTP/1.1 426 ")
-            assert json.loads(body)["error"]["code"] == "websocket_not_supported"
-
-
 async def test_midstream_upstream_error_reaches_client_as_an_api_error(responses_doc):
     """The stream ends with an ``error`` event, which the SDK raises, then ``response.failed``."""
     with trio.fail_after(10):

@@ -246,13 +246,6 @@ def test_foreign_reasoning_is_not_replayed_to_openai():
     assert body["input"][1]["content"] == [{"type": "output_text", "text": "yo"}]
 
 
-def test_previous_response_id_is_refused():
-    with pytest.raises(InvalidRequest) as info:
-        openai_responses.parse_request({"model": "m", "input": "hi", "previous_response_id": "resp_1"})
-    assert info.value.status == 400 and info.value.param == "previous_response_id"
-    assert "not supported" in info.value.message
-
-
 @pytest.mark.parametrize("body, param", [
     ({"input": "hi"}, "model"),
     ({"model": "m"}, "input"),

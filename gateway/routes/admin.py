@@ -98,6 +98,24 @@ async def update_key(runtime, name):
     return await runtime.actors.usage.ask(update_key_message(name, await _json()))
 
 
+@route("/sockets", methods=["GET"])
+@admin_only
+async def sockets(runtime):
+    """The open Responses WebSockets: key name, turns, and what each turn cost (its
+    ledger entries, by request id)."""
+    registry = runtime.sockets
+    views = [info.view() for info in registry.open.values()]
+    ids = [turn["request_id"] for view in views for turn in view["turns"] if turn["request_id"]]
+    actor = runtime.supervisor.actor("usage")
+    ledger = actor.ledger
+    costs = await actor.read(lambda: {rid: sum(e["amount_micro"] for e in ledger.entries(rid)) for rid in ids})
+    for view in views:
+        for turn in view["turns"]:
+            micro = costs.get(turn["request_id"])
+            turn["cost_usd"] = usd(micro) if micro is not None and turn["end"] != "running" else None
+    return {"open": views, "opened_total": registry.opened_total}
+
+
 @route("/reservations", methods=["GET"])
 @admin_only
 async def reservations(runtime):

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import trio
 
 from gateway.asgi_link import AsgiLink, read_body
-from gateway.request import Call
+from gateway.request import Call, Recorder
 from actors.usage import Authenticate
 from actors.usage_core import UNKNOWN_KEY
 from protocols.errors import (GatewayError, GatewayFailure, InvalidRequest, NotFound, RequestTimeout,
@@ -85,8 +85,22 @@ async def send_error(send, client: Any, err: GatewayError, request_id: str | Non
     await send({"type": "http.response.body", "body": json.dumps(client.format_error(err)).encode()})
 
 
+#: turns a parsed body into the call's request, its recorder and its size in bytes (a
+#: chained Responses request grows by the conversation it names)
+Prepare = Callable[[dict, str, int], Awaitable[tuple[Any, Recorder | None, int]]]
+
+
+async def refuse_websocket(scope, send, client: Any, err: GatewayError) -> None:
+    """Refuse a WebSocket handshake with an HTTP answer in ``client``'s JSON shape (ASGI's
+    denial response; without it hypercorn would answer 403 with no body)."""
+    body = json.dumps(client.format_error(err)).encode()
+    headers = [(b"content-length", str(len(body)).encode())] + error_headers(err)
+    await send({"type": "websocket.http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "websocket.http.response.body", "body": body})
+
+
 async def serve_llm(runtime: Any, client: Any, scope, receive, send, key: str | None,
-                    parse: Callable[[dict], Any]) -> None:
+                    parse: Callable[[dict], Any], prepare: Prepare | None = None) -> None:
     """Answer one LLM call in ``client``'s protocol; every answer carries ``x-request-id``,
     the id of its ledger entry."""
     link = AsgiLink(receive, send)
@@ -95,8 +109,13 @@ async def serve_llm(runtime: Any, client: Any, scope, receive, send, key: str | 
     try:
         check_key_known(runtime, key)
         body = await read_request_body(runtime, scope, receive)
-        request = parse(load_json_object(body, runtime.config.server.max_json_depth))
-        await runtime.dispatcher.serve(Call(request, key, client, len(body), request_id), link)
+        doc = load_json_object(body, runtime.config.server.max_json_depth)
+        recorder, size = None, len(body)
+        if prepare is None:
+            request = parse(doc)
+        else:
+            request, recorder, size = await prepare(doc, key, size)
+        await runtime.dispatcher.serve(Call(request, key, client, size, request_id, recorder), link)
     except GatewayError as err:
         await _answer_error(runtime, client, send, link, key, err, request_id, request)
     except Exception:

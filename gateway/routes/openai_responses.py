@@ -1,44 +1,43 @@
-"""``POST /v1/responses``: the OpenAI Responses front door (HTTP).
+"""``POST /v1/responses``: the OpenAI Responses front door over HTTP, and the same path
+upgraded to the API's WebSocket mode (``gateway.routes.responses_ws``).
 
-Codex and the openai SDK try the Responses WebSocket mode on the same path first when
-configured to; until the gateway speaks it, the upgrade is refused with 426 Upgrade
-Required (through the ASGI websocket denial-response extension), which Codex reads
-as "use HTTP" and falls back at once instead of retrying the socket.
+A request naming a ``previous_response_id`` is resolved into the whole conversation
+before it is parsed (``gateway.conversation``): the reservation is made on what is
+actually sent. An answered response is kept in the store unless the request said
+``store: false``.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
+from actors.usage import hash_key
+from gateway.conversation import Keeper, resolve, wants_store
 from gateway.routes.common import bearer, serve_llm
+from gateway.routes.responses_ws import serve_socket
 from protocols import openai_responses
 
 PATH = re.compile(r"^/v1/responses/?$")
-WS_DENIAL_STATUS = 426
 
 
 async def responses(runtime, scope, receive, send, match) -> None:
+    async def prepare(doc: dict, key: str, size: int) -> tuple[Any, Keeper | None, int]:
+        store = runtime.actors.store
+        owner = hash_key(key)
+        chained = await resolve(doc, owner, store, None)
+        request = openai_responses.parse_request(chained.doc)
+        keeper = None
+        if store is not None and wants_store(doc):
+            keeper = Keeper(owner, chained, request.model, store)
+        if chained.history:
+            size += len(json.dumps(chained.history))
+        return request, keeper, size
+
     await serve_llm(runtime, openai_responses, scope, receive, send, bearer(scope),
-                    openai_responses.parse_request)
-
-
-async def deny_websocket(runtime, scope, receive, send, match) -> None:
-    """Refuse the upgrade with an HTTP answer (or a plain close where the server lacks
-    the denial extension, which hypercorn turns into 403)."""
-    message = await receive()
-    if message["type"] != "websocket.connect":
-        return
-    if "websocket.http.response" not in (scope.get("extensions") or {}):
-        await send({"type": "websocket.close", "code": 1008})
-        return
-    body = json.dumps({"error": {
-        "message": "WebSocket mode of the Responses API is not supported by this gateway; use HTTP POST /v1/responses.",
-        "type": "invalid_request_error", "param": None, "code": "websocket_not_supported"}}).encode()
-    await send({"type": "websocket.http.response.start", "status": WS_DENIAL_STATUS,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "websocket.http.response.body", "body": body})
+                    openai_responses.parse_request, prepare)
 
 
 ROUTES = [("POST", PATH, responses, openai_responses)]
-WEBSOCKET_ROUTES = [(PATH, deny_websocket)]
+WEBSOCKET_ROUTES = [(PATH, serve_socket)]

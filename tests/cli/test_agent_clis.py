@@ -64,6 +64,22 @@ def codex(url: str, model: str, prompt: str, tmp_path: Path) -> tuple[list, dict
     return argv, env
 
 
+def codex_socket(url: str, model: str, prompt: str, tmp_path: Path) -> tuple[list, dict]:
+    """Codex on a custom provider with the Responses WebSocket mode on."""
+    argv, env = codex(url, model, prompt, tmp_path)
+    return [*argv[:-1], "-c", "model_providers.tollhouse.supports_websockets=true", argv[-1]], env
+
+
+def codex_builtin(url: str, model: str, prompt: str, tmp_path: Path) -> tuple[list, dict]:
+    """Codex's built-in OpenAI provider pointed at the gateway (WebSocket first, as with OpenAI)."""
+    env = {**_home(tmp_path), "CODEX_API_KEY": KEY}  # `codex exec` reads the key from here
+    argv = [
+        str(BIN / "codex"), "exec", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox",
+        "-c", f'openai_base_url="{url}/v1"', "-c", f'model="{model}"', prompt,
+    ]
+    return argv, env
+
+
 def claude(url: str, model: str, prompt: str, tmp_path: Path) -> tuple[list, dict]:
     env = {**_home(tmp_path), "ANTHROPIC_BASE_URL": url, "ANTHROPIC_API_KEY": KEY, "DISABLE_TELEMETRY": "1",
            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
@@ -82,12 +98,14 @@ def gemini(url: str, model: str, prompt: str, tmp_path: Path) -> tuple[list, dic
 
 CASES = [
     ("codex", codex, "own-responses"), ("codex", codex, "cross-chat"),
+    ("codex", codex_socket, "own-responses"), ("codex", codex_socket, "own-anthropic"),
+    ("codex", codex_builtin, "own-responses"), ("codex", codex_builtin, "own-anthropic"),
     ("claude", claude, "own-anthropic"), ("claude", claude, "cross-chat"),
     ("gemini", gemini, "own-gemini"), ("gemini", gemini, "cross-chat"),
 ]
 
 
-@pytest.mark.parametrize("name,build,model", CASES, ids=[f"{c[0]}-{c[2]}" for c in CASES])
+@pytest.mark.parametrize("name,build,model", CASES, ids=[f"{c[1].__name__}-{c[2]}" for c in CASES])
 async def test_cli_completes_a_prompt_with_one_tool_call(tmp_path, name, build, model):
     if not (BIN / name).exists():
         pytest.skip(f"{name} is not installed")
@@ -102,7 +120,14 @@ async def test_cli_completes_a_prompt_with_one_tool_call(tmp_path, name, build, 
             done = await trio.run_process(argv, env=env, cwd=work, capture_stdout=True, capture_stderr=True,
                                           check=False, stdin=b"")
         out = done.stdout.decode(errors="replace")
-        assert done.returncode == 0, out[-2000:] + done.stderr.decode(errors="replace")[-2000:]
+        err = done.stderr.decode(errors="replace")
+        assert done.returncode == 0, out[-2000:] + err[-2000:]
         assert "marmalade" in out, out[-2000:]
         served = [e for e in gw.ledger_entries() if e["kind"] == "charge"]
         assert len(served) >= 2, "a tool call and the answer to its result"
+        if build in (codex_socket, codex_builtin):
+            assert "websocket" not in (out + err).lower().replace("supports_websockets", ""), err[-2000:]
+            assert gw.runtime.sockets.opened_total >= 1  # the turns came over the WebSocket
+            # one settlement per turn, each with the upstream's own usage
+            assert len({e["request_id"] for e in served}) == len(served)
+            assert all(e["provenance"] == "reported" and e["reason"] == "end" for e in served)
