@@ -12,6 +12,7 @@
     │   ├── MethodNotAllowed          405
     │   ├── RequestTimeout            408     the request body did not arrive in time
     │   ├── PayloadTooLarge           413
+    │   ├── UpgradeRequired           426     a WebSocket upgrade where the mode is off
     │   └── KeyRateLimited            429     the gateway key's own limits
     ├── OutOfCredit                   402     the key's balance cannot cover the hold
     ├── NoCapacity                    503     every target cooling or busy (retry_after)
@@ -124,6 +125,13 @@ class RequestTimeout(ClientError):
 class PayloadTooLarge(ClientError):
     status = 413
     kind = "request_too_large"
+
+
+class UpgradeRequired(ClientError):
+    """A WebSocket upgrade the gateway does not take (its mode is switched off): the
+    client should use plain HTTP, as Codex does at once on a 426."""
+
+    status = 426
 
 
 class KeyRateLimited(ClientError):

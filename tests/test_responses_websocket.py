@@ -140,8 +140,11 @@ async def test_a_client_closing_mid_turn_is_settled_once_as_client_cancel(socket
     ({"authorization": "Bearer th-wrong-key"}, 401),
     ({}, 401),
     ({"authorization": f"Bearer {DEMO_KEY}", "origin": "https://evil.example"}, 403),
+    ({"authorization": f"Bearer {DEMO_KEY}"}, 426),  # the mode switched off
 ])
 async def test_a_handshake_is_refused_before_the_101(socket_doc, headers, status):
+    if status == 426:
+        socket_doc["websocket"] = {"enabled": False}
     with trio.fail_after(10):
         async with running_gateway(socket_doc) as gw:
             host, port = gw.url.removeprefix("http://").rsplit(":", 1)
@@ -243,3 +246,15 @@ async def test_a_stop_closes_an_idle_connection_as_going_away(socket_doc):
         async with running_gateway(socket_doc) as gw:
             closed = await _in_thread(session, gw.url, gw.gateway.traffic.begin_stop)
             assert closed.rcvd.code == 1001
+
+
+async def test_a_listed_browser_origin_may_open_a_socket(socket_doc):
+    socket_doc["websocket"] = {"allowed_origins": ["https://app.example"]}
+
+    def session(url):
+        with _client(url).responses.connect(max_retries=0, extra_headers={"Origin": "https://app.example"}) as conn:
+            return _final(_turn(conn, model="gpt-sim", input="hi", store=False))
+
+    with trio.fail_after(20):
+        async with running_gateway(socket_doc) as gw:
+            assert (await _in_thread(session, gw.url)).output_text

@@ -1,7 +1,8 @@
 """``GET /v1/responses`` upgraded: the Responses API's WebSocket mode (what Codex uses).
 
 The handshake is refused (an HTTP answer in JSON, before any 101) for a browser origin
-not in ``websocket.allowed_origins``, a missing, unknown or disabled gateway key.
+not in ``websocket.allowed_origins``, a missing, unknown or disabled gateway key, and
+with 426 when ``websocket.enabled`` is false (Codex then falls back to HTTP at once).
 Hypercorn answers the rest of the handshake: ``permessage-deflate`` when the client
 offers it, pings every ``websocket.ping_interval_s``, and a close (1009) for a message
 over ``websocket.max_message_bytes``.
@@ -39,7 +40,7 @@ from gateway.routes.common import bearer, check_key_known, header, refuse_websoc
 from gateway.socket_link import ClientSocket, TurnLink
 from gateway.sockets import SocketInfo, Turn, TurnEnd
 from protocols import openai_responses
-from protocols.errors import Forbidden, GatewayError, GatewayFailure, InvalidRequest
+from protocols.errors import Forbidden, GatewayError, GatewayFailure, InvalidRequest, UpgradeRequired
 from protocols.openai_responses_wire import new_id, response_object
 from protocols.unified import Usage
 from protocols.validate import check, load_json_object
@@ -57,6 +58,8 @@ async def serve_socket(runtime: Any, scope, receive, send, match) -> None:
     cfg = runtime.config.websocket
     key = bearer(scope)
     try:
+        if not cfg.enabled:
+            raise UpgradeRequired("The Responses WebSocket mode is off on this gateway; use HTTP POST /v1/responses.")
         _check_origin(header(scope, b"origin"), cfg.allowed_origins)
         check_key_known(runtime, key)
         key_name = await runtime.actors.usage.ask(Authenticate(key))
