@@ -63,6 +63,8 @@ class Gateway:
         self.routes = [route for module in ROUTE_MODULES for route in module.ROUTES]
         self.ws_routes = [route for module in ROUTE_MODULES for route in getattr(module, "WEBSOCKET_ROUTES", ())]
         self.quart = QuartTrio("tollhouse")
+        # "//v1//models" names no route: a JSON 404, never Werkzeug's HTML 308 to a merged path
+        self.quart.url_map.merge_slashes = False
         self.quart.config["RESPONSE_TIMEOUT"] = None
         self.quart.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
         self.quart.config["BODY_TIMEOUT"] = config.server.body_timeout_s  # admin bodies: 408 past it

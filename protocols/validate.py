@@ -21,13 +21,18 @@ def load_json_object(body: bytes, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> di
 
     JSON can spell what UTF-8 cannot: an unpaired surrogate (``"\\ud800"``) parses but
     can never be sent on. Such a body, and one nested deeper than ``max_depth``, is
-    refused here, before anything is reserved.
+    refused here, before anything is reserved. The body must be UTF-8 (``json.loads``
+    of bytes would guess UTF-16 or UTF-32 from the first bytes and take those too).
     """
     if not body.strip():
         raise InvalidRequest("Request body is empty; expected a JSON object.")
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"Request body is not UTF-8 text (byte {exc.start}).") from None
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
         raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
     except RecursionError:
         raise InvalidRequest(_too_deep(max_depth)) from None

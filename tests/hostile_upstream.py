@@ -23,7 +23,8 @@ Modes (whole = a non-streaming request, stream = a streaming one):
     then the in-stream error -- Responses follows it with ``response.failed`` -- then the
     body ends).
 ``endless_after_finish``
-    Stream: a whole answer through the protocol's terminal event, then ``filler`` forever:
+    Stream: a whole answer through the protocol's terminal event, then (from the same write
+    on, so one read holds both) ``filler`` forever:
     ``"comments"`` (SSE comment frames of ``chunk_bytes``) or ``"events"`` (the family's
     harmless events: Chat empty chunks, Anthropic pings, Responses and Gemini repeats).
     Whole: the complete JSON, then whitespace forever (chunked).
@@ -34,9 +35,9 @@ Modes (whole = a non-streaming request, stream = a streaming one):
     The whole answer (stream: through its terminal event), then neither the last chunk
     nor EOF: the connection stays open until the gateway closes it.
 ``garbage_sse``
-    Stream: 200 ``text/event-stream``, a valid start, then undecodable frames (broken JSON,
-    invalid UTF-8, NUL bytes, a JSON array where an object belongs), then EOF. Whole: a
-    200 ``application/json`` body that is HTML.
+    Stream: 200 ``text/event-stream``, a valid start and text, then undecodable frames
+    (broken JSON, invalid UTF-8, NUL bytes, a JSON array where an object belongs), then
+    EOF. Whole: a 200 ``application/json`` body that is HTML.
 ``close_idle_early``
     Answers normally on a keep-alive response (no ``Connection: close``), then closes the
     connection at once: a pooled connection the gateway reuses is already dead.
@@ -44,9 +45,9 @@ Modes (whole = a non-streaming request, stream = a streaming one):
     A response head of ``header_bytes`` (default 1 MiB) of ``x-pad-N`` headers, then a
     normal answer; ``header_bytes=None`` sends headers forever.
 
-Counters: ``requests``, ``connections``, ``bytes_sent`` (every byte written, head and
-body), ``keys`` (each credential received); ``await upstream.wait_for(pred)`` returns once
-``pred(upstream)`` holds.
+Counters: ``requests``, ``connections``, ``closed`` (connections ended, by either side),
+``bytes_sent`` (every byte written, head and body), ``keys`` (each credential received);
+``await upstream.wait_for(pred)`` returns once ``pred(upstream)`` holds.
 """
 
 from __future__ import annotations
@@ -270,6 +271,7 @@ class HostileUpstream:
     header_bytes: int | None = 1024 * 1024  # huge_headers: None for headers without end
     requests: int = 0
     connections: int = 0
+    closed: int = 0
     bytes_sent: int = 0
     keys: list[str] = attrs.field(factory=list)
     url: str = ""
@@ -315,6 +317,7 @@ class HostileUpstream:
             return
         finally:
             await trio.aclose_forcefully(stream)
+            self._count(closed=1)
 
     async def _read(self, stream: trio.SocketStream, conn: h11.Connection) -> Asked | None:
         request = None
@@ -403,7 +406,7 @@ class HostileUpstream:
                 await self._end(stream, conn)
                 return True
             await self._head(stream, conn, 200, "text/event-stream")
-            await self._data(stream, conn, b"".join(framing.frame(ev) for ev in wire.start()))
+            await self._data(stream, conn, b"".join(framing.frame(ev) for ev in [*wire.start(), *wire.delta("hi")]))
             for junk in (b'data: {"choices": [{"delta": \n\n', b"data: \xff\xfe\xfd not utf-8\n\n",
                          b"event: \x00\x00\ndata: \x00\n\n", b"data: [1, 2, 3]\n\n", b"data: null\n\n",
                          b"data\n\n:::\n\n"):
@@ -437,18 +440,19 @@ class HostileUpstream:
             await self._until_closed(stream)  # finish_then_open
             return False
         await self._head(stream, conn, 200, stream_type)
-        await self._data(stream, conn, b"".join(framing.frame(ev) for ev in answer))
-        if mode == "close_idle_early":
-            await self._data(stream, conn, framing.close())
-            await self._end(stream, conn)
-            return False
-        if mode == "endless_after_finish":
+        if mode == "endless_after_finish":  # the first filler in the same write as the end
             while True:
                 if self.filler == "events":
                     chunk = b"".join(framing.frame(ev) for ev in wire.noise())
                 else:
                     chunk = framing.filler(self.chunk_bytes)
-                await self._data(stream, conn, chunk)
+                await self._data(stream, conn, b"".join(framing.frame(ev) for ev in answer) + chunk)
+                answer = []
+        await self._data(stream, conn, b"".join(framing.frame(ev) for ev in answer))
+        if mode == "close_idle_early":
+            await self._data(stream, conn, framing.close())
+            await self._end(stream, conn)
+            return False
         await self._data(stream, conn, framing.close())
         await self._until_closed(stream)  # finish_then_open
         return False

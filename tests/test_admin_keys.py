@@ -54,6 +54,13 @@ REFUSED = [
     ("POST", "/admin/keys", {"content": b'{"name": "\\ud800", "unlimited": true}', "headers": JSON},
      ["surrogate"]),
     ("POST", "/admin/keys", {"content": b"[" * 100_000, "headers": JSON}, []),
+    ("POST", "/admin/keys", {"content": b'{"name": "deep", "unlimited": true, "x": ' + b'{"a": ' * 10_000 + b"1"
+                             + b"}" * 10_000 + b"}", "headers": JSON}, ["nested too deeply"]),
+    ("PATCH", "/admin/keys/test", {"content": b'{"models": ' + b"[" * 10_000 + b"]" * 10_000 + b"}",
+                                   "headers": JSON}, ["nested too deeply"]),
+    ("PATCH", "/admin/keys/test", {"content": b'{"models": ["\\udfff"]}', "headers": JSON}, ["surrogate", "models[0]"]),
+    ("POST", "/admin/keys", {"content": '{"name": "wide", "unlimited": true}'.encode("utf-16"), "headers": JSON},
+     ["UTF-8"]),
     ("POST", "/admin/keys", {"content": b"", "headers": JSON}, ["empty"]),
     ("PATCH", "/admin/keys/test", {"json": {"disabled": "true"}}, ["disabled", "true/false"]),
     ("PATCH", "/admin/keys/test", {"json": {"disabled": None}}, ["disabled"]),
@@ -88,6 +95,22 @@ async def test_bad_admin_requests_are_json_400s_that_change_nothing(config_doc):
             actors = (await client.get("/admin/actors", headers=ADMIN)).json()
             assert {name: a["restarts"] for name, a in actors.items()} == dict.fromkeys(actors, 0)
             assert gw.runtime.supervisor.slots["usage"].last_crash is None
+
+
+async def test_admin_bodies_obey_the_configured_depth_limit(config_doc):
+    """The admin API reads its bodies where the LLM routes do, with ``server.max_json_depth``."""
+    config_doc["server"]["max_json_depth"] = 4
+    fits = {"name": "shallow", "unlimited": True, "models": ["demo"]}  # depth 2
+    too_deep = {"name": "deep", "unlimited": True, "x": {"a": {"b": {"c": {}}}}}  # depth 5
+    with trio.fail_after(30):
+        async with running_gateway(config_doc) as gw, httpx.AsyncClient(base_url=gw.url) as client:
+            r = await client.post("/admin/keys", headers=ADMIN, json=too_deep)
+            assert r.status_code == 400 and "nested too deeply" in r.json()["error"]["message"], r.text
+            assert r.json()["error"]["message"].endswith("at 'x.a.b.c'.")
+            r = await client.post("/admin/keys", headers=ADMIN, json=fits)
+            assert r.status_code == 201, r.text
+            names = {k["name"] for k in (await client.get("/admin/keys", headers=ADMIN)).json()["keys"]}
+            assert names == {"test", "shallow"}
 
 
 async def test_a_disabled_flag_a_limit_and_an_allow_list_are_applied_as_typed(config_doc):

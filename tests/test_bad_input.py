@@ -6,7 +6,7 @@ import httpx
 import pytest
 import trio
 
-from tests.conftest import DEMO_KEY, base_config, running_gateway
+from tests.conftest import ADMIN_TOKEN, DEMO_KEY, base_config, running_gateway
 
 GOOD = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -64,6 +64,24 @@ async def test_wrong_method_and_unknown_path_answer_in_json(tmp_path):
                 assert r.status_code == 405 and "error" in r.json()
                 r = await client.get("/v1/nothing-here")
                 assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
+
+
+@pytest.mark.parametrize("path,headers,shape", [
+    ("//v1//models", {"authorization": f"Bearer {DEMO_KEY}"}, "openai"),
+    ("/v1//models", {"authorization": f"Bearer {DEMO_KEY}"}, "openai"),
+    ("/v1beta//models", {"x-goog-api-key": DEMO_KEY}, "gemini"),
+    ("/admin/keys//test", {"authorization": f"Bearer {ADMIN_TOKEN}"}, "openai"),
+])
+async def test_a_path_with_doubled_slashes_is_a_json_404_not_a_redirect(config_doc, path, headers, shape):
+    with trio.fail_after(10):
+        async with running_gateway(config_doc) as gw, httpx.AsyncClient(base_url=gw.url) as client:
+            r = await client.patch(httpx.URL(gw.url).copy_with(raw_path=path.encode()), headers=headers) \
+                if path.startswith("/admin") else \
+                await client.get(httpx.URL(gw.url).copy_with(raw_path=path.encode()), headers=headers)
+    assert r.status_code == 404 and r.headers["content-type"].startswith("application/json"), r.text[:200]
+    error = r.json()["error"]
+    assert error["status"] == "NOT_FOUND" if shape == "gemini" else error["type"] == "not_found_error"
+    assert "location" not in r.headers
 
 
 async def test_admin_requires_token(config_doc):

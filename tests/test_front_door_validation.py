@@ -78,6 +78,9 @@ CRASHES = [
      b'{"model": "demo", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}], "x": ["\\udfff"]}',
      "x[0]"),
     ("a body nested ~990 levels", CHAT, _raw_nested(990, "metadata"), "nested too deeply"),
+    ("a UTF-16 body", MESSAGES, json.dumps(_anthropic()).encode("utf-16"), "not UTF-8"),
+    ("UTF-8-encoded surrogates", CHAT,
+     b'{"model": "demo", "messages": [{"role": "user", "content": "a\xed\xa0\x80b"}]}', "not UTF-8"),
     # Found next to them, also 500s.
     ("chat tool_choice.function a string", CHAT, _chat(tool_choice={"function": "f"}), "tool_choice.function"),
     ("chat tool message text an array", CHAT,
@@ -127,7 +130,7 @@ async def test_schema_mismatches_are_400s_naming_the_field(tmp_path):
                     r = await _post(client, path, body)
                     assert r.status_code == 400, (name, r.status_code, r.text)
                     assert named in _message(path, r.json()), (name, r.text)
-                    if path in (CHAT, RESPONSES) and named != "nested too deeply":
+                    if path in (CHAT, RESPONSES) and named not in ("nested too deeply", "not UTF-8"):
                         assert r.json()["error"]["param"] == named, name
                 assert (await client.get("/admin/keys", headers=ADMIN)).json() == before
                 assert (await client.get("/admin/reservations", headers=ADMIN)).json() == {"reservations": []}

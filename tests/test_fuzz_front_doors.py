@@ -160,7 +160,8 @@ def _mutated(skeleton: dict, changes: list) -> dict:
                 parent.pop(path[-1], None)
             elif isinstance(parent, dict) or (isinstance(parent, list) and isinstance(path[-1], int)
                                               and path[-1] < len(parent)):
-                parent[path[-1]] = None if value is REMOVE else value
+                # a copy: sampled values are shared, and one placed twice would nest in itself
+                parent[path[-1]] = None if value is REMOVE else copy.deepcopy(value)
     return doc
 
 

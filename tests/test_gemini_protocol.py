@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocols import gemini, openai_chat, tokens
-from protocols.errors import InvalidRequest, UpstreamRateLimited, UpstreamServerError, classify_upstream
+from protocols.errors import (InvalidRequest, RequestTimeout, UpstreamRateLimited, UpstreamServerError,
+                              UpstreamTimeout, classify_upstream)
 from protocols.gemini_wire import GENERATED_ID_PREFIX, SKIP_SIGNATURE
 from protocols.json_array import JsonArraySplitter
 from protocols.retry_after import gemini_retry_delay, retry_after
@@ -151,6 +152,13 @@ def test_429_retry_info_fixture():
     out = gemini.format_error(err)["error"]
     assert out["status"] == "RESOURCE_EXHAUSTED" and out["code"] == 429
     assert gemini_retry_delay(json.dumps({"error": out}).encode()) == 26.0
+
+
+def test_a_body_that_came_too_slowly_is_deadline_exceeded_like_an_upstream_timeout():
+    """A Gemini client reads ``status`` to tell a timeout from a bad argument."""
+    late = gemini.format_error(RequestTimeout("The request body did not arrive within 30 s."))["error"]
+    assert (late["code"], late["status"]) == (408, "DEADLINE_EXCEEDED")
+    assert gemini.format_error(UpstreamTimeout("slow"))["error"]["status"] == "DEADLINE_EXCEEDED"
 
 
 def test_in_stream_error_chunk_is_typed():

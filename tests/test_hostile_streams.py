@@ -9,6 +9,7 @@ reading is timed out on its own clock, as a client cancel, not an upstream stall
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
@@ -163,16 +164,25 @@ def _rss_mb(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
+def _content_chunk(template: bytes, size: int) -> bytes:
+    """One Chat chunk from the recording, its text replaced by ``size`` bytes of content."""
+    doc = json.loads(template.removeprefix(b"data: "))
+    doc["choices"][0]["delta"] = {"content": "lorem ipsum " * (size // 12)}
+    return b"data: " + json.dumps(doc, separators=(",", ":")).encode() + b"\n\n"
+
+
 @pytest.mark.parametrize("client", ["chat", "anthropic"])
 async def test_a_gateway_process_stays_small_while_an_upstream_streams_without_end(tmp_path, client):
     """A `tollhouse serve` process relays an endless stream (pass-through and translated)
-    without growing: what it keeps per request for a partial charge is bounded."""
+    of 1 GiB, twenty times its memory budget, without growing by the budget: it keeps
+    nothing of what it forwarded but the bounded part a partial charge needs. The
+    content comes in 64 KiB events, so the gigabyte takes seconds, not minutes."""
     events = (FIXTURES / "openai-chat" / RECORDED["openai-chat"]).read_bytes().split(b"\n\n")
-    chunk = events[1] + b"\n\n"
-    replay = Replay(events[0] + b"\n\n" + chunk * 8, tail=chunk * 4096)  # content, endlessly
+    chunk = _content_chunk(events[1], 64 * 1024)
+    replay = Replay(events[0] + b"\n\n" + chunk, tail=chunk * 16)  # content, endlessly, 1 MiB a write
     doc = _config(tmp_path, "", "openai-chat")
-    budget_mb, upstream_mb = 50, 60  # more than the budget; the bench is the place for gigabytes
-    with trio.fail_after(120):
+    budget_mb, upstream_mb = 50, 1024
+    with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             await nursery.start(replay.serve)
             doc["providers"]["rec"]["base_url"] = replay.url + "/v1"
@@ -184,15 +194,17 @@ async def test_a_gateway_process_stays_small_while_an_upstream_streams_without_e
                         assert r.status_code == 200
                         start = _rss_mb(gateway.pid)
                         peak = start
-                        sampled = 0
-                        async for _ in r.aiter_raw(1 << 20):
+                        sampled = relayed = 0
+                        async for data in r.aiter_raw(1 << 20):
+                            relayed += len(data)
                             if replay.sent > upstream_mb * 1024 * 1024:
                                 break
-                            if replay.sent - sampled > 4 * 1024 * 1024:  # every 4 MB the upstream sends
+                            if replay.sent - sampled > 16 * 1024 * 1024:  # every 16 MB the upstream sends
                                 sampled = replay.sent
                                 peak = max(peak, _rss_mb(gateway.pid))
+                        peak = max(peak, _rss_mb(gateway.pid))
                 gateway.send_signal(2)
                 assert await gateway.wait() == 0
             nursery.cancel_scope.cancel()
-    assert replay.sent > upstream_mb * 1024 * 1024
+    assert replay.sent > upstream_mb * 1024 * 1024 and relayed > (upstream_mb - 64) * 1024 * 1024
     assert peak - start < budget_mb, (start, peak)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hmac
 import math
 import time
-from functools import partial, wraps
+from functools import wraps
 
 from quart import Blueprint, current_app, request
 
@@ -28,8 +28,7 @@ from protocols.money import usd
 from protocols.validate import load_json_object
 
 blueprint = Blueprint("admin", __name__, url_prefix="/admin")
-# "/admin/keys//x" is no key's path: a 404 in JSON, not an HTML redirect to "/admin/keys/x"
-route = partial(blueprint.route, merge_slashes=False)
+route = blueprint.route  # "/admin/keys//x" is no key's path: the app merges no slashes
 
 
 def _error(err: GatewayError):
@@ -88,14 +87,14 @@ async def keys(runtime):
 @route("/keys", methods=["POST"])
 @admin_only
 async def create_key(runtime):
-    created = await runtime.actors.usage.ask(create_key_message(await _json()))
+    created = await runtime.actors.usage.ask(create_key_message(await _json(runtime)))
     return created, 201
 
 
 @route("/keys/<name>", methods=["PATCH", "POST"])
 @admin_only
 async def update_key(runtime, name):
-    return await runtime.actors.usage.ask(update_key_message(name, await _json()))
+    return await runtime.actors.usage.ask(update_key_message(name, await _json(runtime)))
 
 
 @route("/sockets", methods=["GET"])
@@ -142,14 +141,10 @@ async def usage_records(runtime):
     return {"records": await actor.read(actor.ledger.entries, request_id)}
 
 
-async def _json() -> dict:
-    """The body as a JSON object: strict UTF-8 and JSON, or a 400 (never Quart's HTML 500)."""
-    body = await request.get_data(as_text=False)
-    try:
-        body.decode("utf-8")  # json.loads would take UTF-16 or UTF-32 too
-    except UnicodeDecodeError as exc:
-        raise InvalidRequest(f"Request body is not UTF-8 text (byte {exc.start}).") from None
-    return load_json_object(body)
+async def _json(runtime) -> dict:
+    """The body as a JSON object, read like an LLM route's (strict UTF-8, the config's
+    depth limit), or a 400 (never Quart's HTML 500)."""
+    return load_json_object(await request.get_data(as_text=False), runtime.config.server.max_json_depth)
 
 
 def _seconds(raw: str | None, what: str) -> float | None:
