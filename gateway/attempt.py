@@ -59,6 +59,10 @@ def _headers(req: Request, content_type: str, target: Any) -> list:
     return headers
 
 
+def _unread(frame: Any) -> bool:
+    return any(isinstance(ev, ErrorEvent) and not ev.from_upstream for ev in frame.events)
+
+
 def _json_object(body: bytes) -> dict | None:
     """A whole answer's body as an object, when it is one (for its recorder)."""
     try:
@@ -182,6 +186,10 @@ class AttemptRunner:
                             await self._say_stopping(req, encoder, reader, passthrough, held, link)
                         raise
                     req.terminal = complete or reader.terminal
+                    if passthrough and meter.error_unread and not req.client_gone:
+                        # the upstream said nothing of it: the client's own error event ends its stream
+                        encoder.resume(meter.response_id, reader.decoder.last_sequence + 1)
+                        held.append(encoder.error(meter.error))
                     if not req.terminal and meter.error is None and not req.client_gone:
                         self._fail(req, UpstreamProtocolError("The upstream ended the stream before its last event."),
                                    encoder, reader, passthrough, held)
@@ -264,7 +272,10 @@ class AttemptRunner:
             out = []
             for frame in batch:
                 meter.observe(frame.events, frame.payload)
-                chunk = (b"" if frame.drop else frame.raw) if passthrough else encoder.encode(frame.events)
+                if passthrough:  # bytes the gateway could not read are not the client's to parse either
+                    chunk = b"" if frame.drop or _unread(frame) else frame.raw
+                else:
+                    chunk = encoder.encode(frame.events)
                 if meter.finished or meter.error is not None:
                     if chunk:
                         held.append(chunk)
@@ -280,8 +291,8 @@ class AttemptRunner:
                 return True
             if meter.error is not None and not errored:
                 req.note(Trouble.UPSTREAM)
-                if not passthrough:
-                    return False
+                if not passthrough or meter.error_unread:
+                    return False  # ended with the client's protocol's error by the caller
                 # The upstream's own closing events (Responses' response.failed after
                 # error) follow the error: forward them, briefly.
                 errored = True

@@ -48,6 +48,7 @@ class Meter:
     finished: bool = False
     final_usage: bool = False  # the latest report came with or after the finish: it is final
     error: object = None
+    error_unread: bool = False  # the error is the gateway's: it could not read what the upstream sent
     response_id: str = ""
     text: list = attrs.field(factory=list)
     reasoning: list = attrs.field(factory=list)
@@ -79,6 +80,7 @@ class Meter:
             elif kind is ErrorEvent:
                 if self.error is None:
                     self.error = ev.error
+                    self.error_unread = not ev.from_upstream
             elif kind is StreamStart:
                 self.response_id = self.response_id or ev.id
         if not seen and payload:

@@ -92,7 +92,7 @@ class StreamDecoder:
         try:
             doc = json.loads(data)
         except ValueError:
-            return [ErrorEvent(UpstreamProtocolError("upstream sent a malformed stream event"))]
+            return [ErrorEvent(UpstreamProtocolError("upstream sent a malformed stream event"), from_upstream=False)]
         if not isinstance(doc, dict):
             return []
         handler = _DECODERS.get(doc.get("type") or ev.event or "")

@@ -96,9 +96,9 @@ class StreamDecoder:
         try:
             doc = json.loads(data)
         except ValueError:
-            return [ErrorEvent(UpstreamProtocolError("upstream sent a malformed Gemini stream chunk"))]
+            return [ErrorEvent(UpstreamProtocolError("upstream sent a malformed Gemini stream chunk"), from_upstream=False)]
         if not isinstance(doc, Mapping):
-            return [ErrorEvent(UpstreamProtocolError("upstream sent a Gemini stream chunk that is not an object"))]
+            return [ErrorEvent(UpstreamProtocolError("upstream sent a Gemini stream chunk that is not an object"), from_upstream=False)]
         return self.feed_doc(doc)
 
     def feed_doc(self, doc: Mapping) -> list[Event]:

@@ -55,6 +55,12 @@ class JsonArraySplitter:
         self._elem_start = 0
         self._bare = False
 
+    @property
+    def complete(self) -> bool:
+        """The body's JSON value has closed (the array's ``]``, or a bare object's last
+        brace): whatever follows is trailing bytes."""
+        return self._state == _AFTER
+
     def feed(self, chunk: bytes) -> list[ArrayElement]:
         """Add bytes; return the slices they completed. Once the body proves malformed,
         one slice says so and every later byte comes back as a raw slice with no data."""

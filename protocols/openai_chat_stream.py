@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 
-from protocols.errors import GatewayError, UpstreamError
+from protocols.errors import GatewayError, UpstreamError, UpstreamProtocolError
 from protocols.openai_chat_wire import FINISH_FROM_WIRE, FINISH_TO_WIRE, NAME, chat_id, format_error, usage_to_wire
 from protocols.sse import SSEEvent, encode_event
 from protocols.unified import (
@@ -76,7 +76,7 @@ class StreamDecoder:
         try:
             doc = json.loads(data)
         except ValueError:
-            return [ErrorEvent(UpstreamError("upstream sent a malformed stream chunk"))]
+            return [ErrorEvent(UpstreamProtocolError("upstream sent a malformed stream chunk"), from_upstream=False)]
         if not isinstance(doc, dict):
             return []
         return self.feed_doc(doc)

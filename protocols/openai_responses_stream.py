@@ -137,7 +137,7 @@ class StreamDecoder:
         try:
             doc = json.loads(data)
         except ValueError:
-            return [ErrorEvent(UpstreamProtocolError("upstream sent a malformed Responses stream event"))]
+            return [ErrorEvent(UpstreamProtocolError("upstream sent a malformed Responses stream event"), from_upstream=False)]
         if not isinstance(doc, dict):
             return []
         handler = self._handlers.get(name or str(doc.get("type")))

@@ -237,9 +237,11 @@ class Finish:
 
 @attrs.frozen
 class ErrorEvent:
-    """The upstream failed after the stream began."""
+    """The upstream failed after the stream began: it said so itself (an error event of
+    its protocol, ``from_upstream``), or the gateway could not read what it sent."""
 
     error: GatewayError
+    from_upstream: bool = True
 
 
 Event = Union[

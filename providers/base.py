@@ -24,9 +24,11 @@ from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable, Mapping, Protocol
 
 import attrs
+import trio
 
 from providers import http11
 
+from protocols.json_array import JsonArraySplitter
 from protocols.errors import InvalidRequest, UpstreamProtocolError, UpstreamServerError, classify_upstream
 from protocols.redact import NO_SECRETS, Redactor
 from protocols.retry_after import retry_after
@@ -35,6 +37,7 @@ from protocols.stream_end import reached_terminal
 from protocols.unified import ErrorEvent, UnifiedRequest, UnifiedResponse
 
 MAX_ERROR_BODY = 64 * 1024
+WHOLE_TAIL_S = 0.25  # after a whole answer's JSON closed, how long its body may take to end
 
 
 @attrs.frozen
@@ -76,6 +79,8 @@ class SSEFramer:
         decoder = self.decoder
         out = []
         for ev in events:
+            if decoder.ended:
+                break  # the protocol's last event came: what follows it is not the answer
             unified = decoder.feed(ev)
             drop = self.drop_usage_only and getattr(decoder, "usage_only", False)
             out.append(Frame(ev.raw, tuple(unified), drop, None if unified else ev.data))
@@ -252,7 +257,10 @@ async def send(client: http11.Pool, url: str, headers: Mapping[str, str], body: 
         return response
     limit = client.max_body_bytes
     try:
-        content = await response.read(limit + 1)
+        if "content-length" in response.headers:
+            content = await response.read(limit + 1)
+        else:
+            content = await _read_json_value(response, limit + 1)
     except http11.RequestBroken as exc:
         raise UpstreamServerError(redactor.text(f"upstream connection failed: {exc}"), request_sent=True) from None
     finally:
@@ -260,6 +268,33 @@ async def send(client: http11.Pool, url: str, headers: Mapping[str, str], body: 
     if len(content) > limit:
         raise Unparseable(f"upstream answer exceeded the {limit}-byte bound", len(content))
     return Answer(response, content)
+
+
+async def _read_json_value(response: http11.Response, limit: int) -> bytes:
+    """A chunked whole answer, read until its JSON value closes (then briefly for the
+    end of its body, so a well-behaved upstream's connection can be reused): an
+    upstream that sent its answer but keeps the body open is not waited for until the
+    request's deadline. Scanning is linear (``JsonArraySplitter``), however the body is
+    chunked."""
+    parts: list[bytes] = []
+    size = 0
+    scanner = JsonArraySplitter()
+    while True:
+        chunk = await response.receive()
+        if chunk is None:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+        scanner.feed(chunk)
+        if scanner.complete:
+            with trio.move_on_after(WHOLE_TAIL_S):
+                while size < limit and (chunk := await response.receive()) is not None:
+                    parts.append(chunk)
+                    size += len(chunk)
+            break
+    return b"".join(parts)
 
 
 @asynccontextmanager

@@ -44,20 +44,7 @@ ENDLESS_READ = 512 * 1024  # how much of an endless stream the client reads befo
 SLACK = 8 * 1024 * 1024  # what loopback sockets may hold between the upstream and the gateway
 
 # (mode, client, family, stream) -> why the gateway does not yet do what is checked
-GAPS = {
-    **{("finish_then_open", client, family, False):
-       "a whole answer whose JSON is complete but whose chunked body never ends waits for "
-       "streaming.nonstream_timeout_s (then a 504) instead of answering"
-       for client in CLIENTS for family in FAMILIES},
-    **{("endless_after_finish", client, family, True):
-       "forwarded unchanged, frames that came in the same read as the protocol's last event "
-       "are sent on after it"
-       for family, client in SAME.items() if family != "gemini"},
-    ("garbage_sse", "anthropic", "anthropic", True):
-        "forwarded unchanged, undecodable frames end the stream without the client's error event",
-    ("garbage_sse", "responses", "openai", True):
-        "forwarded unchanged, undecodable frames end the stream without the client's error event",
-}
+GAPS: dict = {}  # none today
 
 
 @attrs.frozen
