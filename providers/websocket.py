@@ -140,6 +140,17 @@ class WebSocket:
             await self._flush()
             self._feed(await self._receive())
 
+    async def receive_texts(self) -> list[str]:
+        """The next message and every whole one already received behind it (what one
+        read brought, so that it can leave in one write); [] once the server closed."""
+        first = await self.receive_text()
+        if first is None:
+            return []
+        texts = [first]
+        while (more := await self._take_checked()) is not None:
+            texts.append(more)
+        return texts
+
     async def ready(self) -> bool:
         """Between turns: true when a message can be sent. Bytes that arrived while
         nobody read are handled first: pings answered, a close seen (the socket is then
