@@ -28,7 +28,7 @@ from __future__ import annotations
 import select
 import ssl
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Mapping
+from typing import Any, AsyncIterator, Mapping
 from urllib.parse import urlsplit
 
 import trio
@@ -46,6 +46,7 @@ from wsproto.events import (
     TextMessage,
 )
 from wsproto.extensions import PerMessageDeflate
+from wsproto.frame_protocol import CloseReason, Opcode, RsvBits
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from providers.http11 import RequestBroken, RequestNotSent, WriteWatch
@@ -79,6 +80,30 @@ class ProtocolViolation(RequestBroken):
 
 class MessageTooLarge(ProtocolViolation):
     """A message outgrew ``max_message_bytes``; the socket was closed with 1009."""
+
+
+class Deflate(PerMessageDeflate):
+    """permessage-deflate that lets a control frame (a ping) arrive between the
+    fragments of a compressed message, as RFC 6455 allows: wsproto 1.3's own resets the
+    message's compression state when the control frame ends, and inflates the rest of
+    the message as if it were plain. Control frames are never compressed, so they are
+    passed through here without touching that state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._control = False  # the frame being read is a control frame
+
+    def frame_inbound_header(self, proto: Any, opcode: Opcode, rsv: RsvBits, payload_length: int) -> Any:
+        self._control = opcode.iscontrol()
+        if self._control:
+            return CloseReason.PROTOCOL_ERROR if rsv.rsv1 else RsvBits(False, False, False)
+        return super().frame_inbound_header(proto, opcode, rsv, payload_length)
+
+    def frame_inbound_payload_data(self, proto: Any, data: bytes) -> Any:
+        return data if self._control else super().frame_inbound_payload_data(proto, data)
+
+    def frame_inbound_complete(self, proto: Any, fin: bool) -> Any:
+        return None if self._control else super().frame_inbound_complete(proto, fin)
 
 
 class WebSocket:
@@ -344,7 +369,7 @@ async def _upgrade(stream: trio.abc.Stream, sock: trio.socket.SocketType, author
     conn = WSConnection(ConnectionType.CLIENT)
     extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
     await stream.send_all(conn.send(Request(host=authority, target=target, extra_headers=extra,
-                                            extensions=[PerMessageDeflate()] if deflate else [])))
+                                            extensions=[Deflate()] if deflate else [])))
     refused: RejectConnection | None = None
     body = bytearray()
     while True:
