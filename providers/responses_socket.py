@@ -20,7 +20,9 @@ the classified ``UpstreamError`` (its ``status``; ``headers`` for the wait), as 
 error status would be, so the failover loop can try elsewhere; a refused handshake is
 classified from its HTTP answer. A socket the upstream closed between turns is found
 before the next message and replaced (nothing was sent); one that breaks after the
-message went out is an ``UpstreamServerError`` with ``request_sent``. A turn left before
+message went out is an ``UpstreamServerError`` with ``request_sent``; one the upstream
+retired (``websocket_connection_limit_reached``, OpenAI's 60 minutes) refused the message
+unread, which is sent once more on a new socket. A turn left before
 its last event (a deadline, a cancel, the client gone) closes its socket at once and
 the session forgets it, so the next turn opens a fresh one.
 """
@@ -51,6 +53,7 @@ from providers.websocket import HandshakeRefused, ProtocolViolation, WebSocket, 
 
 RESPONSES_WEBSOCKET_BETA = "responses_websockets=2026-02-06"
 PREVIOUS_RESPONSE_NOT_FOUND = "previous_response_not_found"
+CONNECTION_LIMIT_REACHED = "websocket_connection_limit_reached"  # OpenAI retires a socket after 60 minutes
 TURN_ENDS = frozenset({"response.completed", "response.incomplete", "response.failed", "error"})
 _TYPE_PREFIX = b'{"type":"'
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
@@ -123,16 +126,34 @@ class SocketSession:
         message = encode_body({"type": "response.create", **body}).decode("utf-8")
         lock = self._locks.setdefault(target.key, trio.Lock())
         async with lock:
-            with _mapped(redactor):
-                ws = await self._socket(target)
-            turn = SocketTurn(ws, decoder, redactor)
-            self.turns += 1
+            turn = await self._begin(target, message, decoder, redactor)
             try:
-                await turn.begin(message)
                 yield turn
             finally:
                 if not turn.reusable:
+                    self._forget(target.key, turn.socket)
+
+    async def _begin(self, target: SocketTarget, message: str, decoder: Any, redactor: Redactor) -> "SocketTurn":
+        """The turn's message sent and its first answer read. A socket the upstream
+        retired (its connection-time limit) refused the message unread: it is sent once
+        more on a new one."""
+        for retry in (False, True):
+            with _mapped(redactor):
+                ws = await self._socket(target)
+            turn = SocketTurn(ws, decoder, redactor)
+            self.turns += not retry
+            try:
+                await turn.begin(message)
+                return turn
+            except UpstreamError as exc:
+                if not turn.reusable or (not retry and error_code(exc) == CONNECTION_LIMIT_REACHED):
                     self._forget(target.key, ws)
+                if retry or error_code(exc) != CONNECTION_LIMIT_REACHED:
+                    raise
+            except BaseException:
+                self._forget(target.key, ws)
+                raise
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     async def _socket(self, target: SocketTarget) -> WebSocket:
         """The open socket for ``target``: the kept one if it can still carry a message,
@@ -178,7 +199,7 @@ class SocketTurn:
     def __init__(self, ws: WebSocket, decoder: Any, redactor: Redactor = NO_SECRETS) -> None:
         self.decoder = decoder
         self.redactor = redactor
-        self._ws = ws
+        self.socket = ws
         self._redacted = ErrorRedaction(redactor)
         self._first: list[Frame] | None = None
         self._over = False  # the turn's last message arrived
@@ -192,7 +213,7 @@ class SocketTurn:
     @property
     def reusable(self) -> bool:
         """The socket can carry the next turn: this one ended where the protocol says."""
-        return self._over and not self._stray and not self._ws.closed
+        return self._over and not self._stray and not self.socket.closed
 
     def redecode(self, payloads: list) -> list:
         return redecode(self.decoder, payloads)
@@ -201,7 +222,7 @@ class SocketTurn:
         """Send the turn's message and wait for the first answer: an ``error`` frame
         there is raised like an HTTP error status (the turn is then over)."""
         with _mapped(self.redactor):
-            await self._ws.send_text(message)
+            await self.socket.send_text(message)
         texts = await self._receive()
         if not texts:
             raise UpstreamServerError("The upstream closed the WebSocket before answering.", request_sent=True)
@@ -228,11 +249,11 @@ class SocketTurn:
     async def aclose(self) -> None:
         """A turn left before its end leaves its socket in no known state: closed."""
         if not self._over:
-            self._ws.abort()
+            self.socket.abort()
 
     async def _receive(self) -> list[str]:
         with _mapped(self.redactor):
-            return await self._ws.receive_texts()
+            return await self.socket.receive_texts()
 
     def _frames(self, texts: list[str]) -> list[Frame]:
         frames = []
@@ -247,18 +268,24 @@ class SocketTurn:
         return self._redacted(frames)
 
 
+def error_code(err: BaseException) -> str | None:
+    """The ``code`` of the upstream's error object an error was classified from."""
+    if not isinstance(err, UpstreamError) or not err.upstream_body:
+        return None
+    try:
+        doc = json.loads(err.upstream_body)
+    except ValueError:
+        return None
+    inner = doc.get("error") if isinstance(doc, dict) else None
+    code = inner.get("code") if isinstance(inner, dict) else None
+    return code if isinstance(code, str) else None
+
+
 def previous_response_missing(err: BaseException) -> bool:
     """The upstream does not hold the ``previous_response_id`` the turn chained to
     (its connection-local cache was lost, or it never saw it): resend the turn with
     the whole conversation."""
-    if not isinstance(err, UpstreamError) or not err.upstream_body:
-        return False
-    try:
-        doc = json.loads(err.upstream_body)
-    except ValueError:
-        return False
-    inner = doc.get("error") if isinstance(doc, dict) else None
-    return isinstance(inner, dict) and inner.get("code") == PREVIOUS_RESPONSE_NOT_FOUND
+    return error_code(err) == PREVIOUS_RESPONSE_NOT_FOUND
 
 
 # ---------------------------------------------------------------- frames and errors

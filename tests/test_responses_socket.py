@@ -21,7 +21,7 @@ from protocols.secret import Secret
 from protocols.unified import UsageReport
 from providers.http11 import Pool
 from providers.openai import OpenAIResponsesProvider, websocket_url
-from providers.responses_socket import SocketSession, current_session, previous_response_missing
+from providers.responses_socket import SessionStatistics, SocketSession, current_session, previous_response_missing
 from providers.sim_script import Fault
 from providers.simulator import Simulator
 from tests.conftest import DEMO_KEY, base_config, running_gateway
@@ -221,6 +221,37 @@ async def test_a_socket_the_upstream_closed_between_turns_is_replaced_before_sen
     assert server.connections == 2
     assert server.peers[0].request.extra_headers and dict(server.peers[0].request.extra_headers)[
         b"openai-beta"] == b"responses_websockets=2026-02-06"
+
+
+async def test_a_socket_past_its_connection_limit_is_replaced_and_the_turn_sent_again():
+    async def retired(peer: Peer):
+        await peer.handshake()
+        await peer.receive_text()
+        await peer.send(TextMessage(data=json.dumps({"type": "error", "status": 400, "error": {
+            "type": "invalid_request_error", "code": "websocket_connection_limit_reached",
+            "message": "Responses websocket connection limit reached (60 minutes)."}})))
+        await peer.receive_text()
+
+    async def answers(peer: Peer):
+        await peer.handshake()
+        while await peer.receive_text() is not None:
+            for text in _answer("resp_fresh"):
+                await peer.send(TextMessage(data=text))
+
+    server = ScriptedServer(retired, answers)
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(server.serve)
+        provider = OpenAIResponsesProvider("up", url.replace("ws://", "http://").removesuffix("/responses"),
+                                           Pool("http://127.0.0.1", env={}), websocket=True)
+        with trio.fail_after(5):
+            async with SocketSession.open() as session:
+                async with provider.stream(request(), "m", CREDENTIAL) as reader:
+                    frames = await read_turn(reader)
+                assert reader.terminal and b'"resp_fresh"' in frames[0].raw
+                assert session.statistics() == SessionStatistics(open=1, opened=2, turns=1)
+            await server.wait_finished(2)
+        nursery.cancel_scope.cancel()
+    assert server.connections == 2
 
 
 async def test_an_error_frame_that_quotes_the_key_is_redacted():
