@@ -136,24 +136,26 @@ class SocketSession:
     async def _begin(self, target: SocketTarget, message: str, decoder: Any, redactor: Redactor) -> "SocketTurn":
         """The turn's message sent and its first answer read. A socket the upstream
         retired (its connection-time limit) refused the message unread: it is sent once
-        more on a new one."""
-        for retry in (False, True):
-            with _mapped(redactor):
-                ws = await self._socket(target)
-            turn = SocketTurn(ws, decoder, redactor)
-            self.turns += not retry
-            try:
-                await turn.begin(message)
-                return turn
-            except UpstreamError as exc:
-                if not turn.reusable or (not retry and error_code(exc) == CONNECTION_LIMIT_REACHED):
-                    self._forget(target.key, ws)
-                if retry or error_code(exc) != CONNECTION_LIMIT_REACHED:
-                    raise
-            except BaseException:
-                self._forget(target.key, ws)
+        more, on a new one."""
+        self.turns += 1
+        try:
+            return await self._send(target, message, decoder, redactor)
+        except UpstreamError as exc:
+            if error_code(exc) != CONNECTION_LIMIT_REACHED:
                 raise
-        raise AssertionError("unreachable: the second attempt returns or raises")
+        return await self._send(target, message, decoder, redactor)
+
+    async def _send(self, target: SocketTarget, message: str, decoder: Any, redactor: Redactor) -> "SocketTurn":
+        with _mapped(redactor):
+            ws = await self._socket(target)
+        turn = SocketTurn(ws, decoder, redactor)
+        try:
+            await turn.begin(message)
+        except BaseException as exc:
+            if not turn.reusable or error_code(exc) == CONNECTION_LIMIT_REACHED:
+                self._forget(target.key, ws)
+            raise
+        return turn
 
     async def _socket(self, target: SocketTarget) -> WebSocket:
         """The open socket for ``target``: the kept one if it can still carry a message,
