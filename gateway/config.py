@@ -104,8 +104,13 @@ class ProviderConfig:
     max_response_bytes: int = setting(32 * 1024 * 1024, check=POSITIVE)  # a whole answer's bound
     headers: Mapping[str, str] = setting(factory=dict)
     protocol: Literal[PROTOCOLS] | None = None
+    # a client's Responses WebSocket session reaches this upstream over one socket of its own
+    websocket: bool = False
 
     def problems(self, unread: frozenset[str]) -> Problems:
+        if self.websocket and not self.speaks_responses() and not {"family", "protocol", "embedded"} & unread:
+            yield "websocket", ("needs a provider that speaks the Responses API (family \"openai\", or a "
+                                "simulated one with protocol \"openai_responses\")")
         if not self.embedded and not self.base_url and "base_url" not in unread:
             yield "base_url", "is required unless the provider is embedded"
         if not self.embedded and not self.credentials and "credentials" not in unread:
@@ -118,6 +123,13 @@ class ProviderConfig:
             if cid in seen:
                 yield f"credentials[{i}].id", f"duplicate credential id {cid!r}"
             seen.add(cid)
+
+    def speaks_responses(self) -> bool:
+        """Whether the provider is reached with the Responses API (the class the
+        registry picks is the Responses one)."""
+        if self.family == "simulator" or self.embedded:
+            return self.protocol == "openai_responses"
+        return self.family == "openai"
 
 
 @attrs.frozen(kw_only=True)

@@ -93,6 +93,43 @@ class SSEFramer:
         return self._frames(self.sse.close())
 
 
+class ErrorRedaction:
+    """Frames as they may leave the gateway: untouched until one carries an error (the
+    upstream's text may quote its key); that one and every later one with its bytes,
+    undecoded payload and error messages redacted. One per upstream stream."""
+
+    def __init__(self, redactor: Redactor = NO_SECRETS) -> None:
+        self.redactor = redactor
+        self.errored = False  # an error frame has been read: every frame from it on is redacted
+
+    def __call__(self, frames: list[Frame]) -> list[Frame]:
+        if not self.errored and not any(isinstance(ev, ErrorEvent) for f in frames for ev in f.events):
+            return frames
+        out = []
+        for frame in frames:
+            if not self.errored and not any(isinstance(ev, ErrorEvent) for ev in frame.events):
+                out.append(frame)
+                continue
+            self.errored = True
+            for ev in frame.events:
+                if isinstance(ev, ErrorEvent):
+                    self.redactor.error(ev.error)
+            payload = frame.payload if frame.payload is None else self.redactor.any(frame.payload)
+            out.append(attrs.evolve(frame, raw=self.redactor.bytes(frame.raw), payload=payload))
+        return out
+
+
+def redecode(decoder: Any, payloads: list) -> list:
+    """Frames that were forwarded undecoded, decoded in full by a fresh decoder of the
+    stream's kind (for a partial charge)."""
+    full = type(decoder)(light=False)
+    full.started = True
+    events: list = []
+    for data in payloads:
+        events.extend(full.feed(SSEEvent(b"", data)))
+    return events
+
+
 class FrameReader:
     """Pulls batches of frames from an open upstream response; one batch per read."""
 
@@ -101,7 +138,7 @@ class FrameReader:
         self.framer = framer
         self.redactor = redactor
         self._done = False
-        self._errored = False  # an error frame has been read: every frame from it on is redacted
+        self._redacted = ErrorRedaction(redactor)
 
     @property
     def content_type(self) -> str:
@@ -119,12 +156,7 @@ class FrameReader:
 
     def redecode(self, payloads: list) -> list:
         """Frames that were forwarded undecoded, decoded in full (for a partial charge)."""
-        full = type(self.framer.decoder)(light=False)
-        full.started = True
-        events: list = []
-        for data in payloads:
-            events.extend(full.feed(SSEEvent(b"", data)))
-        return events
+        return redecode(self.framer.decoder, payloads)
 
     async def next_batch(self) -> list[Frame] | None:
         """The frames completed by the next read; None at the end of the body."""
@@ -144,25 +176,6 @@ class FrameReader:
             if frames:
                 return self._redacted(frames)
         return None
-
-    def _redacted(self, frames: list[Frame]) -> list[Frame]:
-        """Frames as they may leave the gateway: untouched until one carries an error
-        (the upstream's text may quote its key); that one and every later one with its
-        bytes, undecoded payload and error messages redacted."""
-        if not self._errored and not any(isinstance(ev, ErrorEvent) for f in frames for ev in f.events):
-            return frames
-        out = []
-        for frame in frames:
-            if not self._errored and not any(isinstance(ev, ErrorEvent) for ev in frame.events):
-                out.append(frame)
-                continue
-            self._errored = True
-            for ev in frame.events:
-                if isinstance(ev, ErrorEvent):
-                    self.redactor.error(ev.error)
-            payload = frame.payload if frame.payload is None else self.redactor.any(frame.payload)
-            out.append(attrs.evolve(frame, raw=self.redactor.bytes(frame.raw), payload=payload))
-        return out
 
     async def aclose(self) -> None:
         """Close at once, even inside a cancelled scope: the connection must not leak."""

@@ -77,6 +77,13 @@ class WriteWatch:
         finally:
             _WATCH.reset(token)
 
+    @staticmethod
+    def mark() -> None:
+        """A transport is about to write a request: the watch open in this task (if any) says so."""
+        watch = _WATCH.get()
+        if watch is not None:
+            watch.written = True
+
 
 _WATCH: ContextVar[WriteWatch | None] = ContextVar("tollhouse_write_watch", default=None)
 
@@ -360,9 +367,7 @@ class Pool:
             data += h.send(h11.Data(data=body)) + h.send(h11.EndOfMessage())
         except h11.LocalProtocolError as exc:
             raise RequestNotSent(f"the request cannot be sent as HTTP/1.1: {exc}") from None
-        watch = _WATCH.get()
-        if watch is not None:
-            watch.written = True
+        WriteWatch.mark()
         try:
             await conn.stream.send_all(data)
             while True:

@@ -1,9 +1,11 @@
-"""OpenAI's native Responses API over HTTP (``POST {base_url}/responses``).
+"""OpenAI's native Responses API: over HTTP (``POST {base_url}/responses``) and, when
+the provider is set to ``websocket`` and the client came over a WebSocket, over one
+upstream socket per client connection (``ws(s)://{base_url}/responses``).
 
 Responses streams always end with usage in ``response.completed``, so nothing is
-injected: a Responses client's stream is forwarded byte for byte. Translated
-requests are stateless (``store: false``), because the gateway keeps no responses
-for a later ``previous_response_id``.
+injected: a Responses client's stream is forwarded byte for byte, on either transport.
+Translated requests are stateless (``store: false``). Whole (non-streamed) answers
+always go over HTTP: the WebSocket mode is a stream of events.
 """
 
 from __future__ import annotations
@@ -16,6 +18,13 @@ from providers.http11 import Pool
 from protocols import openai_responses
 from protocols.redact import NO_SECRETS, Redactor
 from providers.base import Completion, FrameReader, SSEFramer, bearer_headers, encode_body, fetch_completion, open_frames
+from providers.responses_socket import RESPONSES_WEBSOCKET_BETA, SocketTarget, SocketTurn, current_session
+
+
+def websocket_url(base_url: str) -> str:
+    """``http(s)://host/v1`` -> ``ws(s)://host/v1/responses``."""
+    scheme, sep, rest = base_url.partition("://")
+    return {"https": "wss", "http": "ws"}.get(scheme.lower(), scheme) + sep + rest + "/responses"
 
 
 class OpenAIResponsesProvider:
@@ -23,25 +32,43 @@ class OpenAIResponsesProvider:
     SIM_SUFFIX = "/v1"
 
     def __init__(self, name: str, base_url: str, client: Pool, headers: dict | None = None,
-                 redactor: Redactor = NO_SECRETS) -> None:
+                 redactor: Redactor = NO_SECRETS, websocket: bool = False) -> None:
         self.name = name
         self.redactor = redactor  # upstream text on its way to a client or a log loses every secret
         self.url = f"{base_url}/responses"
+        self.socket_url = websocket_url(base_url)
         self.client = client
         self.extra_headers = dict(headers or {})
+        self.websocket = websocket  # streams of a client WebSocket session go over the upstream's socket
 
     def headers(self, credential: Any) -> dict:
         return bearer_headers(credential, self.extra_headers)
 
+    def socket_target(self, credential: Any) -> SocketTarget:
+        """The upstream socket for ``credential``: its key in the handshake, with the
+        provider's headers and the WebSocket mode's beta flag."""
+        headers = {k.lower(): v for k, v in self.extra_headers.items()}
+        headers["authorization"] = f"Bearer {credential.secret.value}"
+        headers["openai-beta"] = RESPONSES_WEBSOCKET_BETA
+        return SocketTarget(self.name, credential.id, self.socket_url, headers,
+                            connect_timeout_s=self.client.connect_timeout, proxy=self.client.proxy,
+                            ssl_context=self.client.ssl_context)
+
     @asynccontextmanager
-    async def stream(self, req, model: str, credential: Any) -> AsyncIterator[FrameReader]:
+    async def stream(self, req, model: str, credential: Any) -> AsyncIterator[FrameReader | SocketTurn]:
         body = openai_responses.build_request(req, model)
-        framer = SSEFramer(openai_responses.StreamDecoder(light=req.protocol == self.protocol))
-        async with open_frames(self.client, self.url, self.headers(credential), encode_body(body), framer,
-                               self.redactor) as reader:
+        decoder = openai_responses.StreamDecoder(light=req.protocol == self.protocol)
+        session = current_session.get() if self.websocket else None
+        if session is not None:
+            async with session.turn(self.socket_target(credential), body, decoder, self.redactor) as turn:
+                yield turn
+            return
+        async with open_frames(self.client, self.url, self.headers(credential), encode_body(body),
+                               SSEFramer(decoder), self.redactor) as reader:
             yield reader
 
     async def complete(self, req, model: str, credential: Any) -> Completion:
         body = openai_responses.build_request(req, model)
         return await fetch_completion(self.client, self.url, self.headers(credential), encode_body(body),
-                                      openai_responses.parse_response, self.redactor)
+                                      openai_responses.parse_response,
+                                      self.redactor)

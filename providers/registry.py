@@ -41,4 +41,6 @@ def build(cfg: Any, simulator_url: str | None, redactor: Redactor = NO_SECRETS) 
     pool = Pool(base, connect_timeout=cfg.connect_timeout_s, keepalive_s=cfg.keepalive_s,
                 max_connections=cfg.max_connections, proxy=cfg.proxy, env={} if simulated else None,
                 max_body_bytes=cfg.max_response_bytes)
-    return cls(cfg.name, base, pool, dict(cfg.headers), redactor=redactor)
+    # only a Responses provider takes the switch (the config refuses it elsewhere)
+    switches = {"websocket": True} if cfg.websocket else {}
+    return cls(cfg.name, base, pool, dict(cfg.headers), redactor=redactor, **switches)

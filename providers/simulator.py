@@ -5,7 +5,10 @@ upstream of the test suite. Each protocol is a ``SimProtocol`` entry: how to rea
 request off the wire and how to render answers and errors, reusing the protocol
 modules' own codecs. The answer itself comes from ``sim_script``; faults are applied
 here. The server counts in-flight responses and offers ``wait_idle()`` so a test can
-prove that the gateway closed an upstream stream without sleeping.
+prove that the gateway closed an upstream stream without sleeping. The Responses
+WebSocket mode (``sim_websocket``) is served on the same port; it counts its
+connections (``websocket_connections`` opened, ``websocket_open`` now) and records
+each turn (``ws_turns``) beside the ``bodies`` and ``reported`` usage both sides keep.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from protocols import gemini, openai_responses
 from protocols.errors import GatewayError, classify_upstream
 from protocols.validate import load_json_object
 from providers.sim_script import Fault, answer, base_model, fault_for
+from providers.sim_websocket import SimTurn, serve_socket
 
 log = logging.getLogger("tollhouse.simulator")
 
@@ -38,6 +42,8 @@ _REJECTION_BODIES = {
     "vllm": ("error-400-vllm-stream_options-extra-forbidden.json", 400),
     "mistral": ("error-422-mistral-stream_options-extra-forbidden.json", 422),
 }
+_ERROR_MESSAGES = {429: "Rate limit reached for requests", 401: "Incorrect API key provided",
+                   503: "The server is overloaded", 529: "Overloaded", 500: "The server had an error"}
 
 
 class SimulatedDisconnect(Exception):
@@ -120,6 +126,9 @@ class Simulator:
         self.bodies: list[dict] = []
         self.reported: list = []  # the usage each answer reported, in order
         self.streams_sent = 0  # streams whose every event has been written
+        self.websocket_connections = 0  # WebSocket connections accepted, in all
+        self.websocket_open = 0  # WebSocket connections open now
+        self.ws_turns: list[SimTurn] = []  # every response.create received, in order
         self._changed = trio.Event()
         self._ids = itertools.count(1)
         self.url: str | None = None
@@ -128,8 +137,7 @@ class Simulator:
 
     def _bump(self, delta: int) -> None:
         self.in_flight += delta
-        self._changed.set()
-        self._changed = trio.Event()
+        self._notify()
 
     async def wait_idle(self) -> None:
         """Return once no response is in flight."""
@@ -145,6 +153,46 @@ class Simulator:
         """Return once at least ``n`` requests have arrived."""
         while self.requests < n:
             await self._changed.wait()
+
+    async def wait_websocket_open(self, n: int) -> None:
+        """Return once exactly ``n`` WebSocket connections are open."""
+        while self.websocket_open != n:
+            await self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    # ------------------------------------------------------------ the WebSocket side's bookkeeping
+
+    def socket_opened(self) -> None:
+        self.websocket_connections += 1
+        self.websocket_open += 1
+        self._notify()
+
+    def socket_closed(self) -> None:
+        self.websocket_open -= 1
+        self._notify()
+
+    def turn_started(self, key: str) -> None:
+        """A WebSocket turn counts as a request, as an HTTP one does."""
+        self.requests += 1
+        self.requests_by_key[key] = self.requests_by_key.get(key, 0) + 1
+        self._bump(+1)
+
+    def turn_ended(self) -> None:
+        self._bump(-1)
+
+    def stream_sent(self) -> None:
+        self.streams_sent += 1
+        self._notify()
+
+    def next_id(self) -> str:
+        return f"sim_{next(self._ids):06d}"
+
+    @staticmethod
+    def error_message(status: int) -> str:
+        return _ERROR_MESSAGES.get(status, "simulated error")
 
     # ------------------------------------------------------------ serving
 
@@ -170,6 +218,9 @@ class Simulator:
                 elif message["type"] == "lifespan.shutdown":
                     await send({"type": "lifespan.shutdown.complete"})
                     return
+        if scope["type"] == "websocket":
+            headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+            return await serve_socket(self, scope, receive, send, _bearer(headers, {}))
         if scope["type"] != "http":
             return
         self.requests += 1
@@ -220,7 +271,7 @@ class Simulator:
             return await _send_raw(send, status, body, [])
         if fault.status:
             return await self._error(proto, fault, send)
-        result = answer(req, size, fault, f"sim_{next(self._ids):06d}")
+        result = answer(req, size, fault, self.next_id())
         self.reported.append(result.response.usage)
         model = base_model(req.model)
         if not req.stream:
@@ -244,11 +295,14 @@ class Simulator:
             if delay:
                 await trio.sleep(delay)
         await send({"type": "http.response.body", "body": encoder.close(), "more_body": fault.hold_open})
-        self.streams_sent += 1
-        self._changed.set()
-        self._changed = trio.Event()
+        self.stream_sent()
         if fault.hold_open:
             await trio.sleep_forever()
+
+    async def refuse(self, protocol: str, fault: Fault, send) -> None:
+        """Answer with the error ``fault`` asks for, in ``protocol``'s shape (the
+        WebSocket side refuses a handshake with it)."""
+        await self._error(next(p for p in PROTOCOLS if p.name == protocol), fault, send)
 
     async def _error(self, proto: SimProtocol, fault: Fault, send) -> None:
         headers = []
@@ -256,9 +310,8 @@ class Simulator:
             headers.append((b"retry-after", fault.retry_after.encode()))
         if fault.retry_after_ms is not None and not proto.wait_in_body:
             headers.append((b"retry-after-ms", fault.retry_after_ms.encode()))
-        messages = {429: "Rate limit reached for requests", 401: "Incorrect API key provided",
-                    503: "The server is overloaded", 529: "Overloaded", 500: "The server had an error"}
-        err = classify_upstream(fault.status, json.dumps({"error": {"message": messages.get(fault.status, "simulated error")}}).encode(), {},
+        message = self.error_message(fault.status)
+        err = classify_upstream(fault.status, json.dumps({"error": {"message": message}}).encode(), {},
                                  _wait_seconds(fault) if proto.wait_in_body else None)
         err.status = fault.status
         await _send_raw(send, fault.status, json.dumps(proto.format_error(err)).encode(), headers)

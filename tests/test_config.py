@@ -236,6 +236,26 @@ def test_new_settings_are_validated(where, value, problem):
     assert "secret" not in problems[0]
 
 
+@pytest.mark.parametrize("provider,accepted", [
+    ({"family": "openai", "base_url": "https://api.openai.com/v1", "credentials": [{"id": "c", "key": "sk"}]}, True),
+    ({"family": "simulator", "embedded": True, "protocol": "openai_responses"}, True),
+    ({"family": "openai_compat", "embedded": True, "protocol": "openai_responses"}, True),
+    ({"family": "openai_compat", "base_url": "http://x", "credentials": [{"id": "c", "key": "sk"}]}, False),
+    ({"family": "anthropic", "base_url": "http://x", "credentials": [{"id": "c", "key": "sk"}]}, False),
+    ({"family": "simulator", "embedded": True}, False),  # speaks Chat unless told otherwise
+    ({"family": "simulator", "embedded": True, "protocol": "anthropic"}, False),
+])
+def test_the_websocket_switch_is_for_providers_that_speak_responses(provider, accepted):
+    doc = minimal()
+    doc["providers"]["p"] = {**provider, "websocket": True}
+    if accepted:
+        assert parse_config(doc, env={}).providers["p"].websocket is True
+    else:
+        assert problems_of(doc) == ['providers.p.websocket: needs a provider that speaks the Responses API '
+                                    '(family "openai", or a simulated one with protocol "openai_responses")']
+    assert parse_config(minimal(), env={}).providers["p"].websocket is False
+
+
 @pytest.mark.parametrize("proxy", [None, "http://proxy.internal:3128", "http://user:pass@10.0.0.1:8080"])
 def test_a_proxy_is_null_or_an_http_url(proxy):
     doc = minimal()
