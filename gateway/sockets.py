@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import time
 from enum import Enum
+from typing import Any
 
 import attrs
 
@@ -45,6 +46,7 @@ class SocketInfo:
     opened_at: float
     turns: list = attrs.field(factory=list)
     turn_count: int = 0
+    upstream: Any = None  # its upstream sockets (providers.responses_socket.SocketSession)
 
     def begin(self, request_id: str | None, model: str) -> Turn:
         turn = Turn(request_id, model, time.time())
@@ -54,7 +56,9 @@ class SocketInfo:
         return turn
 
     def view(self) -> dict:
+        stats = self.upstream.statistics() if self.upstream is not None else None
         return {"id": self.id, "key": self.key_name, "opened_at": self.opened_at, "turns_total": self.turn_count,
+                "upstream_sockets": {"open": stats.open, "opened": stats.opened} if stats else None,
                 "turns": [turn.view() for turn in self.turns]}
 
 

@@ -258,3 +258,28 @@ async def test_a_listed_browser_origin_may_open_a_socket(socket_doc):
     with trio.fail_after(20):
         async with running_gateway(socket_doc) as gw:
             assert (await _in_thread(session, gw.url)).output_text
+
+
+async def test_a_websocket_upstream_is_reached_over_one_socket_per_client_connection(socket_doc):
+    socket_doc["providers"]["simr"].update(
+        websocket=True, credentials=[{"id": "ws-1", "key": "sk-upstream-socket-key-1"}])
+
+    def session(url):
+        with _client(url).responses.connect(max_retries=0) as conn:
+            first = _final(_turn(conn, model="gpt-sim", input="one", store=False))
+            second = _final(_turn(conn, model="gpt-sim", input="two", store=False, previous_response_id=first.id))
+            return first, second
+
+    with trio.fail_after(20):
+        async with running_gateway(socket_doc) as gw:
+            first, second = await _in_thread(session, gw.url)
+            sim = gw.simulator
+            assert sim.websocket_connections == 1  # two turns, one upstream socket
+            assert [(t.model, t.key) for t in sim.ws_turns] == [("sim-gpt", "sk-upstream-socket-key-1")] * 2
+            assert "one" in str(sim.bodies[-1]["input"]) and first.output_text[:30] in str(sim.bodies[-1]["input"])
+            entries = gw.ledger_entries()
+            # one settlement per turn, with the usage each turn's response.completed carried
+            assert [(e["input"], e["output"], e["provenance"]) for e in entries] == [
+                (u.input, u.output, "reported") for u in sim.reported]
+            assert second.usage.input_tokens > first.usage.input_tokens
+        assert gw.simulator.websocket_open == 0  # closed with the client's connection

@@ -7,6 +7,11 @@ Hypercorn answers the rest of the handshake: ``permessage-deflate`` when the cli
 offers it, pings every ``websocket.ping_interval_s``, and a close (1009) for a message
 over ``websocket.max_message_bytes``.
 
+A Responses upstream with ``websocket: true`` is reached over one upstream socket per
+credential for the connection (``providers.responses_socket.SocketSession``), every other
+upstream per turn over HTTP. Every turn sends the whole conversation (no upstream ever
+sees a ``previous_response_id``: see ``gateway.conversation``).
+
 Then the client sends ``response.create`` messages (the HTTP body plus ``type``) and
 gets, for each, the events the SSE stream would carry, one JSON text frame each. Turns
 run one at a time, in order. Each is one pass through the dispatcher: its own
@@ -44,6 +49,7 @@ from protocols.errors import Forbidden, GatewayError, GatewayFailure, InvalidReq
 from protocols.openai_responses_wire import new_id, response_object
 from protocols.unified import Usage
 from protocols.validate import check, load_json_object
+from providers.responses_socket import SocketSession
 
 log = logging.getLogger("tollhouse.websocket")
 
@@ -69,7 +75,10 @@ async def serve_socket(runtime: Any, scope, receive, send, match) -> None:
     socket = ClientSocket(receive, send)
     info = runtime.sockets.add(key_name)
     try:
-        async with trio.open_nursery() as nursery:
+        # a Responses upstream that speaks WebSocket keeps one socket per credential for
+        # this connection (the providers find the session in their task's context)
+        async with SocketSession.open() as upstream, trio.open_nursery() as nursery:
+            info.upstream = upstream
             nursery.start_soon(socket.pump)
             await Connection(runtime, socket, key, info).run()
             nursery.cancel_scope.cancel()

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(not BIN.is_dir(), reason=f"agent CLIs not instal
 def cli_config(tmp_path) -> dict:
     doc = base_config(tmp_path)
     doc["providers"].update({
-        "simr": {"family": "simulator", "embedded": True, "protocol": "openai_responses"},
+        "simr": {"family": "simulator", "embedded": True, "protocol": "openai_responses", "websocket": True},
         "sima": {"family": "simulator", "embedded": True, "protocol": "anthropic"},
         "simg": {"family": "simulator", "embedded": True, "protocol": "gemini"},
     })
@@ -128,6 +128,8 @@ async def test_cli_completes_a_prompt_with_one_tool_call(tmp_path, name, build, 
         if build in (codex_socket, codex_builtin):
             assert "websocket" not in (out + err).lower().replace("supports_websockets", ""), err[-2000:]
             assert gw.runtime.sockets.opened_total >= 1  # the turns came over the WebSocket
+            if model == "own-responses":  # and went on over one upstream socket per connection
+                assert gw.simulator.websocket_connections == gw.runtime.sockets.opened_total
             # one settlement per turn, each with the upstream's own usage
             assert len({e["request_id"] for e in served}) == len(served)
             assert all(e["provenance"] == "reported" and e["reason"] == "end" for e in served)
