@@ -283,3 +283,42 @@ async def test_a_websocket_upstream_is_reached_over_one_socket_per_client_connec
                 (u.input, u.output, "reported") for u in sim.reported]
             assert second.usage.input_tokens > first.usage.input_tokens
         assert gw.simulator.websocket_open == 0  # closed with the client's connection
+
+
+async def test_deflate_is_negotiated_when_offered(socket_doc):
+    with trio.fail_after(10):
+        async with running_gateway(socket_doc) as gw:
+            host, port = gw.url.removeprefix("http://").rsplit(":", 1)
+            stream = await trio.open_tcp_stream(host, int(port))
+            async with stream:
+                await stream.send_all(
+                    b"GET /v1/responses HTTP/1.1\r\nHost: " + host.encode() + b"\r\n"
+                    b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                    b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+                    b"Authorization: Bearer " + DEMO_KEY.encode() + b"\r\n\r\n")
+                reply = b""
+                while b"\r\n\r\n" not in reply:
+                    chunk = await stream.receive_some()
+                    if not chunk:
+                        break
+                    reply += chunk
+            head = reply.partition(b"\r\n\r\n")[0].lower()
+            assert head.startswith(b"http/1.1 101 ") and b"sec-websocket-extensions: permessage-deflate" in head
+
+
+async def test_a_message_over_the_limit_closes_the_socket_with_1009(socket_doc):
+    socket_doc["websocket"] = {"max_message_bytes": 64 * 1024}
+
+    def session(url):
+        with _client(url).responses.connect(max_retries=0) as conn:
+            conn.response.create(model="gpt-sim", input="x" * (128 * 1024), store=False)
+            with pytest.raises(websockets.exceptions.ConnectionClosed) as info:
+                conn.recv()
+            return info.value
+
+    with trio.fail_after(20):
+        async with running_gateway(socket_doc) as gw:
+            closed = await _in_thread(session, gw.url)
+            assert closed.rcvd.code == 1009
+            assert gw.simulator.requests == 0 and gw.ledger_entries() == []
