@@ -139,6 +139,7 @@ class AttemptRunner:
         if call.recorder is not None and answer is not None:
             call.recorder.record(req, answer)
         req.started = True
+        req.first_byte_at = trio.current_time()
         await link.start(200, [*_headers(req, content_type, target), (b"content-length", b"%d" % len(body))])
         await link.end(body)
 
@@ -173,6 +174,7 @@ class AttemptRunner:
                         raise first_error
                     content_type = reader.content_type if passthrough else encoder.content_type
                     req.started = True
+                    req.first_byte_at = trio.current_time()
                     await link.start(200, _headers(req, content_type, target))
                     complete = False
                     try:

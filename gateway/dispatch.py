@@ -38,6 +38,7 @@ from actors.routing import Plan, Resolve
 from actors.usage import Reserve, Settle
 from gateway.attempt import AttemptRunner
 from gateway.ending import Charge, Outcome, Trouble, decide, estimates, hold_instead
+from gateway.observe import Observers, from_request
 from gateway.request import Call, ClientLink, Request
 from gateway.traffic import is_cancellation
 from protocols.errors import (
@@ -70,8 +71,9 @@ class Actors:
 class Dispatcher:
     def __init__(self, actors: Actors, providers: Mapping[str, Any], streaming: Any,
                  default_hold_output_tokens: int, budget_s: float = 10.0,
-                 stopping: Callable[[], bool] = lambda: False) -> None:
+                 stopping: Callable[[], bool] = lambda: False, observers: Observers | None = None) -> None:
         self.stopping = stopping
+        self.observers = observers if observers is not None else Observers()
         self.budget_s = budget_s
         self.actors = actors
         self.providers = providers
@@ -91,16 +93,30 @@ class Dispatcher:
     # ------------------------------------------------------------ entry
 
     async def serve(self, call: Call, link: ClientLink) -> None:
-        """Answer one call on ``link``; errors before the response started are raised."""
+        """Answer one call on ``link``; errors before the response started are raised.
+        Its observers hear how it ended, once it is settled (or refused)."""
         req = Request(call)
+        error: BaseException | None = None
+        try:
+            await self._serve(req, link)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if self.observers:
+                self.observers.tell(from_request(req, error, call.transport))
+
+    async def _serve(self, req: Request, link: ClientLink) -> None:
+        call = req.call
         request = call.request
         plan = await self.actors.routing.ask(Resolve(request.model))
         hold_tokens = plan.hold_output_tokens or self.default_hold_output_tokens
         out_tokens = min(request.max_tokens, hold_tokens) if request.max_tokens else hold_tokens
         req.output_allowance = out_tokens
-        await self.actors.usage.ask(Reserve(
+        reservation = await self.actors.usage.ask(Reserve(
             req.id, call.key, request.model, tuple(t.label for t in plan.targets),
             estimate_tokens(call.body_bytes), out_tokens))
+        req.key_name = reservation.key_name
         try:
             failure: GatewayError | None = None
             async with trio.open_nursery() as nursery:
@@ -166,9 +182,10 @@ class Dispatcher:
                      ending.reason, billed.provider if billed else None, billed.model if billed else None,
                      billed.credential if billed else None, no_work=ending.charge is Charge.NOTHING,
                      basis=ending.basis, unanswered=ending.unanswered)
+        req.ending = ending
         with trio.move_on_after(self.settle_timeout_s, shield=True) as scope:
             try:
-                await self.actors.usage.ask(msg, timeout=self.settle_timeout_s)
+                req.charged = await self.actors.usage.ask(msg, timeout=self.settle_timeout_s)
             except trio.TooSlowError:
                 scope.cancel()
             except Exception as exc:  # the meter crashed on it: it restarts from the ledger

@@ -12,8 +12,9 @@ from typing import Any, Callable, Protocol
 import attrs
 import trio
 
-from gateway.ending import Attempt, Facts, Outcome, Trouble
+from gateway.ending import Attempt, Ending, Facts, Outcome, Trouble
 from gateway.meter import Forwarded, Meter
+from gateway.observe import Transport
 from protocols.tokens import estimate_request_tokens
 from protocols.unified import UnifiedRequest
 from protocols.usage import estimate_tokens
@@ -49,6 +50,7 @@ class Call:
     body_bytes: int
     request_id: str
     recorder: Recorder | None = None
+    transport: Transport = Transport.HTTP
 
 
 @attrs.define
@@ -68,6 +70,11 @@ class Request:
     drain_deadline: float | None = None  # set while a stream is drained for its usage
     settled: bool = False
     output_allowance: int = 0  # the output tokens its hold covers
+    created_at: float = attrs.field(factory=trio.current_time)
+    first_byte_at: float | None = None  # when the client's answer began
+    key_name: str | None = None  # once the reservation authenticated the key
+    ending: Ending | None = None  # what the settlement said
+    charged: Any = None  # the meter's answer to it (``actors.usage.Settled``)
 
     @property
     def id(self) -> str:

@@ -33,6 +33,7 @@ from actors.usage import Query, UsageActor
 from gateway.config import Config
 from gateway.dispatch import Actors, Dispatcher
 from gateway.redaction import redacting_logs, redactor_for
+from gateway.observe import Observers
 from gateway.sockets import Sockets
 from gateway.state_lock import StateDirLock
 from protocols.errors import GatewayError
@@ -52,6 +53,7 @@ class Runtime:
         self.stopping = stopping  # a graceful stop has begun
         self.stop_begun = trio.Event() if stop_begun is None else stop_begun  # set when it begins (long-lived connections end)
         self.sockets = Sockets()  # open Responses WebSockets, for the admin API
+        self.observers = Observers()  # who hears how each request ended (logs, metrics, traces)
         self.dispatcher: Dispatcher | None = None
         self.supervisor: Supervisor | None = None
         self.simulator: Simulator | None = None
@@ -115,7 +117,7 @@ class Runtime:
                         await actors.start(self.supervisor.run)
                         self.dispatcher = Dispatcher(self.actors, self.providers, cfg.streaming,
                                                      cfg.default_hold_output_tokens, cfg.routing.budget_s,
-                                                     stopping=self.stopping)
+                                                     stopping=self.stopping, observers=self.observers)
                         self.ready.set()
                         task_status.started()
                         await self._stop.wait()

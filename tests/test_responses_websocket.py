@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from functools import partial
 
 import httpx
@@ -11,6 +13,7 @@ import pytest
 import trio
 import websockets
 
+from providers.websocket import connect
 from tests.conftest import ADMIN_TOKEN, DEMO_KEY, base_config, running_gateway
 
 TERMINAL = {"response.completed", "response.incomplete", "response.failed", "error"}
@@ -309,16 +312,12 @@ async def test_deflate_is_negotiated_when_offered(socket_doc):
 
 async def test_a_message_over_the_limit_closes_the_socket_with_1009(socket_doc):
     socket_doc["websocket"] = {"max_message_bytes": 64 * 1024}
-
-    def session(url):
-        with _client(url).responses.connect(max_retries=0) as conn:
-            conn.response.create(model="gpt-sim", input="x" * (128 * 1024), store=False)
-            with pytest.raises(websockets.exceptions.ConnectionClosed) as info:
-                conn.recv()
-            return info.value
-
     with trio.fail_after(20):
         async with running_gateway(socket_doc) as gw:
-            closed = await _in_thread(session, gw.url)
-            assert closed.rcvd.code == 1009
+            url = gw.url.replace("http://", "ws://") + "/v1/responses"
+            async with connect(url, {"authorization": f"Bearer {DEMO_KEY}"}) as ws:
+                text = os.urandom(96 * 1024).hex()  # does not deflate below the limit
+                await ws.send_text(json.dumps({"type": "response.create", "model": "gpt-sim", "input": text}))
+                assert await ws.receive_text() is None
+                assert ws.close_code == 1009
             assert gw.simulator.requests == 0 and gw.ledger_entries() == []

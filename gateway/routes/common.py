@@ -15,6 +15,7 @@ from typing import Any, Awaitable, Callable
 import trio
 
 from gateway.asgi_link import AsgiLink, read_body
+from gateway.observe import Transport, refused
 from gateway.request import Call, Recorder
 from actors.usage import Authenticate
 from actors.usage_core import UNKNOWN_KEY
@@ -102,10 +103,13 @@ async def refuse_websocket(scope, send, client: Any, err: GatewayError) -> None:
 async def serve_llm(runtime: Any, client: Any, scope, receive, send, key: str | None,
                     parse: Callable[[dict], Any], prepare: Prepare | None = None) -> None:
     """Answer one LLM call in ``client``'s protocol; every answer carries ``x-request-id``,
-    the id of its ledger entry."""
+    the id of its ledger entry. A call refused before the dispatcher had it is told to
+    the observers here (the dispatcher tells them of every other)."""
     link = AsgiLink(receive, send)
     request_id = runtime.dispatcher.next_id()
-    request = None
+    started_at = trio.current_time()
+    request = doc = None
+    dispatched = False
     try:
         check_key_known(runtime, key)
         body = await read_request_body(runtime, scope, receive)
@@ -115,23 +119,37 @@ async def serve_llm(runtime: Any, client: Any, scope, receive, send, key: str | 
             request = parse(doc)
         else:
             request, recorder, size = await prepare(doc, key, size)
+        dispatched = True
         await runtime.dispatcher.serve(Call(request, key, client, size, request_id, recorder), link)
     except GatewayError as err:
-        await _answer_error(runtime, client, send, link, key, err, request_id, request)
+        answered = await _answer_error(runtime, client, send, link, key, err, request_id, request)
+        if not dispatched:
+            _observe_refusal(runtime, client, request_id, doc, answered, started_at)
     except Exception:
         # A bug, not the client's doing: logged with its trace, answered in the client's
         # shape (the dispatcher has already settled whatever was reserved).
         log.exception("request %s failed inside the gateway", request_id)
-        await _answer_error(runtime, client, send, link, key, GatewayFailure(
+        answered = await _answer_error(runtime, client, send, link, key, GatewayFailure(
             f"The gateway failed to serve this request ({request_id})."), request_id, request)
+        if not dispatched:
+            _observe_refusal(runtime, client, request_id, doc, answered, started_at)
+
+
+def _observe_refusal(runtime: Any, client: Any, request_id: str, doc: Any, err: GatewayError,
+                     started_at: float) -> None:
+    if runtime.observers:
+        runtime.observers.tell(refused(request_id, client.NAME, Transport.HTTP, doc, err, started_at))
 
 
 async def _answer_error(runtime: Any, client: Any, send, link: AsgiLink, key: str | None, err: GatewayError,
-                        request_id: str, request: Any) -> None:
+                        request_id: str, request: Any) -> GatewayError:
+    """Answer ``err`` (or what a stranger may be told instead); returns what was answered."""
     if not link.started:
-        await send_error(send, client, await _stranger_first(runtime, key, err), request_id)
+        err = await _stranger_first(runtime, key, err)
+        await send_error(send, client, err, request_id)
     elif not link.ended and request is not None:
         await link.end(client.StreamEncoder(request, request.model).error(err))
+    return err
 
 
 async def serve_estimate(runtime: Any, client: Any, scope, receive, send, key: str | None,

@@ -40,6 +40,7 @@ import trio
 
 from actors.usage import Authenticate, hash_key
 from gateway.conversation import SOCKET_ONLY_FIELDS, Keeper, resolve, wants_store
+from gateway.observe import Served, Transport, refused
 from gateway.request import Call
 from gateway.routes.common import bearer, check_key_known, header, refuse_websocket
 from gateway.socket_link import ClientSocket, TurnLink
@@ -151,8 +152,11 @@ class Connection:
     async def turn(self, raw: str | bytes) -> None:
         runtime = self.runtime
         request_id = runtime.dispatcher.next_id()
+        started_at = trio.current_time()
         link = TurnLink(self.socket)
         turn: Turn | None = None
+        doc = None
+        dispatched = False
         try:
             doc = load_json_object(raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw,
                                    runtime.config.server.max_json_depth)
@@ -168,17 +172,34 @@ class Connection:
             chained = await resolve(body, self.owner, store, self.socket.last)
             keeper_store = store if wants_store(body) else None
             if not generate:
-                return await self._prewarm(chained, turn, keeper_store)
+                await self._prewarm(chained, turn, keeper_store)
+                return self._observe(Served(
+                    request_id=request_id, protocol=openai_responses.NAME, transport=Transport.WEBSOCKET,
+                    model=turn.model, stream=True, status=200, duration_s=trio.current_time() - started_at,
+                    key_name=self.info.key_name, cost_micro=0))
             request = openai_responses.parse_request(chained.doc)
             keeper = Keeper(self.owner, chained, request.model, keeper_store, connection=self.socket)
             size = len(raw) + (len(json.dumps(chained.history)) if chained.history else 0)
-            await runtime.dispatcher.serve(Call(request, self.key, openai_responses, size, request_id, keeper), link)
+            dispatched = True
+            await runtime.dispatcher.serve(Call(request, self.key, openai_responses, size, request_id, keeper,
+                                                Transport.WEBSOCKET), link)
             turn.end, turn.response_id = TurnEnd.ANSWERED, keeper.kept
         except GatewayError as err:
             await self._turn_failed(link, turn, err)
+            if not dispatched:
+                self._observe(refused(request_id, openai_responses.NAME, Transport.WEBSOCKET, doc, err, started_at,
+                                      self.info.key_name))
         except Exception:
             log.exception("turn %s failed inside the gateway", request_id)
-            await self._turn_failed(link, turn, GatewayFailure(f"The gateway failed to serve this turn ({request_id})."))
+            err = GatewayFailure(f"The gateway failed to serve this turn ({request_id}).")
+            await self._turn_failed(link, turn, err)
+            if not dispatched:
+                self._observe(refused(request_id, openai_responses.NAME, Transport.WEBSOCKET, doc, err, started_at,
+                                      self.info.key_name))
+
+    def _observe(self, record: Served) -> None:
+        if self.runtime.observers:
+            self.runtime.observers.tell(record)
 
     async def _turn_failed(self, link: TurnLink, turn: Turn | None, err: GatewayError) -> None:
         if turn is not None and turn.end is TurnEnd.RUNNING:
