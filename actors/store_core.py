@@ -85,6 +85,7 @@ class StoreCore:
     def __init__(self, limits: StoreLimits) -> None:
         self.limits = limits
         self.index: dict[str, Entry] = {}
+        self.refused_taken = 0  # puts refused: their id is another key's
         self.total_bytes = 0
         self._ages: list[tuple[float, int, str]] = []  # (created_at, generation, id), lazily pruned
         self._generation = 0
@@ -154,6 +155,12 @@ class StoreCore:
             self.refused_too_large += 1
             log.warning("response %s not stored: %d bytes is more than the store's max_bytes (%d)",
                         record.id, row.size, self.limits.max_bytes)
+            return None
+        held = self.index.get(record.id)
+        if held is not None and held.owner != record.owner:
+            # an upstream that reuses ids must not let one key's response replace another's
+            self.refused_taken += 1
+            log.warning("response %s not stored: the id already belongs to another key's response", record.id)
             return None
         self._remove(record.id)
         self._index(record.id, record.owner, record.created_at, row.size, record.previous_id)
@@ -286,7 +293,8 @@ class StoreCore:
         return {"responses": len(self.index), "stored_bytes": self.total_bytes, "cached": len(self.cache),
                 "cached_bytes": self.cache_used, "unwritten": len(self.unwritten) + len(self.writing),
                 "evicted_by_age": self.evicted_by_age, "evicted_by_size": self.evicted_by_size,
-                "refused_too_large": self.refused_too_large, "disk_reads": self.disk_reads}
+                "refused_too_large": self.refused_too_large, "refused_taken": self.refused_taken,
+                "disk_reads": self.disk_reads}
 
 
 def _conversation(ids: tuple[str, ...]) -> Callable[[Mapping[str, StoredResponse]], tuple[dict, ...]]:

@@ -104,6 +104,7 @@ class Gateway:
         for pattern, handler in self.ws_routes:
             match = pattern.match(scope["path"])
             if match is not None:
+                await self.runtime.ready.wait()
                 return await handler(self.runtime, scope, receive, send, match)
         await refuse_websocket(scope, send, client_protocol_for(scope["path"]),
                                NotFound(f"No WebSocket route for {scope['path']}."))

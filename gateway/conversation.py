@@ -68,8 +68,13 @@ class Chained:
     history: tuple[dict, ...]  # the conversation before ``own_input``
 
 
+class PreviousResponseNotFound(NotFound):
+    kind = "invalid_request_error"  # the API's type for it
+
+
 def not_found(previous: str) -> NotFound:
-    return NotFound(f"Previous response with id '{previous}' not found.", param="previous_response_id")
+    return PreviousResponseNotFound(f"Previous response with id '{previous}' not found.",
+                                    param="previous_response_id")
 
 
 async def resolve(doc: dict, owner: str, store: Mailbox | None, last: LastResponse | None) -> Chained:

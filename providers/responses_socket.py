@@ -206,6 +206,7 @@ class SocketTurn:
         self._first: list[Frame] | None = None
         self._over = False  # the turn's last message arrived
         self._stray = False  # messages followed it: the socket is in no known state
+        self._answering = False  # a message of the answer has arrived
 
     @property
     def terminal(self) -> bool:
@@ -265,8 +266,14 @@ class SocketTurn:
                 break
             frame, kind = _frame(text, self.decoder)
             frames.append(frame)
-            if kind in TURN_ENDS or self.decoder.ended or any(isinstance(ev, ErrorEvent) for ev in frame.events):
+            errored = any(isinstance(ev, ErrorEvent) for ev in frame.events)
+            if kind in TURN_ENDS or self.decoder.ended or errored:
                 self._over = True
+                if errored and kind not in TURN_ENDS and self._answering:
+                    # a mid-turn error: the upstream's own closing event may still follow,
+                    # and must not be read as the next turn's answer -- the socket is retired
+                    self._stray = True
+            self._answering = True
         return self._redacted(frames)
 
 

@@ -14,6 +14,7 @@ each turn (``ws_turns``) beside the ``bodies`` and ``reported`` usage both sides
 from __future__ import annotations
 
 import itertools
+import os
 import json
 import logging
 import re
@@ -131,6 +132,7 @@ class Simulator:
         self.ws_turns: list[SimTurn] = []  # every response.create received, in order
         self._changed = trio.Event()
         self._ids = itertools.count(1)
+        self._run = os.urandom(4).hex()
         self.url: str | None = None
 
     # ------------------------------------------------------------ observation
@@ -188,7 +190,8 @@ class Simulator:
         self._notify()
 
     def next_id(self) -> str:
-        return f"sim_{next(self._ids):06d}"
+        """Unique across restarts too, as a real upstream's ids are (stored responses are keyed by them)."""
+        return f"sim_{self._run}{next(self._ids):06d}"
 
     @staticmethod
     def error_message(status: int) -> str:

@@ -81,9 +81,11 @@ async def test_prewarm_is_free_and_the_next_turn_chains_to_it(socket_doc):
     def session(url):
         with _client(url).responses.connect(max_retries=0) as conn:
             warm = _turn(conn, model="gpt-sim", input=[{"type": "message", "role": "developer", "content": [
-                {"type": "input_text", "text": "You are terse."}]}], store=False, generate=False)
+                {"type": "input_text", "text": "You are terse."}]}], generate=False)  # store left to default
             turn = _final(_turn(conn, model="gpt-sim", input="hello", store=False,
                                 previous_response_id=warm[-1].response.id))
+            with pytest.raises(openai.NotFoundError):  # free: kept on the connection, never in the store
+                _client(url).responses.retrieve(warm[-1].response.id)
             return warm, turn
 
     with trio.fail_after(20):

@@ -59,6 +59,14 @@ def test_put_is_visible_at_once_and_only_to_its_owner():
     assert core.handle(Delete("resp_1", ALICE), T0) is False
 
 
+def test_an_id_taken_by_another_key_is_not_replaced():
+    core = StoreCore(StoreLimits())
+    core.put(record("resp_1"), T0)
+    core.put(record("resp_1", owner=BOB), T0)  # an upstream that reuses ids
+    assert core.handle(Get("resp_1", ALICE), T0) is not None
+    assert core.handle(Get("resp_1", BOB), T0) is None
+
+
 def test_input_items_get_unique_ids_and_keep_their_own():
     core = StoreCore(StoreLimits())
     items = ({"role": "user", "content": "a"}, {"type": "message", "id": "msg_mine", "role": "user", "content": "b"},

@@ -118,6 +118,8 @@ class Connection:
                                                          "open a new one to continue.", "param": None})
                 return await self.socket.close(NORMAL, "connection lifetime reached")
             message = await self._next(min(trio.current_time() + cfg.idle_timeout_s, closes_at), stop)
+            if self.socket.gone.is_set():
+                return  # turns the client queued before it left are not run
             if message is not None:
                 await self.turn(message)
             elif self.socket.gone.is_set():
@@ -172,7 +174,7 @@ class Connection:
             chained = await resolve(body, self.owner, store, self.socket.last)
             keeper_store = store if wants_store(body) else None
             if not generate:
-                await self._prewarm(chained, turn, keeper_store)
+                await self._prewarm(chained, turn)
                 return self._observe(Served(
                     request_id=request_id, protocol=openai_responses.NAME, transport=Transport.WEBSOCKET,
                     model=turn.model, stream=True, status=200, duration_s=trio.current_time() - started_at,
@@ -216,7 +218,7 @@ class Connection:
             frame["headers"] = {"retry-after": str(max(1, int(retry_after + 0.999)))}
         await self.socket.send_json(frame)
 
-    async def _prewarm(self, chained: Any, turn: Turn, store: Any) -> None:
+    async def _prewarm(self, chained: Any, turn: Turn) -> None:
         """``generate: false``: a response id for the input so far, no upstream call, no
         charge; the next turn chains to it."""
         model = str(chained.doc.get("model", ""))
@@ -224,7 +226,8 @@ class Connection:
         created = int(time.time())
         done = response_object(rid, model, created, status="completed", output=[], usage=Usage())
         shell = {**done, "status": "in_progress", "usage": None}
-        keeper = Keeper(self.owner, chained, model, store, connection=self.socket)
+        # kept on this connection only: a free message must not fill the shared store
+        keeper = Keeper(self.owner, chained, model, None, connection=self.socket)
         keeper.record(None, done)
         await self.socket.send_json({"type": "response.created", "sequence_number": 0, "response": shell})
         await self.socket.send_json({"type": "response.completed", "sequence_number": 1, "response": done})
