@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-OPEN_BUSY_TIMEOUT_S = 5.0  # at start: wait this long for another writer before refusing
+from actors.state_file import open_state_file
+
 BUSY_TIMEOUT_MS = 100  # serving: a lock surfaces fast; the usage actor retries with backoff
 
 SCHEMA = """
@@ -117,18 +118,8 @@ def _is_fault(exc: BaseException) -> bool:
 
 class Ledger:
     def __init__(self, state_dir: str | Path) -> None:
-        path = Path(state_dir)
-        path.mkdir(parents=True, exist_ok=True)
-        self.path = path / "ledger.sqlite3"
         self._lock = threading.Lock()
-        existed = self.path.exists()
-        if existed and self.path.stat().st_size == 0:
-            raise LedgerFault(self.path, "the file is empty (zero bytes) where a ledger existed")
-        try:
-            self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
-                                      timeout=OPEN_BUSY_TIMEOUT_S)
-        except sqlite3.Error as exc:
-            raise LedgerFault(self.path, f"cannot be opened ({exc})") from exc
+        self.path, self.db, existed = open_state_file(state_dir, "ledger.sqlite3", LedgerFault, "ledger")
         try:
             self._check(existed)
         except BaseException:

@@ -24,10 +24,10 @@ from typing import Iterable, Mapping
 
 import attrs
 
+from actors.state_file import open_state_file
 from actors.store_messages import StoredResponse
 
 FILE_NAME = "responses.sqlite3"
-OPEN_BUSY_TIMEOUT_S = 5.0
 BUSY_TIMEOUT_MS = 100
 READ_CHUNK = 500  # ids per SELECT (SQLite's default limit on bound variables is far above)
 
@@ -110,18 +110,8 @@ class IndexRow:
 
 class ResponseDB:
     def __init__(self, state_dir: str | Path) -> None:
-        directory = Path(state_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / FILE_NAME
         self._lock = threading.Lock()
-        existed = self.path.exists()
-        if existed and self.path.stat().st_size == 0:
-            raise StoreFault(self.path, "the file is empty (zero bytes) where a store existed")
-        try:
-            self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
-                                      timeout=OPEN_BUSY_TIMEOUT_S)
-        except sqlite3.Error as exc:
-            raise StoreFault(self.path, f"cannot be opened ({exc})") from exc
+        self.path, self.db, existed = open_state_file(state_dir, FILE_NAME, StoreFault, "store")
         try:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")

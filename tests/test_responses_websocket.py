@@ -49,6 +49,24 @@ async def _in_thread(fn, *args):
     return await trio.to_thread.run_sync(partial(fn, *args), abandon_on_cancel=True)
 
 
+async def _handshake(url: str, headers: dict, until: bytes) -> bytes:
+    """A WebSocket handshake on a raw socket: what the gateway answered, up to ``until``."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    extra = b"".join(f"{k}: {v}\r\n".encode() for k, v in headers.items())
+    async with await trio.open_tcp_stream(host, int(port)) as stream:
+        await stream.send_all(
+            b"GET /v1/responses HTTP/1.1\r\nHost: " + host.encode() + b"\r\n"
+            b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" + extra + b"\r\n")
+        reply = b""
+        while until not in reply:
+            chunk = await stream.receive_some()
+            if not chunk:
+                break
+            reply += chunk
+    return reply
+
+
 def _final(events: list):
     assert events[-1].type == "response.completed", [e.type for e in events]
     return events[-1].response
@@ -152,20 +170,7 @@ async def test_a_handshake_is_refused_before_the_101(socket_doc, headers, status
         socket_doc["websocket"] = {"enabled": False}
     with trio.fail_after(10):
         async with running_gateway(socket_doc) as gw:
-            host, port = gw.url.removeprefix("http://").rsplit(":", 1)
-            stream = await trio.open_tcp_stream(host, int(port))
-            extra = b"".join(f"{k}: {v}\r\n".encode() for k, v in headers.items())
-            async with stream:
-                await stream.send_all(
-                    b"GET /v1/responses HTTP/1.1\r\nHost: " + host.encode() + b"\r\n"
-                    b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-                    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" + extra + b"\r\n")
-                reply = b""
-                while b"}}" not in reply:
-                    chunk = await stream.receive_some()
-                    if not chunk:
-                        break
-                    reply += chunk
+            reply = await _handshake(gw.url, headers, until=b"}}")
             head, _, body = reply.partition(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 %d " % status), head
             assert b"error" in body and b"th-wrong-key" not in reply
@@ -293,21 +298,9 @@ async def test_a_websocket_upstream_is_reached_over_one_socket_per_client_connec
 async def test_deflate_is_negotiated_when_offered(socket_doc):
     with trio.fail_after(10):
         async with running_gateway(socket_doc) as gw:
-            host, port = gw.url.removeprefix("http://").rsplit(":", 1)
-            stream = await trio.open_tcp_stream(host, int(port))
-            async with stream:
-                await stream.send_all(
-                    b"GET /v1/responses HTTP/1.1\r\nHost: " + host.encode() + b"\r\n"
-                    b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-                    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                    b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
-                    b"Authorization: Bearer " + DEMO_KEY.encode() + b"\r\n\r\n")
-                reply = b""
-                while b"\r\n\r\n" not in reply:
-                    chunk = await stream.receive_some()
-                    if not chunk:
-                        break
-                    reply += chunk
+            reply = await _handshake(gw.url, {
+                "Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits",
+                "Authorization": f"Bearer {DEMO_KEY}"}, until=b"\r\n\r\n")
             head = reply.partition(b"\r\n\r\n")[0].lower()
             assert head.startswith(b"http/1.1 101 ") and b"sec-websocket-extensions: permessage-deflate" in head
 

@@ -122,8 +122,6 @@ class Connection:
                 return  # turns the client queued before it left are not run
             if message is not None:
                 await self.turn(message)
-            elif self.socket.gone.is_set():
-                return
             elif not stop.is_set() and trio.current_time() < closes_at:
                 return await self.socket.close(NORMAL, "idle timeout")
 
