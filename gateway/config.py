@@ -71,6 +71,10 @@ class ServerConfig:
     # A keep-alive connection idle this long is closed; above the usual 60 s of load
     # balancers, so that they close first and never send on a connection we are closing.
     keep_alive_timeout_s: float = setting(75.0, check=POSITIVE)
+    # After this many requests a connection's answer says ``Connection: close`` (clients
+    # reconnect): long-lived connections from a balancer or proxy are spread again
+    # across gateway processes, and no connection lives for ever.
+    keep_alive_max_requests: int = setting(1000, check=POSITIVE)
     read_timeout_s: float = setting(10.0, check=POSITIVE)  # a request head, from its first byte
     body_timeout_s: float = setting(30.0, check=POSITIVE)  # a whole request body, in total (408 past it)
 

@@ -19,6 +19,18 @@ Hypercorn 0.18 has no setting for either rule below, so they live in a subclass 
   ``LINGER_S``. Closing a socket with unread bytes makes the kernel send a reset,
   which can destroy the answer before the client reads it: a client still uploading
   would see "connection reset" instead of its 401, and retry.
+- Bytes that arrive once the answer in progress has said ``Connection: close`` (a
+  request pipelined behind it, or sent before the client read that header) are read
+  and dropped: that request is not served (RFC 9112 section 9.6), and the answer in
+  progress is finished before the connection closes. Hypercorn's h11 protocol would
+  take them for a protocol error and close the connection from its reading task,
+  cutting the answer; hypercorn adds that header itself to the answer that reaches
+  ``keep_alive_max_requests`` on one connection.
+- A close of the connection waits for the socket write in progress, and no write
+  starts once a close has begun. Hypercorn's close (its ``TCPServer._close``) sends
+  the FIN without its send lock, so a close asked for by another task than the
+  response's writer (the reading task, a timer) would make that writer's next
+  ``send_all`` raise ``trio.BusyResourceError`` inside the application.
 """
 
 from __future__ import annotations
@@ -28,7 +40,7 @@ import math
 import h11
 import hypercorn.protocol
 import trio
-from hypercorn.events import Closed, RawData
+from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol.events import Response
 from hypercorn.protocol.h11 import H11Protocol
 
@@ -45,8 +57,36 @@ class GatewayH11Protocol(H11Protocol):
         self._refusal: int | None = None
         self._linger_timer = self.context.single_task_class()
         self._lingering = False
+        self._send_to_socket = self.send
+        self.send = self._send_serialised
+        self._writes_in_flight = 0
+        self._writes_done = trio.Event()
+        self._closing = False
+
+    async def _send_serialised(self, event: Event) -> None:
+        """The server's ``send``, with a close that never overlaps a socket write."""
+        if isinstance(event, RawData):
+            if self._closing:
+                return  # the connection is being closed: these bytes have nobody to go to
+            self._writes_in_flight += 1
+            try:
+                await self._send_to_socket(event)
+            finally:
+                self._writes_in_flight -= 1
+                if not self._writes_in_flight:
+                    self._writes_done.set()
+                    self._writes_done = trio.Event()
+            return
+        if isinstance(event, Closed):
+            self._closing = True
+            with trio.CancelScope(shield=True):  # a write is brief: hypercorn shields it too
+                while self._writes_in_flight:
+                    await self._writes_done.wait()
+        await self._send_to_socket(event)
 
     async def handle(self, event) -> None:
+        if isinstance(event, RawData) and event.data and self._closes_after_answer():
+            return  # a request behind an answer that closes the connection: not served
         if isinstance(event, RawData) and event.data and self.stream is None and not self._head_timer_running \
                 and not self._lingering:
             self._head_timer_running = True  # the first byte of a request head: its clock starts
@@ -92,6 +132,12 @@ class GatewayH11Protocol(H11Protocol):
         self._lingering = False
         await self._linger_timer.stop()
         await self.send(Closed())
+
+    def _closes_after_answer(self) -> bool:
+        """Whether the answer in progress ends this connection (it said ``Connection: close``
+        after the request was read whole): nothing the client sends now is read."""
+        return (isinstance(self.connection, h11.Connection) and self.connection.their_state is h11.MUST_CLOSE
+                and self.connection.our_state in (h11.SEND_BODY, h11.SEND_RESPONSE))
 
     def _body_unread(self) -> bool:
         return isinstance(self.connection, h11.Connection) and self.connection.their_state is h11.SEND_BODY

@@ -77,6 +77,7 @@ def server_config(server: ServerConfig, bind: str | None = None,
     cfg.bind = [bind or f"{server.host}:{server.port}"]
     cfg.accesslog = None
     cfg.keep_alive_timeout = server.keep_alive_timeout_s
+    cfg.keep_alive_max_requests = server.keep_alive_max_requests
     cfg.request_head_timeout = server.read_timeout_s
     cfg.read_timeout = None
     cfg.graceful_timeout = server.shutdown_grace_s
