@@ -3,6 +3,7 @@ who may scrape, the separate metrics port, bounded labels, no secret."""
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 
 import httpx
@@ -267,3 +268,37 @@ def test_metrics_settings_are_checked_with_their_paths(tmp_path):
     assert problems_of(doc) == ["metrics.port: is the server's own port; leave it null to serve /metrics there"]
     config = parse_config(base_config(tmp_path), env={})
     assert (config.metrics.enabled, config.metrics.port, config.metrics.require_token) == (True, None, True)
+
+
+async def test_websocket_turns_are_counted_by_transport(tmp_path):
+    from providers.websocket import connect
+
+    doc = base_config(tmp_path)
+    doc["providers"]["simr"] = {"family": "simulator", "embedded": True, "protocol": "openai_responses"}
+    doc["models"]["gpt-sim"] = {"targets": ["simr/sim-gpt"]}
+    doc["pricing"]["simr/*"] = {"input": "1.25", "output": "10.00"}
+    heard = Heard()
+
+    async def turn(ws, **body) -> str:
+        await ws.send_text(json.dumps({"type": "response.create", **body}))
+        while True:
+            event = json.loads(await ws.receive_text())
+            if event["type"] in ("response.completed", "response.failed", "error"):
+                return event["type"]
+
+    with trio.fail_after(20):
+        async with running_gateway(doc) as gw:
+            gw.runtime.observers.add(heard)
+            url = gw.url.replace("http://", "ws://") + "/v1/responses"
+            async with connect(url, {"authorization": f"Bearer {DEMO_KEY}"}) as ws:
+                assert await turn(ws, model="gpt-sim", input="hi", store=False) == "response.completed"
+                assert await turn(ws, model="gpt-sim", input="again", previous_response_id="resp_unknown") == "error"
+                await heard.wait(2)
+                async with httpx.AsyncClient(base_url=gw.url) as client:
+                    text = (await client.get("/metrics", headers=ADMIN)).text
+            [entry] = gw.ledger_entries()
+    assert total_by(text, "tollhouse_websocket_connections")[()] == 1
+    by_transport = total_by(text, "tollhouse_requests_total", "transport", "model", "status")
+    assert by_transport == {("websocket", "gpt-sim", "200"): 1, ("websocket", "gpt-sim", "404"): 1}
+    assert total_by(text, "tollhouse_tokens_total", "bucket") == {
+        (bucket,): entry[bucket] for bucket in ("input", "output") if entry[bucket]}

@@ -16,6 +16,8 @@ async def metrics():
     if runtime.metrics is None or runtime.config.metrics.port is not None:
         abort(404)
     err = refusal(runtime.config, request.headers.get("authorization"))
+    if err is None and not runtime.ready.is_set():
+        return {"status": "starting"}, 503
     if err is not None:
         return {"error": {"type": err.kind, "message": err.message}}, err.status, {"www-authenticate": "Bearer"}
     return await runtime.metrics.scrape(runtime), 200, {"content-type": CONTENT_TYPE, "cache-control": "no-store"}
