@@ -97,6 +97,7 @@ class CooldownCore:
         self.active: dict[tuple[str, str, str], dict] = {}
         self.history: dict[str, deque] = {}
         self.server_errors: dict[str, deque] = {}
+        self.errors: dict[tuple[str, str], int] = {}  # (provider, kind) -> upstream errors seen, ever
 
     def backoff(self, streak: int) -> float:
         wait = min(self.max_s, self.base_s * (2 ** max(streak - 1, 0)))
@@ -111,6 +112,7 @@ class CooldownCore:
         if kind == "ok":
             self.failures.pop(cred_key, None)
             return NONE, []
+        self.errors[(o.provider, kind)] = self.errors.get((o.provider, kind), 0) + 1
         self._remember(o, kind, now)
         if scope == "none":
             return Decision(kind, "none"), []
@@ -165,7 +167,8 @@ class CooldownCore:
                 "asked_s": info.get("asked_s"), "applied_s": _rounded(info.get("applied_s")),
                 "clamped": info.get("asked_s") is not None and info["asked_s"] > info["applied_s"],
             })
-        return {"active": active, "history": {k: list(v) for k, v in self.history.items()}}
+        return {"active": active, "history": {k: list(v) for k, v in self.history.items()},
+                "errors": [{"provider": p, "kind": k, "count": n} for (p, k), n in self.errors.items()]}
 
 
 def _rounded(value: float | None) -> float | None:

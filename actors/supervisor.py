@@ -50,15 +50,17 @@ class Slot:
     last_crash: str | None = None
     handled_before_restart: int = 0
 
-    def snapshot(self) -> dict:
+    def counts(self) -> dict:
+        """The numbers every actor has, cheap to read (a metrics scrape reads them)."""
         return {
             "mailbox_depth": self.mailbox.depth(),
             "mailbox_capacity": self.mailbox.send_channel.statistics().max_buffer_size,
             "handled": self.handled_before_restart + self.actor.handled,
             "restarts": self.restarts,
-            "last_crash": self.last_crash,
-            "state": self.actor.snapshot(),
         }
+
+    def snapshot(self) -> dict:
+        return {**self.counts(), "last_crash": self.last_crash, "state": self.actor.snapshot()}
 
 
 class Supervisor:

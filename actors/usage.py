@@ -26,12 +26,14 @@ does not have.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Iterable, Mapping
 
 import attrs
 import trio
 
 from actors.base import Actor
+from actors.durations import LEDGER_COMMIT_BOUNDS, Durations
 from actors.ledger import Ledger, LedgerFault, LedgerWriteError
 from actors.mailbox import Envelope, Mailbox, answer, crash_reply
 from actors.usage_core import UsageCore
@@ -88,8 +90,10 @@ class UsageActor(Actor):
     inline_async = True  # ...which an idle meter lets the caller's task await itself
 
     def __init__(self, pricing: Mapping[str, Price], state_dir: str, key_specs: Iterable[Any],
-                 limiter: trio.CapacityLimiter, first_start: list) -> None:
+                 limiter: trio.CapacityLimiter, first_start: list, commit_times: Durations | None = None) -> None:
         super().__init__()
+        # how long each commit took, thread hop included (kept by the caller across restarts)
+        self.commit_times = commit_times if commit_times is not None else Durations(LEDGER_COMMIT_BOUNDS)
         self.core = UsageCore(pricing)
         self.state_dir = state_dir
         self.key_specs = tuple(key_specs)
@@ -229,8 +233,12 @@ class UsageActor(Actor):
                 return None
 
     async def _write(self, ops: list) -> None:
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(self.ledger.apply, ops, limiter=self.limiter)
+        began = time.perf_counter()
+        try:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self.ledger.apply, ops, limiter=self.limiter)
+        finally:
+            self.commit_times.observe(time.perf_counter() - began)
 
     def _refused(self, exc: LedgerWriteError) -> None:
         self.write_failures += 1

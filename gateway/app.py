@@ -22,6 +22,7 @@ from actors.ledger import LedgerFault
 from actors.store_db import StoreFault
 from gateway.config import Config
 from gateway.routes import admin, models
+from gateway.routes import metrics as metrics_routes
 from gateway.routes import anthropic as anthropic_routes
 from gateway.routes import gemini as gemini_routes
 from gateway.routes import openai_chat as chat_routes
@@ -72,6 +73,7 @@ class Gateway:
         self.quart.extensions["tollhouse"] = self.runtime
         self.quart.register_blueprint(models.blueprint)
         self.quart.register_blueprint(admin.blueprint)
+        self.quart.register_blueprint(metrics_routes.blueprint)
         _error_handlers(self.quart)
 
     async def __call__(self, scope, receive, send) -> None:

@@ -259,6 +259,19 @@ class StoreConfig:
 
 
 @attrs.frozen(kw_only=True)
+class MetricsConfig:
+    """``GET /metrics`` (Prometheus): on the main port, or on a port of its own.
+
+    ``require_token``: the admin token as a Bearer token, on whichever port serves it.
+    A separate port with ``require_token: false`` is the usual scrape setup, for a port
+    that only the monitoring network can reach."""
+
+    enabled: bool = True
+    port: int | None = setting(None, check=PORT)  # null: the main port
+    require_token: bool = True
+
+
+@attrs.frozen(kw_only=True)
 class SimulatorConfig:
     host: str = "127.0.0.1"
     port: int = setting(0, check=PORT)
@@ -282,6 +295,7 @@ class Config:
     actors: ActorsConfig = ActorsConfig()
     simulator: SimulatorConfig = SimulatorConfig()
     store: StoreConfig = StoreConfig()
+    metrics: MetricsConfig = MetricsConfig()
     default_hold_output_tokens: int = setting(4096, check=POSITIVE)
 
     def price_for(self, label: str) -> Price | None:
@@ -297,6 +311,8 @@ class Config:
         yield from _target_problems(self)
         yield from _pricing_problems(self)
         yield from _key_problems(self)
+        if self.metrics.port and self.metrics.port == self.server.port and not {"metrics", "server"} & unread:
+            yield "metrics.port", "is the server's own port; leave it null to serve /metrics there"
 
 
 def _direct(target: str, providers: Mapping[str, Any]) -> bool:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+from collections import Counter
 from typing import Any, Callable, Mapping
 
 import attrs
@@ -85,6 +86,8 @@ class Dispatcher:
         self._counter = itertools.count(1)
         self.drain_enabled = streaming.on_disconnect == "drain" and streaming.max_concurrent_drains > 0
         self.attempt = AttemptRunner(streaming, self._settle, stopping)
+        # calls being served now, by (protocol, transport, stream): read by metrics scrapes
+        self.in_flight: Counter = Counter()
 
     def next_id(self) -> str:
         """A request id, unique across restarts; every response carries it as ``x-request-id``."""
@@ -97,12 +100,15 @@ class Dispatcher:
         Its observers hear how it ended, once it is settled (or refused)."""
         req = Request(call)
         error: BaseException | None = None
+        serving = (call.request.protocol, call.transport, call.request.stream)
+        self.in_flight[serving] += 1
         try:
             await self._serve(req, link)
         except BaseException as exc:
             error = exc
             raise
         finally:
+            self.in_flight[serving] -= 1
             if self.observers:
                 self.observers.tell(from_request(req, error, call.transport))
 

@@ -25,6 +25,7 @@ from typing import Callable
 import trio
 
 from actors.cooldown import CooldownActor, CooldownCore
+from actors.durations import LEDGER_COMMIT_BOUNDS, Durations
 from actors.credentials import CredentialsActor, CredentialsCore
 from actors.routing import RoutingActor, RoutingCore
 from actors.store import Flush, StoreActor, StoreLimits
@@ -32,6 +33,8 @@ from actors.supervisor import Supervisor
 from actors.usage import Query, UsageActor
 from gateway.config import Config
 from gateway.dispatch import Actors, Dispatcher
+from gateway.metrics import Metrics
+from gateway.metrics import listener as metrics_listener
 from gateway.redaction import redacting_logs, redactor_for
 from gateway.observe import Observers
 from gateway.sockets import Sockets
@@ -54,6 +57,12 @@ class Runtime:
         self.stop_begun = trio.Event() if stop_begun is None else stop_begun  # set when it begins (long-lived connections end)
         self.sockets = Sockets()  # open Responses WebSockets, for the admin API
         self.observers = Observers()  # who hears how each request ended (logs, metrics, traces)
+        self.ledger_commits = Durations(LEDGER_COMMIT_BOUNDS)  # the meter's commit times, across its restarts
+        self.metrics: Metrics | None = None
+        self.metrics_url: str | None = None  # set once a separate metrics port is bound
+        if config.metrics.enabled:
+            self.metrics = Metrics(config)
+            self.observers.add(self.metrics.served)
         self.dispatcher: Dispatcher | None = None
         self.supervisor: Supervisor | None = None
         self.simulator: Simulator | None = None
@@ -83,7 +92,7 @@ class Runtime:
         limiter = trio.CapacityLimiter(1)
         first_start = [True]
         usage = sup.add("usage", lambda: UsageActor(
-            cfg.pricing, cfg.state_dir, cfg.keys, limiter, first_start), size, timeout)
+            cfg.pricing, cfg.state_dir, cfg.keys, limiter, first_start, self.ledger_commits), size, timeout)
         store = None
         if cfg.store.enabled:
             limits = StoreLimits(cfg.store.max_bytes, cfg.store.max_age_s, cfg.store.cache_bytes)
@@ -118,6 +127,11 @@ class Runtime:
                         self.dispatcher = Dispatcher(self.actors, self.providers, cfg.streaming,
                                                      cfg.default_hold_output_tokens, cfg.routing.budget_s,
                                                      stopping=self.stopping, observers=self.observers)
+                        if self.metrics is not None and cfg.metrics.port is not None:
+                            binds = await actors.start(metrics_listener.serve, self, cfg.server.host,
+                                                       cfg.metrics.port)
+                            self.metrics_url = binds[0]
+                            log.info("tollhouse metrics on %s/metrics", self.metrics_url)
                         self.ready.set()
                         task_status.started()
                         await self._stop.wait()
