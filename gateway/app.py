@@ -21,7 +21,7 @@ from quart_trio import QuartTrio
 from actors.ledger import LedgerFault
 from actors.store_db import StoreFault
 from gateway.config import Config
-from gateway.routes import admin, models
+from gateway.routes import admin, health, models
 from gateway.routes import anthropic as anthropic_routes
 from gateway.routes import gemini as gemini_routes
 from gateway.routes import openai_chat as chat_routes
@@ -71,6 +71,7 @@ class Gateway:
         self.quart.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
         self.quart.extensions["tollhouse"] = self.runtime
         self.quart.register_blueprint(models.blueprint)
+        self.quart.register_blueprint(health.blueprint)
         self.quart.register_blueprint(admin.blueprint)
         _error_handlers(self.quart)
 
