@@ -29,6 +29,7 @@ from gateway.routes import openai_responses as responses_routes
 from gateway.routes import responses_store as stored_responses_routes
 from gateway.routes.common import fresh_request_id, refuse_websocket, send_error
 from gateway.runtime import Runtime
+from gateway import ui
 from gateway.state_lock import StateDirBusy
 from gateway.traffic import Traffic
 from protocols import anthropic_messages, gemini, openai_chat
@@ -72,6 +73,7 @@ class Gateway:
         self.quart.extensions["tollhouse"] = self.runtime
         self.quart.register_blueprint(models.blueprint)
         self.quart.register_blueprint(health.blueprint)
+        ui.install(self.quart)  # the admin web page, /admin/ui
         self.quart.register_blueprint(admin.blueprint)
         _error_handlers(self.quart)
 
