@@ -264,3 +264,43 @@ async def test_the_page_is_closed_when_no_admin_token_is_configured(config_doc):
             r = await client.post("/admin/ui/login", data={"token": "", "login_csrf": ""})
             assert r.status_code == 403
             assert (await client.get("/admin/ui/actors")).status_code == 303
+
+
+async def test_a_request_in_flight_is_on_the_reservations_page(config_doc):
+    with trio.fail_after(30):
+        async with running_gateway(config_doc) as gw, browser(gw) as client:
+            await sign_in(client)
+            assert "no request in flight" in (await client.get("/admin/ui/reservations")).text
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(chat, client, "demo", "[[sim ttfb_stall=30]]")  # waits for its first byte
+                while not gw.usage_actor.core.holds:
+                    await trio.sleep(0.01)  # the hold is made: polled under the deadline
+                [hold] = rows((await client.get("/admin/ui/reservations")).text, "reservations")
+                [held] = gw.usage_actor.core.holds.values()
+                assert hold[:2] == [held.id, "test"] and hold[2] == "demo" and hold[4] == "open"
+                nursery.cancel_scope.cancel()  # the client leaves
+
+
+async def test_an_active_cooldown_is_on_the_cooldowns_page(config_doc):
+    with trio.fail_after(30):
+        async with running_gateway(config_doc) as gw, browser(gw) as client:
+            assert (await chat(client, prompt="[[sim status=429 retry_after=30]]")).status_code == 429
+            await sign_in(client)
+            [active] = rows((await client.get("/admin/ui/cooldowns")).text, "cooldowns")
+            assert active[:4] == ["sim/sim-chat", "sim-embedded", "model", "rate_limited"]
+            assert 0 < float(active[4].removesuffix(" s")) <= 30 and active[5:] == ["30.0 s", "30.0 s"]
+            [cred] = rows((await client.get("/admin/ui/credentials")).text, "credentials")
+            assert cred[7].startswith("sim-chat ")  # the model's cooldown left, on its credential
+
+
+async def test_the_recent_requests_api_bounds_its_limit(config_doc):
+    with trio.fail_after(30):
+        async with running_gateway(config_doc) as gw, browser(gw) as client:
+            for _ in range(3):
+                assert (await chat(client)).status_code == 200
+            got = (await client.get("/admin/requests", headers=ADMIN, params={"limit": 2})).json()["requests"]
+            entries = gw.ledger_entries()
+            assert [r["request_id"] for r in got] == [e["request_id"] for e in entries[::-1][:2]]
+            for bad in ("0", "501", "x", "-1"):
+                r = await client.get("/admin/requests", headers=ADMIN, params={"limit": bad})
+                assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", bad

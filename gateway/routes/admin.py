@@ -7,13 +7,14 @@
 ledger refused the write; the meter retries it). ``/admin/usage/records``: the ledger's
 entries, with the ``basis`` of an estimated charge and the ``unanswered`` attempts.
 
-``/admin/usage/series``: cost and tokens per time bucket, key and model.
+``/admin/usage/series``: cost and tokens per time bucket, key and model;
+``/admin/requests``: the last settled requests, one row each.
 
 Each view's work is a plain function of the runtime (``actor_states``,
 ``create_key`` ...), shared with the admin web page (``gateway/ui``), so the page and
-the JSON API can never disagree. Every refusal is a JSON error (a 400 for a bad body or query, naming what is wrong);
-key bodies are read by the config's rules (``gateway/admin_schema.py``), so no body
-reaches the meter that it cannot store.
+the JSON API can never disagree. Every refusal is a JSON error (a 400 for a bad body
+or query, naming what is wrong); key bodies are read by the config's rules
+(``gateway/admin_schema.py``), so no body reaches the meter that it cannot store.
 """
 
 from __future__ import annotations

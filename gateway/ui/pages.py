@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import time
 from typing import Iterable
+from urllib.parse import quote
 
-from gateway.ui.html import Child, Markup, document, table, tag
+from gateway.ui.html import Child, Markup, document, render, table, tag
 
 PREFIX = "/admin/ui"
 
@@ -26,8 +27,6 @@ NAV = (
 
 
 def url(*parts: str) -> str:
-    from urllib.parse import quote
-
     return "/".join([PREFIX, *(quote(part, safe="") for part in parts)])
 
 
@@ -159,15 +158,9 @@ def keys_page(keys: list[dict], csrf: str, created: dict | None = None) -> Marku
                tag("label", "Models (comma separated, empty: any)", tag("input", type="text", name="models")),
                tag("button", "Create key", type="submit"),
                method="post", action=url("keys"), class_="create", id="create-key")
-    return Markup(render_all(shown, table(["key", "status", "credit (USD)", "spent", "held", "available",
-                                           "in flight", "models", "add credit", ""], rows, id="keys"),
-                             tag("h2", "New key"), form))
-
-
-def render_all(*parts: Child) -> Markup:
-    from gateway.ui.html import render
-
-    return render(parts)
+    return render((shown, table(["key", "status", "credit (USD)", "spent", "held", "available",
+                                    "in flight", "models", "add credit", ""], rows, id="keys"),
+                   tag("h2", "New key"), form))
 
 
 def usage_page(totals: dict, series: dict, metric: str, by: str) -> Markup:

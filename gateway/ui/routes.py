@@ -16,6 +16,7 @@ import hmac
 import json
 from functools import wraps
 from typing import Callable
+from urllib.parse import urlsplit
 
 import attrs
 from quart import Blueprint, Response, current_app, redirect, request
@@ -87,8 +88,6 @@ def _secure() -> bool:
 
 def _same_origin() -> bool:
     """A browser's POST says where its page came from; it must be this host."""
-    from urllib.parse import urlsplit
-
     origin = request.headers.get("origin")
     return origin is None or urlsplit(origin).netloc == request.host  # "null" (an opaque origin) is refused
 
