@@ -222,6 +222,44 @@ class Ledger:
                 }
         return out
 
+    def recent_requests(self, limit: int, key_name: str | None = None) -> list[dict]:
+        """The last ``limit`` settled requests, newest first, one row each (a charge and
+        its overrun summed): what the admin page lists before a request's own entries."""
+        where, args = ("WHERE key_name = ?", (key_name,)) if key_name is not None else ("", ())
+        with self._lock:
+            cur = self.db.execute(
+                "SELECT request_id, MIN(created_at), key_name, MAX(client_model), MAX(provider), MAX(model), "
+                "MAX(credential), SUM(amount_micro), SUM(input), SUM(cached_input), SUM(cache_write), SUM(output), "
+                "SUM(reasoning), MAX(CASE WHEN kind='charge' THEN provenance END), "
+                "MAX(CASE WHEN kind='charge' THEN reason END), COUNT(*), MAX(seq) AS last "
+                f"FROM entries {where} GROUP BY request_id ORDER BY last DESC LIMIT ?", (*args, limit))
+            rows = cur.fetchall()
+        return [
+            {"request_id": rid, "created_at": at, "key_name": key, "client_model": client_model, "provider": provider,
+             "model": model, "credential": credential, "amount_micro": amount or 0, "input": i or 0,
+             "cached_input": ci or 0, "cache_write": cw or 0, "output": o or 0, "reasoning": r or 0,
+             "provenance": provenance, "reason": reason, "entries": n}
+            for rid, at, key, client_model, provider, model, credential, amount, i, ci, cw, o, r, provenance, reason,
+            n, _ in rows
+        ]
+
+    def series(self, since: float, bucket_s: int) -> list[dict]:
+        """Cost and tokens per time bucket (``bucket_s`` wide, aligned to the epoch), key
+        and model, from ``since`` on, oldest first: the admin page's usage chart."""
+        with self._lock:
+            cur = self.db.execute(
+                "SELECT CAST(created_at / ? AS INTEGER) * ? AS bucket, key_name, model, "
+                "COUNT(*) FILTER (WHERE kind='charge'), SUM(amount_micro), "
+                "SUM(input + cached_input + cache_write), SUM(output + reasoning) "
+                "FROM entries WHERE created_at >= ? GROUP BY bucket, key_name, model ORDER BY bucket, key_name, model",
+                (bucket_s, bucket_s, since))
+            rows = cur.fetchall()
+        return [
+            {"t": bucket, "key_name": key, "model": model, "requests": n, "cost_micro": cost or 0,
+             "input_tokens": i or 0, "output_tokens": o or 0}
+            for bucket, key, model, n, cost, i, o in rows
+        ]
+
     # ---------------------------------------------------------------- writes
 
     def apply(self, ops: Iterable[tuple[str, Any]]) -> None:

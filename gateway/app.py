@@ -21,7 +21,7 @@ from quart_trio import QuartTrio
 from actors.ledger import LedgerFault
 from actors.store_db import StoreFault
 from gateway.config import Config
-from gateway.routes import admin, models
+from gateway.routes import admin, health, models
 from gateway.routes import metrics as metrics_routes
 from gateway.routes import anthropic as anthropic_routes
 from gateway.routes import gemini as gemini_routes
@@ -30,6 +30,7 @@ from gateway.routes import openai_responses as responses_routes
 from gateway.routes import responses_store as stored_responses_routes
 from gateway.routes.common import fresh_request_id, refuse_websocket, send_error
 from gateway.runtime import Runtime
+from gateway import ui
 from gateway.state_lock import StateDirBusy
 from gateway.traffic import Traffic
 from protocols import anthropic_messages, gemini, openai_chat
@@ -72,6 +73,8 @@ class Gateway:
         self.quart.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
         self.quart.extensions["tollhouse"] = self.runtime
         self.quart.register_blueprint(models.blueprint)
+        self.quart.register_blueprint(health.blueprint)
+        ui.install(self.quart)  # the admin web page, /admin/ui
         self.quart.register_blueprint(admin.blueprint)
         self.quart.register_blueprint(metrics_routes.blueprint)
         _error_handlers(self.quart)

@@ -1,4 +1,4 @@
-"""``tollhouse serve | check-config | simulate``."""
+"""``tollhouse serve | check-config | version | simulate``."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from protocols.money import FREE
 
 def _serve(args) -> int:
     from gateway.app import create_app
-    from gateway.process import StartRefused, serve
+    from gateway.process import BindRefused, StartRefused, serve
 
     config = load_config(args.config)
     host = args.host or config.server.host
@@ -23,6 +23,9 @@ def _serve(args) -> int:
     app = create_app(config)
     try:
         trio.run(serve, app, f"{host}:{port}", partial(print, flush=True))
+    except BindRefused as exc:
+        print(f"tollhouse: {exc}", file=sys.stderr)
+        return 2
     except StartRefused as exc:
         print(f"tollhouse: cannot start: {exc}", file=sys.stderr)
         return 1
@@ -43,6 +46,22 @@ def _check(args) -> int:
     return 0
 
 
+def version() -> str:
+    """The installed distribution's version (the source tree's when run uninstalled)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("tollhouse")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _version(args) -> int:
+    print(f"tollhouse {version()}")
+    return 0
+
+
 def _simulate(args) -> int:
     from providers.simulator import Simulator
 
@@ -59,15 +78,25 @@ def _simulate(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tollhouse", description="An LLM API gateway.")
+    parser.add_argument("--version", action="version", version=f"tollhouse {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the gateway")
-    serve.add_argument("--config", default="config.json")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int, help="0 picks a free port; the bound address is printed")
+    serve = sub.add_parser("serve", help="run the gateway", description=(
+        "Serve the gateway until SIGTERM or Ctrl-C. The address is printed once it is bound; "
+        "an address that cannot be bound (in use) is one line on stderr and exit status 2."))
+    serve.add_argument("--config", default="config.json", metavar="FILE",
+                       help="the config file (default: %(default)s); a bad one is refused with exit status 2")
+    serve.add_argument("--host", metavar="ADDRESS",
+                       help="the address to listen on, overriding server.host (0.0.0.0: every interface)")
+    serve.add_argument("--port", type=int, metavar="PORT",
+                       help="the port to listen on, overriding server.port; 0 picks a free one")
     serve.set_defaults(run=_serve)
-    check = sub.add_parser("check-config", help="validate a config file and exit")
-    check.add_argument("--config", default="config.json")
+    check = sub.add_parser("check-config", help="validate a config file and exit",
+                           description="Validate a config, naming every problem by its JSON path (exit status 2).")
+    check.add_argument("--config", default="config.json", metavar="FILE",
+                       help="the config file (default: %(default)s)")
     check.set_defaults(run=_check)
+    ver = sub.add_parser("version", help="print the version and exit")
+    ver.set_defaults(run=_version)
     sim = sub.add_parser("simulate", help="run the simulated upstream alone")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8788)

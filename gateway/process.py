@@ -41,6 +41,10 @@ class StartRefused(Exception):
     """The gateway's startup failed; the message says why (for the operator, not a bug)."""
 
 
+class BindRefused(Exception):
+    """The listening address could not be bound (in use, not this host's, not allowed)."""
+
+
 class HypercornConfig(hypercorn.config.Config):
     """Hypercorn's config, remembering the listening sockets it creates, so a stop can
     tell when they are closed (hypercorn closes them itself, a few scheduler turns after
@@ -48,11 +52,33 @@ class HypercornConfig(hypercorn.config.Config):
 
     listening: tuple = ()
     request_head_timeout: float = math.inf  # read by ``gateway.http1.GatewayH11Protocol``
+    prebound: hypercorn.config.Sockets | None = None
 
     def create_sockets(self) -> hypercorn.config.Sockets:
+        if self.prebound is not None:  # bound by ``bind_now``: hand those over once
+            sockets, self.prebound = self.prebound, None
+            return sockets
         sockets = super().create_sockets()
         self.listening = (*sockets.secure_sockets, *sockets.insecure_sockets)
         return sockets
+
+    def bind_now(self) -> None:
+        """Bind the listening sockets before anything else starts, so an address in use
+        is one ``BindRefused`` (no runtime started, no exception group) and the address
+        printed later is one that is already bound."""
+        try:
+            sockets = super().create_sockets()
+            for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
+                sock.listen(self.backlog)  # connections wait in the backlog while the gateway starts
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise BindRefused(f"cannot listen on {' '.join(self.bind)}: {reason.lower()}") from None
+        self.listening = (*sockets.secure_sockets, *sockets.insecure_sockets)
+        self.prebound = sockets
+
+    def close_listening(self) -> None:
+        for sock in self.listening:
+            sock.close()
 
     async def wait_listeners_closed(self, turns: int = 1000) -> None:
         for _ in range(turns):
@@ -91,10 +117,19 @@ async def serve(gateway: Gateway, bind: str, say: Callable[[str], None]) -> None
     """Serve ``gateway`` on ``bind`` until a stop signal; returns after a graceful stop.
 
     Prints one line once it listens (the bound address: a port of 0 picks a free one),
-    one when a stop begins and one when it has ended. Raises ``StartRefused`` when the
+    one when a stop begins and one when it has ended. Raises ``BindRefused`` when the
+    address cannot be bound (before anything starts) and ``StartRefused`` when the
     gateway could not start.
     """
     cfg = server_config(gateway.config.server, bind, gateway.config.websocket)
+    cfg.bind_now()
+    try:
+        await _serve_bound(gateway, cfg, say)
+    finally:
+        cfg.close_listening()
+
+
+async def _serve_bound(gateway: Gateway, cfg: HypercornConfig, say: Callable[[str], None]) -> None:
     stop = trio.Event()
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         try:

@@ -95,6 +95,11 @@ async def running_gateway(config_doc: dict):
             shutdown.set()
 
 
+def pytest_addoption(parser):
+    parser.addoption("--browser", action="store_true",
+                     help="also run tests/browser (headless Chromium and chromedriver; see the README)")
+
+
 @pytest.fixture
 def config_doc(tmp_path):
     return base_config(tmp_path)

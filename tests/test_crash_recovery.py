@@ -35,7 +35,7 @@ async def _wait_ready(url: str) -> None:
     async with httpx.AsyncClient(base_url=url) as client:
         while True:  # readiness of a separate process: poll, under the caller's deadline
             try:
-                if (await client.get("/healthz")).status_code == 200:
+                if (await client.get("/readyz")).status_code == 200:
                     return
             except httpx.TransportError:
                 pass

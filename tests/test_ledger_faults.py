@@ -122,14 +122,16 @@ async def test_while_a_settlement_waits_its_hold_is_listed_as_settling_and_the_s
                     assert key["in_flight"] == 0
                     state = (await client.get("/admin/actors", headers=ADMIN)).json()["usage"]["state"]
                     assert state["settling"] == 1 and "locked" in state["ledger_fault"]
-                    health = await client.get("/healthz")
+                    health = await client.get("/readyz")
                     assert (health.status_code, health.json()["status"]) == (503, "ledger_unavailable")
+                    assert "locked" in health.json()["detail"]
+                    assert (await client.get("/healthz")).status_code == 200  # alive all the same
                     other.execute("ROLLBACK")
                 assert result["r"].status_code == 200
                 assert await _reservations(client) == []
                 state = (await client.get("/admin/actors", headers=ADMIN)).json()["usage"]["state"]
                 assert (state["settling"], state["ledger_fault"]) == (0, None)
-                assert (await client.get("/healthz")).json() == {"status": "ok"}
+                assert (await client.get("/readyz")).json() == {"status": "ready"}
             finally:
                 other.close()
 

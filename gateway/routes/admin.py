@@ -7,9 +7,14 @@
 ledger refused the write; the meter retries it). ``/admin/usage/records``: the ledger's
 entries, with the ``basis`` of an estimated charge and the ``unanswered`` attempts.
 
-Every refusal is a JSON error (a 400 for a bad body or query, naming what is wrong);
-key bodies are read by the config's rules (``gateway/admin_schema.py``), so no body
-reaches the meter that it cannot store.
+``/admin/usage/series``: cost and tokens per time bucket, key and model;
+``/admin/requests``: the last settled requests, one row each.
+
+Each view's work is a plain function of the runtime (``actor_states``,
+``create_key`` ...), shared with the admin web page (``gateway/ui``), so the page and
+the JSON API can never disagree. Every refusal is a JSON error (a 400 for a bad body
+or query, naming what is wrong); key bodies are read by the config's rules
+(``gateway/admin_schema.py``), so no body reaches the meter that it cannot store.
 """
 
 from __future__ import annotations
@@ -54,47 +59,126 @@ def admin_only(view):
     return guarded
 
 
+# ------------------------------------------------ operations (the JSON API and the page)
+
+async def actor_states(runtime) -> dict:
+    return runtime.supervisor.snapshot()
+
+
+async def credential_states(runtime) -> dict:
+    return await runtime.actors.credentials.ask(credentials.Snapshot())
+
+
+async def enable(runtime, provider: str, credential_id: str) -> dict:
+    return await runtime.actors.credentials.ask(credentials.Enable(provider, credential_id))
+
+
+async def cooldown_states(runtime) -> dict:
+    return await runtime.actors.cooldown.ask(cooldown.Snapshot())
+
+
+async def key_list(runtime) -> list[dict]:
+    return await runtime.actors.usage.ask(usage.Query("keys"))
+
+
+async def create_key(runtime, doc) -> dict:
+    """Make a key from a POST body (``InvalidRequest`` naming every problem)."""
+    return await runtime.actors.usage.ask(create_key_message(doc))
+
+
+async def update_key(runtime, name: str, doc) -> dict:
+    return await runtime.actors.usage.ask(update_key_message(name, doc))
+
+
+async def reservation_list(runtime) -> list[dict]:
+    return await runtime.actors.usage.ask(usage.Query("reservations"))
+
+
+async def usage_totals(runtime, window_s: float | None) -> dict:
+    actor = runtime.supervisor.actor("usage")
+    totals = await actor.read(actor.ledger.totals, None if window_s is None else time.time() - window_s)
+    for dim in totals.values():
+        for row in dim.values():
+            row["cost_usd"] = usd(row.pop("cost_micro"))
+    return {"window_s": window_s, "by": totals}
+
+
+async def usage_records(runtime, request_id: str | None) -> list[dict]:
+    actor = runtime.supervisor.actor("usage")
+    return await actor.read(actor.ledger.entries, request_id)
+
+
+#: the longest a series may reach back, and the most buckets it may have
+SERIES_MAX_S = 90 * 86400
+SERIES_MAX_BUCKETS = 2000
+
+
+async def usage_series(runtime, window_s: float, bucket_s: int) -> dict:
+    """Cost and tokens per ``bucket_s`` by key and model over the last ``window_s``."""
+    if not 1 <= bucket_s <= SERIES_MAX_S:
+        raise InvalidRequest(f"bucket_s must be between 1 and {SERIES_MAX_S}", param="bucket_s")
+    if window_s > SERIES_MAX_S or window_s / bucket_s > SERIES_MAX_BUCKETS:
+        raise InvalidRequest(f"since_s may reach back at most {SERIES_MAX_S} s and "
+                             f"{SERIES_MAX_BUCKETS} buckets of bucket_s", param="since_s")
+    actor = runtime.supervisor.actor("usage")
+    now = time.time()
+    rows = await actor.read(actor.ledger.series, now - window_s, bucket_s)
+    for row in rows:
+        row["cost_usd"] = usd(row.pop("cost_micro"))
+    return {"window_s": window_s, "bucket_s": bucket_s, "now": now, "points": rows}
+
+
+async def recent_requests(runtime, limit: int) -> list[dict]:
+    """The last ``limit`` settled requests, newest first (a row per request)."""
+    actor = runtime.supervisor.actor("usage")
+    rows = await actor.read(actor.ledger.recent_requests, limit)
+    for row in rows:
+        row["cost_usd"] = usd(row.pop("amount_micro"))
+    return rows
+
+
+# ------------------------------------------------------------------ the JSON API
+
 @route("/actors", methods=["GET"])
 @admin_only
 async def actors(runtime):
-    return runtime.supervisor.snapshot()
+    return await actor_states(runtime)
 
 
 @route("/credentials", methods=["GET"])
 @admin_only
 async def credential_pools(runtime):
-    return await runtime.actors.credentials.ask(credentials.Snapshot())
+    return await credential_states(runtime)
 
 
 @route("/credentials/<provider>/<credential_id>/enable", methods=["POST"])
 @admin_only
 async def enable_credential(runtime, provider, credential_id):
-    return await runtime.actors.credentials.ask(credentials.Enable(provider, credential_id))
+    return await enable(runtime, provider, credential_id)
 
 
 @route("/cooldowns", methods=["GET"])
 @admin_only
 async def cooldowns(runtime):
-    return await runtime.actors.cooldown.ask(cooldown.Snapshot())
+    return await cooldown_states(runtime)
 
 
 @route("/keys", methods=["GET"])
 @admin_only
 async def keys(runtime):
-    return {"keys": await runtime.actors.usage.ask(usage.Query("keys"))}
+    return {"keys": await key_list(runtime)}
 
 
 @route("/keys", methods=["POST"])
 @admin_only
-async def create_key(runtime):
-    created = await runtime.actors.usage.ask(create_key_message(await _json(runtime)))
-    return created, 201
+async def post_key(runtime):
+    return await create_key(runtime, await _json(runtime)), 201
 
 
 @route("/keys/<name>", methods=["PATCH", "POST"])
 @admin_only
-async def update_key(runtime, name):
-    return await runtime.actors.usage.ask(update_key_message(name, await _json(runtime)))
+async def patch_key(runtime, name):
+    return await update_key(runtime, name, await _json(runtime))
 
 
 @route("/sockets", methods=["GET"])
@@ -118,27 +202,38 @@ async def sockets(runtime):
 @route("/reservations", methods=["GET"])
 @admin_only
 async def reservations(runtime):
-    return {"reservations": await runtime.actors.usage.ask(usage.Query("reservations"))}
+    return {"reservations": await reservation_list(runtime)}
 
 
 @route("/usage", methods=["GET"])
 @admin_only
-async def usage_totals(runtime):
-    window = _seconds(request.args.get("since_s"), "since_s")
-    actor = runtime.supervisor.actor("usage")
-    totals = await actor.read(actor.ledger.totals, None if window is None else time.time() - window)
-    for dim in totals.values():
-        for row in dim.values():
-            row["cost_usd"] = usd(row.pop("cost_micro"))
-    return {"window_s": window, "by": totals}
+async def usage_view(runtime):
+    return await usage_totals(runtime, _seconds(request.args.get("since_s"), "since_s"))
 
 
 @route("/usage/records", methods=["GET"])
 @admin_only
-async def usage_records(runtime):
-    actor = runtime.supervisor.actor("usage")
-    request_id = request.args.get("request_id")
-    return {"records": await actor.read(actor.ledger.entries, request_id)}
+async def records(runtime):
+    return {"records": await usage_records(runtime, request.args.get("request_id"))}
+
+
+@route("/usage/series", methods=["GET"])
+@admin_only
+async def series(runtime):
+    """``?since_s=86400&bucket_s=3600`` (the defaults): a point per bucket, key and model."""
+    window = _seconds(request.args.get("since_s"), "since_s")
+    bucket = _seconds(request.args.get("bucket_s"), "bucket_s")
+    return await usage_series(runtime, 86400 if window is None else window, 3600 if bucket is None else int(bucket))
+
+
+@route("/requests", methods=["GET"])
+@admin_only
+async def requests(runtime):
+    """``?limit=50`` (1-500): the last settled requests, newest first, one row each."""
+    raw = request.args.get("limit", "50")
+    if not raw.isdigit() or not 1 <= int(raw) <= 500:
+        raise InvalidRequest(f"limit must be a whole number from 1 to 500, not {raw[:40]!r}", param="limit")
+    return {"requests": await recent_requests(runtime, int(raw))}
 
 
 async def _json(runtime) -> dict:

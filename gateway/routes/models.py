@@ -1,4 +1,4 @@
-"""``GET /v1/models`` (shared by three protocols) and ``GET /healthz``.
+"""``GET /v1/models``, shared by three protocols.
 
 The caller's protocol is read from its headers: ``anthropic-version`` means
 Anthropic's shape, ``x-goog-api-key`` or ``?key=`` means Gemini's, otherwise OpenAI's.
@@ -73,15 +73,3 @@ async def _served(runtime, name: str, configured: list[str]) -> bool:
         return False
     return True
 
-
-@blueprint.route("/healthz", methods=["GET"])
-async def healthz():
-    """``ok``, or 503 while starting or while the ledger cannot be written (no new
-    request can be reserved then: a load balancer should look elsewhere)."""
-    runtime = current_app.extensions["tollhouse"]
-    if not runtime.ready.is_set():
-        return {"status": "starting"}, 503
-    fault = runtime.supervisor.actor("usage").fault
-    if fault is not None:
-        return {"status": "ledger_unavailable", "detail": fault}, 503
-    return {"status": "ok"}, 200
