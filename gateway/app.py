@@ -21,7 +21,8 @@ from quart_trio import QuartTrio
 from actors.ledger import LedgerFault
 from actors.store_db import StoreFault
 from gateway.config import Config
-from gateway.routes import admin, models
+from gateway.generation import ConfigSource
+from gateway.routes import admin, admin_config, models
 from gateway.routes import anthropic as anthropic_routes
 from gateway.routes import gemini as gemini_routes
 from gateway.routes import openai_chat as chat_routes
@@ -55,10 +56,11 @@ PREFIX_PROTOCOLS: list = [("/v1beta", gemini), ("/v1/messages", anthropic_messag
 
 
 class Gateway:
-    def __init__(self, config: Config) -> None:
-        self.config = config
+    def __init__(self, config: Config, source: ConfigSource | None = None) -> None:
+        self.config = config  # as it started (a reload changes ``runtime.config``)
         self.traffic = Traffic()
-        self.runtime = Runtime(config, stopping=lambda: self.traffic.stopping, stop_begun=self.traffic.stop_begun)
+        self.runtime = Runtime(config, stopping=lambda: self.traffic.stopping, stop_begun=self.traffic.stop_begun,
+                               source=source)
         self.startup_error: BaseException | None = None  # why the lifespan refused to start
         self.routes = [route for module in ROUTE_MODULES for route in module.ROUTES]
         self.ws_routes = [route for module in ROUTE_MODULES for route in getattr(module, "WEBSOCKET_ROUTES", ())]
@@ -72,6 +74,7 @@ class Gateway:
         self.quart.extensions["tollhouse"] = self.runtime
         self.quart.register_blueprint(models.blueprint)
         self.quart.register_blueprint(admin.blueprint)
+        self.quart.register_blueprint(admin_config.blueprint)
         _error_handlers(self.quart)
 
     async def __call__(self, scope, receive, send) -> None:
@@ -204,5 +207,5 @@ def _error_handlers(app: QuartTrio) -> None:
         return render(PayloadTooLarge("Request body too large."))
 
 
-def create_app(config: Config) -> Gateway:
-    return Gateway(config)
+def create_app(config: Config, source: ConfigSource | None = None) -> Gateway:
+    return Gateway(config, source)
