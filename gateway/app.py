@@ -68,14 +68,19 @@ class Gateway:
         # "//v1//models" names no route: a JSON 404, never Werkzeug's HTML 308 to a merged path
         self.quart.url_map.merge_slashes = False
         self.quart.config["RESPONSE_TIMEOUT"] = None
-        self.quart.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
-        self.quart.config["BODY_TIMEOUT"] = config.server.body_timeout_s  # admin bodies: 408 past it
+        self._body_limits(config)
+        self.runtime.on_reload.append(self._body_limits)
         self.quart.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
         self.quart.extensions["tollhouse"] = self.runtime
         self.quart.register_blueprint(models.blueprint)
         self.quart.register_blueprint(admin.blueprint)
         self.quart.register_blueprint(admin_config.blueprint)
         _error_handlers(self.quart)
+
+    def _body_limits(self, config: Config) -> None:
+        """Quart's limits for the bodies it reads (admin), from the running config."""
+        self.quart.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
+        self.quart.config["BODY_TIMEOUT"] = config.server.body_timeout_s  # admin bodies: 408 past it
 
     async def __call__(self, scope, receive, send) -> None:
         kind = scope["type"]

@@ -23,12 +23,16 @@ import attrs
 
 from gateway.config import Config, ConfigError, ProviderConfig, load_config
 
-#: top-level sections and settings that only a restart applies: the listening socket and
-#: hypercorn's settings (``server``), the files under ``state_dir``, the actors' mailboxes,
-#: the embedded simulator's socket, the Responses store's actor, and the WebSocket
-#: limits hypercorn enforces
-RESTART_SECTIONS = ("server", "state_dir", "actors", "simulator", "store")
-RESTART_SETTINGS = (("websocket", "max_message_bytes"), ("websocket", "ping_interval_s"))
+#: top-level sections and settings that only a restart applies: the files under
+#: ``state_dir``, the actors' mailboxes, the embedded simulator's socket, the Responses
+#: store's actor; the listening socket and what hypercorn reads once (connection
+#: deadlines, the grace period, the WebSocket limits it enforces). The request body
+#: limits of ``server`` (``max_body_bytes``, ``max_json_depth``, ``body_timeout_s``)
+#: are read per request and change with a reload.
+RESTART_SECTIONS = ("state_dir", "actors", "simulator", "store")
+RESTART_SETTINGS = (("server", "host"), ("server", "port"), ("server", "keep_alive_timeout_s"),
+                    ("server", "read_timeout_s"), ("server", "shutdown_grace_s"),
+                    ("websocket", "max_message_bytes"), ("websocket", "ping_interval_s"))
 
 Problem = tuple[str, str]  # (JSON path, message)
 

@@ -67,6 +67,7 @@ class Runtime:
         self._reloading = trio.Lock()
         self._log_filter = None
         self._tasks: trio.Nursery | None = None
+        self.on_reload: list[Callable[[Config], None]] = []  # told each new config once it runs
         self.stopping = stopping  # a graceful stop has begun
         self.stop_begun = trio.Event() if stop_begun is None else stop_begun  # set when it begins (long-lived connections end)
         self.sockets = Sockets()  # open Responses WebSockets, for the admin API
@@ -171,8 +172,8 @@ class Runtime:
     async def reload(self, new: Config) -> Generation:
         """Apply ``new`` as the next generation: requests that start from now on use it,
         the ones in flight finish on theirs. Refused (``ReloadRefused``) when it changes a
-        setting that needs a restart; a ledger that cannot record its new keys refuses it
-        too (``LedgerUnavailable``). Either way the running generation stays."""
+        setting that needs a restart, and when the ledger cannot record its new keys
+        (``LedgerUnavailable``): either way before anything changed."""
         async with self._reloading:
             if not self.ready.is_set() or self.stopping():
                 raise ReloadRefused([("$", "the gateway is starting or stopping; reload refused")])
@@ -188,25 +189,33 @@ class Runtime:
                     providers[name] = self._provider(pcfg)
                     built.append(providers[name])
             self._redact(secret_values(new))
-            try:
-                created = await self.actors.usage.ask(usage_actor.Reconfigure(new.pricing, new.keys))
-            except BaseException:
-                await self._close_providers(built)
-                raise
-            await self.actors.credentials.ask(credentials.Reconfigure(
-                {name: p.credentials for name, p in new.providers.items()}))
-            await self.actors.cooldown.ask(cooldown.Reconfigure(
-                new.cooldown.base_s, new.cooldown.max_s, new.cooldown.jitter, new.cooldown.max_retry_after_s,
-                {name: frozenset(c.id for c in p.credentials) for name, p in new.providers.items()}))
             dispatcher = self._dispatcher(new, providers)
-            await self.actors.routing.ask(routing_actor.Reconfigure(dispatcher.table))
+            try:
+                created = await self._reconfigure_actors(new, dispatcher.table)
+            except BaseException:
+                await self._close_providers(built)  # requests keep the running generation
+                raise
             generation = Generation(old.number + 1, new, time.time(), dispatcher, providers, tuple(created))
             self.generation, self.config, self.dispatcher, self.providers = generation, new, dispatcher, providers
             self._retiring.append(old)
             self._tasks.start_soon(self._retire, old)
+            for listener in self.on_reload:
+                listener(new)
             log.info("config reloaded: generation %d (changed: %s; keys created: %s)", generation.number,
                      ", ".join(changed_sections(old.config, new)) or "nothing", ", ".join(created) or "none")
             return generation
+
+    async def _reconfigure_actors(self, new: Config, table: Table) -> list[str]:
+        """The stateful actors take the new config entry by entry; the meter first, as
+        the only one that can refuse (its ledger must record the new keys)."""
+        created = await self.actors.usage.ask(usage_actor.Reconfigure(new.pricing, new.keys))
+        await self.actors.credentials.ask(credentials.Reconfigure(
+            {name: p.credentials for name, p in new.providers.items()}))
+        await self.actors.cooldown.ask(cooldown.Reconfigure(
+            new.cooldown.base_s, new.cooldown.max_s, new.cooldown.jitter, new.cooldown.max_retry_after_s,
+            {name: frozenset(c.id for c in p.credentials) for name, p in new.providers.items()}))
+        await self.actors.routing.ask(routing_actor.Reconfigure(table))
+        return created
 
     def _redact(self, secrets: set[str]) -> None:
         """Add a new generation's secrets to the redactor of every provider and of the logs

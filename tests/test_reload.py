@@ -154,6 +154,20 @@ async def test_settings_that_need_a_restart_are_refused_by_name(tmp_path):
             assert view["generation"] == 1 and "new" not in view["config"]["models"]
 
 
+async def test_request_body_limits_change_with_a_reload(tmp_path):
+    doc = base_config(tmp_path)
+    with trio.fail_after(15):
+        async with _gateway(tmp_path, doc) as (gw, path), httpx.AsyncClient(base_url=gw.url) as client:
+            big = {**_chat("demo", False), "user": "x" * 2000}
+            assert (await client.post("/v1/chat/completions", json=big, headers=AUTH)).status_code == 200
+            doc["server"]["max_body_bytes"] = 1000
+            assert (await _reload(client, path, doc)).status_code == 200
+            assert (await client.post("/v1/chat/completions", json=big, headers=AUTH)).status_code == 413
+            r = await client.post("/admin/keys", headers=ADMIN, json={"name": "k", "unlimited": True,
+                                                                       "models": ["x" * 2000]})
+            assert r.status_code == 413
+
+
 async def test_keys_new_in_the_config_are_created_and_existing_ones_stay_as_the_ledger_has_them(tmp_path):
     doc = base_config(tmp_path)
     with trio.fail_after(15):
