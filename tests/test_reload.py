@@ -1,6 +1,6 @@
 """Config reload (``POST /admin/reload``) on a running gateway: requests in flight finish
-on the config they started with, the next ones use the new one, a bad file changes
-nothing, and ``/admin/config`` shows what runs without a secret."""
+on the config they started with (a stream, a WebSocket turn), the next ones use the new
+one, a bad file changes nothing, and ``/admin/config`` shows what runs without a secret."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import trio
 from gateway.generation import ConfigSource
 from protocols.money import Price, cost_micro_usd
 from protocols.unified import Usage
+from providers.websocket import connect
 from tests.conftest import ADMIN_TOKEN, DEMO_KEY, base_config, running_gateway
 from tests.gated_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, GatedUpstream
 from tests.gateway_process import write_config
@@ -213,3 +214,28 @@ async def test_admin_config_shows_the_running_config_without_a_secret(tmp_path):
             assert (await client.get("/admin/config", headers=ADMIN)).status_code == 401  # the old token is gone
             r = await client.get("/admin/config", headers={"authorization": "Bearer th-new-admin-token"})
             assert r.json()["generation"] == 2 and "th-new-admin-token" not in r.text
+
+
+async def test_each_websocket_turn_runs_on_the_config_current_when_it_starts(tmp_path):
+    doc = base_config(tmp_path)
+    doc["providers"]["simr"] = {"family": "simulator", "embedded": True, "protocol": "openai_responses"}
+    doc["models"]["m"] = {"targets": ["simr/sim-gpt"]}
+    doc["pricing"]["simr/*"] = {"input": "1.25", "output": "10.00"}
+
+    async def turn(ws) -> dict:
+        await ws.send_text(json.dumps({"type": "response.create", "model": "m", "input": "hi"}))
+        while True:
+            event = json.loads(await ws.receive_text())
+            if event["type"] in ("response.completed", "response.failed", "error"):
+                return event
+
+    with trio.fail_after(20):
+        async with _gateway(tmp_path, doc) as (gw, path), httpx.AsyncClient(base_url=gw.url) as client:
+            url = gw.url.replace("http://", "ws://") + "/v1/responses"
+            async with connect(url, {"authorization": f"Bearer {DEMO_KEY}"}) as ws:
+                assert (await turn(ws))["type"] == "response.completed"
+                doc["models"]["m"] = {"targets": ["simr/sim-gpt-next"]}
+                assert (await _reload(client, path, doc)).status_code == 200
+                assert (await turn(ws))["type"] == "response.completed"
+            await gw.usage_actor.wait_settles(2)
+            assert [e["model"] for e in gw.ledger_entries()] == ["sim-gpt", "sim-gpt-next"]
