@@ -9,10 +9,16 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from decimal import Decimal
 
+import attrs
 import httpx
+import pytest
 import trio
 
+from actors.credentials import Snapshot
+from actors.routing import ListModels
+
 from gateway.generation import ConfigSource
+from protocols.errors import GatewayFailure
 from protocols.money import Price, cost_micro_usd
 from protocols.unified import Usage
 from providers.websocket import connect
@@ -239,3 +245,25 @@ async def test_each_websocket_turn_runs_on_the_config_current_when_it_starts(tmp
                 assert (await turn(ws))["type"] == "response.completed"
             await gw.usage_actor.wait_settles(2)
             assert [e["model"] for e in gw.ledger_entries()] == ["sim-gpt", "sim-gpt-next"]
+
+
+async def test_an_actor_restarted_after_a_reload_comes_back_with_the_reloaded_config(tmp_path):
+    @attrs.frozen
+    class Unhandled:
+        """No actor handles this: asking with it crashes the actor, which is restarted."""
+
+    doc = base_config(tmp_path)
+    with trio.fail_after(15):
+        async with _gateway(tmp_path, doc) as (gw, path), httpx.AsyncClient(base_url=gw.url) as client:
+            doc["models"]["later"] = {"targets": ["sim/sim-chat"]}
+            doc["providers"]["sim"]["credentials"] = [{"id": "sim-a", "key": "sim-key-a"}]
+            assert (await _reload(client, path, doc)).status_code == 200
+            for mailbox in (gw.runtime.actors.routing, gw.runtime.actors.credentials):
+                with pytest.raises(GatewayFailure):
+                    await mailbox.ask(Unhandled())
+            # each answer below comes from the restarted actor, built from the running config
+            assert "later" in await gw.runtime.actors.routing.ask(ListModels())
+            pools = await gw.runtime.actors.credentials.ask(Snapshot())
+            assert [c["id"] for c in pools["sim"]] == ["sim-a"]
+            assert {name: slot["restarts"] for name, slot in gw.runtime.supervisor.snapshot().items()
+                    if name in ("routing", "credentials")} == {"routing": 1, "credentials": 1}
