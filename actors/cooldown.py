@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import attrs
 
@@ -55,7 +55,20 @@ class Snapshot:
     pass
 
 
-Msg = Outcome | Snapshot
+@attrs.frozen
+class Reconfigure:
+    """A reload: new backoff settings, and the credentials that exist (``provider`` ->
+    ids). The state of those stays; the rests and streaks of the others are dropped
+    (their credentials are gone; the credentials actor holds the rests that count)."""
+
+    base_s: float
+    max_s: float
+    jitter: float
+    max_retry_after_s: float
+    credentials: Mapping[str, frozenset] = attrs.field(eq=False)
+
+
+Msg = Outcome | Snapshot | Reconfigure
 
 NONE = Decision("ok", "none")
 
@@ -98,6 +111,17 @@ class CooldownCore:
         self.history: dict[str, deque] = {}
         self.server_errors: dict[str, deque] = {}
         self.errors: dict[tuple[str, str], int] = {}  # (provider, kind) -> upstream errors seen, ever
+
+    def reconfigure(self, msg: Reconfigure) -> None:
+        self.base_s, self.max_s, self.jitter = msg.base_s, msg.max_s, msg.jitter
+        self.max_retry_after_s = msg.max_retry_after_s
+
+        def exists(provider: str, credential: str) -> bool:
+            return provider in msg.credentials and (credential == "*" or credential in msg.credentials[provider])
+
+        self.failures = {key: n for key, n in self.failures.items() if exists(*key)}
+        self.active = {key: info for key, info in self.active.items() if exists(key[0], key[1])}
+        self.server_errors = {p: recent for p, recent in self.server_errors.items() if p in msg.credentials}
 
     def backoff(self, streak: int) -> float:
         wait = min(self.max_s, self.base_s * (2 ** max(streak - 1, 0)))
@@ -192,6 +216,8 @@ class CooldownActor(Actor):
                 return decision
             case Snapshot():
                 return self.core.snapshot(now)
+            case Reconfigure():
+                return self.core.reconfigure(msg)
             case _:
                 raise TypeError(f"cooldown: unknown message {msg!r}")
 

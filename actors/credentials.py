@@ -7,6 +7,13 @@ as unauthorised or permanently out of quota, until an admin re-enables it), cool
 window. Every lease is released exactly once; a release may carry a cooldown or a
 death sentence decided by the cooldown actor.
 
+A reload's ``Reconfigure`` replaces the pools by credential id: a credential kept
+keeps its state (cooldowns, windows, leases in flight) under its new limits -- a new
+secret also lifts a death sentence, which was about the old one; a new one starts
+fresh; a removed one takes no new lease and is forgotten once its leases in flight
+are released. A lease for a provider no pool has (removed by a reload while a request
+of the old config waited) finds nothing available.
+
 Specs are duck-typed: anything with ``id``, ``key`` (a Secret), ``tier``,
 ``max_concurrency``, ``requests_per_minute`` and ``tokens_per_minute``.
 """
@@ -83,7 +90,14 @@ class Snapshot:
     pass
 
 
-Msg = Lease | Release | Enable | Snapshot
+@attrs.frozen
+class Reconfigure:
+    """A reload's pools: provider -> credential specs."""
+
+    pools: Mapping[str, tuple] = attrs.field(eq=False, repr=False)
+
+
+Msg = Lease | Release | Enable | Snapshot | Reconfigure
 
 
 @attrs.define
@@ -132,12 +146,40 @@ class CredentialsCore:
             provider: [CredentialState(spec, provider) for spec in specs] for provider, specs in pools.items()
         }
         self.leases: dict[int, CredentialState] = {}
+        self.retiring: list[CredentialState] = []  # removed by a reload, leases still in flight
         self._ids = itertools.count(1)
+
+    def reconfigure(self, pools: Mapping[str, Iterable[Any]]) -> dict:
+        """New pools by credential id, keeping the state of the credentials that stay."""
+        kept, added, removed = [], [], []
+        new: dict[str, list[CredentialState]] = {}
+        for provider, specs in pools.items():
+            old = {state.spec.id: state for state in self.pools.get(provider, [])}
+            states = []
+            for spec in specs:
+                state = old.pop(spec.id, None)
+                if state is None:
+                    state = CredentialState(spec, provider)
+                    added.append(f"{provider}/{spec.id}")
+                else:
+                    if state.spec.key != spec.key:
+                        state.dead, state.dead_reason = False, None
+                    state.spec = spec
+                    kept.append(f"{provider}/{spec.id}")
+                states.append(state)
+            new[provider] = states
+            removed.extend(old.values())
+        for provider, states in self.pools.items():
+            if provider not in pools:
+                removed.extend(states)
+        self.pools = new
+        self.retiring.extend(state for state in removed if state.in_flight > 0)
+        return {"kept": kept, "added": added, "removed": [f"{s.provider}/{s.spec.id}" for s in removed]}
 
     def lease(self, msg: Lease, now: float) -> Leased | NoneAvailable:
         pool = self.pools.get(msg.provider)
         if pool is None:
-            raise NotFound(f"unknown provider {msg.provider!r}")
+            return NoneAvailable(msg.provider, None, "provider not configured")
         best: CredentialState | None = None
         soonest: float | None = None
         reasons = set()
@@ -171,6 +213,8 @@ class CredentialsCore:
         if state is None:
             return
         state.in_flight -= 1
+        if state.in_flight == 0 and self.retiring:
+            self.retiring = [s for s in self.retiring if s is not state]  # by identity: states compare by value
         if msg.tokens:
             state.tokens.append((now, msg.tokens))
         if msg.dead:
@@ -212,7 +256,10 @@ class CredentialsCore:
         }
 
     def snapshot(self, now: float) -> dict:
-        return {p: [self.describe(s, now) for s in pool] for p, pool in self.pools.items()}
+        view = {p: [self.describe(s, now) for s in pool] for p, pool in self.pools.items()}
+        for state in self.retiring:
+            view.setdefault(state.provider, []).append({**self.describe(state, now), "state": "retiring"})
+        return view
 
 
 class CredentialsActor(Actor):
@@ -234,6 +281,8 @@ class CredentialsActor(Actor):
                 return self.core.enable(provider, credential_id, now)
             case Snapshot():
                 return self.core.snapshot(now)
+            case Reconfigure(pools):
+                return self.core.reconfigure(pools)
             case _:
                 raise TypeError(f"credentials: unknown message {msg!r}")
 
@@ -243,5 +292,6 @@ class CredentialsActor(Actor):
             "providers": len(pools),
             "credentials": sum(len(p) for p in pools.values()),
             "leases_open": len(self.core.leases),
+            "retiring": len(self.core.retiring),
             "dead": sum(s.dead for p in pools.values() for s in p),
         }

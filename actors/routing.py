@@ -9,6 +9,12 @@ a 404 before any credit is held or upstream called, so a client cannot reach a m
 the operator never priced. Configured targets are checked when the config loads. Targets whose whole provider or model is cooling (a notice from the
 cooldown actor) move to the back of the plan rather than vanish, so a request still
 has somewhere to go when everything is cooling.
+
+The names themselves are a ``Table``, one per config generation: a request resolves
+against the table of the generation it started on (``Resolve(model, table)``), so a
+config reload never sends a request that began before it to a target of the new
+config; ``Reconfigure`` replaces the actor's own table (model lists, direct lookups)
+and keeps the cooling notices of the providers that remain.
 """
 
 from __future__ import annotations
@@ -42,9 +48,54 @@ class Plan:
     hold_output_tokens: int | None = None
 
 
+@attrs.frozen(eq=False)
+class Table:
+    """One config generation's model names, aliases and providers."""
+
+    models: Mapping[str, Plan]
+    aliases: Mapping[str, str]
+    providers: frozenset
+    priced: Callable[[str], bool]
+
+    @classmethod
+    def build(cls, models: Mapping, aliases: Mapping[str, str], providers: Iterable[str],
+              priced: Callable[[str], bool]) -> "Table":
+        plans = {name: Plan(name, tuple(Target(*t.split("/", 1)) for t in m.targets), m.hold_output_tokens)
+                 for name, m in models.items()}
+        return cls(plans, dict(aliases), frozenset(providers), priced)
+
+    def lookup(self, model: str) -> Plan:
+        name = self.aliases.get(model, model)
+        plan = self.models.get(name) if name != CATCH_ALL else None
+        if plan is not None:
+            return plan
+        provider, sep, upstream = name.partition("/")
+        if sep and upstream and provider in self.providers:
+            if not self.priced(name):
+                raise NotFound(f"The model '{model}' is not served here: no price is configured for it.",
+                               param="model")
+            return Plan(name, (Target(provider, upstream),))
+        if CATCH_ALL in self.models:
+            return self.models[CATCH_ALL]
+        raise NotFound(f"The model '{model}' does not exist or you do not have access to it.", param="model")
+
+    def model_names(self) -> list[str]:
+        return sorted([n for n in self.models if n != CATCH_ALL] + list(self.aliases))
+
+
 @attrs.frozen
 class Resolve:
+    """Ask: the plan for ``model``, by ``table`` (the request's generation) or the actor's own."""
+
     model: str
+    table: Table | None = attrs.field(default=None, eq=False, repr=False)
+
+
+@attrs.frozen
+class Reconfigure:
+    """A reload's new table; cooling notices of providers it no longer has are dropped."""
+
+    table: Table = attrs.field(eq=False, repr=False)
 
 
 @attrs.frozen
@@ -61,40 +112,34 @@ class ListModels:
     pass
 
 
-Msg = Resolve | TargetCooling | ListModels
+Msg = Resolve | TargetCooling | ListModels | Reconfigure
 
 
 class RoutingCore:
     def __init__(self, models: Mapping, aliases: Mapping[str, str], providers: Iterable[str],
                  priced: Callable[[str], bool]) -> None:
-        self.models = {
-            name: Plan(name, tuple(Target(*t.split("/", 1)) for t in m.targets), m.hold_output_tokens)
-            for name, m in models.items()
-        }
-        self.aliases = dict(aliases)
-        self.providers = frozenset(providers)
-        self.priced = priced
+        self.table = Table.build(models, aliases, providers, priced)
         self.cooling: dict[tuple[str, str | None], float] = {}
 
-    def resolve(self, model: str, now: float) -> Plan:
-        name = self.aliases.get(model, model)
-        plan = self.models.get(name) if name != CATCH_ALL else None
-        if plan is None:
-            provider, sep, upstream = name.partition("/")
-            if sep and upstream and provider in self.providers:
-                if not self.priced(name):
-                    raise NotFound(f"The model '{model}' is not served here: no price is configured for it.",
-                                   param="model")
-                plan = Plan(name, (Target(provider, upstream),))
-            elif CATCH_ALL in self.models:
-                plan = self.models[CATCH_ALL]
-            else:
-                raise NotFound(f"The model '{model}' does not exist or you do not have access to it.", param="model")
+    @property
+    def models(self) -> Mapping[str, Plan]:
+        return self.table.models
+
+    @property
+    def aliases(self) -> Mapping[str, str]:
+        return self.table.aliases
+
+    def resolve(self, model: str, now: float, table: Table | None = None) -> Plan:
+        plan = (table or self.table).lookup(model)
         if self.cooling and len(plan.targets) > 1:
             ready = [t for t in plan.targets if not self._cool(t, now)]
             waiting = [t for t in plan.targets if self._cool(t, now)]
             plan = attrs.evolve(plan, targets=tuple(ready + waiting))
         return plan
+
+    def reconfigure(self, table: Table) -> None:
+        self.table = table
+        self.cooling = {key: until for key, until in self.cooling.items() if key[0] in table.providers}
 
     def _cool(self, t: Target, now: float) -> bool:
         for key in ((t.provider, None), (t.provider, t.model)):
@@ -106,7 +151,7 @@ class RoutingCore:
         return False
 
     def model_names(self) -> list[str]:
-        return sorted([n for n in self.models if n != CATCH_ALL] + list(self.aliases))
+        return self.table.model_names()
 
 
 class RoutingActor(Actor):
@@ -118,8 +163,10 @@ class RoutingActor(Actor):
 
     def handle(self, msg: Msg, now: float):
         match msg:
-            case Resolve(model):
-                return self.core.resolve(model, now)
+            case Resolve(model, table):
+                return self.core.resolve(model, now, table)
+            case Reconfigure(table):
+                return self.core.reconfigure(table)
             case TargetCooling(provider, model, until):
                 key = (provider, model)
                 self.core.cooling[key] = max(until, self.core.cooling.get(key, 0.0))

@@ -42,6 +42,7 @@ from actors.usage_messages import (
     CreateKey,
     Msg,
     Query,
+    Reconfigure,
     Reservation,
     Reserve,
     Settle,
@@ -54,7 +55,7 @@ from protocols.money import Price
 
 log = logging.getLogger("tollhouse.usage")
 
-__all__ = ["Authenticate", "CreateKey", "Msg", "Query", "Reservation", "Reserve", "Settle", "Settled",
+__all__ = ["Authenticate", "CreateKey", "Msg", "Query", "Reconfigure", "Reservation", "Reserve", "Settle", "Settled",
            "UpdateKey", "UsageActor", "hash_key"]
 
 BATCH = 256
@@ -210,7 +211,7 @@ class UsageActor(Actor):
                 step.result = LedgerUnavailable(
                     "The gateway's usage ledger cannot be written right now; no new requests are "
                     "accepted until it can. Retry later.", retry_after=1.0)
-        if any(isinstance(step.envelope.msg, (CreateKey, UpdateKey)) for step in steps):
+        if any(isinstance(step.envelope.msg, (CreateKey, UpdateKey, Reconfigure)) for step in steps):
             self._publish_key_hashes()  # before the answers: a created key works once it is answered
         for step in steps:
             if not step.parked:
@@ -229,6 +230,15 @@ class UsageActor(Actor):
             case CreateKey() | UpdateKey():
                 settings = self.core.settings(msg.name)
                 return lambda: self.core.restore(msg.name, settings)
+            case Reconfigure():
+                pricing = self.core.pricing
+                known = set(self.core.keys)
+
+                def undo() -> None:
+                    self.core.pricing = pricing
+                    self.core.forget_keys([name for name in self.core.keys if name not in known])
+
+                return undo
             case _:
                 return None
 

@@ -20,6 +20,7 @@ from actors.usage_messages import (
     CreateKey,
     Msg,
     Query,
+    Reconfigure,
     Reservation,
     Reserve,
     Settle,
@@ -97,6 +98,7 @@ class Hold:
     created_at: float
     provider: str | None = None
     model: str | None = None
+    pricing: Mapping[str, Price] | None = None  # the reserving generation's prices (None: the current ones)
 
 
 @attrs.frozen
@@ -161,13 +163,29 @@ class UsageCore:
             ops.append(("put_key", state.row()))
         return ops
 
-    def price(self, label: str) -> Price | None:
+    def price(self, label: str, pricing: Mapping[str, Price] | None = None) -> Price | None:
         """The label's own price, else its provider's ``provider/*``; None: unpriced.
-        A free target is an explicit zero price, never a missing one."""
-        price = self.pricing.get(label)
+        A free target is an explicit zero price, never a missing one. ``pricing``: a
+        request's own table (the generation it started on), else the current one."""
+        table = self.pricing if pricing is None else pricing
+        price = table.get(label)
         if price is None:
-            price = self.pricing.get(label.partition("/")[0] + "/*")
+            price = table.get(label.partition("/")[0] + "/*")
         return price
+
+    def reconfigure(self, msg: Reconfigure) -> tuple[list[str], list]:
+        """New prices for requests reserved from now on; keys new to the meter created
+        as at start (the ones it knows stay as the ledger has them)."""
+        self.pricing = dict(msg.pricing)
+        ops = self.seed_keys(msg.key_specs)
+        return [op[1]["name"] for op in ops], ops
+
+    def forget_keys(self, names: Iterable[str]) -> None:
+        """Undo the creation of keys whose write the ledger refused."""
+        for name in names:
+            state = self.keys.pop(name, None)
+            if state is not None:
+                self.by_hash.pop(state.key_hash, None)
 
     # -- messages
 
@@ -196,7 +214,7 @@ class UsageCore:
             raise InvalidRequest(f"duplicate request id {msg.request_id}")
         estimate = Usage(input=hold_tokens(msg.input_tokens, "input_tokens"),
                          output=hold_tokens(msg.output_tokens, "output_tokens"))
-        prices = [self.price(t) for t in msg.targets]
+        prices = [self.price(t, msg.pricing) for t in msg.targets]
         unpriced = [t for t, p in zip(msg.targets, prices) if p is None]
         if unpriced:
             raise Forbidden(f"The model '{msg.client_model}' is not served: no price is configured for "
@@ -212,7 +230,7 @@ class UsageCore:
         state.in_flight += 1
         if state.requests_per_minute is not None:
             state.recent.append(now)
-        h = Hold(msg.request_id, state.name, msg.client_model, hold, self.wall())
+        h = Hold(msg.request_id, state.name, msg.client_model, hold, self.wall(), pricing=msg.pricing)
         self.holds[h.id] = h
         op = ("hold", {"id": h.id, "key_name": h.key_name, "provider": None, "model": msg.client_model,
                        "hold_micro": hold, "created_at": h.created_at})
@@ -244,7 +262,7 @@ class UsageCore:
             raise NotFound(f"no open reservation {msg.request_id}")
         label = f"{msg.provider}/{msg.model}" if msg.provider else ""
         usage = clean_usage(msg.usage) if msg.usage is not None else None
-        price = self.price(label) if usage is not None else None
+        price = self.price(label, hold.pricing) if usage is not None else None
         if usage is not None and (price is not None or usage.cost_usd is not None):
             cost, reported = cost_micro_usd(usage, price or Price())
             source = "reported" if reported else "pricing"
@@ -382,6 +400,8 @@ class UsageCore:
                 return self.update_key(msg)
             case Query(what):
                 return self.query(what), []
+            case Reconfigure():
+                return self.reconfigure(msg)
             case _:
                 raise TypeError(f"usage: unknown message {msg!r}")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any
+from typing import Any, Mapping
 
 import attrs
 
@@ -38,7 +38,9 @@ class Authenticate:
 
 @attrs.frozen
 class Reserve:
-    """Hold credit for one request. ``targets`` are price labels ``provider/model``."""
+    """Hold credit for one request. ``targets`` are price labels ``provider/model``;
+    ``pricing`` is the price table of the config generation the request started on: its
+    settlement charges by it, whatever a reload changed meanwhile (None: the meter's own)."""
 
     request_id: str
     key: str = attrs.field(repr=False)
@@ -46,6 +48,7 @@ class Reserve:
     targets: tuple
     input_tokens: int
     output_tokens: int
+    pricing: Mapping[str, Any] | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen
@@ -172,4 +175,14 @@ class Query:
     what: str
 
 
-Msg = Authenticate | Reserve | Settle | CreateKey | UpdateKey | AllowedModels | Query
+@attrs.frozen
+class Reconfigure:
+    """A reload: the new price table for requests that start from now on, and the
+    config's keys, of which only the ones the meter does not know yet are created
+    (the ledger and the admin API own the others)."""
+
+    pricing: Mapping[str, Any] = attrs.field(eq=False, repr=False)
+    key_specs: tuple = attrs.field(eq=False, repr=False)
+
+
+Msg = Authenticate | Reserve | Settle | CreateKey | UpdateKey | AllowedModels | Query | Reconfigure

@@ -21,7 +21,8 @@ from quart_trio import QuartTrio
 from actors.ledger import LedgerFault
 from actors.store_db import StoreFault
 from gateway.config import Config
-from gateway.routes import admin, health, models
+from gateway.generation import ConfigSource
+from gateway.routes import admin, admin_config, health, models
 from gateway.routes import metrics as metrics_routes
 from gateway.routes import anthropic as anthropic_routes
 from gateway.routes import gemini as gemini_routes
@@ -57,10 +58,11 @@ PREFIX_PROTOCOLS: list = [("/v1beta", gemini), ("/v1/messages", anthropic_messag
 
 
 class Gateway:
-    def __init__(self, config: Config) -> None:
-        self.config = config
+    def __init__(self, config: Config, source: ConfigSource | None = None) -> None:
+        self.config = config  # as it started (a reload changes ``runtime.config``)
         self.traffic = Traffic()
-        self.runtime = Runtime(config, stopping=lambda: self.traffic.stopping, stop_begun=self.traffic.stop_begun)
+        self.runtime = Runtime(config, stopping=lambda: self.traffic.stopping, stop_begun=self.traffic.stop_begun,
+                               source=source)
         self.startup_error: BaseException | None = None  # why the lifespan refused to start
         self.routes = [route for module in ROUTE_MODULES for route in module.ROUTES]
         self.ws_routes = [route for module in ROUTE_MODULES for route in getattr(module, "WEBSOCKET_ROUTES", ())]
@@ -68,8 +70,8 @@ class Gateway:
         # "//v1//models" names no route: a JSON 404, never Werkzeug's HTML 308 to a merged path
         self.quart.url_map.merge_slashes = False
         self.quart.config["RESPONSE_TIMEOUT"] = None
-        self.quart.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
-        self.quart.config["BODY_TIMEOUT"] = config.server.body_timeout_s  # admin bodies: 408 past it
+        self._body_limits(config)
+        self.runtime.on_reload.append(self._body_limits)
         self.quart.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
         self.quart.extensions["tollhouse"] = self.runtime
         self.quart.register_blueprint(models.blueprint)
@@ -77,7 +79,13 @@ class Gateway:
         ui.install(self.quart)  # the admin web page, /admin/ui
         self.quart.register_blueprint(admin.blueprint)
         self.quart.register_blueprint(metrics_routes.blueprint)
+        self.quart.register_blueprint(admin_config.blueprint)
         _error_handlers(self.quart)
+
+    def _body_limits(self, config: Config) -> None:
+        """Quart's limits for the bodies it reads (admin), from the running config."""
+        self.quart.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
+        self.quart.config["BODY_TIMEOUT"] = config.server.body_timeout_s  # admin bodies: 408 past it
 
     async def __call__(self, scope, receive, send) -> None:
         kind = scope["type"]
@@ -209,5 +217,5 @@ def _error_handlers(app: QuartTrio) -> None:
         return render(PayloadTooLarge("Request body too large."))
 
 
-def create_app(config: Config) -> Gateway:
-    return Gateway(config)
+def create_app(config: Config, source: ConfigSource | None = None) -> Gateway:
+    return Gateway(config, source)

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from functools import partial
+from pathlib import Path
 
 import trio
 
@@ -15,12 +16,13 @@ from protocols.money import FREE
 
 def _serve(args) -> int:
     from gateway.app import create_app
+    from gateway.generation import ConfigSource
     from gateway.process import BindRefused, StartRefused, serve
 
     config = load_config(args.config)
     host = args.host or config.server.host
     port = config.server.port if args.port is None else args.port
-    app = create_app(config)
+    app = create_app(config, ConfigSource(Path(args.config)))  # read again on SIGHUP or POST /admin/reload
     try:
         trio.run(serve, app, f"{host}:{port}", partial(print, flush=True))
     except BindRefused as exc:

@@ -35,7 +35,7 @@ import trio
 from actors.cooldown import Outcome as CooldownOutcome
 from actors.credentials import Lease, Leased, NoneAvailable, Release
 from actors.mailbox import Mailbox
-from actors.routing import Plan, Resolve
+from actors.routing import Plan, Resolve, Table
 from actors.usage import Reserve, Settle
 from gateway.attempt import AttemptRunner
 from gateway.ending import Charge, Outcome, Trouble, decide, estimates, hold_instead
@@ -72,7 +72,16 @@ class Actors:
 class Dispatcher:
     def __init__(self, actors: Actors, providers: Mapping[str, Any], streaming: Any,
                  default_hold_output_tokens: int, budget_s: float = 10.0,
-                 stopping: Callable[[], bool] = lambda: False, observers: Observers | None = None) -> None:
+                 stopping: Callable[[], bool] = lambda: False, observers: Observers | None = None,
+                 table: Table | None = None, pricing: Mapping[str, Any] | None = None,
+                 in_flight: Counter | None = None) -> None:
+        # One dispatcher per config generation (gateway/generation.py): a request runs on
+        # the one it started on -- its routes (``table``), prices, providers, streaming
+        # settings -- and a reload waits for ``wait_idle`` before closing what it retired.
+        self.table = table
+        self.pricing = pricing
+        self.calls = 0  # running on this dispatcher (``wait_idle``)
+        self._idle = trio.Event()
         self.stopping = stopping
         self.observers = observers if observers is not None else Observers()
         self.budget_s = budget_s
@@ -86,8 +95,9 @@ class Dispatcher:
         self._counter = itertools.count(1)
         self.drain_enabled = streaming.on_disconnect == "drain" and streaming.max_concurrent_drains > 0
         self.attempt = AttemptRunner(streaming, self._settle, stopping)
-        # calls being served now, by (protocol, transport, stream): read by metrics scrapes
-        self.in_flight: Counter = Counter()
+        # calls being served now, by (protocol, transport, stream), shared by every
+        # generation's dispatcher: read by metrics scrapes
+        self.in_flight: Counter = Counter() if in_flight is None else in_flight
 
     def next_id(self) -> str:
         """A request id, unique across restarts; every response carries it as ``x-request-id``."""
@@ -102,6 +112,7 @@ class Dispatcher:
         error: BaseException | None = None
         serving = (call.request.protocol, call.transport, call.request.stream)
         self.in_flight[serving] += 1
+        self.calls += 1
         try:
             await self._serve(req, link)
         except BaseException as exc:
@@ -109,19 +120,28 @@ class Dispatcher:
             raise
         finally:
             self.in_flight[serving] -= 1
+            self.calls -= 1
+            if not self.calls:
+                self._idle.set()
+                self._idle = trio.Event()
             if self.observers:
                 self.observers.tell(from_request(req, error, call.transport))
+
+    async def wait_idle(self) -> None:
+        """Return once no request runs on this dispatcher."""
+        while self.calls:
+            await self._idle.wait()
 
     async def _serve(self, req: Request, link: ClientLink) -> None:
         call = req.call
         request = call.request
-        plan = await self.actors.routing.ask(Resolve(request.model))
+        plan = await self.actors.routing.ask(Resolve(request.model, self.table))
         hold_tokens = plan.hold_output_tokens or self.default_hold_output_tokens
         out_tokens = min(request.max_tokens, hold_tokens) if request.max_tokens else hold_tokens
         req.output_allowance = out_tokens
         reservation = await self.actors.usage.ask(Reserve(
             req.id, call.key, request.model, tuple(t.label for t in plan.targets),
-            estimate_tokens(call.body_bytes), out_tokens))
+            estimate_tokens(call.body_bytes), out_tokens, self.pricing))
         req.key_name = reservation.key_name
         try:
             failure: GatewayError | None = None

@@ -15,10 +15,14 @@ SIGTERM (what ``docker stop`` and systemd send) or SIGINT begins a graceful stop
 A second signal during the stop ends the process at once, by that signal's default
 action: nothing more is settled, and the holds of requests still in flight are
 recovered at the next start, as after a kill.
+
+SIGHUP reloads the config file (``Runtime.reload_from_source``): one line says the
+new generation, or that the file was refused, each problem logged with its JSON path.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import signal
@@ -33,8 +37,13 @@ from hypercorn.utils import LifespanFailureError
 from gateway import http1
 from gateway.app import Gateway
 from gateway.config import ServerConfig, WebSocketConfig
+from gateway.generation import ReloadRefused
+from protocols.errors import GatewayError
+
+log = logging.getLogger("tollhouse")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+RELOAD_SIGNAL = signal.SIGHUP
 
 
 class StartRefused(Exception):
@@ -131,10 +140,11 @@ async def serve(gateway: Gateway, bind: str, say: Callable[[str], None]) -> None
 
 async def _serve_bound(gateway: Gateway, cfg: HypercornConfig, say: Callable[[str], None]) -> None:
     stop = trio.Event()
-    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals, trio.open_signal_receiver(RELOAD_SIGNAL) as reloads:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch_signals, signals, stop, gateway, cfg, say)
+                nursery.start_soon(_watch_reloads, reloads, gateway, say)
                 try:
                     async with trio.open_nursery() as server:
                         binds = await server.start(partial(hypercorn.trio.serve, gateway, cfg,
@@ -167,6 +177,28 @@ async def _watch_signals(signals, stop: trio.Event, gateway: Gateway, cfg: Hyper
         say(f"tollhouse stopping at once (second {name}): {_requests(gateway.traffic.in_flight)} in flight "
             f"left unsettled; their holds are recovered at the next start")
         _die_by(signum)
+
+
+async def _watch_reloads(signals, gateway: Gateway, say: Callable[[str], None]) -> None:
+    runtime = gateway.runtime
+    async for _ in signals:
+        source = runtime.source.path if runtime.source is not None else "no config file"
+        try:
+            generation = await runtime.reload_from_source()
+        except ReloadRefused as refused:
+            for path, message in refused.problems:
+                log.error("config reload refused: %s: %s", path, message)
+            say(f"tollhouse reload refused ({source}): {len(refused.problems)} problems; "
+                f"generation {runtime.generation.number if runtime.generation else 0} keeps running")
+        except GatewayError as exc:  # the ledger could not record the new keys
+            log.error("config reload failed: %s", exc.message)
+            say(f"tollhouse reload failed ({source}): {exc.message}")
+        except Exception:  # a bug in the reload must not end a serving gateway
+            log.exception("config reload failed")
+            say(f"tollhouse reload failed ({source}); generation "
+                f"{runtime.generation.number if runtime.generation else 0} keeps running")
+        else:
+            say(f"tollhouse reloaded {source}: generation {generation.number}")
 
 
 def _requests(n: int) -> str:

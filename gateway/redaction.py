@@ -27,6 +27,11 @@ SERVER_LOGGERS = ("hypercorn.error", "quart.app")
 _SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|password", re.IGNORECASE)
 
 
+def is_secret_header(name: str) -> bool:
+    """Whether a provider header's value is a credential (never shown, always redacted)."""
+    return bool(_SECRET_HEADER.search(name))
+
+
 def secret_values(config: Any) -> set[str]:
     """Every secret value the config holds: provider credentials, gateway keys, the admin
     token, proxy passwords (and the Basic credential made of them), credential-like

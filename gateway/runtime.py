@@ -13,21 +13,28 @@ actor closes the ledger, the store its file), then the upstream pools close, the
 simulator, and last the lock is released. Requests never see a stopped actor: the
 server finishes or cancels every request, and each cancelled request settles through
 the dispatcher's shielded ``finally``, before the lifespan asks the runtime to stop.
+
+Reload (``reload``, on SIGHUP or ``POST /admin/reload``): see ``gateway/generation.py``.
+The actors' factories read the current config, so an actor restarted after a reload
+comes back with the reloaded settings.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
+import time
 from contextlib import AsyncExitStack
 
-from typing import Callable
+from typing import Any, Callable
 
 import trio
 
+from actors import cooldown, credentials, routing as routing_actor, usage as usage_actor
 from actors.cooldown import CooldownActor, CooldownCore
 from actors.durations import LEDGER_COMMIT_BOUNDS, Durations
 from actors.credentials import CredentialsActor, CredentialsCore
-from actors.routing import RoutingActor, RoutingCore
+from actors.routing import RoutingActor, RoutingCore, Table
 from actors.store import Flush, StoreActor, StoreLimits
 from actors.supervisor import Supervisor
 from actors.usage import Query, UsageActor
@@ -35,11 +42,14 @@ from gateway.config import Config
 from gateway.dispatch import Actors, Dispatcher
 from gateway.metrics import Metrics
 from gateway.metrics import listener as metrics_listener
-from gateway.redaction import redacting_logs, redactor_for
+from gateway.generation import (ConfigSource, Generation, ReloadRefused, changed_sections, restart_problems,
+                                same_pool)
+from gateway.redaction import redacting_logs, redactor_for, secret_values
 from gateway.observe import Observers
 from gateway.sockets import Sockets
 from gateway.state_lock import StateDirLock
 from protocols.errors import GatewayError
+from protocols.redact import Redactor
 from providers import registry
 from providers.simulator import Simulator
 
@@ -51,12 +61,22 @@ FLUSH_TIMEOUT_S = 15.0
 
 class Runtime:
     def __init__(self, config: Config, stopping: Callable[[], bool] = lambda: False,
-                 stop_begun: trio.Event | None = None) -> None:
-        self.config = config
+                 stop_begun: trio.Event | None = None, source: ConfigSource | None = None) -> None:
+        self.config = config  # the current generation's; a request uses its own (its dispatcher's)
+        self.source = source  # the file a reload reads (None: this gateway cannot reload)
+        self.generation: Generation | None = None
+        self._retiring: list[Generation] = []  # replaced, with requests still in flight
+        self._open: list[Any] = []  # every provider whose connection pool is open
+        self._secrets = secret_values(config)  # of every generation loaded: all redacted
+        self._reloading = trio.Lock()
+        self._log_filter = None
+        self._tasks: trio.Nursery | None = None
+        self.on_reload: list[Callable[[Config], None]] = []  # told each new config once it runs
         self.stopping = stopping  # a graceful stop has begun
         self.stop_begun = trio.Event() if stop_begun is None else stop_begun  # set when it begins (long-lived connections end)
         self.sockets = Sockets()  # open Responses WebSockets, for the admin API
         self.observers = Observers()  # who hears how each request ended (logs, metrics, traces)
+        self.in_flight: Counter = Counter()  # calls being served, by (protocol, transport, stream), every generation
         self.ledger_commits = Durations(LEDGER_COMMIT_BOUNDS)  # the meter's commit times, across its restarts
         self.metrics: Metrics | None = None
         self.metrics_url: str | None = None  # set once a separate metrics port is bound
@@ -82,17 +102,18 @@ class Runtime:
         cfg = self.config
         sup = Supervisor()
         size, timeout = cfg.actors.mailbox_size, cfg.actors.ask_timeout_s
+        # the factories read ``self.config`` when they run: a restart after a reload uses it
         routing = sup.add("routing", lambda: RoutingActor(RoutingCore(
-            cfg.models, cfg.aliases, cfg.providers, cfg.is_priced)), size, timeout)
+            self.config.models, self.config.aliases, self.config.providers, self.config.is_priced)), size, timeout)
         credentials = sup.add("credentials", lambda: CredentialsActor(CredentialsCore(
-            {name: p.credentials for name, p in cfg.providers.items()})), size, timeout)
+            {name: p.credentials for name, p in self.config.providers.items()})), size, timeout)
         cooldown = sup.add("cooldown", lambda: CooldownActor(CooldownCore(
-            cfg.cooldown.base_s, cfg.cooldown.max_s, cfg.cooldown.jitter,
-            max_retry_after_s=cfg.cooldown.max_retry_after_s), routing.tell_nowait), size, timeout)
+            self.config.cooldown.base_s, self.config.cooldown.max_s, self.config.cooldown.jitter,
+            max_retry_after_s=self.config.cooldown.max_retry_after_s), routing.tell_nowait), size, timeout)
         limiter = trio.CapacityLimiter(1)
         first_start = [True]
         usage = sup.add("usage", lambda: UsageActor(
-            cfg.pricing, cfg.state_dir, cfg.keys, limiter, first_start, self.ledger_commits), size, timeout)
+            self.config.pricing, cfg.state_dir, self.config.keys, limiter, first_start, self.ledger_commits), size, timeout)
         store = None
         if cfg.store.enabled:
             limits = StoreLimits(cfg.store.max_bytes, cfg.store.max_age_s, cfg.store.cache_bytes)
@@ -103,7 +124,7 @@ class Runtime:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         try:
-            with redacting_logs(self.redactor):
+            with redacting_logs(self.redactor) as self._log_filter:
                 await self._run(task_status)
         finally:
             self._stopped.set()
@@ -116,17 +137,15 @@ class Runtime:
                     self.simulator = Simulator(cfg.simulator.tokens_per_second)
                     await upstreams.start(self.simulator.serve, cfg.simulator.host, cfg.simulator.port)
                 async with AsyncExitStack() as pools:
+                    pools.push_async_callback(self._close_providers)
                     for name, pcfg in cfg.providers.items():
-                        provider = registry.build(pcfg, self.simulator.url if self.simulator else None,
-                                                  self.redactor)
-                        pools.push_async_callback(provider.client.aclose)
-                        self.providers[name] = provider
+                        self.providers[name] = self._provider(pcfg)
                     self.supervisor, self.actors = self._actors()
                     async with trio.open_nursery() as actors:
+                        self._tasks = actors
                         await actors.start(self.supervisor.run)
-                        self.dispatcher = Dispatcher(self.actors, self.providers, cfg.streaming,
-                                                     cfg.default_hold_output_tokens, cfg.routing.budget_s,
-                                                     stopping=self.stopping, observers=self.observers)
+                        self.dispatcher = self._dispatcher(cfg, self.providers)
+                        self.generation = Generation(1, cfg, time.time(), self.dispatcher, self.providers)
                         if self.metrics is not None and cfg.metrics.port is not None:
                             binds = await actors.start(metrics_listener.serve, self, cfg.server.host,
                                                        cfg.metrics.port)
@@ -139,6 +158,102 @@ class Runtime:
                         await self._flush_store()
                         actors.cancel_scope.cancel()
                 upstreams.cancel_scope.cancel()
+
+    # ------------------------------------------------------------ generations
+
+    def _provider(self, pcfg) -> Any:
+        provider = registry.build(pcfg, self.simulator.url if self.simulator else None, self.redactor)
+        self._open.append(provider)
+        return provider
+
+    def _dispatcher(self, cfg: Config, providers: dict) -> Dispatcher:
+        table = Table.build(cfg.models, cfg.aliases, cfg.providers, cfg.is_priced)
+        return Dispatcher(self.actors, providers, cfg.streaming, cfg.default_hold_output_tokens, cfg.routing.budget_s,
+                          stopping=self.stopping, observers=self.observers, table=table, pricing=cfg.pricing,
+                          in_flight=self.in_flight)
+
+    async def _close_providers(self, retired: list | None = None) -> None:
+        """Close the pools of ``retired`` providers (None: every one still open, at stop)."""
+        for provider in list(self._open if retired is None else retired):
+            if any(p is provider for p in self._open):
+                self._open = [p for p in self._open if p is not provider]
+                with trio.CancelScope(shield=True):
+                    await provider.client.aclose()
+
+    async def reload_from_source(self) -> Generation:
+        """Read the config file again and apply it (``ReloadRefused``: nothing changed)."""
+        if self.source is None:
+            raise ReloadRefused([("$", "this gateway was not started from a config file; there is nothing to reload")])
+        return await self.reload(self.source.load())
+
+    async def reload(self, new: Config) -> Generation:
+        """Apply ``new`` as the next generation: requests that start from now on use it,
+        the ones in flight finish on theirs. Refused (``ReloadRefused``) when it changes a
+        setting that needs a restart, and when the ledger cannot record its new keys
+        (``LedgerUnavailable``): either way before anything changed."""
+        async with self._reloading:
+            if not self.ready.is_set() or self.stopping():
+                raise ReloadRefused([("$", "the gateway is starting or stopping; reload refused")])
+            old = self.generation
+            problems = restart_problems(old.config, new, self.simulator is not None)
+            if problems:
+                raise ReloadRefused(problems)
+            providers, built = {}, []
+            for name, pcfg in new.providers.items():
+                if name in old.providers and same_pool(old.config.providers[name], pcfg):
+                    providers[name] = old.providers[name]
+                else:
+                    providers[name] = self._provider(pcfg)
+                    built.append(providers[name])
+            self._redact(secret_values(new))
+            dispatcher = self._dispatcher(new, providers)
+            try:
+                created = await self._reconfigure_actors(new, dispatcher.table)
+            except BaseException:
+                await self._close_providers(built)  # requests keep the running generation
+                raise
+            generation = Generation(old.number + 1, new, time.time(), dispatcher, providers, tuple(created))
+            self.generation, self.config, self.dispatcher, self.providers = generation, new, dispatcher, providers
+            self._retiring.append(old)
+            self._tasks.start_soon(self._retire, old)
+            for listener in self.on_reload:
+                listener(new)
+            log.info("config reloaded: generation %d (changed: %s; keys created: %s)", generation.number,
+                     ", ".join(changed_sections(old.config, new)) or "nothing", ", ".join(created) or "none")
+            return generation
+
+    async def _reconfigure_actors(self, new: Config, table: Table) -> list[str]:
+        """The stateful actors take the new config entry by entry; the meter first, as
+        the only one that can refuse (its ledger must record the new keys)."""
+        created = await self.actors.usage.ask(usage_actor.Reconfigure(new.pricing, new.keys))
+        await self.actors.credentials.ask(credentials.Reconfigure(
+            {name: p.credentials for name, p in new.providers.items()}))
+        await self.actors.cooldown.ask(cooldown.Reconfigure(
+            new.cooldown.base_s, new.cooldown.max_s, new.cooldown.jitter, new.cooldown.max_retry_after_s,
+            {name: frozenset(c.id for c in p.credentials) for name, p in new.providers.items()}))
+        await self.actors.routing.ask(routing_actor.Reconfigure(table))
+        return created
+
+    def _redact(self, secrets: set[str]) -> None:
+        """Add a new generation's secrets to the redactor of every provider and of the logs
+        (the old ones stay: a request in flight may still meet them)."""
+        if secrets <= self._secrets:
+            return
+        self._secrets |= secrets
+        self.redactor = Redactor(self._secrets)
+        for provider in self._open:
+            provider.redactor = self.redactor
+        if self._log_filter is not None:
+            self._log_filter.redactor = self.redactor
+
+    async def _retire(self, old: Generation) -> None:
+        """Once ``old`` has no request left, close the pools no live generation uses."""
+        await old.dispatcher.wait_idle()
+        self._retiring = [g for g in self._retiring if g is not old]
+        live = [self.generation, *self._retiring]
+        unused = [p for p in old.providers.values()
+                  if not any(p is q for g in live for q in g.providers.values())]
+        await self._close_providers(unused)
 
     async def _flush_store(self) -> None:
         """Wait until every stored response put so far is on disk (the actor also

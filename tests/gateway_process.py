@@ -54,6 +54,16 @@ class GatewayProcess:
                 raise GatewayExited(f"no line {prefix!r}; stdout {self.stdout!r}; stderr {self.stderr[-20:]!r}")
             await self._changed.wait()
 
+    async def stderr_line(self, text: str) -> str:
+        """The first stderr line containing ``text`` (logged errors), once it is written."""
+        while True:
+            for line in self.stderr:
+                if text in line:
+                    return line
+            if self._open_streams == 0:
+                raise GatewayExited(f"no stderr line with {text!r}; stderr {self.stderr[-20:]!r}")
+            await self._changed.wait()
+
     async def url(self) -> str:
         return (await self.line(LISTENING))[len(LISTENING):].split()[0]
 
