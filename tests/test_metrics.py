@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 from collections import defaultdict
 
 import httpx
@@ -279,6 +280,21 @@ async def test_a_separate_metrics_port(tmp_path):
     assert head.status_code == 200 and head.content == b""
     assert other.status_code == 404, "the metrics port serves nothing else"
     assert post.status_code == 405
+
+
+async def test_a_metrics_port_in_use_refuses_the_start_in_one_line(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        doc = base_config(tmp_path, metrics={"port": taken.getsockname()[1]})
+        with trio.fail_after(30):
+            async with serve_process(write_config(tmp_path, doc)) as gateway:
+                await gateway.until_exit()
+    assert gateway.process.returncode != 0
+    port = doc["metrics"]["port"]
+    refusal = f"tollhouse: cannot start: metrics.port: cannot listen on 127.0.0.1:{port} (Address already in use)"
+    assert refusal in gateway.stderr
+    assert not any("Traceback" in line for line in gateway.stderr)
 
 
 async def test_a_separate_port_can_want_the_token_too(tmp_path):
