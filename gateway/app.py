@@ -22,6 +22,7 @@ from actors.ledger import LedgerFault
 from actors.store_db import StoreFault
 from gateway.config import Config
 from gateway.generation import ConfigSource
+from gateway.metrics.listener import MetricsPortUnavailable
 from gateway.routes import admin, admin_config, health, models
 from gateway.routes import metrics as metrics_routes
 from gateway.routes import anthropic as anthropic_routes
@@ -132,7 +133,7 @@ class Gateway:
                 await self.quart.startup()
             except Exception as exc:
                 self.startup_error = error = _first_leaf(exc)
-                if isinstance(error, (StateDirBusy, LedgerFault, StoreFault)):
+                if isinstance(error, (StateDirBusy, LedgerFault, StoreFault, MetricsPortUnavailable)):
                     log.error("startup refused: %s", error)  # an operator's situation, not a bug
                 else:
                     log.exception("startup failed")

@@ -83,6 +83,7 @@ class Runtime:
         if config.metrics.enabled:
             self.metrics = Metrics(config)
             self.observers.add(self.metrics.served)
+            self.on_reload.append(self.metrics.configure)  # new models and targets get their labels
         self.dispatcher: Dispatcher | None = None
         self.supervisor: Supervisor | None = None
         self.simulator: Simulator | None = None

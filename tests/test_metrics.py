@@ -4,6 +4,8 @@ who may scrape, the separate metrics port, bounded labels, no secret."""
 from __future__ import annotations
 
 import json
+import signal
+import socket
 from collections import defaultdict
 
 import httpx
@@ -13,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import parse_config
 from tests.conftest import ADMIN_TOKEN, DEMO_KEY, base_config, running_gateway
+from tests.gateway_process import serve_process, write_config
 from tests.test_config import problems_of
 
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -54,6 +57,18 @@ def total_by(text: str, name: str, *labels: str) -> dict:
     return dict(out)
 
 
+async def quiet_scrape(client: httpx.AsyncClient) -> str:
+    """A scrape once nothing is in flight. A request leaves the in-flight gauge in the same
+    step as its record reaches the observers (no checkpoint between), so such a scrape
+    has counted every request answered before it; the client may read its answer a few
+    scheduler turns before that step, hence the loop (bounded by the caller's deadline)."""
+    while True:
+        response = await client.get("/metrics", headers=ADMIN)
+        assert response.status_code == 200
+        if not any(total_by(response.text, "tollhouse_requests_in_flight").values()):
+            return response.text
+
+
 def workload_config(tmp_path) -> dict:
     doc = base_config(tmp_path)
     doc["models"].update({
@@ -90,6 +105,7 @@ async def test_a_scrape_after_a_mixed_workload_agrees_with_the_ledger(tmp_path):
                 assert failing.status_code == 200 and b"error" in failing.content
                 await heard.wait(7)
                 after = await client.get("/metrics", headers=ADMIN)
+                totals = (await client.get("/admin/usage", headers=ADMIN)).json()["by"]
             entries = gw.ledger_entries()
     assert after.headers["content-type"].startswith("text/plain; version=")
     text = after.text
@@ -121,6 +137,14 @@ async def test_a_scrape_after_a_mixed_workload_agrees_with_the_ledger(tmp_path):
     assert total_by(text, "tollhouse_charges_total", "target") == by_target
     assert total_by(text, "tollhouse_tokens_total", "model", "bucket") == tokens
     assert {k: pytest.approx(v / 1e6) for k, v in cost.items()} == total_by(text, "tollhouse_cost_usd_total", "key")
+    # the ledger's own totals (/admin/usage) by upstream model: the same requests and tokens
+    ledger_models = {model: (row["requests"], row["input"], row["output"]) for model, row in totals["model"].items()}
+    scraped: dict = defaultdict(lambda: [0, 0, 0])
+    for (target,), n in total_by(text, "tollhouse_charges_total", "target").items():
+        scraped[target.partition("/")[2]][0] += n
+    for (target, bucket), n in total_by(text, "tollhouse_tokens_total", "target", "bucket").items():
+        scraped[target.partition("/")[2]][1 if bucket == "input" else 2] += n
+    assert {model: tuple(v) for model, v in scraped.items()} == ledger_models
     reasons = total_by(text, "tollhouse_charges_total", "model", "reason")
     assert reasons[("stall", "client_cancel")] == 1 and reasons[("failing", "upstream_error")] == 1
 
@@ -185,6 +209,18 @@ async def test_a_failover_is_counted(tmp_path):
     assert total_by(text, "tollhouse_upstream_errors_total", "provider", "class") == {("spare", "overloaded"): 1}
 
 
+async def test_tollhouse_serve_answers_a_scrape(tmp_path):
+    with trio.fail_after(30):
+        async with serve_process(write_config(tmp_path, base_config(tmp_path))) as gateway:
+            async with httpx.AsyncClient(base_url=await gateway.url()) as client:
+                assert (await client.post("/v1/chat/completions", json=hi("demo"), headers=USER)).status_code == 200
+                scrape = await quiet_scrape(client)
+            gateway.send_signal(signal.SIGTERM)
+            assert await gateway.wait() == 0
+    assert total_by(scrape, "tollhouse_charges_total", "model", "reason") == {("demo", "end"): 1}
+    assert DEMO_KEY not in scrape and ADMIN_TOKEN not in scrape
+
+
 async def test_the_main_port_wants_the_admin_token(config_doc):
     with trio.fail_after(20):
         async with running_gateway(config_doc) as gw:
@@ -244,6 +280,21 @@ async def test_a_separate_metrics_port(tmp_path):
     assert head.status_code == 200 and head.content == b""
     assert other.status_code == 404, "the metrics port serves nothing else"
     assert post.status_code == 405
+
+
+async def test_a_metrics_port_in_use_refuses_the_start_in_one_line(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        doc = base_config(tmp_path, metrics={"port": taken.getsockname()[1]})
+        with trio.fail_after(30):
+            async with serve_process(write_config(tmp_path, doc)) as gateway:
+                await gateway.until_exit()
+    assert gateway.process.returncode != 0
+    port = doc["metrics"]["port"]
+    refusal = f"tollhouse: cannot start: metrics.port: cannot listen on 127.0.0.1:{port} (Address already in use)"
+    assert refusal in gateway.stderr
+    assert not any("Traceback" in line for line in gateway.stderr)
 
 
 async def test_a_separate_port_can_want_the_token_too(tmp_path):

@@ -38,6 +38,12 @@ class Metrics:
         self.registry.register(self.state)
         self._scraping = trio.Lock()  # one scrape's state at a time in the collector
 
+    def configure(self, config) -> None:
+        """Follow a new config (a reload): its models and targets become the label values
+        kept; series already counted stay as they are."""
+        self.config = config
+        self.served.labels = Labels.of(config)
+
     async def scrape(self, runtime) -> bytes:
         async with self._scraping:
             self.state.state = await gather(runtime)

@@ -60,13 +60,33 @@ async def _answer(send, status: int, body: bytes, headers: list = (), content_ty
     await send({"type": "http.response.body", "body": b"" if head else body})
 
 
+class MetricsPortUnavailable(Exception):
+    """The metrics port cannot be listened on (in use, not permitted): the start is refused."""
+
+
+class _BoundConfig(hypercorn.config.Config):
+    """Hypercorn's config with its sockets bound beforehand, so a port that cannot be
+    bound is a plain ``OSError`` here rather than deep inside hypercorn's nurseries."""
+
+    bound: hypercorn.config.Sockets | None = None
+
+    def create_sockets(self) -> hypercorn.config.Sockets:
+        return self.bound
+
+
 async def serve(runtime, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Serve until cancelled; ``task_status.started`` gets the bound address (``http://host:port``)."""
-    cfg = hypercorn.config.Config()
+    """Serve until cancelled; ``task_status.started`` gets the bound addresses (``http://host:port``).
+    A port that cannot be bound refuses the start with one line naming it."""
+    cfg = _BoundConfig()
     cfg.bind = [f"{host}:{port}"]
     cfg.accesslog = None
     cfg.keep_alive_timeout = runtime.config.server.keep_alive_timeout_s
     cfg.request_head_timeout = runtime.config.server.read_timeout_s  # read by gateway.http1's protocol
     cfg.read_timeout = None
     cfg.graceful_timeout = 0.0
+    try:
+        cfg.bound = hypercorn.config.Config.create_sockets(cfg)
+    except OSError as exc:
+        raise MetricsPortUnavailable(f"metrics.port: cannot listen on {host}:{port} "
+                                     f"({exc.strerror or exc})") from None
     await hypercorn.trio.serve(MetricsApp(runtime), cfg, task_status=task_status)
