@@ -10,6 +10,7 @@ import trio
 from protocols.secret import Secret
 from tests.admin_page import csrf, parse, rows, sign_in
 from tests.conftest import ADMIN_TOKEN, DEMO_KEY, running_gateway
+from tests.packaging import shipped_packages
 
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 AUTH = {"authorization": f"Bearer {DEMO_KEY}"}
@@ -250,7 +251,7 @@ def test_the_page_and_its_assets_ship_in_the_distribution():
 
     root = Path(__file__).resolve().parent.parent
     project = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
-    assert "gateway.ui" in project["packages"]
+    assert "gateway.ui" in shipped_packages()
     assert project["package-data"]["gateway.ui"] == ["static/*"]
     assert {p.name for p in (root / "gateway/ui/static").iterdir()} == {"ui.css", "ui.js", "favicon.svg"}
 
