@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from gateway.routes.anthropic import _parser
+from providers.adapters.chain import ANTHROPIC_DEFAULT_MAX_TOKENS
 from protocols import anthropic_messages
 from protocols.secret import Secret
 from protocols.sse import SSEDecoder
@@ -139,7 +140,8 @@ async def test_chat_client_anthropic_upstream(config_doc):
             assert reply.choices[0].message.content == SIM_TEXT and reply.choices[0].finish_reason == "stop"
             assert _ledger_usage(gw) == (reply.usage.prompt_tokens, 0, 0, reply.usage.completion_tokens)
             sent = gw.simulator.bodies[-1]
-            assert sent["system"] == "be brief" and sent["max_tokens"] == anthropic_messages.DEFAULT_MAX_TOKENS
+            # no limit from the client: the anthropic family's default_max_tokens adapter sets one
+            assert sent["system"] == "be brief" and sent["max_tokens"] == ANTHROPIC_DEFAULT_MAX_TOKENS
 
             stream = await client.chat.completions.create(
                 model="claude-sim", stream=True, stream_options={"include_usage": True},
