@@ -21,7 +21,8 @@ from protocols import anthropic_messages
 from protocols.redact import NO_SECRETS, Redactor
 from protocols.anthropic_wire import API_VERSION
 from providers.adapters import ProviderAdapters, for_protocol, passes_through
-from providers.base import Completion, FrameReader, SSEFramer, encode_body, fetch_completion, open_frames
+from providers import counting
+from providers.base import Completion, FrameReader, SSEFramer, encode_body, fetch_completion, open_frames, send
 
 PASSED_HEADERS = ("anthropic-version", "anthropic-beta")
 
@@ -53,8 +54,11 @@ class AnthropicProvider:
         return self.adapters.chain(model).headers(headers)
 
     def body(self, req: Any, model: str) -> bytes:
+        return encode_body(self.wire_body(req, model))
+
+    def wire_body(self, req: Any, model: str) -> dict:
         body = anthropic_messages.build_request(req, model)
-        return encode_body(self.adapters.chain(model).body(body, req, self.protocol))
+        return self.adapters.chain(model).body(body, req, self.protocol)
 
     def url_for(self, req: Any) -> str:
         if req.protocol == self.protocol and req.extra.get("anthropic_beta_query"):
@@ -73,3 +77,11 @@ class AnthropicProvider:
         return await fetch_completion(self.client, self.url_for(req), self.headers(req, credential, model),
                                       self.body(req, model),
                                       anthropic_messages.parse_response, self.redactor)
+
+    async def count_tokens(self, req, model: str, credential: Any) -> tuple[int, bytes]:
+        """``POST /v1/messages/count_tokens``: the upstream's count and its answer as sent."""
+        url = self.url + "/count_tokens" + ("?beta=true" if self.url_for(req) != self.url else "")
+        body = encode_body(counting.anthropic_body(self.wire_body(req, model)))
+        answer = await send(self.client, url, self.headers(req, credential, model), body, stream=False,
+                            redactor=self.redactor)
+        return counting.tokens_in(answer.content, counting.ANTHROPIC_FIELD), answer.content

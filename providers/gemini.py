@@ -24,7 +24,8 @@ from protocols.json_array import ArrayElement, JsonArraySplitter
 from protocols.sse import SSEEvent
 from protocols.unified import ErrorEvent
 from providers.adapters import ProviderAdapters, for_protocol, passes_through
-from providers.base import Completion, Frame, FrameReader, SSEFramer, encode_body, fetch_completion, open_frames
+from providers import counting
+from providers.base import Completion, Frame, FrameReader, SSEFramer, encode_body, fetch_completion, open_frames, send
 
 API_VERSIONS = ("/v1beta", "/v1", "/v1alpha")
 
@@ -95,8 +96,11 @@ class GeminiProvider:
         })
 
     def body(self, req: Any, model: str) -> bytes:
+        return encode_body(self.wire_body(req, model))
+
+    def wire_body(self, req: Any, model: str) -> dict:
         body = gemini.build_request(req, model)
-        return encode_body(self.adapters.chain(model).body(body, req, self.protocol))
+        return self.adapters.chain(model).body(body, req, self.protocol)
 
     def url(self, model: str, method: str, sse: bool = False) -> str:
         name = model[len("models/"):] if model.startswith("models/") else model
@@ -122,3 +126,10 @@ class GeminiProvider:
     async def complete(self, req, model: str, credential: Any) -> Completion:
         return await fetch_completion(self.client, self.url(model, "generateContent"), self.headers(credential, model),
                                       self.body(req, model), gemini.parse_response, self.redactor)
+
+    async def count_tokens(self, req, model: str, credential: Any) -> tuple[int, bytes]:
+        """``models/{model}:countTokens``: the upstream's count and its answer as sent."""
+        body = encode_body(counting.gemini_body(self.wire_body(req, model), model))
+        answer = await send(self.client, self.url(model, "countTokens"), self.headers(credential, model), body,
+                            stream=False, redactor=self.redactor)
+        return counting.tokens_in(answer.content, counting.GEMINI_FIELD), answer.content

@@ -4,5 +4,5 @@ the unified form and an upstream's wire form (``chain`` says which and in what o
 from providers.adapters.chain import (FAMILY_DEFAULTS, NO_ADAPTERS, ORDER, REGISTRY, Chain, ProviderAdapters,
                                       chain_of, for_protocol, passes_through)
 
-__all__ = ["FAMILY_DEFAULTS", "NO_ADAPTERS", "ORDER", "REGISTRY", "Chain", "ProviderAdapters", "chain_of", "for_protocol",
-           "passes_through"]
+__all__ = ["FAMILY_DEFAULTS", "NO_ADAPTERS", "ORDER", "REGISTRY", "Chain", "ProviderAdapters", "chain_of",
+           "for_protocol", "passes_through"]

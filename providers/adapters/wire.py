@@ -62,8 +62,8 @@ def put(body: dict, path: str, value: Any) -> None:
 
 
 def pop(body: dict, path: str) -> Any:
-    """Remove ``path`` from ``body`` and return its value (``_MISSING``-safe: None when
-    absent); nested objects on the way are copied, never edited in place."""
+    """Remove ``path`` from ``body`` and return its value (None when it is absent);
+    nested objects on the way are copied, never edited in place."""
     if not has(body, path):
         return None
     *parents, last = path.split(".")
