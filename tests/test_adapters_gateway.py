@@ -12,9 +12,10 @@ import re
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
-from tests.conftest import DEMO_KEY, base_config, running_gateway
+from tests.conftest import DEMO_KEY, FIXTURES, base_config, running_gateway
 from tests.raw_upstream import RawUpstream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,7 +78,8 @@ def _config(tmp_path, upstream: RawUpstream, **providers: dict) -> dict:
         p["base_url"] = f"{upstream.url}/v1"
         p["credentials"] = [{"id": "acme-1", "key": UPSTREAM_KEY}]
     doc["providers"] = providers
-    doc["models"] = {"acme": {"targets": [f"{next(iter(providers))}/acme-1"]}, "*": {"targets": ["acme/acme-1"]}}
+    first = next(iter(providers))
+    doc["models"] = {"acme": {"targets": [f"{first}/acme-1"]}, "*": {"targets": [f"{first}/acme-1"]}}
     doc["models"].update({name: {"targets": [f"{name}/acme-1"]} for name in providers})
     doc["pricing"] = {f"{name}/*": {"input": "1.00", "output": "2.00"} for name in providers}
     return doc
@@ -194,4 +196,74 @@ async def test_an_answer_adapter_reencodes_its_own_targets_answers_only(tmp_path
                 # what the client does not see is still what the upstream reported
                 assert [(e["provider"], e["output"]) for e in gw.ledger_entries()] == [
                     ("acme", 4), ("quiet", 4), ("quiet", 4), ("acme", 4)]
+            nursery.cancel_scope.cancel()
+
+
+# ---------------------------------------------------------------- each adapter, through a gateway
+
+ASKED = {"messages": [{"role": "user", "content": "hi"}], "temperature": 0.2, "top_p": 0.9}
+
+
+def anything(_conn: int, _n: int, body: bytes):
+    """A Chat upstream that accepts whatever it is sent (the captured body is the test's)."""
+    return 200, WHOLE
+
+
+@pytest.mark.parametrize("adapter, asked, check", [
+    ("one_sampling_param", {}, lambda s: s["temperature"] == 0.2 and "top_p" not in s),
+    ({"name": "one_sampling_param", "keep": "top_p"}, {}, lambda s: s["top_p"] == 0.9 and "temperature" not in s),
+    ({"name": "default_max_tokens", "value": 333}, {}, lambda s: s["max_tokens"] == 333),
+    ({"name": "default_max_tokens", "value": 333}, {"max_tokens": 40}, lambda s: s["max_tokens"] == 40),
+    ({"name": "cap_max_tokens", "value": 10}, {"max_tokens": 40}, lambda s: s["max_tokens"] == 10),
+    ("max_completion_tokens", {"max_tokens": 40}, lambda s: s["max_completion_tokens"] == 40 and "max_tokens" not in s),
+    ({"name": "rename_params", "params": {"top_p": "nucleus"}}, {}, lambda s: s["nucleus"] == 0.9 and "top_p" not in s),
+    ({"name": "drop_params", "params": ["temperature"]}, {}, lambda s: "temperature" not in s and s["top_p"] == 0.9),
+    ({"name": "system_prefix", "text": "Be exact."}, {},
+     lambda s: s["messages"][0] == {"role": "system", "content": "Be exact."} and len(s["messages"]) == 2),
+])
+@pytest.mark.parametrize("door", ["chat", "responses"])
+async def test_each_request_adapter_reaches_the_upstream(tmp_path, adapter, asked, check, door):
+    """A Chat client (its own body, passed through) and a Responses client (translated):
+    the upstream gets the adapter's edit either way."""
+    upstream = RawUpstream(anything)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await _serve(upstream, nursery)
+            acme = {"family": "openai_compat", "adapters": [adapter]}
+            async with running_gateway(_config(tmp_path, upstream, acme=acme)) as gw, \
+                    httpx.AsyncClient(base_url=gw.url, timeout=None) as client:
+                if door == "chat":
+                    r = await client.post("/v1/chat/completions", headers=CHAT_AUTH,
+                                          json={"model": "acme", **ASKED, **asked})
+                else:
+                    limit = {"max_output_tokens": asked["max_tokens"]} if "max_tokens" in asked else {}
+                    r = await client.post("/v1/responses", headers=CHAT_AUTH, json={
+                        "model": "acme", "input": "hi", "temperature": 0.2, "top_p": 0.9, **limit})
+                assert r.status_code == 200, r.text
+                assert check(_sent(upstream)), _sent(upstream)
+            nursery.cancel_scope.cancel()
+
+
+def anthropic_message(_conn: int, _n: int, body: bytes):
+    return 200, (FIXTURES / "anthropic" / "message-nonstream.json").read_bytes()
+
+
+async def test_the_anthropic_familys_default_limit_and_a_models_own(tmp_path):
+    upstream = RawUpstream(anthropic_message)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await _serve(upstream, nursery)
+            claude = {"family": "anthropic", "model_adapters": {
+                "claude-3-haiku*": [{"name": "default_max_tokens", "value": 4096}]}}
+            doc = _config(tmp_path, upstream, claude=claude)
+            async with running_gateway(doc) as gw, httpx.AsyncClient(base_url=gw.url, timeout=None) as client:
+                sent = []
+                for model, asked in (("claude/claude-sonnet-4-5", {}), ("claude/claude-3-haiku-20240307", {}),
+                                     ("claude/claude-3-haiku-20240307", {"max_tokens": 50})):
+                    r = await client.post("/v1/chat/completions", headers=CHAT_AUTH, json={
+                        "model": model, "messages": [{"role": "user", "content": "hi"}], **asked})
+                    assert r.status_code == 200, r.text
+                    sent.append(_sent(upstream)["max_tokens"])
+                assert sent == [8192, 4096, 50]
+                assert upstream.heads[-1][1]["x-api-key"] == UPSTREAM_KEY
             nursery.cancel_scope.cancel()
