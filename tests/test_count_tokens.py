@@ -139,3 +139,14 @@ async def test_a_bad_count_request_is_refused_before_any_upstream_count(tmp_path
             r = await client.post(ANTHROPIC_DOOR[0], headers={"x-api-key": "th-wrong"}, json=_anthropic_body("anthropic"))
             assert r.status_code == 401
             assert gw.simulator.counts == []
+
+
+async def test_a_key_limited_to_other_models_gets_the_estimate_not_that_upstreams_count(tmp_path):
+    doc = _config(tmp_path)
+    doc["keys"] = [{"name": "chat-only", "key": DEMO_KEY, "credit_usd": "1.00", "models": ["chat"]}]
+    with trio.fail_after(20):
+        async with running_gateway(doc) as gw, httpx.AsyncClient(base_url=gw.url) as client:
+            path, headers, body = _door("anthropic", "anthropic")
+            r = await client.post(path, headers=headers, json=body)
+            assert r.status_code == 200 and r.headers["x-tollhouse-token-count"] == "estimate"
+            assert gw.simulator.counts == []
