@@ -15,7 +15,12 @@ import httpx
 import pytest
 import trio
 
+from providers.adapters import ProviderAdapters
+from providers.adapters.request import DropParams, SystemPrefix
+from providers.responses_socket import SocketSession
 from tests.conftest import DEMO_KEY, FIXTURES, base_config, running_gateway
+from tests.test_responses_socket import CREDENTIAL, provider_on_simulator, read_turn
+from tests.test_responses_socket import request as socket_request
 from tests.raw_upstream import RawUpstream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -267,3 +272,16 @@ async def test_the_anthropic_familys_default_limit_and_a_models_own(tmp_path):
                 assert sent == [8192, 4096, 50]
                 assert upstream.heads[-1][1]["x-api-key"] == UPSTREAM_KEY
             nursery.cancel_scope.cancel()
+
+
+async def test_request_adapters_edit_a_turn_sent_over_the_upstreams_websocket():
+    adapters = ProviderAdapters("openai_responses", (SystemPrefix(text="Be exact."),
+                                                     DropParams(params=("top_p",))))
+    async with provider_on_simulator(adapters=adapters) as (sim, provider):
+        with trio.fail_after(5):
+            async with SocketSession.open():
+                async with provider.stream(socket_request(top_p=0.5), "sim-up", CREDENTIAL) as reader:
+                    await read_turn(reader)
+    [sent] = sim.bodies
+    assert sent["type"] == "response.create" and sim.websocket_connections == 1
+    assert sent["instructions"] == "Be exact." and "top_p" not in sent
