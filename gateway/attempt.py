@@ -25,6 +25,7 @@ from gateway.ending import Outcome, Trouble
 from gateway.request import ClientLink, Request
 from protocols.errors import GatewayError, Stopping, UpstreamError, UpstreamProtocolError, UpstreamTimeout
 from protocols.unified import ErrorEvent, Finish, StreamStart
+from providers.adapters import chain_of, passes_through
 from providers.base import Unparseable
 from providers.http11 import WriteWatch
 
@@ -127,12 +128,14 @@ class AttemptRunner:
         meter.usage, meter.finished, meter.final_usage = response.usage, True, True
         req.terminal = True
         answer = None
-        if call.request.protocol == provider.protocol:
+        if passes_through(provider, call.request, target.model):
             body, content_type = completion.body, completion.content_type
             if call.recorder is not None:
                 answer = _json_object(body)
         else:
-            answer = call.client.format_response(response, call.request.model)
+            # the answer adapters edit what the client sees; the meter took the upstream's usage above
+            answer = call.client.format_response(chain_of(provider, target.model).response(response),
+                                                 call.request.model)
             body = json.dumps(answer).encode()
             content_type = "application/json"
         await self.settle(req)
@@ -148,7 +151,8 @@ class AttemptRunner:
     async def _stream(self, req: Request, provider: Any, target: Any, credential: Any, link: ClientLink,
                       index: int) -> None:
         call = req.call
-        passthrough = call.request.protocol == provider.protocol
+        passthrough = passes_through(provider, call.request, target.model)
+        chain = chain_of(provider, target.model)
         encoder = call.client.StreamEncoder(call.request, call.request.model)
         meter = req.meter
         held: list[bytes] = []
@@ -178,7 +182,8 @@ class AttemptRunner:
                     await link.start(200, _headers(req, content_type, target))
                     complete = False
                     try:
-                        complete = await self._relay(batch, reader, scope, link, req, encoder, passthrough, held)
+                        complete = await self._relay(batch, reader, scope, link, req, encoder, passthrough, held,
+                                                     chain.events if chain.edits_answers else None)
                     except UpstreamError as exc:
                         self._fail(req, exc, encoder, reader, passthrough, held)
                     except ClientStuck:
@@ -252,7 +257,8 @@ class AttemptRunner:
             raise ClientStuck()
 
     async def _relay(self, batch: list, reader: Any, scope: trio.CancelScope, link: ClientLink,
-                     req: Request, encoder: Any, passthrough: bool, held: list[bytes]) -> bool:
+                     req: Request, encoder: Any, passthrough: bool, held: list[bytes],
+                     edit: Callable[[tuple], tuple] | None = None) -> bool:
         """Forward batches until the upstream ends (or, translated, until its error);
         True when the answer is complete without the end of its body.
 
@@ -262,6 +268,8 @@ class AttemptRunner:
         at once (an upstream that keeps its connection open after it is not waited for);
         where the protocol has none (Chat without ``[DONE]``, Gemini), the end of body is
         waited for ``FINISH_TAIL_S`` after the finish, then the answer counts as complete.
+        ``edit`` (the target's answer adapters) changes the events the client's encoder
+        gets, after the meter saw them.
         """
         meter = req.meter
         stall = self.streaming.stall_timeout_s
@@ -277,7 +285,7 @@ class AttemptRunner:
                 if passthrough:  # bytes the gateway could not read are not the client's to parse either
                     chunk = b"" if frame.drop or _unread(frame) else frame.raw
                 else:
-                    chunk = encoder.encode(frame.events)
+                    chunk = encoder.encode(frame.events if edit is None else edit(frame.events))
                 if meter.finished or meter.error is not None:
                     if chunk:
                         held.append(chunk)

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from gateway.adapter_config import AdapterList
 from gateway.config_schema import (FRACTION, INVALID, NON_NEGATIVE, PORT, POSITIVE, Check, Reader, child,
                                    closest, did_you_mean, setting)
 from actors.usage_bounds import MAX_LIMIT
@@ -35,6 +36,9 @@ from protocols.secret import Secret
 FAMILIES = ("openai_compat", "openai", "anthropic", "gemini", "simulator")
 DISCONNECT_POLICIES = ("cancel", "drain")
 PROTOCOLS = ("openai_chat", "openai_responses", "anthropic", "gemini")
+FAMILY_PROTOCOL = {"openai_compat": "openai_chat", "openai": "openai_responses", "anthropic": "anthropic",
+                   "gemini": "gemini"}
+COUNT_TOKENS = ("upstream", "estimate")
 RATES = ("input", "cached_input", "cache_write", "output", "reasoning")
 Problems = Iterator[tuple[str, str]]
 
@@ -110,6 +114,11 @@ class ProviderConfig:
     protocol: Literal[PROTOCOLS] | None = None
     # a client's Responses WebSocket session reaches this upstream over one socket of its own
     websocket: bool = False
+    # request/answer edits for this upstream (providers/adapters), and per upstream model
+    adapters: AdapterList = AdapterList()
+    model_adapters: Mapping[str, AdapterList] = setting(factory=dict)
+    # token counts: asked of the upstream's counting endpoint where its family has one, or estimated
+    count_tokens: Literal[COUNT_TOKENS] = "upstream"
 
     def problems(self, unread: frozenset[str]) -> Problems:
         if self.websocket and not self.speaks_responses() and not {"family", "protocol", "embedded"} & unread:
@@ -119,6 +128,8 @@ class ProviderConfig:
             yield "base_url", "is required unless the provider is embedded"
         if not self.embedded and not self.credentials and "credentials" not in unread:
             yield "credentials", "needs at least one credential"
+        if not {"family", "protocol", "embedded"} & unread:
+            yield from self._adapter_problems()
         seen: set[str] = set()
         for i, cred in enumerate(() if "credentials" in unread else self.credentials):
             if cred is INVALID:
@@ -127,6 +138,22 @@ class ProviderConfig:
             if cid in seen:
                 yield f"credentials[{i}].id", f"duplicate credential id {cid!r}"
             seen.add(cid)
+
+    def wire_protocol(self) -> str:
+        """The protocol this upstream is spoken to in (what its adapters edit)."""
+        if self.family == "simulator" or self.embedded:
+            return self.protocol or "openai_chat"
+        return FAMILY_PROTOCOL[self.family]
+
+    def _adapter_problems(self) -> Problems:
+        protocol = self.wire_protocol()
+        lists = [("adapters", self.adapters)]
+        lists += [(child("model_adapters", model), chosen) for model, chosen in self.model_adapters.items()]
+        for path, chosen in lists:
+            for i, adapter in enumerate(() if chosen is INVALID else chosen):
+                if adapter is not INVALID and adapter.PROTOCOLS is not None and protocol not in adapter.PROTOCOLS:
+                    yield f"{path}[{i}]", (f"adapter {adapter.NAME!r} applies to {', '.join(sorted(adapter.PROTOCOLS))}"
+                                           f" upstreams; this provider speaks {protocol}")
 
     def speaks_responses(self) -> bool:
         """Whether the provider is reached with the Responses API (the class the

@@ -213,7 +213,7 @@ class Reader:
             return self._read_array(args[0], raw, path)
         if origin is Mapping:
             return self._read_mapping(args[1], raw, path)
-        reader = _SCALARS.get(kind)
+        reader = _SCALARS.get(kind) or getattr(kind, "read_config", None)  # a type may read itself
         if reader is not None:
             return reader(self, raw, path)
         if attrs.has(kind):

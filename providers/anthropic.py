@@ -20,7 +20,9 @@ from providers.http11 import Pool
 from protocols import anthropic_messages
 from protocols.redact import NO_SECRETS, Redactor
 from protocols.anthropic_wire import API_VERSION
-from providers.base import Completion, FrameReader, SSEFramer, encode_body, fetch_completion, open_frames
+from providers.adapters import ProviderAdapters, for_protocol, passes_through
+from providers import counting
+from providers.base import Completion, FrameReader, SSEFramer, encode_body, fetch_completion, open_frames, send
 
 PASSED_HEADERS = ("anthropic-version", "anthropic-beta")
 
@@ -30,14 +32,15 @@ class AnthropicProvider:
     SIM_SUFFIX = ""
 
     def __init__(self, name: str, base_url: str, client: Pool, headers: dict | None = None,
-                 redactor: Redactor = NO_SECRETS) -> None:
+                 redactor: Redactor = NO_SECRETS, adapters: ProviderAdapters | None = None) -> None:
         self.name = name
+        self.adapters = adapters or for_protocol(self.protocol)
         self.redactor = redactor  # upstream text on its way to a client or a log loses every secret
         self.url = f"{base_url}/v1/messages"
         self.client = client
         self.extra_headers = dict(headers or {})
 
-    def headers(self, req: Any, credential: Any) -> dict:
+    def headers(self, req: Any, credential: Any, model: str = "") -> dict:
         headers = {
             "x-api-key": credential.secret.value,
             "anthropic-version": API_VERSION,
@@ -48,7 +51,14 @@ class AnthropicProvider:
             passed = req.extra.get("anthropic_headers") or {}
             headers.update({k: v for k, v in passed.items() if k in PASSED_HEADERS and v})
         headers.update(self.extra_headers)
-        return headers
+        return self.adapters.chain(model).headers(headers)
+
+    def body(self, req: Any, model: str) -> bytes:
+        return encode_body(self.wire_body(req, model))
+
+    def wire_body(self, req: Any, model: str) -> dict:
+        body = anthropic_messages.build_request(req, model)
+        return self.adapters.chain(model).body(body, req, self.protocol)
 
     def url_for(self, req: Any) -> str:
         if req.protocol == self.protocol and req.extra.get("anthropic_beta_query"):
@@ -57,13 +67,21 @@ class AnthropicProvider:
 
     @asynccontextmanager
     async def stream(self, req, model: str, credential: Any) -> AsyncIterator[FrameReader]:
-        body = encode_body(anthropic_messages.build_request(req, model))
-        framer = SSEFramer(anthropic_messages.StreamDecoder(light=req.protocol == self.protocol))
-        async with open_frames(self.client, self.url_for(req), self.headers(req, credential), body, framer,
+        framer = SSEFramer(anthropic_messages.StreamDecoder(light=passes_through(self, req, model)))
+        async with open_frames(self.client, self.url_for(req), self.headers(req, credential, model),
+                               self.body(req, model), framer,
                                self.redactor) as reader:
             yield reader
 
     async def complete(self, req, model: str, credential: Any) -> Completion:
-        body = encode_body(anthropic_messages.build_request(req, model))
-        return await fetch_completion(self.client, self.url_for(req), self.headers(req, credential), body,
+        return await fetch_completion(self.client, self.url_for(req), self.headers(req, credential, model),
+                                      self.body(req, model),
                                       anthropic_messages.parse_response, self.redactor)
+
+    async def count_tokens(self, req, model: str, credential: Any) -> tuple[int, bytes]:
+        """``POST /v1/messages/count_tokens``: the upstream's count and its answer as sent."""
+        url = self.url + "/count_tokens" + ("?beta=true" if self.url_for(req) != self.url else "")
+        body = encode_body(counting.anthropic_body(self.wire_body(req, model)))
+        answer = await send(self.client, url, self.headers(req, credential, model), body, stream=False,
+                            redactor=self.redactor)
+        return counting.tokens_in(answer.content, counting.ANTHROPIC_FIELD), answer.content

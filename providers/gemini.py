@@ -23,7 +23,9 @@ from protocols.errors import UpstreamProtocolError
 from protocols.json_array import ArrayElement, JsonArraySplitter
 from protocols.sse import SSEEvent
 from protocols.unified import ErrorEvent
-from providers.base import Completion, Frame, FrameReader, SSEFramer, encode_body, fetch_completion, open_frames
+from providers.adapters import ProviderAdapters, for_protocol, passes_through
+from providers import counting
+from providers.base import Completion, Frame, FrameReader, SSEFramer, encode_body, fetch_completion, open_frames, send
 
 API_VERSIONS = ("/v1beta", "/v1", "/v1alpha")
 
@@ -76,21 +78,29 @@ class GeminiProvider:
     SIM_SUFFIX = ""
 
     def __init__(self, name: str, base_url: str, client: Pool, headers: dict | None = None,
-                 redactor: Redactor = NO_SECRETS) -> None:
+                 redactor: Redactor = NO_SECRETS, adapters: ProviderAdapters | None = None) -> None:
         self.name = name
+        self.adapters = adapters or for_protocol(self.protocol)
         self.redactor = redactor  # upstream text on its way to a client or a log loses every secret
         base = base_url.rstrip("/")
         self.base = base if base.endswith(API_VERSIONS) else base + "/v1beta"
         self.client = client
         self.extra_headers = dict(headers or {})
 
-    def headers(self, credential: Any) -> dict:
-        return {
+    def headers(self, credential: Any, model: str = "") -> dict:
+        return self.adapters.chain(model).headers({
             "x-goog-api-key": credential.secret.value,
             "content-type": "application/json",
             "accept-encoding": "identity",
             **self.extra_headers,
-        }
+        })
+
+    def body(self, req: Any, model: str) -> bytes:
+        return encode_body(self.wire_body(req, model))
+
+    def wire_body(self, req: Any, model: str) -> dict:
+        body = gemini.build_request(req, model)
+        return self.adapters.chain(model).body(body, req, self.protocol)
 
     def url(self, model: str, method: str, sse: bool = False) -> str:
         name = model[len("models/"):] if model.startswith("models/") else model
@@ -105,14 +115,21 @@ class GeminiProvider:
     @asynccontextmanager
     async def stream(self, req, model: str, credential: Any) -> AsyncIterator[FrameReader]:
         sse = self.wants_sse(req)
-        body = encode_body(gemini.build_request(req, model))
-        decoder = gemini.StreamDecoder(light=req.protocol == self.protocol)
+        body = self.body(req, model)
+        decoder = gemini.StreamDecoder(light=passes_through(self, req, model))
         framer = SSEFramer(decoder) if sse else JsonArrayFramer(decoder)
         url = self.url(model, "streamGenerateContent", sse)
-        async with open_frames(self.client, url, self.headers(credential), body, framer, self.redactor) as reader:
+        async with open_frames(self.client, url, self.headers(credential, model), body, framer,
+                               self.redactor) as reader:
             yield reader
 
     async def complete(self, req, model: str, credential: Any) -> Completion:
-        body = encode_body(gemini.build_request(req, model))
-        return await fetch_completion(self.client, self.url(model, "generateContent"), self.headers(credential),
-                                      body, gemini.parse_response, self.redactor)
+        return await fetch_completion(self.client, self.url(model, "generateContent"), self.headers(credential, model),
+                                      self.body(req, model), gemini.parse_response, self.redactor)
+
+    async def count_tokens(self, req, model: str, credential: Any) -> tuple[int, bytes]:
+        """``models/{model}:countTokens``: the upstream's count and its answer as sent."""
+        body = encode_body(counting.gemini_body(self.wire_body(req, model), model))
+        answer = await send(self.client, self.url(model, "countTokens"), self.headers(credential, model), body,
+                            stream=False, redactor=self.redactor)
+        return counting.tokens_in(answer.content, counting.GEMINI_FIELD), answer.content

@@ -17,6 +17,7 @@ from providers.http11 import Pool
 
 from protocols import openai_responses
 from protocols.redact import NO_SECRETS, Redactor
+from providers.adapters import ProviderAdapters, for_protocol, passes_through
 from providers.base import Completion, FrameReader, SSEFramer, bearer_headers, encode_body, fetch_completion, open_frames
 from providers.responses_socket import RESPONSES_WEBSOCKET_BETA, SocketTarget, SocketTurn, current_session
 
@@ -32,8 +33,10 @@ class OpenAIResponsesProvider:
     SIM_SUFFIX = "/v1"
 
     def __init__(self, name: str, base_url: str, client: Pool, headers: dict | None = None,
-                 redactor: Redactor = NO_SECRETS, websocket: bool = False) -> None:
+                 redactor: Redactor = NO_SECRETS, websocket: bool = False,
+                 adapters: ProviderAdapters | None = None) -> None:
         self.name = name
+        self.adapters = adapters or for_protocol(self.protocol)
         self.redactor = redactor  # upstream text on its way to a client or a log loses every secret
         self.url = f"{base_url}/responses"
         self.socket_url = websocket_url(base_url)
@@ -41,13 +44,17 @@ class OpenAIResponsesProvider:
         self.extra_headers = dict(headers or {})
         self.websocket = websocket  # streams of a client WebSocket session go over the upstream's socket
 
-    def headers(self, credential: Any) -> dict:
-        return bearer_headers(credential, self.extra_headers)
+    def headers(self, credential: Any, model: str = "") -> dict:
+        return self.adapters.chain(model).headers(bearer_headers(credential, self.extra_headers))
 
-    def socket_target(self, credential: Any) -> SocketTarget:
+    def body(self, req: Any, model: str) -> dict:
+        body = openai_responses.build_request(req, model)
+        return self.adapters.chain(model).body(body, req, self.protocol)
+
+    def socket_target(self, credential: Any, model: str = "") -> SocketTarget:
         """The upstream socket for ``credential``: its key in the handshake, with the
         provider's headers and the WebSocket mode's beta flag."""
-        headers = {k.lower(): v for k, v in self.extra_headers.items()}
+        headers = self.adapters.chain(model).headers({k.lower(): v for k, v in self.extra_headers.items()})
         headers["authorization"] = f"Bearer {credential.secret.value}"
         headers["openai-beta"] = RESPONSES_WEBSOCKET_BETA
         return SocketTarget(self.name, credential.id, self.socket_url, headers,
@@ -56,19 +63,19 @@ class OpenAIResponsesProvider:
 
     @asynccontextmanager
     async def stream(self, req, model: str, credential: Any) -> AsyncIterator[FrameReader | SocketTurn]:
-        body = openai_responses.build_request(req, model)
-        decoder = openai_responses.StreamDecoder(light=req.protocol == self.protocol)
+        body = self.body(req, model)
+        decoder = openai_responses.StreamDecoder(light=passes_through(self, req, model))
         session = current_session.get() if self.websocket else None
         if session is not None:
-            async with session.turn(self.socket_target(credential), body, decoder, self.redactor) as turn:
+            async with session.turn(self.socket_target(credential, model), body, decoder, self.redactor) as turn:
                 yield turn
             return
-        async with open_frames(self.client, self.url, self.headers(credential), encode_body(body),
+        async with open_frames(self.client, self.url, self.headers(credential, model), encode_body(body),
                                SSEFramer(decoder), self.redactor) as reader:
             yield reader
 
     async def complete(self, req, model: str, credential: Any) -> Completion:
-        body = openai_responses.build_request(req, model)
-        return await fetch_completion(self.client, self.url, self.headers(credential), encode_body(body),
+        return await fetch_completion(self.client, self.url, self.headers(credential, model),
+                                      encode_body(self.body(req, model)),
                                       openai_responses.parse_response,
                                       self.redactor)

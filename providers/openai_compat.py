@@ -18,6 +18,7 @@ from providers.http11 import Pool
 from protocols import openai_chat
 from protocols.redact import NO_SECRETS, Redactor
 from protocols.errors import UpstreamBadRequest
+from providers.adapters import ProviderAdapters, for_protocol, passes_through
 from providers.base import Completion, FrameReader, SSEFramer, bearer_headers, encode_body, fetch_completion, reading, send
 
 _REJECTS = (b"stream_options", b"include_usage")
@@ -28,24 +29,29 @@ class OpenAICompatProvider:
     SIM_SUFFIX = "/v1"
 
     def __init__(self, name: str, base_url: str, client: Pool, headers: dict | None = None,
-                 redactor: Redactor = NO_SECRETS) -> None:
+                 redactor: Redactor = NO_SECRETS, adapters: ProviderAdapters | None = None) -> None:
         self.name = name
+        self.adapters = adapters or for_protocol(self.protocol)
         self.redactor = redactor  # upstream text on its way to a client or a log loses every secret
         self.url = f"{base_url}/chat/completions"
         self.client = client
         self.extra_headers = dict(headers or {})
         self.rejects_stream_options: set[str] = set()
 
-    def headers(self, credential: Any) -> dict:
-        return bearer_headers(credential, self.extra_headers)
+    def headers(self, credential: Any, model: str = "") -> dict:
+        return self.adapters.chain(model).headers(bearer_headers(credential, self.extra_headers))
+
+    def body(self, req: Any, model: str, include_usage: bool) -> bytes:
+        body = openai_chat.build_request(req, model, include_usage=include_usage)
+        return encode_body(self.adapters.chain(model).body(body, req, self.protocol))
 
     @asynccontextmanager
     async def stream(self, req, model: str, credential: Any) -> AsyncIterator[FrameReader]:
         inject = not req.include_usage and model not in self.rejects_stream_options
         while True:
-            body = openai_chat.build_request(req, model, include_usage=inject or req.include_usage)
+            body = self.body(req, model, inject or req.include_usage)
             try:
-                response = await send(self.client, self.url, self.headers(credential), encode_body(body), stream=True,
+                response = await send(self.client, self.url, self.headers(credential, model), body, stream=True,
                                       redactor=self.redactor)
                 break
             except UpstreamBadRequest as exc:
@@ -53,13 +59,13 @@ class OpenAICompatProvider:
                     raise
                 self.rejects_stream_options.add(model)
                 inject = False
-        decoder = openai_chat.StreamDecoder(light=req.protocol == self.protocol)
+        decoder = openai_chat.StreamDecoder(light=passes_through(self, req, model))
         async with reading(response, SSEFramer(decoder, drop_usage_only=inject), self.redactor) as reader:
             yield reader
 
     async def complete(self, req, model: str, credential: Any) -> Completion:
-        body = openai_chat.build_request(req, model, include_usage=False)
-        return await fetch_completion(self.client, self.url, self.headers(credential), encode_body(body),
+        return await fetch_completion(self.client, self.url, self.headers(credential, model),
+                                      self.body(req, model, False),
                                       openai_chat.parse_response, self.redactor)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from providers.adapters import ProviderAdapters
 from providers.anthropic import AnthropicProvider
 from providers.gemini import GeminiProvider
 from providers.http11 import Pool
@@ -43,4 +44,5 @@ def build(cfg: Any, simulator_url: str | None, redactor: Redactor = NO_SECRETS) 
                 max_body_bytes=cfg.max_response_bytes)
     # only a Responses provider takes the switch (the config refuses it elsewhere)
     switches = {"websocket": True} if cfg.websocket else {}
-    return cls(cfg.name, base, pool, dict(cfg.headers), redactor=redactor, **switches)
+    adapters = ProviderAdapters(cfg.wire_protocol(), tuple(cfg.adapters), dict(cfg.model_adapters))
+    return cls(cfg.name, base, pool, dict(cfg.headers), redactor=redactor, adapters=adapters, **switches)

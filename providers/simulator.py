@@ -32,6 +32,7 @@ from protocols import anthropic_messages, openai_chat
 from protocols import gemini, openai_responses
 from protocols.errors import GatewayError, classify_upstream
 from protocols.validate import load_json_object
+from providers.sim_count import COUNTS, SimCount
 from providers.sim_script import Fault, answer, base_model, fault_for
 from providers.sim_websocket import SimTurn, serve_socket
 
@@ -130,6 +131,7 @@ class Simulator:
         self.websocket_connections = 0  # WebSocket connections accepted, in all
         self.websocket_open = 0  # WebSocket connections open now
         self.ws_turns: list[SimTurn] = []  # every response.create received, in order
+        self.counts: list[tuple[str, dict]] = []  # every counting request: (protocol, body)
         self._changed = trio.Event()
         self._ids = itertools.count(1)
         self._run = os.urandom(4).hex()
@@ -237,9 +239,10 @@ class Simulator:
         path = scope["path"]
         if scope["method"] == "GET" and path.rstrip("/").endswith("/models"):
             return await _send_json(send, 200, {"object": "list", "data": [{"id": "sim-chat", "object": "model"}]})
+        counter = next((c for c in COUNTS if c.path.match(path)), None)
         for proto in PROTOCOLS:
-            match = proto.path.match(path)
-            if match:
+            match = proto.path.match(path) if counter is None else None
+            if match or (counter is not None and proto.name == counter.protocol):
                 break
         else:
             return await _send_json(send, 404, {"error": {"message": f"no route {path}"}})
@@ -252,6 +255,9 @@ class Simulator:
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
         key = proto.key_header(headers, query)
+        if counter is not None:
+            self.requests_by_key[key] = self.requests_by_key.get(key, 0) + 1
+            return await self._count(proto, counter, counter.path.match(path), query, body, key, send)
         self.requests_by_key[key] = self.requests_by_key.get(key, 0) + 1
         try:
             doc = load_json_object(body)
@@ -301,6 +307,20 @@ class Simulator:
         self.stream_sent()
         if fault.hold_open:
             await trio.sleep_forever()
+
+    async def _count(self, proto: SimProtocol, counter: SimCount, match: re.Match, query: dict, body: bytes,
+                     key: str, send) -> None:
+        """A counting endpoint: the simulator's own count, or the fault asked for."""
+        try:
+            doc = load_json_object(body)
+            self.counts.append((counter.protocol, doc))
+            req = counter.parse(match, query, doc)
+        except GatewayError as exc:
+            return await _send_json(send, exc.status, proto.format_error(exc))
+        fault = fault_for(req.model or match.groupdict().get("model", ""), req, self.key_faults.get(key))
+        if fault.status:
+            return await self._error(proto, fault, send)
+        await _send_json(send, 200, counter.answer(req))
 
     async def refuse(self, protocol: str, fault: Fault, send) -> None:
         """Answer with the error ``fault`` asks for, in ``protocol``'s shape (the

@@ -12,9 +12,10 @@ import h11
 import trio
 import trio.testing
 
-# (connection number, request number on that connection, body) -> (status, body), or
-# None to close the connection having read the request, without answering
-Answer = Callable[[int, int, bytes], "tuple[int, bytes] | None"]
+# (connection number, request number on that connection, body) -> (status, body) or
+# (status, body, content type), or None to close the connection having read the
+# request, without answering
+Answer = Callable[[int, int, bytes], "tuple[int, bytes] | tuple[int, bytes, str] | None"]
 
 
 def ok(_conn: int, _n: int, _body: bytes) -> tuple[int, bytes]:
@@ -36,6 +37,7 @@ class RawUpstream:
     answer: Answer = ok
     requests: list[int] = attrs.field(factory=list)
     bodies: list[bytes] = attrs.field(factory=list)
+    heads: list[tuple[str, dict]] = attrs.field(factory=list)  # each request's target and headers
     idle: set = attrs.field(factory=set)
     port: int = 0
 
@@ -72,9 +74,9 @@ class RawUpstream:
                 reply = self.answer(index, self.requests[index], request)
                 if reply is None:
                     return
-                status, body = reply
+                status, body, content_type = (*reply, "application/json")[:3]
                 await stream.send_all(h.send(h11.Response(status_code=status, headers=[
-                    ("content-type", "application/json"), ("content-length", str(len(body)))]))
+                    ("content-type", content_type), ("content-length", str(len(body)))]))
                     + h.send(h11.Data(data=body)) + h.send(h11.EndOfMessage()))
                 h.start_next_cycle()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -95,6 +97,8 @@ class RawUpstream:
             self.idle.discard(stream)
             if type(event) is h11.ConnectionClosed:
                 return None
+            if type(event) is h11.Request:
+                self.heads.append((event.target.decode(), {k.decode(): v.decode() for k, v in event.headers}))
             if type(event) is h11.Data:
                 body.append(bytes(event.data))
             elif type(event) is h11.EndOfMessage:

@@ -11,10 +11,12 @@ import pytest
 import trio
 
 from gateway.routes.anthropic import _parser
+from providers.adapters.chain import ANTHROPIC_DEFAULT_MAX_TOKENS
 from protocols import anthropic_messages
 from protocols.secret import Secret
 from protocols.sse import SSEDecoder
 from providers.anthropic import AnthropicProvider
+from providers.sim_count import sim_tokens
 from tests.conftest import DEMO_KEY, FIXTURES, base_config, running_gateway
 
 SIM_TEXT = "Hello from the Tollhouse simulator. This answer is deterministic and every word"
@@ -139,7 +141,8 @@ async def test_chat_client_anthropic_upstream(config_doc):
             assert reply.choices[0].message.content == SIM_TEXT and reply.choices[0].finish_reason == "stop"
             assert _ledger_usage(gw) == (reply.usage.prompt_tokens, 0, 0, reply.usage.completion_tokens)
             sent = gw.simulator.bodies[-1]
-            assert sent["system"] == "be brief" and sent["max_tokens"] == anthropic_messages.DEFAULT_MAX_TOKENS
+            # no limit from the client: the anthropic family's default_max_tokens adapter sets one
+            assert sent["system"] == "be brief" and sent["max_tokens"] == ANTHROPIC_DEFAULT_MAX_TOKENS
 
             stream = await client.chat.completions.create(
                 model="claude-sim", stream=True, stream_options={"include_usage": True},
@@ -212,8 +215,10 @@ async def test_count_tokens_and_models_list(config_doc):
     with trio.fail_after(10):
         async with running_gateway(config_doc) as gw, _anthropic(gw) as client:
             count = await client.messages.count_tokens(model="claude-sim", messages=[{"role": "user", "content": "say hi"}])
-            assert count.input_tokens == anthropic_messages.count_tokens(
-                {"model": "claude-sim", "messages": [{"role": "user", "content": "say hi"}]})["input_tokens"]
+            # an Anthropic target counts with its own endpoint (the simulator's word rule)
+            asked = {"model": "claude-sim", "messages": [{"role": "user", "content": "say hi"}]}
+            assert count.input_tokens == sim_tokens(anthropic_messages.parse_request(asked, require_max_tokens=False))
+            assert gw.simulator.counts == [("anthropic", {**asked, "model": "sim-claude"})]
             page = await client.models.list()
             ids = [m.id for m in page.data]
             assert "claude-sim" in ids and page.data[0].type == "model"

@@ -86,7 +86,9 @@ def test_chat_parse_feeds_the_estimate():
 
 def gemini_doc(tmp_path) -> dict:
     doc = base_config(tmp_path)
-    doc["providers"]["simg"] = {"family": "simulator", "embedded": True, "protocol": "gemini"}
+    # the gateway's own count is under test here (upstream counting: test_count_tokens.py)
+    doc["providers"]["simg"] = {"family": "simulator", "embedded": True, "protocol": "gemini",
+                                "count_tokens": "estimate"}
     doc["models"]["gemini-sim"] = {"targets": ["simg/sim-gemini"]}
     doc["pricing"]["simg/sim-gemini"] = {"input": "1.00", "output": "2.00"}
     return doc

@@ -14,7 +14,8 @@ from urllib.parse import parse_qs
 
 import attrs
 
-from gateway.routes.common import bearer, header, serve_estimate, serve_llm
+from gateway.routes.common import bearer, header, serve_llm
+from gateway.routes.counting import serve_count
 from protocols import anthropic_messages
 
 PASSED_HEADERS = (b"anthropic-version", b"anthropic-beta")
@@ -24,13 +25,13 @@ def api_key(scope) -> str | None:
     return header(scope, b"x-api-key") or bearer(scope)
 
 
-def _parser(scope):
+def _parser(scope, require_max_tokens: bool = True):
     """``parse_request`` plus what an Anthropic upstream should see of the headers."""
     passed = {name.decode(): value for name in PASSED_HEADERS if (value := header(scope, name))}
     beta_query = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("beta") == ["true"]
 
     def parse(doc: dict):
-        req = anthropic_messages.parse_request(doc)
+        req = anthropic_messages.parse_request(doc, require_max_tokens=require_max_tokens)
         extra = dict(req.extra, anthropic_headers=passed)
         if beta_query:
             extra["anthropic_beta_query"] = True
@@ -44,8 +45,8 @@ async def messages(runtime, scope, receive, send, match) -> None:
 
 
 async def count_tokens(runtime, scope, receive, send, match) -> None:
-    await serve_estimate(runtime, anthropic_messages, scope, receive, send, api_key(scope),
-                         anthropic_messages.count_tokens)
+    await serve_count(runtime, anthropic_messages, scope, receive, send, api_key(scope),
+                      _parser(scope, require_max_tokens=False), lambda tokens: {"input_tokens": tokens})
 
 
 def models_list(names: list[str]) -> dict:

@@ -152,29 +152,6 @@ async def _answer_error(runtime: Any, client: Any, send, link: AsgiLink, key: st
     return err
 
 
-async def serve_estimate(runtime: Any, client: Any, scope, receive, send, key: str | None,
-                         count: Callable[[dict], dict]) -> None:
-    """A token count answered by the gateway itself (no upstream call, no charge), for
-    any authenticated key, in ``client``'s protocol. The count runs in a worker thread:
-    the first one loads the BPE table (about half a second) and a large body takes
-    tens of milliseconds, neither of which the event loop should wait on."""
-    try:
-        check_key_known(runtime, key)
-        body = await read_request_body(runtime, scope, receive)
-        await runtime.actors.usage.ask(Authenticate(key))
-        doc = load_json_object(body, runtime.config.server.max_json_depth)
-        result = await trio.to_thread.run_sync(count, doc, abandon_on_cancel=True)
-    except GatewayError as err:
-        return await send_error(send, client, err)
-    except Exception:
-        # As in ``serve_llm``: a bug is logged and answered in the client's shape.
-        log.exception("token count failed inside the gateway")
-        return await send_error(send, client, GatewayFailure("The gateway failed to count this request's tokens."))
-    await send({"type": "http.response.start", "status": 200, "headers": [
-        (b"content-type", b"application/json"), (b"x-request-id", fresh_request_id().encode())]})
-    await send({"type": "http.response.body", "body": json.dumps(result).encode()})
-
-
 async def _stranger_first(runtime: Any, key: str | None, err: GatewayError) -> GatewayError:
     """A malformed request or an unknown model tells an unauthenticated caller nothing:
     the key is checked first, on these error paths only (the hot path authenticates

@@ -14,7 +14,8 @@ import re
 from functools import partial
 from urllib.parse import parse_qs
 
-from gateway.routes.common import bearer, header, send_error, serve_estimate, serve_llm
+from gateway.routes.common import bearer, header, send_error, serve_llm
+from gateway.routes.counting import serve_count
 from protocols import gemini
 from protocols.errors import NotFound
 
@@ -37,7 +38,14 @@ async def _generate(runtime, scope, receive, send, model: str, query: dict, *, s
 
 
 async def _count_tokens(runtime, scope, receive, send, model: str, query: dict) -> None:
-    await serve_estimate(runtime, gemini, scope, receive, send, api_key(scope, query), gemini.count_tokens)
+    await serve_count(runtime, gemini, scope, receive, send, api_key(scope, query),
+                      partial(_count_request, model=model), lambda tokens: {"totalTokens": tokens})
+
+
+def _count_request(doc: dict, model: str):
+    """A ``countTokens`` body: a bare request or one wrapped in ``generateContentRequest``."""
+    inner = doc.get("generateContentRequest")
+    return gemini.parse_request(inner if isinstance(inner, dict) else doc, model=model, stream=False)
 
 
 METHODS = {
