@@ -305,3 +305,15 @@ async def test_the_recent_requests_api_bounds_its_limit(config_doc):
             for bad in ("0", "501", "x", "-1"):
                 r = await client.get("/admin/requests", headers=ADMIN, params={"limit": bad})
                 assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", bad
+
+
+async def test_repeated_wrong_tokens_make_the_address_wait(config_doc):
+    with trio.fail_after(30):
+        async with running_gateway(config_doc) as gw, browser(gw) as client:
+            limit = gw.gateway.quart.extensions["tollhouse_ui"].guard.limits.max_failures
+            for _ in range(limit):
+                assert (await sign_in(client, "th-guess")).status_code == 401
+            held = await sign_in(client)  # even the right token waits now
+            assert held.status_code == 429 and "Too many wrong tokens" in held.text
+            assert 1 <= int(held.headers["retry-after"]) <= 300
+            assert (await client.get("/admin/ui/actors")).status_code == 303

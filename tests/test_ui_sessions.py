@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.ui.sessions import LoginNonces, SessionRules, Sessions, fingerprint
+from gateway.ui.sessions import LoginNonces, SessionRules, Sessions, SignInGuard, SignInLimits, fingerprint
 
 TOKEN = fingerprint("th-admin")
 
@@ -52,3 +52,17 @@ def test_a_sign_in_nonce_is_good_once_and_only_while_fresh():
     stale = nonces.issue(now=0)
     assert not nonces.redeem(stale, stale, 61)
     assert not nonces.redeem("made-up", "made-up", 1)
+
+
+def test_an_address_that_keeps_guessing_waits_out_the_window():
+    guard = SignInGuard(SignInLimits(max_failures=3, window_s=60))
+    for now in (0, 10, 20):
+        assert guard.wait_s("10.0.0.1", now) == 0
+        guard.failed("10.0.0.1", now)
+    assert guard.wait_s("10.0.0.1", 30) == 30  # until the first failure is 60 s old
+    assert guard.wait_s("10.0.0.2", 30) == 0  # another address is not held up
+    assert guard.wait_s("10.0.0.1", 60) == 0  # one failure left the window: one more try
+    guard.failed("10.0.0.1", 60)
+    assert guard.wait_s("10.0.0.1", 61) == 9
+    guard.succeeded("10.0.0.1")
+    assert guard.wait_s("10.0.0.1", 61) == 0

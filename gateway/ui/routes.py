@@ -6,7 +6,8 @@ URL) and the same nonce begins a session: the ``th_session`` cookie (HttpOnly,
 SameSite=Strict, Path=/admin, Secure over https) holds a random id the server keeps
 with its expiry (``gateway.ui.sessions``). Every page needs a live session (else a 303
 to the sign-in form); every POST also needs the session's CSRF token in its form and,
-when the browser sends ``Origin``, this host as its origin. Every answer carries a
+when the browser sends ``Origin``, this host as its origin. An address that keeps
+sending wrong tokens is made to wait (``SignInGuard``). Every answer carries a
 strict Content-Security-Policy: no inline script or style, nothing from elsewhere.
 """
 
@@ -23,7 +24,7 @@ from quart import Blueprint, Response, current_app, redirect, request
 
 from gateway.routes import admin
 from gateway.ui import pages
-from gateway.ui.sessions import LoginNonces, Session, Sessions, fingerprint
+from gateway.ui.sessions import LoginNonces, Session, Sessions, SignInGuard, fingerprint
 from protocols.errors import GatewayError
 
 SESSION_COOKIE = "th_session"
@@ -52,6 +53,7 @@ class UI:
     clock: Callable[[], float]
     sessions: Sessions = attrs.field(factory=Sessions)
     nonces: LoginNonces = attrs.field(factory=LoginNonces)
+    guard: SignInGuard = attrs.field(factory=SignInGuard)
 
 
 def _ui() -> UI:
@@ -143,8 +145,16 @@ async def login():
     if not _same_origin() or not ui.nonces.redeem(request.cookies.get(LOGIN_COOKIE), form.get("login_csrf"),
                                                   ui.clock()):
         return _login_form("The sign-in form expired or is not this page's; sign in again.", 403)
+    address = request.remote_addr or ""
+    wait = ui.guard.wait_s(address, ui.clock())
+    if wait > 0:
+        response = _login_form(f"Too many wrong tokens from this address; try again in {wait:.0f} s.", 429)
+        response.headers["retry-after"] = str(max(1, round(wait)))
+        return response
     if not hmac.compare_digest(fingerprint(form.get("token", "")), expected):
+        ui.guard.failed(address, ui.clock())
         return _login_form("Wrong admin token.", 401)
+    ui.guard.succeeded(address)
     ui.sessions.end(request.cookies.get(SESSION_COOKIE))  # a new id at each sign-in
     session_id, _ = ui.sessions.begin(expected, ui.clock())
     response = _see_other(pages.url("actors"))

@@ -107,3 +107,40 @@ class LoginNonces:
             return False
         issued = self._issued.pop(cookie, None)
         return issued is not None and now - issued <= self.rules.login_nonce_s
+
+
+@attrs.frozen
+class SignInLimits:
+    max_failures: int = 10  # wrong tokens from one address...
+    window_s: float = 300.0  # ...within this long, and it must wait out the window
+    max_addresses: int = 10000
+
+
+@attrs.define
+class SignInGuard:
+    """Slows a guesser down: an address that sent ``max_failures`` wrong tokens within
+    ``window_s`` may not try again until its oldest failure leaves the window. (The
+    JSON API's bearer check has no form to retry, and a guesser gains nothing there
+    that a long random token does not already deny.)"""
+
+    limits: SignInLimits = attrs.field(factory=SignInLimits)
+    _failures: dict[str, list[float]] = attrs.field(factory=dict)
+
+    def wait_s(self, address: str, now: float) -> float:
+        """0 when ``address`` may try now, else how long it must wait."""
+        recent = [t for t in self._failures.get(address, ()) if now - t < self.limits.window_s]
+        if recent:
+            self._failures[address] = recent
+        else:
+            self._failures.pop(address, None)
+        if len(recent) < self.limits.max_failures:
+            return 0.0
+        return recent[0] + self.limits.window_s - now
+
+    def failed(self, address: str, now: float) -> None:
+        self._failures.setdefault(address, []).append(now)
+        while len(self._failures) > self.limits.max_addresses:
+            del self._failures[next(iter(self._failures))]
+
+    def succeeded(self, address: str) -> None:
+        self._failures.pop(address, None)

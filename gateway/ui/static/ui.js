@@ -13,7 +13,7 @@
 
   async function refresh() {
     const box = document.getElementById("auto-refresh");
-    if (!box || !box.checked || editing()) return;
+    if (!box || !box.checked || document.hidden || editing()) return;
     const response = await fetch(location.pathname + location.search, { credentials: "same-origin" });
     if (response.redirected || !response.ok) { location.reload(); return; }
     const doc = new DOMParser().parseFromString(await response.text(), "text/html");
