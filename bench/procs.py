@@ -104,6 +104,73 @@ class Proc:
         return "\n".join(text.strip().splitlines()[-lines:])
 
 
+def affinity(pid: int) -> list[int] | None:
+    """The cores ``pid`` may run on, as the kernel says (``Cpus_allowed_list``); None once
+    it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Cpus_allowed_list:"):
+                    return parse_cpu_list(line.split(":", 1)[1])
+    except OSError:
+        return None
+    return None
+
+
+def parse_cpu_list(text: str) -> list[int]:
+    """``"0-2,5"`` -> ``[0, 1, 2, 5]``."""
+    out: list[int] = []
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        first, _, last = part.partition("-")
+        out.extend(range(int(first), int(last or first) + 1))
+    return out
+
+
+class Pinning:
+    """Which cores each process of the run was meant to have, and which it had.
+
+    Each process is recorded once it runs (a ``taskset`` child only after its exec):
+    every pid of its process group, read from /proc. ``report()`` is what the result's
+    ``machine.pinning`` says; a process on other cores than meant is listed there and in
+    the run's notes, so a figure measured unpinned cannot pass for a pinned one."""
+
+    def __init__(self) -> None:
+        self.enabled = cores() > 1
+        self.processes: dict[str, dict] = {}
+
+    def record(self, name: str, intended: int | None, pids: list[int]) -> None:
+        seen = {str(pid): cpus for pid in pids if (cpus := affinity(pid)) is not None}
+        entry = self.processes.setdefault(name, {"intended": None if intended is None else [intended],
+                                                 "observed": {}})
+        for pid, cpus in seen.items():
+            if len(entry["observed"]) < 12 or pid in entry["observed"]:  # wrk: a new pid per run
+                entry["observed"][pid] = cpus
+
+    def mismatches(self) -> list[str]:
+        if not self.enabled:
+            return []  # nothing was pinned: nothing to hold it to
+        bad = []
+        for name, entry in self.processes.items():
+            if entry["intended"] is None:
+                continue
+            wrong = {pid: cpus for pid, cpus in entry["observed"].items() if cpus != entry["intended"]}
+            if wrong or not entry["observed"]:
+                bad.append(f"{name}: meant for core {entry['intended'][0]}, "
+                           f"had {wrong or 'no process to read'}")
+        return bad
+
+    def report(self) -> dict | str:
+        if not self.enabled:
+            return f"none ({cores()} usable core)"
+        bad = self.mismatches()
+        return {"cores_usable_at_start": cores(), "gateway_core": GATEWAY_CORE, "load_core": LOAD_CORE,
+                "how": "gateways (each arm under test) by taskset on the gateway core; the mock, wrk, py-spy "
+                       "and this process (the Python load client) on the load core",
+                "checked": not bad, "mismatches": bad, "processes": self.processes}
+
+
 def group_pids(pgid: int) -> list[int]:
     out = []
     for entry in os.scandir("/proc"):

@@ -148,7 +148,7 @@ def markdown(doc: dict, png: str | None, plot_note: str | None = None) -> str:
         "",
         f"`{doc['command']}` — {doc['duration_s']:.0f} s; git {doc['git']['sha'][:10]}"
         f"{' (dirty working tree)' if doc['git']['dirty'] else ''}; {doc['machine']['cores']} cores "
-        f"({doc['machine']['cpu']}), gateway on core 0, mock + load on core 1; {st['rounds']} interleaved "
+        f"({doc['machine']['cpu']}), {pinning_text(doc['machine'].get('pinning'))}; {st['rounds']} interleaved "
         "round(s). Times in ms; *added* = arm minus direct to the mock, same run. A→O = Anthropic Messages "
         "client → OpenAI upstream (translated).",
         "",
@@ -245,6 +245,16 @@ def markdown(doc: dict, png: str | None, plot_note: str | None = None) -> str:
     elif plot_note:
         lines += ["", f"(no plot: {plot_note})"]
     return "\n".join(lines) + "\n"
+
+
+def pinning_text(pinning) -> str:
+    """What the run's pinning was, as checked from /proc while it ran."""
+    if not isinstance(pinning, dict):
+        return f"**not pinned** ({pinning or 'unknown'})"
+    text = f"gateway on core {pinning['gateway_core']}, mock + wrk + load client on core {pinning['load_core']}"
+    if pinning.get("checked"):
+        return text + " (checked in /proc)"
+    return text + " — **pinning check failed: " + "; ".join(pinning.get("mismatches") or ["?"]) + "**"
 
 
 def only_markdown(doc: dict) -> str:

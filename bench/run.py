@@ -34,7 +34,8 @@ import trio
 from bench import report, scenarios, wrk
 from bench import transport as bench_transport
 from bench.arms import CLASSES, GATEWAYS, REPO, TOOLS, Arm, Gateway, Unavailable
-from bench.procs import GATEWAY_CORE, LOAD_CORE, CpuMonitor, Proc, cores, free_port, wait_port
+from bench.procs import (GATEWAY_CORE, LOAD_CORE, CpuMonitor, Pinning, Proc, cores, free_port, group_pids,
+                         wait_port)
 from bench.scenarios import FULL, QUICK, Settings, lat_summary
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -69,6 +70,7 @@ class Run:
         self.cpu = CpuMonitor()
         self.windows: dict[str, list[tuple[float, float]]] = {}  # arm -> measured intervals
         self.transport_result: dict | None = None
+        self.pinning = Pinning()
 
     async def watch_cpu(self) -> None:
         while True:
@@ -85,6 +87,7 @@ class Run:
         self.mock.start()
         if not wait_port(self.mock_port, 15, self.mock):
             raise SystemExit(f"the mock did not start: {self.mock.log_tail()}")
+        self.pinning.record("mock", LOAD_CORE, group_pids(self.mock.pid))
 
     async def start_gateways(self) -> None:
         for name in self.gateway_names:
@@ -96,6 +99,8 @@ class Run:
             try:
                 await trio.to_thread.run_sync(gw.start)
                 gw.status = "ok"
+                if gw.proc is not None:
+                    self.pinning.record(name, GATEWAY_CORE, group_pids(gw.proc.pid))
             except Unavailable as exc:
                 gw.status, gw.reason = exc.status, exc.reason
                 for arm in gw_arms:
@@ -141,6 +146,7 @@ class Run:
         if gw.proc is not None:
             gw.proc.resume()
             await trio.sleep(0.2)
+            self.pinning.record(gw.name, GATEWAY_CORE, group_pids(gw.proc.pid))  # workers forked since its start too
         t0 = time.monotonic()
         try:
             return await fn()
@@ -187,7 +193,8 @@ class Run:
             async def go(arm=arm):
                 await scenarios.warmup(arm, self.s)
                 if wrk.available():
-                    await wrk.run(arm.port, self.wrk_script(arm), self.s.wrk_connections, self.s.warm_wrk_seconds)
+                    await wrk.run(arm.port, self.wrk_script(arm), self.s.wrk_connections, self.s.warm_wrk_seconds,
+                                  pinning=self.pinning)
 
             await self.with_gateway(arm, lambda go=go, arm=arm: self.guarded(arm, "warm-up", go))
 
@@ -203,7 +210,7 @@ class Run:
             try:
                 # an unmeasured second first: JIT-compiled peers (Portkey on node) need load to warm
                 await wrk.run(arm.port, lua, self.s.wrk_connections, 1)
-                w = await wrk.run(arm.port, lua, self.s.wrk_connections, self.s.wrk_seconds)
+                w = await wrk.run(arm.port, lua, self.s.wrk_connections, self.s.wrk_seconds, pinning=self.pinning)
             except (RuntimeError, trio.TooSlowError) as exc:
                 w = {"error": str(exc)[:300]}
             d.setdefault("wrk_rounds", []).append(w)
@@ -415,7 +422,7 @@ def _ratio(a, b, floor: float = 0.0):
 # ---------------------------------------------------------------- environment
 
 
-def environment(gateways: dict) -> dict:
+def environment(gateways: dict, pinning: Pinning) -> dict:
     from importlib import metadata
 
     def git(*args):
@@ -447,7 +454,7 @@ def environment(gateways: dict) -> dict:
                 "diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff else None},
         "versions": versions,
         "machine": {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(),
-                    "pinning": {"gateway": 0, "mock_and_load": LOAD_CORE} if cores() > 1 else "none (1 core)"},
+                    "pinning": pinning.report()},
     }
 
 
@@ -476,6 +483,7 @@ async def amain(args) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="tollhouse-bench-"))
     started = dt.datetime.now(dt.timezone.utc)
     run = Run(settings, names, not args.no_translated, args.profile, workdir)
+    run.pinning.record("bench (Python load client)", LOAD_CORE, [os.getpid()])
     run.profile_result = None
     log(f"mode {settings.mode}; arms {','.join(names)}; workdir {workdir}")
     if not wrk.available():
@@ -504,6 +512,8 @@ async def amain(args) -> int:
             watcher.cancel_scope.cancel()
     finally:
         run.stop_all()
+    for problem in run.pinning.mismatches():
+        run.notes.append(f"pinning not as meant: {problem}")
     arms = run.aggregate()
     doc = {
         "schema": 1,
@@ -511,7 +521,7 @@ async def amain(args) -> int:
         "command": "python -m bench.run " + " ".join(sys.argv[1:]),
         "started_at": started.isoformat(timespec="seconds"),
         "duration_s": round(time.monotonic() - run.t_start, 1),
-        **environment(run.gateways),
+        **environment(run.gateways, run.pinning),
         "settings": attrs.asdict(settings),
         "gateways": {g.name: {"status": g.status, "reason": g.reason, "port_note": "loopback only"}
                      for g in run.gateways.values()},

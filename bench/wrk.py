@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
+from functools import partial
 from pathlib import Path
 
 import trio
 
-from bench.procs import LOAD_CORE, cores
+from bench.procs import LOAD_CORE, Pinning, cores
 
 _DONE = r'''
 done = function(summary, latency, requests)
@@ -54,14 +56,24 @@ def script(path: Path, method: str, url_path: str, headers: dict, body: bytes) -
     return path
 
 
-async def run(port: int, lua: Path, connections: int, seconds: float, timeout_s: float = 10.0) -> dict:
+async def run(port: int, lua: Path, connections: int, seconds: float, timeout_s: float = 10.0,
+              pinning: Pinning | None = None) -> dict:
+    """One wrk run; with ``pinning``, wrk's cores are read while it runs and recorded."""
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", f"--timeout={int(timeout_s)}s",
             "-s", str(lua), f"http://127.0.0.1:{port}"]
     if cores() > 1:
         argv = ["taskset", "-c", str(LOAD_CORE)] + argv
-    with trio.fail_after(seconds + timeout_s + 30):
-        proc = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
-    out = proc.stdout.decode(errors="replace")
+    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+        with trio.fail_after(seconds + timeout_s + 30):
+            async with trio.open_nursery() as nursery:
+                proc = await nursery.start(partial(trio.run_process, argv, stdout=stdout, stderr=stderr, check=False))
+                if pinning is not None:
+                    await trio.sleep(0.3)  # past taskset's exec: wrk runs for a second at least
+                    pinning.record("wrk", LOAD_CORE, [proc.pid])
+        stdout.seek(0)
+        stderr.seek(0)
+        out = stdout.read().decode(errors="replace")
+        err = stderr.read().decode(errors="replace")
     for line in out.splitlines():
         if line.startswith("WRKJSON "):
             doc = json.loads(line[8:])
@@ -77,4 +89,4 @@ async def run(port: int, lua: Path, connections: int, seconds: float, timeout_s:
                 "p999_ms": doc["p999_us"] / 1e3, "mean_ms": doc["mean_us"] / 1e3, "max_ms": doc["max_us"] / 1e3,
                 "connections": connections,
             }
-    raise RuntimeError(f"wrk gave no result (exit {proc.returncode}): {proc.stderr.decode()[-500:]} {out[-300:]}")
+    raise RuntimeError(f"wrk gave no result (exit {proc.returncode}): {err[-500:]} {out[-300:]}")

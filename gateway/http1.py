@@ -26,11 +26,12 @@ Hypercorn 0.18 has no setting for either rule below, so they live in a subclass 
   take them for a protocol error and close the connection from its reading task,
   cutting the answer; hypercorn adds that header itself to the answer that reaches
   ``keep_alive_max_requests`` on one connection.
-- A close of the connection waits for the socket write in progress, and no write
-  starts once a close has begun. Hypercorn's close (its ``TCPServer._close``) sends
-  the FIN without its send lock, so a close asked for by another task than the
-  response's writer (the reading task, a timer) would make that writer's next
-  ``send_all`` raise ``trio.BusyResourceError`` inside the application.
+- A close of the connection waits for the socket write in progress (up to
+  ``WRITE_WAIT_S``), and no write starts once a close has begun. Hypercorn's close
+  (its ``TCPServer._close``) sends the FIN without its send lock, so a close asked for
+  by another task than the response's writer (the reading task, a timer) would make
+  that writer's next ``send_all`` raise ``trio.BusyResourceError`` inside the
+  application.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from hypercorn.protocol.events import Response
 from hypercorn.protocol.h11 import H11Protocol
 
 LINGER_S = 2.0  # how long the rest of an unread body is waited for, after the answer
+WRITE_WAIT_S = 1.0  # how long a close waits for a socket write in progress
 
 
 class GatewayH11Protocol(H11Protocol):
@@ -79,7 +81,10 @@ class GatewayH11Protocol(H11Protocol):
             return
         if isinstance(event, Closed):
             self._closing = True
-            with trio.CancelScope(shield=True):  # a write is brief: hypercorn shields it too
+            # A write to a client that reads is brief; one to a client that does not is
+            # waited for only so long, then cut by the close (its ``send_all`` still holds
+            # the socket, so the close's FIN is skipped and the socket closed under it).
+            with trio.move_on_after(WRITE_WAIT_S, shield=True):
                 while self._writes_in_flight:
                     await self._writes_done.wait()
         await self._send_to_socket(event)
@@ -134,10 +139,11 @@ class GatewayH11Protocol(H11Protocol):
         await self.send(Closed())
 
     def _closes_after_answer(self) -> bool:
-        """Whether the answer in progress ends this connection (it said ``Connection: close``
-        after the request was read whole): nothing the client sends now is read."""
+        """Whether the answer in progress (or just sent) ends this connection: it said
+        ``Connection: close``, or the client did, after the request was read whole.
+        Nothing the client sends now is a request to serve."""
         return (isinstance(self.connection, h11.Connection) and self.connection.their_state is h11.MUST_CLOSE
-                and self.connection.our_state in (h11.SEND_BODY, h11.SEND_RESPONSE))
+                and self.connection.our_state in (h11.SEND_RESPONSE, h11.SEND_BODY, h11.MUST_CLOSE))
 
     def _body_unread(self) -> bool:
         return isinstance(self.connection, h11.Connection) and self.connection.their_state is h11.SEND_BODY
