@@ -7,22 +7,43 @@ import logging
 import sys
 from functools import partial
 
+import structlog
 import trio
 
-from gateway.config import ConfigError, load_config
+from gateway.config import LOG_FORMATS, LOG_LEVELS, ConfigError, load_config
 from protocols.money import FREE
 
 
 def _serve(args) -> int:
+    from gateway import logs
+    from gateway.access_log import AccessLog
     from gateway.app import create_app
     from gateway.process import StartRefused, serve
+    from gateway.redaction import redactor_for
 
-    config = load_config(args.config)
+    log = structlog.stdlib.get_logger("tollhouse")
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:  # one structured line, each problem with its JSON path
+        logs.configure(args.log_level or "info", args.log_format or logs.AUTO)
+        log.error("config error", config_file=args.config, errors=logs.config_problems(exc.problems))
+        return 2
+    settings = config.logging
+    logs.configure(args.log_level or settings.level, args.log_format or settings.format, redactor_for(config))
     host = args.host or config.server.host
     port = config.server.port if args.port is None else args.port
+    log.info("tollhouse starting", config_file=args.config, state_dir=config.state_dir,
+             providers={name: p.family for name, p in config.providers.items()}, models=sorted(config.models),
+             aliases=sorted(config.aliases), keys=len(config.keys))
     app = create_app(config)
+    app.runtime.observers.add(AccessLog())
+    app.runtime.observers.prompts = settings.log_prompts
+
+    def say(text: str, **fields) -> None:
+        log.info(text, **fields)
+
     try:
-        trio.run(serve, app, f"{host}:{port}", partial(print, flush=True))
+        trio.run(serve, app, f"{host}:{port}", say)
     except StartRefused as exc:
         print(f"tollhouse: cannot start: {exc}", file=sys.stderr)
         return 1
@@ -64,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--config", default="config.json")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int, help="0 picks a free port; the bound address is printed")
+    serve.add_argument("--log-level", choices=LOG_LEVELS, help="overrides logging.level (default info)")
+    serve.add_argument("--log-format", choices=LOG_FORMATS,
+                       help="overrides logging.format: json lines, console, or auto (console on a terminal)")
     serve.set_defaults(run=_serve)
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("--config", default="config.json")

@@ -36,6 +36,8 @@ FAMILIES = ("openai_compat", "openai", "anthropic", "gemini", "simulator")
 DISCONNECT_POLICIES = ("cancel", "drain")
 PROTOCOLS = ("openai_chat", "openai_responses", "anthropic", "gemini")
 RATES = ("input", "cached_input", "cache_write", "output", "reasoning")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("auto", "json", "console")  # auto: console on a terminal, JSON lines otherwise
 Problems = Iterator[tuple[str, str]]
 
 
@@ -255,6 +257,16 @@ class StoreConfig:
 
 
 @attrs.frozen(kw_only=True)
+class LoggingConfig:
+    """The log on stdout (``gateway.logs``); ``--log-level`` and ``--log-format`` override.
+    ``log_prompts`` adds the client's messages to each access line: for debugging only."""
+
+    level: Literal[LOG_LEVELS] = "info"
+    format: Literal[LOG_FORMATS] = "auto"
+    log_prompts: bool = False
+
+
+@attrs.frozen(kw_only=True)
 class SimulatorConfig:
     host: str = "127.0.0.1"
     port: int = setting(0, check=PORT)
@@ -278,6 +290,7 @@ class Config:
     actors: ActorsConfig = ActorsConfig()
     simulator: SimulatorConfig = SimulatorConfig()
     store: StoreConfig = StoreConfig()
+    logging: LoggingConfig = LoggingConfig()
     default_hold_output_tokens: int = setting(4096, check=POSITIVE)
 
     def price_for(self, label: str) -> Price | None:

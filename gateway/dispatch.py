@@ -104,7 +104,7 @@ class Dispatcher:
             raise
         finally:
             if self.observers:
-                self.observers.tell(from_request(req, error, call.transport))
+                self.observers.tell(from_request(req, error, call.transport, self.observers.prompts))
 
     async def _serve(self, req: Request, link: ClientLink) -> None:
         call = req.call
@@ -113,9 +113,13 @@ class Dispatcher:
         hold_tokens = plan.hold_output_tokens or self.default_hold_output_tokens
         out_tokens = min(request.max_tokens, hold_tokens) if request.max_tokens else hold_tokens
         req.output_allowance = out_tokens
-        reservation = await self.actors.usage.ask(Reserve(
-            req.id, call.key, request.model, tuple(t.label for t in plan.targets),
-            estimate_tokens(call.body_bytes), out_tokens))
+        try:
+            reservation = await self.actors.usage.ask(Reserve(
+                req.id, call.key, request.model, tuple(t.label for t in plan.targets),
+                estimate_tokens(call.body_bytes), out_tokens))
+        except GatewayError as exc:
+            req.key_name = exc.key_name  # a key recognised and refused (402, 429, 403) is named
+            raise
         req.key_name = reservation.key_name
         try:
             failure: GatewayError | None = None
