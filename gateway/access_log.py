@@ -20,8 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import structlog
-
+from gateway.logs import logger as named_logger
 from gateway.observe import Served
 
 EVENT = "request"
@@ -56,7 +55,7 @@ class AccessLog:
     formatted write to stdout, at the request's end, never per event)."""
 
     def __init__(self, logger: Any = None) -> None:
-        self.log = logger if logger is not None else structlog.stdlib.get_logger("tollhouse.access")
+        self.log = logger if logger is not None else named_logger("tollhouse.access")
 
     def served(self, record: Served) -> None:
         self.log.info(EVENT, **fields(record))

@@ -7,7 +7,6 @@ import logging
 import sys
 from functools import partial
 
-import structlog
 import trio
 
 from gateway.config import LOG_FORMATS, LOG_LEVELS, ConfigError, load_config
@@ -21,15 +20,16 @@ def _serve(args) -> int:
     from gateway.process import StartRefused, serve
     from gateway.redaction import redactor_for
 
-    log = structlog.stdlib.get_logger("tollhouse")
     try:
         config = load_config(args.config)
     except ConfigError as exc:  # one structured line, each problem with its JSON path
         logs.configure(args.log_level or "info", args.log_format or logs.AUTO)
-        log.error("config error", config_file=args.config, errors=logs.config_problems(exc.problems))
+        logs.logger("tollhouse").error("config error", config_file=args.config,
+                                       errors=logs.config_problems(exc.problems))
         return 2
     settings = config.logging
     logs.configure(args.log_level or settings.level, args.log_format or settings.format, redactor_for(config))
+    log = logs.logger("tollhouse")
     host = args.host or config.server.host
     port = config.server.port if args.port is None else args.port
     log.info("tollhouse starting", config_file=args.config, state_dir=config.state_dir,

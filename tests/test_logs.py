@@ -29,12 +29,12 @@ SECRET = "sk-log-secret-0123456789abcdef"
 
 # a child that configures the log and writes one line of each kind
 LINES = f"""
-import logging, structlog, sys
+import logging, sys
 from gateway import logs
 from protocols.redact import Redactor
 logs.configure("info", sys.argv[1], Redactor({{"{SECRET}"}}))
 with logs.request_context("req_1"):
-    structlog.stdlib.get_logger("tollhouse.access").info("request", key="main", nested={{"echo": "{SECRET}"}})
+    logs.logger("tollhouse.access").info("request", key="main", nested={{"echo": "{SECRET}"}})
     logging.getLogger("tollhouse.dispatch").warning("upstream said %s", "{SECRET}", extra={{"credential": "c1"}})
 try:
     raise RuntimeError("quoting {SECRET}")
