@@ -12,20 +12,31 @@ while one is active keeps the later deadline (the credentials actor takes the ma
 An upstream's hint is clamped to ``max_retry_after_s``: an hour by default, so a
 ``Retry-After`` meant as milliseconds, or a broken proxy's, cannot rest a credential
 for days. ``/admin/cooldowns`` shows both the wait asked and the one applied.
+
+The log has a ``cooldown started`` line for each rest (a credential, one model on it,
+or a whole provider; a dead credential too) and a ``cooldown ended`` line when it is
+over: the actor's loop wakes at the next end (``CooldownCore.next_end``), whoever
+began the rest -- its own loop or a caller running it inline.
 """
 
 from __future__ import annotations
 
+import heapq
+import logging
 import math
 import random
 from collections import deque
 from typing import Any, Callable, Mapping
 
 import attrs
+import trio
 
 from actors.base import Actor
+from actors.mailbox import Mailbox
 from actors.routing import TargetCooling
 from protocols import errors as E
+
+log = logging.getLogger("tollhouse.cooldown")
 
 PROVIDER_WINDOW_S = 30.0
 PROVIDER_TRIP = 3
@@ -111,6 +122,9 @@ class CooldownCore:
         self.history: dict[str, deque] = {}
         self.server_errors: dict[str, deque] = {}
         self.errors: dict[tuple[str, str], int] = {}  # (provider, kind) -> upstream errors seen, ever
+        self._ends: list[tuple[float, int, tuple, dict]] = []  # heap of (until, n, key, entry) for ``expire``
+        self._pushed = 0
+        self.started: list[tuple[tuple, dict]] = []  # rests begun since the last ``take_started``
 
     def reconfigure(self, msg: Reconfigure) -> None:
         self.base_s, self.max_s, self.jitter = msg.base_s, msg.max_s, msg.jitter
@@ -122,6 +136,32 @@ class CooldownCore:
         self.failures = {key: n for key, n in self.failures.items() if exists(*key)}
         self.active = {key: info for key, info in self.active.items() if exists(key[0], key[1])}
         self.server_errors = {p: recent for p, recent in self.server_errors.items() if p in msg.credentials}
+
+    def _rest(self, key: tuple[str, str, str], entry: dict) -> None:
+        self.active[key] = entry
+        self.started.append((key, entry))
+        if entry["until"] is not None:
+            self._pushed += 1
+            heapq.heappush(self._ends, (entry["until"], self._pushed, key, entry))
+
+    def take_started(self) -> list[tuple[tuple, dict]]:
+        started, self.started = self.started, []
+        return started
+
+    def next_end(self) -> float:
+        """When the soonest rest ends (``inf`` when none is timed)."""
+        return self._ends[0][0] if self._ends else math.inf
+
+    def expire(self, now: float) -> list[tuple[tuple, dict]]:
+        """Remove the rests over by ``now``; returns them (a rest since replaced by a later
+        one for the same key is not over)."""
+        ended = []
+        while self._ends and self._ends[0][0] <= now:
+            _, _, key, entry = heapq.heappop(self._ends)
+            if self.active.get(key) is entry:
+                del self.active[key]
+                ended.append((key, entry))
+        return ended
 
     def backoff(self, streak: int) -> float:
         wait = min(self.max_s, self.base_s * (2 ** max(streak - 1, 0)))
@@ -144,7 +184,7 @@ class CooldownCore:
             if o.error is not None and o.error.upstream_status == 403 and o.error.retry_after:
                 scope = "credential"
             else:
-                self.active[(o.provider, o.credential_id, "*")] = {"reason": kind, "until": None, "dead": True}
+                self._rest((o.provider, o.credential_id, "*"), {"reason": kind, "until": None, "dead": True})
                 return Decision(kind, "credential", None, dead=True), []
         streak = self.failures.get(cred_key, 0) + 1
         self.failures[cred_key] = streak
@@ -153,8 +193,8 @@ class CooldownCore:
             asked = None  # not a wait: parsed hints are checked already, this guards the rest
         wait = min(asked, self.max_retry_after_s) if asked is not None else self.backoff(streak)
         until = now + wait
-        self.active[(o.provider, o.credential_id, o.model if scope == "model" else "*")] = {
-            "reason": kind, "until": until, "dead": False, "asked_s": asked, "applied_s": wait}
+        self._rest((o.provider, o.credential_id, o.model if scope == "model" else "*"), {
+            "reason": kind, "until": until, "dead": False, "asked_s": asked, "applied_s": wait})
         notices = []
         if kind in ("server_error", "overloaded"):
             notices = self._provider_trip(o, now, until)
@@ -172,7 +212,8 @@ class CooldownCore:
         creds = {c for t, c in recent if t > now - PROVIDER_WINDOW_S}
         if len(creds) >= PROVIDER_TRIP:
             recent.clear()
-            self.active[(o.provider, "*", "*")] = {"reason": "provider_errors", "until": until, "dead": False}
+            self._rest((o.provider, "*", "*"), {"reason": "provider_errors", "until": until, "dead": False,
+                                                "applied_s": until - now})
             return [("provider", o.provider, until)]
         return []
 
@@ -199,6 +240,13 @@ def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
+def _fields(key: tuple[str, str, str]) -> dict:
+    provider, credential, model = key
+    scope = "provider" if credential == "*" else ("credential" if model == "*" else "model")
+    return {"provider": provider, "credential": None if credential == "*" else credential,
+            "model": None if model == "*" else model, "scope": scope}
+
+
 class CooldownActor(Actor):
     name = "cooldown"
 
@@ -206,13 +254,16 @@ class CooldownActor(Actor):
         super().__init__()
         self.core = core
         self.notify_routing = notify_routing
+        self._wake: trio.CancelScope | None = None  # the loop's wait, moved earlier by a sooner rest
 
     def handle(self, msg: Msg, now: float):
+        self._expire(now)
         match msg:
             case Outcome():
                 decision, notices = self.core.outcome(msg, now)
                 for _, provider, until in notices:
                     self.notify_routing(TargetCooling(provider, None, until))
+                self._log_started()
                 return decision
             case Snapshot():
                 return self.core.snapshot(now)
@@ -220,6 +271,35 @@ class CooldownActor(Actor):
                 return self.core.reconfigure(msg)
             case _:
                 raise TypeError(f"cooldown: unknown message {msg!r}")
+
+    def _log_started(self) -> None:
+        for key, entry in self.core.take_started():
+            wait = entry.get("applied_s")
+            log.warning("cooldown started", extra={
+                **_fields(key), "reason": entry["reason"], "dead": entry["dead"],
+                "wait_s": None if wait is None else round(wait, 3), "asked_s": entry.get("asked_s")})
+        if self._wake is not None:
+            self._wake.deadline = min(self._wake.deadline, self.core.next_end())
+
+    def _expire(self, now: float) -> None:
+        for key, entry in self.core.expire(now):
+            log.info("cooldown ended", extra={**_fields(key), "reason": entry["reason"]})
+
+    async def run(self, mailbox: Mailbox) -> None:
+        """The base loop, waking also when a rest ends, to say so."""
+        receive = mailbox.receive_channel
+        while True:
+            envelope = None
+            with trio.CancelScope(deadline=self.core.next_end()) as self._wake:
+                envelope = await receive.receive()  # raises a posted crash's error
+            self._wake = None
+            if envelope is None:
+                self._expire(trio.current_time())
+                continue
+            try:
+                self.dispatch(envelope, trio.current_time())
+            finally:
+                mailbox.pending -= 1
 
     def snapshot(self) -> dict:
         return {"active": len(self.core.active), "targets_with_history": len(self.core.history)}

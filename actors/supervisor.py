@@ -2,7 +2,8 @@
 
 The mailbox outlives the actor instance: callers keep their handle across a restart,
 and a restarted actor is rebuilt by its factory (which reloads persisted state).
-Crashes are counted and the last one is kept for ``/admin/actors``.
+Crashes are counted and the last one is kept for ``/admin/actors``; the log has an
+``actor crashed`` line (with the traceback) and an ``actor restarted`` line for each.
 """
 
 from __future__ import annotations
@@ -123,10 +124,12 @@ class Supervisor:
                 slot.restarts += 1
                 slot.last_crash = describe_crash(exc)
                 slot.handled_before_restart += slot.actor.handled
-                log.error("actor %s crashed (%s); restarting", name, slot.last_crash)
+                log.error("actor crashed", exc_info=exc, extra={
+                    "actor": name, "error": slot.last_crash, "restarts": slot.restarts})
                 await trio.sleep(self.restart_backoff)
                 slot.actor = slot.factory()
                 await slot.actor.start()
+                log.info("actor restarted", extra={"actor": name, "restarts": slot.restarts})
 
     def snapshot(self) -> dict:
         return {name: slot.snapshot() for name, slot in self.slots.items()}

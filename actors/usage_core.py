@@ -30,6 +30,7 @@ from actors.usage_messages import (
 )
 from protocols.errors import (
     Forbidden,
+    GatewayError,
     InvalidRequest,
     KeyRateLimited,
     NotFound,
@@ -209,6 +210,14 @@ class UsageCore:
         return state
 
     def reserve(self, msg: Reserve, now: float) -> tuple[Reservation, list]:
+        try:
+            return self._reserve(msg, now)
+        except GatewayError as err:
+            state = self.by_hash.get(self.key_hash(msg.key)) if msg.key else None
+            err.key_name = state.name if state is not None else None  # the log names who was refused
+            raise
+
+    def _reserve(self, msg: Reserve, now: float) -> tuple[Reservation, list]:
         state = self.authenticate(msg.key, msg.client_model)
         if msg.request_id in self.holds or msg.request_id in self.settled:
             raise InvalidRequest(f"duplicate request id {msg.request_id}")

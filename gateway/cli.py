@@ -10,21 +10,42 @@ from pathlib import Path
 
 import trio
 
-from gateway.config import ConfigError, load_config
+from gateway.config import LOG_FORMATS, LOG_LEVELS, ConfigError, load_config
 from protocols.money import FREE
 
 
 def _serve(args) -> int:
+    from gateway import logs
+    from gateway.access_log import AccessLog
     from gateway.app import create_app
     from gateway.generation import ConfigSource
     from gateway.process import BindRefused, StartRefused, serve
+    from gateway.redaction import redactor_for
 
-    config = load_config(args.config)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:  # one structured line, each problem with its JSON path
+        logs.configure(args.log_level or "info", args.log_format or logs.AUTO)
+        logs.logger("tollhouse").error("config error", config_file=args.config,
+                                       errors=logs.config_problems(exc.problems))
+        return 2
+    settings = config.logging
+    logs.configure(args.log_level or settings.level, args.log_format or settings.format, redactor_for(config))
+    log = logs.logger("tollhouse")
     host = args.host or config.server.host
     port = config.server.port if args.port is None else args.port
+    log.info("tollhouse starting", config_file=args.config, state_dir=config.state_dir,
+             providers={name: p.family for name, p in config.providers.items()}, models=sorted(config.models),
+             aliases=sorted(config.aliases), keys=len(config.keys))
     app = create_app(config, ConfigSource(Path(args.config)))  # read again on SIGHUP or POST /admin/reload
+    app.runtime.observers.add(AccessLog())
+    app.runtime.observers.prompts = settings.log_prompts
+
+    def say(text: str, **fields) -> None:
+        log.info(text, **fields)
+
     try:
-        trio.run(serve, app, f"{host}:{port}", partial(print, flush=True))
+        trio.run(serve, app, f"{host}:{port}", say)
     except BindRefused as exc:
         print(f"tollhouse: {exc}", file=sys.stderr)
         return 2
@@ -91,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="the address to listen on, overriding server.host (0.0.0.0: every interface)")
     serve.add_argument("--port", type=int, metavar="PORT",
                        help="the port to listen on, overriding server.port; 0 picks a free one")
+    serve.add_argument("--log-level", choices=LOG_LEVELS, help="overrides logging.level (default info)")
+    serve.add_argument("--log-format", choices=LOG_FORMATS,
+                       help="overrides logging.format: json lines, console, or auto (console on a terminal)")
     serve.set_defaults(run=_serve)
     check = sub.add_parser("check-config", help="validate a config file and exit",
                            description="Validate a config, naming every problem by its JSON path (exit status 2).")

@@ -40,6 +40,8 @@ FAMILY_PROTOCOL = {"openai_compat": "openai_chat", "openai": "openai_responses",
                    "gemini": "gemini"}
 COUNT_TOKENS = ("upstream", "estimate")
 RATES = ("input", "cached_input", "cache_write", "output", "reasoning")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("auto", "json", "console")  # auto: console on a terminal, JSON lines otherwise
 Problems = Iterator[tuple[str, str]]
 
 
@@ -299,6 +301,16 @@ class MetricsConfig:
 
 
 @attrs.frozen(kw_only=True)
+class LoggingConfig:
+    """The log on stdout (``gateway.logs``); ``--log-level`` and ``--log-format`` override.
+    ``log_prompts`` adds the client's messages to each access line: for debugging only."""
+
+    level: Literal[LOG_LEVELS] = "info"
+    format: Literal[LOG_FORMATS] = "auto"
+    log_prompts: bool = False
+
+
+@attrs.frozen(kw_only=True)
 class SimulatorConfig:
     host: str = "127.0.0.1"
     port: int = setting(0, check=PORT)
@@ -323,6 +335,7 @@ class Config:
     simulator: SimulatorConfig = SimulatorConfig()
     store: StoreConfig = StoreConfig()
     metrics: MetricsConfig = MetricsConfig()
+    logging: LoggingConfig = LoggingConfig()
     default_hold_output_tokens: int = setting(4096, check=POSITIVE)
 
     def price_for(self, label: str) -> Price | None:

@@ -125,7 +125,7 @@ class Dispatcher:
                 self._idle.set()
                 self._idle = trio.Event()
             if self.observers:
-                self.observers.tell(from_request(req, error, call.transport))
+                self.observers.tell(from_request(req, error, call.transport, self.observers.prompts))
 
     async def wait_idle(self) -> None:
         """Return once no request runs on this dispatcher."""
@@ -139,9 +139,13 @@ class Dispatcher:
         hold_tokens = plan.hold_output_tokens or self.default_hold_output_tokens
         out_tokens = min(request.max_tokens, hold_tokens) if request.max_tokens else hold_tokens
         req.output_allowance = out_tokens
-        reservation = await self.actors.usage.ask(Reserve(
-            req.id, call.key, request.model, tuple(t.label for t in plan.targets),
-            estimate_tokens(call.body_bytes), out_tokens, self.pricing))
+        try:
+            reservation = await self.actors.usage.ask(Reserve(
+                req.id, call.key, request.model, tuple(t.label for t in plan.targets),
+                estimate_tokens(call.body_bytes), out_tokens, self.pricing))
+        except GatewayError as exc:
+            req.key_name = exc.key_name  # a key recognised and refused (402, 429, 403) is named
+            raise
         req.key_name = reservation.key_name
         try:
             failure: GatewayError | None = None

@@ -7,7 +7,9 @@ each must be quick and must not block; one that raises is logged and the others 
 hear. With no observer, no record is built.
 
 A record holds no secret and no prompt: key *names*, model names, token counts, the
-error's class and status (an error's message may quote the client's input).
+error's class and status (an error's message may quote the client's input). The one
+exception is asked for explicitly: with ``Observers.prompts`` (``logging.log_prompts``)
+a record carries the request's text as ``prompt``, for debugging.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class Served:
     ttfb_s: float | None = None  # until the answer's first byte left for the client
     error: str | None = None  # the error's class name
     error_kind: str | None = None  # its protocol-neutral kind (``rate_limit_error`` ...)
+    prompt: list | None = None  # ``[{"role", "text"}]``, only when the observers asked for prompts
 
 
 class Observer(Protocol):
@@ -68,6 +71,7 @@ class Observers:
     """The observers of a running gateway, in the order they were added."""
 
     members: list = attrs.field(factory=list)
+    prompts: bool = False  # records carry the request's text (``logging.log_prompts``)
 
     def __bool__(self) -> bool:
         return bool(self.members)
@@ -93,7 +97,15 @@ def status_of(exc: BaseException | None, started: bool, client_gone: bool) -> in
     return 500 if exc is not None else 200
 
 
-def from_request(req: "Request", exc: BaseException | None, transport: Transport) -> Served:
+def prompt_of(request: Any) -> list:
+    """A request's text, system first, as ``[{"role", "text"}]`` (only for ``log_prompts``)."""
+    system = [{"role": "system", "text": "".join(getattr(p, "text", "") for p in request.system)}] \
+        if request.system else []
+    return system + [{"role": m.role, "text": m.text()} for m in request.messages]
+
+
+def from_request(req: "Request", exc: BaseException | None, transport: Transport,
+                 prompts: bool = False) -> Served:
     """The record of a request the dispatcher carried (reserved, maybe answered)."""
     call = req.call
     request = call.request
@@ -113,7 +125,8 @@ def from_request(req: "Request", exc: BaseException | None, transport: Transport
         cost_micro=settled.charged_micro + settled.overrun_micro if settled is not None else None,
         ttfb_s=req.first_byte_at - req.created_at if req.first_byte_at is not None else None,
         error=type(exc).__name__ if isinstance(exc, Exception) else None,
-        error_kind=exc.kind if isinstance(exc, GatewayError) else None)
+        error_kind=exc.kind if isinstance(exc, GatewayError) else None,
+        prompt=prompt_of(request) if prompts else None)
 
 
 def refused(request_id: str, protocol: str, transport: Transport, doc: Any, err: GatewayError,

@@ -110,7 +110,8 @@ def server_config(server: ServerConfig, bind: str | None = None,
     http1.install()
     cfg = HypercornConfig()
     cfg.bind = [bind or f"{server.host}:{server.port}"]
-    cfg.accesslog = None
+    cfg.accesslog = None  # the gateway writes its own access line (``gateway.access_log``)
+    cfg.errorlog = logging.getLogger("hypercorn.error")  # a logger is used as is: no second handler of its own
     cfg.keep_alive_timeout = server.keep_alive_timeout_s
     cfg.keep_alive_max_requests = server.keep_alive_max_requests
     cfg.request_head_timeout = server.read_timeout_s
@@ -122,13 +123,13 @@ def server_config(server: ServerConfig, bind: str | None = None,
     return cfg
 
 
-async def serve(gateway: Gateway, bind: str, say: Callable[[str], None]) -> None:
+async def serve(gateway: Gateway, bind: str, say: Callable[..., None]) -> None:
     """Serve ``gateway`` on ``bind`` until a stop signal; returns after a graceful stop.
 
-    Prints one line once it listens (the bound address: a port of 0 picks a free one),
-    one when a stop begins and one when it has ended. Raises ``BindRefused`` when the
-    address cannot be bound (before anything starts) and ``StartRefused`` when the
-    gateway could not start.
+    Says one line once it listens (the bound address: a port of 0 picks a free one),
+    one when a stop begins and one when it has ended (``say(text, **fields)``). Raises
+    ``BindRefused`` when the address cannot be bound (before anything starts) and
+    ``StartRefused`` when the gateway could not start.
     """
     cfg = server_config(gateway.config.server, bind, gateway.config.websocket)
     cfg.bind_now()
@@ -150,7 +151,8 @@ async def _serve_bound(gateway: Gateway, cfg: HypercornConfig, say: Callable[[st
                         binds = await server.start(partial(hypercorn.trio.serve, gateway, cfg,
                                                            shutdown_trigger=stop.wait))
                         if gateway.startup_error is None:  # hypercorn binds even after a failed startup
-                            say(f"tollhouse listening on {' '.join(binds)}")
+                            say(f"tollhouse listening on {' '.join(binds)}", address=binds[0],
+                                addresses=binds, admin_url=f"{binds[0]}/admin/ui")
                 finally:
                     nursery.cancel_scope.cancel()
         except BaseException as exc:
@@ -160,11 +162,12 @@ async def _serve_bound(gateway: Gateway, cfg: HypercornConfig, say: Callable[[st
             raise StartRefused(str(error) or type(error).__name__) from None
     report = gateway.traffic.report()
     say(f"tollhouse stopped: of {_requests(report.in_flight_at_stop)} in flight, {report.finished} finished "
-        f"and {report.cut} cut at the end of the grace period; ledger closed")
+        f"and {report.cut} cut at the end of the grace period; ledger closed",
+        in_flight=report.in_flight_at_stop, finished=report.finished, cut=report.cut)
 
 
 async def _watch_signals(signals, stop: trio.Event, gateway: Gateway, cfg: HypercornConfig,
-                         say: Callable[[str], None]) -> None:
+                         say: Callable[..., None]) -> None:
     async for signum in signals:
         name = signal.Signals(signum).name
         if not stop.is_set():
@@ -172,10 +175,12 @@ async def _watch_signals(signals, stop: trio.Event, gateway: Gateway, cfg: Hyper
             stop.set()
             await cfg.wait_listeners_closed()  # so the line below is true when it is read
             say(f"tollhouse stopping ({name}): no new connections; {_requests(in_flight)} in flight, given up to "
-                f"{cfg.graceful_timeout:g} s to finish (a second signal stops at once)")
+                f"{cfg.graceful_timeout:g} s to finish (a second signal stops at once)",
+                signal=name, in_flight=in_flight, grace_s=cfg.graceful_timeout)
             continue
         say(f"tollhouse stopping at once (second {name}): {_requests(gateway.traffic.in_flight)} in flight "
-            f"left unsettled; their holds are recovered at the next start")
+            f"left unsettled; their holds are recovered at the next start",
+            signal=name, in_flight=gateway.traffic.in_flight)
         _die_by(signum)
 
 

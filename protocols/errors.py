@@ -44,6 +44,8 @@ from protocols.redact import NO_SECRETS, Redactor
 class GatewayError(Exception):
     status: int = 500
     kind: str = "api_error"
+    #: the gateway key's name when the refusal came after the key was recognised (for logs)
+    key_name: str | None = None
 
     def __init__(
         self,

@@ -96,11 +96,17 @@ def test_serve_refuses_to_start_on_such_a_config(tmp_path):
     doc = typo_config()
     doc["server"] = {"port": 0}
     doc["state_dir"] = str(tmp_path / "state")
-    done = tollhouse("serve", "--config", write(tmp_path, doc), "--port", "0")
+    path = write(tmp_path, doc)
+    done = tollhouse("serve", "--config", path, "--port", "0")
     assert done.returncode == 2, done
+    [line] = done.stdout.splitlines()  # one structured line: the log is JSON lines off a terminal
+    event = json.loads(line)
+    assert (event["event"], event["level"], event["config_file"]) == ("config error", "error", str(path))
+    problems = [f"{e['path']}: {e['problem']}" for e in event["errors"]]
     for problem in EXPECTED:
-        assert problem in done.stderr
-    assert "listening" not in done.stdout
+        assert any(problem in p for p in problems), (problem, problems)
+    assert {"path": "streamin", "problem": "unknown setting; did you mean 'streaming'?"} in event["errors"]
+    assert not (tmp_path / "state").exists()
     assert not (tmp_path / "state").exists()
 
 

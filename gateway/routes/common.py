@@ -15,6 +15,7 @@ from typing import Any, Awaitable, Callable
 import trio
 
 from gateway.asgi_link import AsgiLink, read_body
+from gateway.logs import request_context
 from gateway.observe import Transport, refused
 from gateway.request import Call, Recorder
 from actors.usage import Authenticate
@@ -107,6 +108,13 @@ async def serve_llm(runtime: Any, client: Any, scope, receive, send, key: str | 
     the observers here (the dispatcher tells them of every other)."""
     link = AsgiLink(receive, send)
     request_id = runtime.dispatcher.next_id()
+    with request_context(request_id):  # every line logged for this call carries its id
+        await _serve_call(runtime, client, scope, receive, link, key, parse, prepare, request_id)
+
+
+async def _serve_call(runtime: Any, client: Any, scope, receive, link: AsgiLink, key: str | None,
+                      parse: Callable[[dict], Any], prepare: Prepare | None, request_id: str) -> None:
+    send = link.send
     started_at = trio.current_time()
     request = doc = None
     dispatched = False
@@ -122,43 +130,45 @@ async def serve_llm(runtime: Any, client: Any, scope, receive, send, key: str | 
         dispatched = True
         await runtime.dispatcher.serve(Call(request, key, client, size, request_id, recorder), link)
     except GatewayError as err:
-        answered = await _answer_error(runtime, client, send, link, key, err, request_id, request)
+        answered, key_name = await _answer_error(runtime, client, send, link, key, err, request_id, request)
         if not dispatched:
-            _observe_refusal(runtime, client, request_id, doc, answered, started_at)
+            _observe_refusal(runtime, client, request_id, doc, answered, started_at, key_name)
     except Exception:
         # A bug, not the client's doing: logged with its trace, answered in the client's
         # shape (the dispatcher has already settled whatever was reserved).
         log.exception("request %s failed inside the gateway", request_id)
-        answered = await _answer_error(runtime, client, send, link, key, GatewayFailure(
+        answered, key_name = await _answer_error(runtime, client, send, link, key, GatewayFailure(
             f"The gateway failed to serve this request ({request_id})."), request_id, request)
         if not dispatched:
-            _observe_refusal(runtime, client, request_id, doc, answered, started_at)
+            _observe_refusal(runtime, client, request_id, doc, answered, started_at, key_name)
 
 
 def _observe_refusal(runtime: Any, client: Any, request_id: str, doc: Any, err: GatewayError,
-                     started_at: float) -> None:
+                     started_at: float, key_name: str | None) -> None:
     if runtime.observers:
-        runtime.observers.tell(refused(request_id, client.NAME, Transport.HTTP, doc, err, started_at))
+        runtime.observers.tell(refused(request_id, client.NAME, Transport.HTTP, doc, err, started_at, key_name))
 
 
 async def _answer_error(runtime: Any, client: Any, send, link: AsgiLink, key: str | None, err: GatewayError,
-                        request_id: str, request: Any) -> GatewayError:
-    """Answer ``err`` (or what a stranger may be told instead); returns what was answered."""
+                        request_id: str, request: Any) -> tuple[GatewayError, str | None]:
+    """Answer ``err`` (or what a stranger may be told instead); returns what was answered
+    and the key's name, when the key was recognised."""
+    key_name = err.key_name
     if not link.started:
-        err = await _stranger_first(runtime, key, err)
+        err, key_name = await _stranger_first(runtime, key, err)
         await send_error(send, client, err, request_id)
     elif not link.ended and request is not None:
         await link.end(client.StreamEncoder(request, request.model).error(err))
-    return err
+    return err, key_name
 
 
-async def _stranger_first(runtime: Any, key: str | None, err: GatewayError) -> GatewayError:
+async def _stranger_first(runtime: Any, key: str | None, err: GatewayError) -> tuple[GatewayError, str | None]:
     """A malformed request or an unknown model tells an unauthenticated caller nothing:
     the key is checked first, on these error paths only (the hot path authenticates
-    with its reservation)."""
+    with its reservation). Returns what to answer and the key's name, once known."""
     if key and isinstance(err, (InvalidRequest, NotFound)):
         try:
-            await runtime.actors.usage.ask(Authenticate(key))
+            return err, await runtime.actors.usage.ask(Authenticate(key))
         except GatewayError as refused:
-            return refused
-    return err
+            return refused, None
+    return err, err.key_name

@@ -40,6 +40,7 @@ import trio
 
 from actors.usage import Authenticate, hash_key
 from gateway.conversation import SOCKET_ONLY_FIELDS, Keeper, resolve, wants_store
+from gateway.logs import request_context
 from gateway.observe import Served, Transport, refused
 from gateway.request import Call
 from gateway.routes.common import bearer, check_key_known, header, refuse_websocket
@@ -150,8 +151,12 @@ class Connection:
     # ------------------------------------------------------------ one turn
 
     async def turn(self, raw: str | bytes) -> None:
+        request_id = self.runtime.dispatcher.next_id()
+        with request_context(request_id):  # every line logged for this turn carries its id
+            await self._turn(raw, request_id)
+
+    async def _turn(self, raw: str | bytes, request_id: str) -> None:
         runtime = self.runtime
-        request_id = runtime.dispatcher.next_id()
         started_at = trio.current_time()
         link = TurnLink(self.socket)
         turn: Turn | None = None

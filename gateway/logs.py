@@ -1,0 +1,162 @@
+"""The gateway's log: one line per event on stdout, JSON for machines, readable for people.
+
+``configure`` runs once, when ``tollhouse serve`` starts. structlog's own lines
+(``logger(name)``: the access line, startup and stop) and the standard library's
+(hypercorn, the actors, the rest of the gateway, with their ``extra=`` fields; one
+handler on the root logger whose formatter is structlog's ``ProcessorFormatter``) end
+in the same processors and come out in one format: JSON lines when stdout is a pipe or a file (``format: json``), structlog's
+console renderer when it is a terminal (``format: console``), ``auto`` choosing by
+``isatty``.
+
+Every line carries ``timestamp`` (UTC, ISO 8601), ``level``, ``logger`` and
+``event``, and the ``request_id`` bound for the request it was written in
+(``request_context``: structlog's contextvars, so a line from any module, an actor
+answering inline or an upstream task of that request carries it too).
+
+Secrets: the rendered line itself goes through the gateway's ``Redactor`` (every
+secret the config holds, in each of its escaped forms, and key-shaped tokens), so no
+field, nested value or traceback can print one, whoever wrote the line.
+
+Hypercorn's error logger would otherwise get its own stderr handler besides the
+root's (the same line twice): ``process.server_config`` hands hypercorn the logger
+itself, and ``configure`` clears any handler already on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from contextlib import AbstractContextManager
+from typing import Any, Callable, TextIO
+
+import structlog
+
+from protocols.redact import Redactor
+
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+JSON, CONSOLE, AUTO = "json", "console", "auto"
+
+#: loggers that would print past the root handler if left as their library sets them up
+SERVER_LOGGERS = ("hypercorn.error", "hypercorn.access")
+
+# ``path: message`` as the config reader writes a problem; a path may hold ``["a: b"]``
+_PROBLEM = re.compile(r'^((?:\[[^\]]*\]|[^\[:])+): (.*)$', re.DOTALL)
+
+_STAMP = structlog.processors.TimeStamper(fmt="iso", utc=True)
+
+
+class NamedWriter(structlog.WriteLogger):
+    """structlog's plain writer, knowing the name it was asked for (``logger(name)``)."""
+
+    def __init__(self, file: TextIO, name: str) -> None:
+        super().__init__(file)
+        self.name = name
+
+
+def _add_name(writer: Any, _: str, event_dict: dict) -> dict:
+    event_dict["logger"] = getattr(writer, "name", None)
+    return event_dict
+
+
+def choose_format(setting: str, stream: TextIO) -> str:
+    """``json`` or ``console``: ``auto`` is the console renderer on a terminal only."""
+    if setting != AUTO:
+        return setting
+    isatty = getattr(stream, "isatty", None)
+    return CONSOLE if isatty is not None and isatty() else JSON
+
+
+def _leading(_: Any, __: str, event_dict: dict) -> dict:
+    """``timestamp``, ``level``, ``logger`` and ``event`` first: a line reads left to right."""
+    head = {key: event_dict.pop(key) for key in ("timestamp", "level", "logger", "event") if key in event_dict}
+    head.update(event_dict)
+    return head
+
+
+class RedactedRenderer:
+    """A renderer whose every line is redacted after rendering (fields, nested values and
+    tracebacks alike)."""
+
+    def __init__(self, render: Callable[..., str], redactor: Redactor) -> None:
+        self.render = render
+        self.redactor = redactor
+
+    def __call__(self, logger: Any, method: str, event_dict: dict) -> str:
+        return self.redactor.text(self.render(logger, method, event_dict))
+
+
+def _rendering(fmt: str, redactor: Redactor, colors: bool) -> list:
+    """The last processors of every line: tracebacks, key order, the renderer, redaction."""
+    if fmt == CONSOLE:
+        return [RedactedRenderer(structlog.dev.ConsoleRenderer(colors=colors), redactor)]
+    return [structlog.processors.dict_tracebacks, _leading,
+            RedactedRenderer(structlog.processors.JSONRenderer(), redactor)]
+
+
+def formatter(fmt: str, redactor: Redactor, colors: bool = False) -> structlog.stdlib.ProcessorFormatter:
+    """The root handler's formatter: the standard library's lines, rendered as structlog's."""
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.contextvars.merge_contextvars, structlog.processors.add_log_level,
+                           structlog.stdlib.add_logger_name, _STAMP, structlog.stdlib.ExtraAdder()],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *_rendering(fmt, redactor, colors)])
+
+
+def configure(level: str = "info", fmt: str = AUTO, redactor: Redactor | None = None,
+              stream: TextIO | None = None) -> str:
+    """Send every log line of this process to ``stream`` (stdout) in one format; returns
+    the format chosen. Called once per process, at start (``tollhouse serve``).
+
+    structlog's own loggers (``logger(name)``) write straight to the stream, filtered by
+    level before any work: the access line, written once per request, costs a third of
+    what a trip through ``logging`` would (``bench/access_log.py``). The standard
+    library's lines go through the root handler and the same renderer.
+    """
+    stream = sys.stdout if stream is None else stream
+    chosen = choose_format(fmt, stream)
+    colors = chosen == CONSOLE and _tty(stream)
+    redactor = redactor or Redactor()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter(chosen, redactor, colors))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(LEVELS[level])
+    for name in SERVER_LOGGERS:
+        server = logging.getLogger(name)
+        server.handlers.clear()
+        server.propagate = True
+    structlog.configure(
+        processors=[structlog.contextvars.merge_contextvars, structlog.processors.add_log_level, _add_name,
+                    _STAMP, *_rendering(chosen, redactor, colors)],
+        wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
+        logger_factory=lambda name="tollhouse", *_: NamedWriter(stream, name),
+        cache_logger_on_first_use=True)
+    return chosen
+
+
+def logger(name: str) -> Any:
+    """A structlog logger whose lines say ``logger: name`` (as the standard library's
+    do); it takes the configuration in force at its first line."""
+    return structlog.get_logger(name)
+
+
+def _tty(stream: TextIO) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty is not None and isatty())
+
+
+def request_context(request_id: str) -> AbstractContextManager:
+    """Every line logged inside the block, by any module or child task, carries
+    ``request_id``; the binding is undone on the way out."""
+    return structlog.contextvars.bound_contextvars(request_id=request_id)
+
+
+def config_problems(problems: list[str]) -> list[dict]:
+    """A config's problems as ``{"path", "problem"}`` objects, for one structured line."""
+    out = []
+    for text in problems:
+        match = _PROBLEM.match(text)
+        out.append({"path": match.group(1), "problem": match.group(2)} if match else {"path": "$", "problem": text})
+    return out
