@@ -184,7 +184,7 @@ async def _watch_signals(signals, stop: trio.Event, gateway: Gateway, cfg: Hyper
         _die_by(signum)
 
 
-async def _watch_reloads(signals, gateway: Gateway, say: Callable[[str], None]) -> None:
+async def _watch_reloads(signals, gateway: Gateway, say: Callable[..., None]) -> None:
     runtime = gateway.runtime
     async for _ in signals:
         source = runtime.source.path if runtime.source is not None else "no config file"
@@ -193,8 +193,10 @@ async def _watch_reloads(signals, gateway: Gateway, say: Callable[[str], None]) 
         except ReloadRefused as refused:
             for path, message in refused.problems:
                 log.error("config reload refused: %s: %s", path, message)
+            running = runtime.generation.number if runtime.generation else 0
             say(f"tollhouse reload refused ({source}): {len(refused.problems)} problems; "
-                f"generation {runtime.generation.number if runtime.generation else 0} keeps running")
+                f"generation {running} keeps running", config_file=str(source), generation=running,
+                errors=[{"path": path, "message": message} for path, message in refused.problems])
         except GatewayError as exc:  # the ledger could not record the new keys
             log.error("config reload failed: %s", exc.message)
             say(f"tollhouse reload failed ({source}): {exc.message}")

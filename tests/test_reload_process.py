@@ -53,7 +53,7 @@ async def test_sighup_reloads_the_file_and_a_broken_one_is_refused(tmp_path):
                 path.write_text(json.dumps({**doc, "models": {"demo": {"targets": ["nowhere/x"]}}}))
                 gateway.send_signal(signal.SIGHUP)
                 assert "generation 2 keeps running" in await gateway.line(REFUSED)
-                assert "is not 'provider/model'" in await gateway.stderr_line("models.demo.targets[0]")
+                assert "is not 'provider/model'" in await gateway.line("config reload refused: models.demo.targets[0]")
                 served = await client.post("/v1/chat/completions", json=_chat("renamed", 2), headers=AUTH)
                 assert served.status_code == 200
             gateway.send_signal(signal.SIGTERM)
