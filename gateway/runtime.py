@@ -36,6 +36,7 @@ from gateway.redaction import redacting_logs, redactor_for
 from gateway.observe import Observers
 from gateway.sockets import Sockets
 from gateway.state_lock import StateDirLock
+from gateway.tracing import tracing_for
 from protocols.errors import GatewayError
 from providers import registry
 from providers.simulator import Simulator
@@ -54,6 +55,9 @@ class Runtime:
         self.stop_begun = trio.Event() if stop_begun is None else stop_begun  # set when it begins (long-lived connections end)
         self.sockets = Sockets()  # open Responses WebSockets, for the admin API
         self.observers = Observers()  # who hears how each request ended (logs, metrics, traces)
+        self.tracing = tracing_for(config)  # off (a no-op) unless the config has a tracing section
+        if self.tracing.enabled:
+            self.observers.add(self.tracing)  # a request's span ends with what it came to
         self.dispatcher: Dispatcher | None = None
         self.supervisor: Supervisor | None = None
         self.simulator: Simulator | None = None
@@ -97,6 +101,7 @@ class Runtime:
             with redacting_logs(self.redactor):
                 await self._run(task_status)
         finally:
+            await self.tracing.aclose()  # bounded and shielded: the spans of the last requests go out
             self._stopped.set()
 
     async def _run(self, task_status) -> None:

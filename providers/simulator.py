@@ -18,6 +18,7 @@ import os
 import json
 import logging
 import re
+from collections import deque
 from functools import partial
 from importlib import resources
 from typing import Any, Callable
@@ -125,6 +126,7 @@ class Simulator:
         self.requests = 0
         self.requests_by_key: dict[str, int] = {}
         self.bodies: list[dict] = []
+        self.traceparents: deque[str] = deque(maxlen=1024)  # the trace context of the latest HTTP requests that had one
         self.reported: list = []  # the usage each answer reported, in order
         self.streams_sent = 0  # streams whose every event has been written
         self.websocket_connections = 0  # WebSocket connections accepted, in all
@@ -253,6 +255,8 @@ class Simulator:
         query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
         key = proto.key_header(headers, query)
         self.requests_by_key[key] = self.requests_by_key.get(key, 0) + 1
+        if "traceparent" in headers:
+            self.traceparents.append(headers["traceparent"])
         try:
             doc = load_json_object(body)
             self.bodies.append(doc)

@@ -17,6 +17,7 @@ import trio
 from gateway.asgi_link import AsgiLink, read_body
 from gateway.observe import Transport, refused
 from gateway.request import Call, Recorder
+from gateway.tracing import RequestTrace
 from actors.usage import Authenticate
 from actors.usage_core import UNKNOWN_KEY
 from protocols.errors import (GatewayError, GatewayFailure, InvalidRequest, NotFound, RequestTimeout,
@@ -104,9 +105,16 @@ async def serve_llm(runtime: Any, client: Any, scope, receive, send, key: str | 
                     parse: Callable[[dict], Any], prepare: Prepare | None = None) -> None:
     """Answer one LLM call in ``client``'s protocol; every answer carries ``x-request-id``,
     the id of its ledger entry. A call refused before the dispatcher had it is told to
-    the observers here (the dispatcher tells them of every other)."""
-    link = AsgiLink(receive, send)
+    the observers here (the dispatcher tells them of every other). Traced, the call is
+    one span, continuing the client's ``traceparent``."""
     request_id = runtime.dispatcher.next_id()
+    with runtime.tracing.request(request_id, client.NAME, Transport.HTTP, scope["headers"]) as trace:
+        await _serve_llm(runtime, client, scope, receive, send, key, parse, prepare, request_id, trace)
+
+
+async def _serve_llm(runtime: Any, client: Any, scope, receive, send, key: str | None, parse: Callable[[dict], Any],
+                     prepare: Prepare | None, request_id: str, trace: RequestTrace) -> None:
+    link = AsgiLink(receive, send)
     started_at = trio.current_time()
     request = doc = None
     dispatched = False
@@ -120,7 +128,7 @@ async def serve_llm(runtime: Any, client: Any, scope, receive, send, key: str | 
         else:
             request, recorder, size = await prepare(doc, key, size)
         dispatched = True
-        await runtime.dispatcher.serve(Call(request, key, client, size, request_id, recorder), link)
+        await runtime.dispatcher.serve(Call(request, key, client, size, request_id, recorder, trace=trace), link)
     except GatewayError as err:
         answered = await _answer_error(runtime, client, send, link, key, err, request_id, request)
         if not dispatched:
