@@ -268,10 +268,11 @@ def _is_otlp_url(value: str) -> bool:
         url.port
     except ValueError:
         return False
-    return url.scheme in ("http", "https") and bool(url.hostname) and not url.fragment
+    return url.scheme in ("http", "https") and bool(url.hostname) and not url.fragment and "@" not in url.netloc
 
 
-OTLP_URL = Check(_is_otlp_url, "expected an OTLP/HTTP URL: 'http(s)://host:4318' or its full '.../v1/traces'")
+OTLP_URL = Check(_is_otlp_url, "expected an OTLP/HTTP URL: 'http(s)://host:4318' or its full '.../v1/traces', "
+                               "without credentials (a collector's key goes in OTEL_EXPORTER_OTLP_TRACES_HEADERS)")
 
 
 @attrs.frozen(kw_only=True)
