@@ -126,7 +126,7 @@ class Simulator:
         self.requests = 0
         self.requests_by_key: dict[str, int] = {}
         self.bodies: list[dict] = []
-        self.traceparents: deque[str] = deque(maxlen=1024)  # the trace context of the latest HTTP requests that had one
+        self.traceparents: deque[str] = deque(maxlen=1024)  # the trace context of the latest requests and handshakes that had one
         self.reported: list = []  # the usage each answer reported, in order
         self.streams_sent = 0  # streams whose every event has been written
         self.websocket_connections = 0  # WebSocket connections accepted, in all
@@ -225,6 +225,8 @@ class Simulator:
                     return
         if scope["type"] == "websocket":
             headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+            if "traceparent" in headers:
+                self.traceparents.append(headers["traceparent"])  # a WebSocket's, from its handshake
             return await serve_socket(self, scope, receive, send, _bearer(headers, {}))
         if scope["type"] != "http":
             return

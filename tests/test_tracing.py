@@ -7,6 +7,7 @@ so each test reads the receiver once the gateway has stopped.
 from __future__ import annotations
 
 import json
+import signal
 from contextlib import aclosing
 
 import httpx
@@ -20,6 +21,7 @@ from opentelemetry import trace as otel_trace  # noqa: E402
 from providers.sim_script import Fault  # noqa: E402
 from providers.websocket import connect  # noqa: E402
 from tests.conftest import ADMIN_TOKEN, DEMO_KEY, base_config, running_gateway  # noqa: E402
+from tests.gateway_process import serve_process, write_config  # noqa: E402
 from tests.otlp_receiver import OtlpReceiver  # noqa: E402
 
 AUTH = {"authorization": f"Bearer {DEMO_KEY}"}
@@ -298,3 +300,49 @@ async def test_each_websocket_turn_is_its_own_server_span(tmp_path):
     assert {s.attributes["tollhouse.transport"] for s in servers} == {"websocket"}
     assert {(s.trace_id, s.parent_span_id) for s in servers} == {(CLIENT_TRACE, CLIENT_SPAN)}
     assert all(s.name == "chat gpt-sim" and s.attributes["gen_ai.usage.output_tokens"] > 0 for s in servers)
+    assert "http.response.status_code" not in servers[0].attributes and servers[0].attributes["tollhouse.status"] == 200
+
+
+async def test_an_upstream_websocket_carries_the_context_of_the_turn_that_opened_it(tmp_path):
+    receiver = OtlpReceiver()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(receiver.serve)
+            doc = _config(tmp_path, receiver)
+            doc["providers"]["simr"] = {"family": "simulator", "embedded": True, "protocol": "openai_responses",
+                                        "websocket": True}
+            doc["models"]["gpt-sim"] = {"targets": ["simr/sim-gpt"]}
+            doc["pricing"]["simr/*"] = {"input": "1.00", "output": "2.00"}
+            async with running_gateway(doc) as gw:
+                url = gw.url.replace("http://", "ws://") + "/v1/responses"
+                async with connect(url, AUTH) as ws:
+                    for question in ("first", "second"):
+                        await ws.send_text(json.dumps({"type": "response.create", "model": "gpt-sim",
+                                                       "input": question, "store": False}))
+                        while json.loads(await ws.receive_text())["type"] != "response.completed":
+                            pass
+                assert gw.simulator.websocket_connections == 1
+                [handshake_context] = gw.simulator.traceparents
+            nursery.cancel_scope.cancel()
+
+    turns = sorted(receiver.by_kind("server"), key=lambda s: s.attributes["tollhouse.request_id"])  # ids count up
+    assert len(turns) == 2 and turns[0].trace_id != turns[1].trace_id  # no client context: a trace per turn
+    opener = next(s for s in receiver.by_kind("client") if s.parent_span_id == turns[0].span_id)
+    assert _traceparent(handshake_context)[:2] == (turns[0].trace_id, opener.span_id)
+
+
+async def test_a_served_gateway_exports_its_last_spans_when_it_is_stopped(tmp_path):
+    """``tollhouse serve`` as a process: the spans of the last requests leave before it exits."""
+    receiver = OtlpReceiver()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(receiver.serve)
+            async with serve_process(write_config(tmp_path, _config(tmp_path, receiver))) as gateway:
+                async with httpx.AsyncClient(base_url=await gateway.url(), timeout=10) as client:
+                    for stream in (False, True):
+                        assert (await _chat(client, stream=stream)).status_code == 200
+                gateway.send_signal(signal.SIGTERM)
+                assert await gateway.wait() == 0
+            nursery.cancel_scope.cancel()
+
+    assert len(receiver.by_kind("server")) == 2 and len(receiver.by_kind("client")) == 2
