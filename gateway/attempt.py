@@ -96,7 +96,7 @@ class AttemptRunner:
 
     async def run(self, req: Request, provider: Any, target: Any, credential: Any, link: ClientLink) -> None:
         index = req.begin_attempt(target, credential.id)
-        with WriteWatch.open() as watch:
+        with req.call.trace.attempt(req, index, provider), WriteWatch.open() as watch:
             try:
                 if req.call.request.stream:
                     await self._stream(req, provider, target, credential, link, index)

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from gateway.adapter_config import AdapterList
+from gateway.tracing import INSTALL_HINT, missing_modules
 from gateway.config_schema import (FRACTION, INVALID, NON_NEGATIVE, PORT, POSITIVE, Check, Reader, child,
                                    closest, did_you_mean, setting)
 from actors.usage_bounds import MAX_LIMIT
@@ -317,6 +318,41 @@ class SimulatorConfig:
     tokens_per_second: float = setting(0.0, check=NON_NEGATIVE)
 
 
+def _is_otlp_url(value: str) -> bool:
+    try:
+        url = urlsplit(value)
+        url.port
+    except ValueError:
+        return False
+    return url.scheme in ("http", "https") and bool(url.hostname) and not url.fragment and "@" not in url.netloc
+
+
+OTLP_URL = Check(_is_otlp_url, "expected an OTLP/HTTP URL: 'http(s)://host:4318' or its full '.../v1/traces', "
+                               "without credentials (a collector's key goes in OTEL_EXPORTER_OTLP_TRACES_HEADERS)")
+
+
+@attrs.frozen(kw_only=True)
+class TracingConfig:
+    """OpenTelemetry traces (``gateway.otel``), exported over OTLP/HTTP; needs the
+    ``tollhouse[otel]`` extra. Without this section nothing is traced."""
+
+    otlp_endpoint: str = setting(check=OTLP_URL)
+    service_name: str = "tollhouse"
+    sample_ratio: float = setting(1.0, check=FRACTION)
+
+    @property
+    def traces_url(self) -> str:
+        """The collector's base URL gets the traces path; a URL with a path is used as written."""
+        url = urlsplit(self.otlp_endpoint)
+        return self.otlp_endpoint if url.path not in ("", "/") else self.otlp_endpoint.rstrip("/") + "/v1/traces"
+
+    def problems(self, unread: frozenset[str]) -> Problems:
+        missing = missing_modules()
+        if missing:
+            yield "", (f"needs the OpenTelemetry extra, which is not installed ({', '.join(missing)} cannot be "
+                       f"imported): {INSTALL_HINT}, or remove the tracing section")
+
+
 @attrs.frozen(kw_only=True)
 class Config:
     server: ServerConfig = ServerConfig()
@@ -336,6 +372,7 @@ class Config:
     store: StoreConfig = StoreConfig()
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
+    tracing: TracingConfig | None = None
     default_hold_output_tokens: int = setting(4096, check=POSITIVE)
 
     def price_for(self, label: str) -> Price | None:

@@ -15,6 +15,7 @@ import trio
 from gateway.ending import Attempt, Ending, Facts, Outcome, Trouble
 from gateway.meter import Forwarded, Meter
 from gateway.observe import Transport
+from gateway.tracing import NO_TRACE, RequestTrace
 from protocols.tokens import estimate_request_tokens
 from protocols.unified import UnifiedRequest
 from protocols.usage import estimate_tokens
@@ -51,6 +52,7 @@ class Call:
     request_id: str
     recorder: Recorder | None = None
     transport: Transport = Transport.HTTP
+    trace: RequestTrace = NO_TRACE  # its span, when traces are on (``gateway.tracing``)
 
 
 @attrs.define

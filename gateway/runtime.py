@@ -48,6 +48,7 @@ from gateway.redaction import redacting_logs, redactor_for, secret_values
 from gateway.observe import Observers
 from gateway.sockets import Sockets
 from gateway.state_lock import StateDirLock
+from gateway.tracing import tracing_for
 from protocols.errors import GatewayError
 from protocols.redact import Redactor
 from providers import registry
@@ -84,6 +85,9 @@ class Runtime:
             self.metrics = Metrics(config)
             self.observers.add(self.metrics.served)
             self.on_reload.append(self.metrics.configure)  # new models and targets get their labels
+        self.tracing = tracing_for(config)  # off (a no-op) unless the config has a tracing section
+        if self.tracing.enabled:
+            self.observers.add(self.tracing)  # a request's span ends with what it came to
         self.dispatcher: Dispatcher | None = None
         self.supervisor: Supervisor | None = None
         self.simulator: Simulator | None = None
@@ -128,6 +132,7 @@ class Runtime:
             with redacting_logs(self.redactor) as self._log_filter:
                 await self._run(task_status)
         finally:
+            await self.tracing.aclose()  # bounded and shielded: the spans of the last requests go out
             self._stopped.set()
 
     async def _run(self, task_status) -> None:

@@ -27,6 +27,7 @@ import attrs
 import trio
 
 from providers import http11
+from providers.propagation import with_trace
 
 from protocols.json_array import JsonArraySplitter
 from protocols.errors import InvalidRequest, UpstreamProtocolError, UpstreamServerError, classify_upstream
@@ -252,7 +253,7 @@ async def send(client: http11.Pool, url: str, headers: Mapping[str, str], body: 
     answer, or raise the classified error (redacted: a transport error may quote a
     header value, an error body the key)."""
     try:
-        response = await client.request("POST", url, headers.items(), body)
+        response = await client.request("POST", url, with_trace(headers).items(), body)
     except http11.RequestNotSent as exc:
         raise UpstreamServerError(redactor.text(f"cannot reach the upstream: {exc}"), request_sent=False) from None
     except http11.RequestBroken as exc:

@@ -49,6 +49,7 @@ from protocols.unified import ErrorEvent
 from providers.base import ErrorRedaction, Frame, encode_body, redecode
 from providers.http11 import RequestBroken, RequestNotSent
 from providers.proxy import Proxy
+from providers.propagation import with_trace
 from providers.websocket import HandshakeRefused, ProtocolViolation, WebSocket, open_websocket
 
 RESPONSES_WEBSOCKET_BETA = "responses_websockets=2026-02-06"
@@ -167,7 +168,8 @@ class SocketSession:
             return ws
         if ws is not None:
             self._forget(target.key, ws)
-        ws = await open_websocket(target.url, target.headers, connect_timeout_s=target.connect_timeout_s,
+        # the turn that opens the socket lends its trace context to the handshake
+        ws = await open_websocket(target.url, with_trace(target.headers), connect_timeout_s=target.connect_timeout_s,
                                   max_message_bytes=target.max_message_bytes, proxy=target.proxy,
                                   ssl_context=target.ssl_context)
         if self.closed:  # the session ended while the socket opened

@@ -18,6 +18,7 @@ import os
 import json
 import logging
 import re
+from collections import deque
 from functools import partial
 from importlib import resources
 from typing import Any, Callable
@@ -126,6 +127,7 @@ class Simulator:
         self.requests = 0
         self.requests_by_key: dict[str, int] = {}
         self.bodies: list[dict] = []
+        self.traceparents: deque[str] = deque(maxlen=1024)  # the trace context of the latest requests and handshakes that had one
         self.reported: list = []  # the usage each answer reported, in order
         self.streams_sent = 0  # streams whose every event has been written
         self.websocket_connections = 0  # WebSocket connections accepted, in all
@@ -225,6 +227,8 @@ class Simulator:
                     return
         if scope["type"] == "websocket":
             headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+            if "traceparent" in headers:
+                self.traceparents.append(headers["traceparent"])  # a WebSocket's, from its handshake
             return await serve_socket(self, scope, receive, send, _bearer(headers, {}))
         if scope["type"] != "http":
             return
@@ -259,6 +263,8 @@ class Simulator:
             self.requests_by_key[key] = self.requests_by_key.get(key, 0) + 1
             return await self._count(proto, counter, counter.path.match(path), query, body, key, send)
         self.requests_by_key[key] = self.requests_by_key.get(key, 0) + 1
+        if "traceparent" in headers:
+            self.traceparents.append(headers["traceparent"])
         try:
             doc = load_json_object(body)
             self.bodies.append(doc)

@@ -18,6 +18,7 @@ from gateway.asgi_link import AsgiLink, read_body
 from gateway.logs import request_context
 from gateway.observe import Transport, refused
 from gateway.request import Call, Recorder
+from gateway.tracing import RequestTrace
 from actors.usage import Authenticate
 from actors.usage_core import UNKNOWN_KEY
 from protocols.errors import (GatewayError, GatewayFailure, InvalidRequest, NotFound, RequestTimeout,
@@ -105,15 +106,19 @@ async def serve_llm(runtime: Any, client: Any, scope, receive, send, key: str | 
                     parse: Callable[[dict], Any], prepare: Prepare | None = None) -> None:
     """Answer one LLM call in ``client``'s protocol; every answer carries ``x-request-id``,
     the id of its ledger entry. A call refused before the dispatcher had it is told to
-    the observers here (the dispatcher tells them of every other)."""
-    link = AsgiLink(receive, send)
+    the observers here (the dispatcher tells them of every other). Traced, the call is
+    one span, continuing the client's ``traceparent``."""
     request_id = runtime.dispatcher.next_id()
-    with request_context(request_id):  # every line logged for this call carries its id
-        await _serve_call(runtime, client, scope, receive, link, key, parse, prepare, request_id)
+    with request_context(request_id), \
+            runtime.tracing.request(request_id, client.NAME, Transport.HTTP, scope["headers"]) as trace:
+        # every line logged for this call carries its id; traced, the call is one span
+        await _serve_call(runtime, client, scope, receive, AsgiLink(receive, send), key, parse, prepare,
+                          request_id, trace)
 
 
 async def _serve_call(runtime: Any, client: Any, scope, receive, link: AsgiLink, key: str | None,
-                      parse: Callable[[dict], Any], prepare: Prepare | None, request_id: str) -> None:
+                      parse: Callable[[dict], Any], prepare: Prepare | None, request_id: str,
+                      trace: RequestTrace) -> None:
     send = link.send
     started_at = trio.current_time()
     request = doc = None
@@ -128,7 +133,7 @@ async def _serve_call(runtime: Any, client: Any, scope, receive, link: AsgiLink,
         else:
             request, recorder, size = await prepare(doc, key, size)
         dispatched = True
-        await runtime.dispatcher.serve(Call(request, key, client, size, request_id, recorder), link)
+        await runtime.dispatcher.serve(Call(request, key, client, size, request_id, recorder, trace=trace), link)
     except GatewayError as err:
         answered, key_name = await _answer_error(runtime, client, send, link, key, err, request_id, request)
         if not dispatched:

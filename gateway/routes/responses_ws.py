@@ -46,6 +46,7 @@ from gateway.request import Call
 from gateway.routes.common import bearer, check_key_known, header, refuse_websocket
 from gateway.socket_link import ClientSocket, TurnLink
 from gateway.sockets import SocketInfo, Turn, TurnEnd
+from gateway.tracing import RequestTrace
 from protocols import openai_responses
 from protocols.errors import Forbidden, GatewayError, GatewayFailure, InvalidRequest, UpgradeRequired
 from protocols.openai_responses_wire import new_id, response_object
@@ -82,7 +83,7 @@ async def serve_socket(runtime: Any, scope, receive, send, match) -> None:
         async with SocketSession.open() as upstream, trio.open_nursery() as nursery:
             info.upstream = upstream
             nursery.start_soon(socket.pump)
-            await Connection(runtime, socket, key, info).run()
+            await Connection(runtime, socket, key, info, scope["headers"]).run()
             nursery.cancel_scope.cancel()
     finally:
         runtime.sockets.remove(info)
@@ -98,8 +99,10 @@ def _check_origin(origin: str | None, allowed: tuple[str, ...]) -> None:
 class Connection:
     """The turns of one client WebSocket."""
 
-    def __init__(self, runtime: Any, socket: ClientSocket, key: str, info: SocketInfo) -> None:
+    def __init__(self, runtime: Any, socket: ClientSocket, key: str, info: SocketInfo,
+                 headers: list | tuple = ()) -> None:
         self.runtime = runtime
+        self.headers = headers  # the handshake's: each turn's span continues its ``traceparent``
         self.cfg = runtime.config.websocket
         self.socket = socket
         self.key = key
@@ -152,10 +155,13 @@ class Connection:
 
     async def turn(self, raw: str | bytes) -> None:
         request_id = self.runtime.dispatcher.next_id()
-        with request_context(request_id):  # every line logged for this turn carries its id
-            await self._turn(raw, request_id)
+        with request_context(request_id), \
+                self.runtime.tracing.request(request_id, openai_responses.NAME, Transport.WEBSOCKET,
+                                             self.headers) as trace:
+            # every line logged for this turn carries its id; traced, the turn is one span
+            await self._turn(raw, request_id, trace)
 
-    async def _turn(self, raw: str | bytes, request_id: str) -> None:
+    async def _turn(self, raw: str | bytes, request_id: str, trace: RequestTrace) -> None:
         runtime = self.runtime
         started_at = trio.current_time()
         link = TurnLink(self.socket)
@@ -187,7 +193,7 @@ class Connection:
             size = len(raw) + (len(json.dumps(chained.history)) if chained.history else 0)
             dispatched = True
             await runtime.dispatcher.serve(Call(request, self.key, openai_responses, size, request_id, keeper,
-                                                Transport.WEBSOCKET), link)
+                                                Transport.WEBSOCKET, trace), link)
             turn.end, turn.response_id = TurnEnd.ANSWERED, keeper.kept
         except GatewayError as err:
             await self._turn_failed(link, turn, err)
