@@ -31,6 +31,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Callable, TextIO
 
 import structlog
+import structlog.tracebacks
 
 from protocols.redact import Redactor
 
@@ -87,11 +88,14 @@ class RedactedRenderer:
 
 
 def _rendering(fmt: str, redactor: Redactor, colors: bool) -> list:
-    """The last processors of every line: tracebacks, key order, the renderer, redaction."""
+    """The last processors of every line: tracebacks, key order, the renderer, redaction.
+    A traceback never shows a frame's local variables: they may hold a prompt."""
     if fmt == CONSOLE:
-        return [RedactedRenderer(structlog.dev.ConsoleRenderer(colors=colors), redactor)]
-    return [structlog.processors.dict_tracebacks, _leading,
-            RedactedRenderer(structlog.processors.JSONRenderer(), redactor)]
+        console = structlog.dev.ConsoleRenderer(colors=colors, exception_formatter=structlog.dev.plain_traceback)
+        return [RedactedRenderer(console, redactor)]
+    tracebacks = structlog.processors.ExceptionRenderer(
+        structlog.tracebacks.ExceptionDictTransformer(show_locals=False, use_rich=False))
+    return [tracebacks, _leading, RedactedRenderer(structlog.processors.JSONRenderer(), redactor)]
 
 
 def formatter(fmt: str, redactor: Redactor, colors: bool = False) -> structlog.stdlib.ProcessorFormatter:

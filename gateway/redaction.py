@@ -64,8 +64,6 @@ class RedactingFilter(logging.Filter):
         self.redactor = redactor
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, dict):
-            return True  # a structlog event: ``gateway.logs`` redacts the line it renders
         redact = self.redactor.text
         message = record.getMessage()
         clean = redact(message)

@@ -2,7 +2,7 @@
 
 One gateway process serves one request of each ending -- a whole and a streamed
 answer, a 402, an upstream 429 and an upstream error, a client that leaves mid-stream,
-a bad request, a WebSocket turn -- and its stdout (a pipe, so JSON lines) must hold
+a bad request, a WebSocket turn and a refused WebSocket handshake -- and its stdout (a pipe, so JSON lines) must hold
 exactly one ``request`` line for each, with the fields an operator reads, none for
 the health probe or the model list, the request's id on every line logged while it
 ran, and no secret anywhere.
@@ -14,9 +14,10 @@ import json
 import signal
 
 import httpx
+import pytest
 import trio
 
-from providers.websocket import connect
+from providers.websocket import HandshakeRefused, connect
 from tests.conftest import base_config
 from tests.gateway_process import serve_process, write_config
 
@@ -84,6 +85,11 @@ async def _requests(url: str) -> dict[str, str]:
                 event = json.loads(await ws.receive_text())
                 if event["type"] == "response.completed":
                     break
+        with pytest.raises(HandshakeRefused) as refusal:
+            async with connect(ws_url, _auth("th-not-a-key-0123456789")):
+                pass
+        assert refusal.value.status == 401
+        ids["handshake"] = refusal.value.headers["x-request-id"]
         # last: a server error rests the only credential
         r = await http.post("/v1/chat/completions", json=_chat("sim/sim-chat+status=500"), headers=_auth())
         assert r.status_code >= 500
@@ -115,7 +121,7 @@ async def test_every_ending_makes_exactly_one_access_line_with_its_fields(tmp_pa
     assert len(lines) == len(ids) + 1 == len(by_id), "one line per call and per WebSocket turn, none for probes"
     [stopping] = [e for e in events if e["event"].startswith("tollhouse stopping")]
     assert stopping["in_flight"] == 0, "every request had ended, and been logged, before the stop"
-    [turn] = [line for line in lines if line["transport"] == "websocket"]
+    [turn] = [line for line in lines if line["transport"] == "websocket" and line["status"] == 200]
     keys = set(by_id[ids["whole"]])
     assert all(set(line) == keys for line in lines), "every access line has the same fields"
 
@@ -152,6 +158,10 @@ async def test_every_ending_makes_exactly_one_access_line_with_its_fields(tmp_pa
     assert (turn["protocol"], turn["model"], turn["status"], turn["reason"], turn["key"]) == (
         "openai_responses", "demo", 200, "end", "main")
     assert turn["tokens"]["output"] > 0 and turn["cost_micro_usd"] > 0
+
+    handshake = by_id[ids["handshake"]]
+    assert (handshake["transport"], handshake["status"], handshake["error"], handshake["key"]) == (
+        "websocket", 401, "Unauthenticated", None)
 
     failed = by_id[ids["upstream_error"]]
     assert failed["status"] >= 500 and failed["error"] and failed["credential"] == "sim-a"

@@ -36,8 +36,10 @@ logs.configure("info", sys.argv[1], Redactor({{"{SECRET}"}}))
 with logs.request_context("req_1"):
     logs.logger("tollhouse.access").info("request", key="main", nested={{"echo": "{SECRET}"}})
     logging.getLogger("tollhouse.dispatch").warning("upstream said %s", "{SECRET}", extra={{"credential": "c1"}})
-try:
+def crash(prompt):
     raise RuntimeError("quoting {SECRET}")
+try:
+    crash("a prompt in a local variable")
 except RuntimeError:
     logging.getLogger("tollhouse.actors").exception("actor crashed", extra={{"actor": "usage"}})
 logging.getLogger("hypercorn.error").info("Running on http://127.0.0.1:1")
@@ -61,6 +63,7 @@ def test_a_pipe_gets_json_lines_with_every_field_and_the_request_id():
     assert (crash["event"], crash["actor"], crash["level"]) == ("actor crashed", "usage", "error")
     assert "request_id" not in crash, "the binding ends with its block"
     assert crash["exception"][0]["exc_type"] == "RuntimeError"
+    assert crash["exception"][0]["frames"][-1]["name"] == "crash"
     assert server["logger"] == "hypercorn.error" and server["timestamp"].endswith("Z")
 
 
@@ -70,6 +73,7 @@ def test_no_secret_in_any_part_of_a_line():
         assert done.returncode == 0, done.stderr
         assert SECRET not in done.stdout + done.stderr
         assert done.stdout.count("[redacted]") >= 3  # a nested field, a message, a traceback
+        assert "a prompt in a local variable" not in done.stdout, "no frame's locals"
 
 
 def test_a_terminal_gets_the_console_renderer():

@@ -303,3 +303,21 @@ def test_no_sequence_of_messages_mints_credit_or_lowers_spent(ops):
             if state.credit_micro is not None:
                 assert state.available() <= state.credit_micro, "available credit never exceeds the credit"
                 assert 0 <= state.credit_micro <= MAX_MICRO
+
+
+def test_a_refusal_after_the_key_was_recognised_names_the_key_for_the_log():
+    poor = core(credit_usd=Decimal("0.0001"))
+    with pytest.raises(E.OutOfCredit) as caught:
+        reserve(poor, "r1")
+    assert caught.value.key_name == "k"
+    busy = core(max_concurrency=1)
+    reserve(busy, "r1")
+    with pytest.raises(E.KeyRateLimited) as caught:
+        reserve(busy, "r2")
+    assert caught.value.key_name == "k"
+    with pytest.raises(E.Forbidden) as caught:
+        core(models=("other",)).reserve(Reserve("r1", "secret", "m", ("p/m",), 50, 100), 0)
+    assert caught.value.key_name == "k"
+    with pytest.raises(E.Unauthenticated) as caught:
+        core().reserve(Reserve("r1", "wrong", "m", ("p/m",), 50, 100), 0)
+    assert caught.value.key_name is None  # a stranger stays unnamed

@@ -93,11 +93,11 @@ async def send_error(send, client: Any, err: GatewayError, request_id: str | Non
 Prepare = Callable[[dict, str, int], Awaitable[tuple[Any, Recorder | None, int]]]
 
 
-async def refuse_websocket(scope, send, client: Any, err: GatewayError) -> None:
+async def refuse_websocket(scope, send, client: Any, err: GatewayError, request_id: str | None = None) -> None:
     """Refuse a WebSocket handshake with an HTTP answer in ``client``'s JSON shape (ASGI's
     denial response; without it hypercorn would answer 403 with no body)."""
     body = json.dumps(client.format_error(err)).encode()
-    headers = [(b"content-length", str(len(body)).encode())] + error_headers(err)
+    headers = [(b"content-length", str(len(body)).encode())] + error_headers(err, request_id)
     await send({"type": "websocket.http.response.start", "status": err.status, "headers": headers})
     await send({"type": "websocket.http.response.body", "body": body})
 

@@ -43,7 +43,7 @@ from gateway.conversation import SOCKET_ONLY_FIELDS, Keeper, resolve, wants_stor
 from gateway.logs import request_context
 from gateway.observe import Served, Transport, refused
 from gateway.request import Call
-from gateway.routes.common import bearer, check_key_known, header, refuse_websocket
+from gateway.routes.common import bearer, check_key_known, fresh_request_id, header, refuse_websocket
 from gateway.socket_link import ClientSocket, TurnLink
 from gateway.sockets import SocketInfo, Turn, TurnEnd
 from gateway.tracing import RequestTrace
@@ -66,6 +66,7 @@ async def serve_socket(runtime: Any, scope, receive, send, match) -> None:
         return
     cfg = runtime.config.websocket
     key = bearer(scope)
+    started_at = trio.current_time()
     try:
         if not cfg.enabled:
             raise UpgradeRequired("The Responses WebSocket mode is off on this gateway; use HTTP POST /v1/responses.")
@@ -73,7 +74,11 @@ async def serve_socket(runtime: Any, scope, receive, send, match) -> None:
         check_key_known(runtime, key)
         key_name = await runtime.actors.usage.ask(Authenticate(key))
     except GatewayError as err:
-        return await refuse_websocket(scope, send, openai_responses, err)
+        request_id = fresh_request_id()  # a refused handshake is a refused call: one access line
+        if runtime.observers:
+            runtime.observers.tell(refused(request_id, openai_responses.NAME, Transport.WEBSOCKET, None, err,
+                                           started_at))
+        return await refuse_websocket(scope, send, openai_responses, err, request_id)
     await send({"type": "websocket.accept"})
     socket = ClientSocket(receive, send)
     info = runtime.sockets.add(key_name)
