@@ -29,12 +29,15 @@ from gateway.config_schema import (FRACTION, INVALID, NON_NEGATIVE, PORT, POSITI
                                    closest, did_you_mean, setting)
 from actors.usage_bounds import MAX_LIMIT
 from actors.usage_messages import KEY_NAME_RULE, is_key_name
+from protocols import server_tools
 from protocols.money import FREE, Price
 from protocols.secret import Secret
 
 FAMILIES = ("openai_compat", "openai", "anthropic", "gemini", "simulator")
 DISCONNECT_POLICIES = ("cancel", "drain")
 PROTOCOLS = ("openai_chat", "openai_responses", "anthropic", "gemini")
+SERVER_TOOL_KINDS = server_tools.kind_names()
+SERVER_TOOL_POLICIES = server_tools.POLICIES
 RATES = ("input", "cached_input", "cache_write", "output", "reasoning")
 Problems = Iterator[tuple[str, str]]
 
@@ -106,8 +109,13 @@ class ProviderConfig:
     protocol: Literal[PROTOCOLS] | None = None
     # a client's Responses WebSocket session reaches this upstream over one socket of its own
     websocket: bool = False
+    # per server-tool kind this upstream cannot run: "drop" it, or "refuse" the request (default)
+    server_tools: Mapping[str, Literal[SERVER_TOOL_POLICIES]] = setting(factory=dict)
 
     def problems(self, unread: frozenset[str]) -> Problems:
+        for kind in () if "server_tools" in unread else self.server_tools:
+            if kind not in SERVER_TOOL_KINDS:
+                yield f"server_tools.{kind}", f"unknown server tool kind{did_you_mean(kind, SERVER_TOOL_KINDS)}"
         if self.websocket and not self.speaks_responses() and not {"family", "protocol", "embedded"} & unread:
             yield "websocket", ("needs a provider that speaks the Responses API (family \"openai\", or a "
                                 "simulated one with protocol \"openai_responses\")")

@@ -42,6 +42,7 @@ from gateway.observe import Observers, from_request
 from gateway.request import Call, ClientLink, Request
 from gateway.traffic import is_cancellation
 from protocols.errors import (
+    ClientError,
     GatewayError,
     GatewayFailure,
     NoCapacity,
@@ -131,7 +132,8 @@ class Dispatcher:
                 raise failure
         except GatewayError as exc:
             req.note(Trouble.TIMEOUT if isinstance(exc, UpstreamTimeout) else
-                     Trouble.UPSTREAM if isinstance(exc, (UpstreamError, NoCapacity)) else Trouble.GATEWAY)
+                     Trouble.UPSTREAM if isinstance(exc, (UpstreamError, NoCapacity)) else
+                     Trouble.CLIENT if isinstance(exc, ClientError) else Trouble.GATEWAY)
             raise
         except BaseException as exc:
             req.note(Trouble.CLIENT_GONE if req.client_gone else

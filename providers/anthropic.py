@@ -20,6 +20,7 @@ from providers.http11 import Pool
 from protocols import anthropic_messages
 from protocols.redact import NO_SECRETS, Redactor
 from protocols.anthropic_wire import API_VERSION
+from protocols.structured_output import AnswerToolDecoder, answer_tool, unwrap_response
 from providers.base import Completion, FrameReader, SSEFramer, encode_body, fetch_completion, open_frames
 
 PASSED_HEADERS = ("anthropic-version", "anthropic-beta")
@@ -58,12 +59,21 @@ class AnthropicProvider:
     @asynccontextmanager
     async def stream(self, req, model: str, credential: Any) -> AsyncIterator[FrameReader]:
         body = encode_body(anthropic_messages.build_request(req, model))
-        framer = SSEFramer(anthropic_messages.StreamDecoder(light=req.protocol == self.protocol))
+        decoder: Any = anthropic_messages.StreamDecoder(light=req.protocol == self.protocol)
+        tool = answer_tool(req, model)
+        if tool is not None:  # the structured answer came as a tool call: the client gets text
+            decoder = AnswerToolDecoder(decoder, tool)
+        framer = SSEFramer(decoder)
         async with open_frames(self.client, self.url_for(req), self.headers(req, credential), body, framer,
                                self.redactor) as reader:
             yield reader
 
     async def complete(self, req, model: str, credential: Any) -> Completion:
         body = encode_body(anthropic_messages.build_request(req, model))
+        tool = answer_tool(req, model)
+
+        def parse(doc: Any) -> Any:
+            return unwrap_response(anthropic_messages.parse_response(doc), tool)
+
         return await fetch_completion(self.client, self.url_for(req), self.headers(req, credential), body,
-                                      anthropic_messages.parse_response, self.redactor)
+                                      parse, self.redactor)

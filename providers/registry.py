@@ -43,4 +43,7 @@ def build(cfg: Any, simulator_url: str | None, redactor: Redactor = NO_SECRETS) 
                 max_body_bytes=cfg.max_response_bytes)
     # only a Responses provider takes the switch (the config refuses it elsewhere)
     switches = {"websocket": True} if cfg.websocket else {}
-    return cls(cfg.name, base, pool, dict(cfg.headers), redactor=redactor, **switches)
+    provider = cls(cfg.name, base, pool, dict(cfg.headers), redactor=redactor, **switches)
+    # server tools this upstream cannot run that the operator drops (the rest are refused)
+    provider.server_tools = dict(cfg.server_tools)
+    return provider

@@ -1,8 +1,8 @@
 """Real agent CLIs through the gateway: Codex, Claude Code and Gemini CLI.
 
 Opt-in (large installs): see the README's "Agent CLIs" section. Each CLI completes a
-prompt that makes it call one tool (read a file) through the gateway, once with an
-upstream of its own protocol and once with an upstream of another; the answer must
+prompt that makes it call one tool (read a file) through the gateway, with an
+upstream of its own protocol and with one of every other family; the answer must
 quote the file, which only the tool call could have read.
 """
 
@@ -26,6 +26,8 @@ pytestmark = pytest.mark.skipif(not BIN.is_dir(), reason=f"agent CLIs not instal
 
 def cli_config(tmp_path) -> dict:
     doc = base_config(tmp_path)
+    # Codex always offers web_search; the Chat upstream has no equivalent: the operator drops it
+    doc["providers"]["sim"]["server_tools"] = {"web_search": "drop"}
     doc["providers"].update({
         "simr": {"family": "simulator", "embedded": True, "protocol": "openai_responses", "websocket": True},
         "sima": {"family": "simulator", "embedded": True, "protocol": "anthropic"},
@@ -98,10 +100,13 @@ def gemini(url: str, model: str, prompt: str, tmp_path: Path) -> tuple[list, dic
 
 CASES = [
     ("codex", codex, "own-responses"), ("codex", codex, "cross-chat"),
+    ("codex", codex, "own-anthropic"), ("codex", codex, "own-gemini"),
     ("codex", codex_socket, "own-responses"), ("codex", codex_socket, "own-anthropic"),
     ("codex", codex_builtin, "own-responses"), ("codex", codex_builtin, "own-anthropic"),
     ("claude", claude, "own-anthropic"), ("claude", claude, "cross-chat"),
+    ("claude", claude, "own-responses"), ("claude", claude, "own-gemini"),
     ("gemini", gemini, "own-gemini"), ("gemini", gemini, "cross-chat"),
+    ("gemini", gemini, "own-responses"), ("gemini", gemini, "own-anthropic"),
 ]
 
 
