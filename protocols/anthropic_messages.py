@@ -396,11 +396,15 @@ def _thinking_replayable(turns: list) -> bool:
 def _place_system_turns(turns: list, system: list, positional: bool) -> list:
     """System turns stay where they are when the model takes them and Anthropic's
     placement rules hold (not first, after a user turn, then the end or an assistant
-    turn, never two in a row); every other one joins the top-level ``system``."""
+    turn, never two in a row); every other one joins the top-level ``system``, and the
+    turns it stood between become one."""
     out: list = []
     for i, turn in enumerate(turns):
         if turn["role"] != "system":
-            out.append(turn)
+            if out and out[-1]["role"] == turn["role"]:
+                out[-1]["content"].extend(turn["content"])
+            else:
+                out.append(turn)
             continue
         after = turns[i + 1]["role"] if i + 1 < len(turns) else None
         if positional and out and out[-1]["role"] == "user" and after in (None, "assistant"):

@@ -232,6 +232,15 @@ def test_late_system_and_developer_messages_stay_in_place(client):
     assert gem["systemInstruction"]["parts"][0]["text"] == "be brief\n\nnow answer in French"
 
 
+def test_user_turns_around_a_merged_system_turn_become_one_for_anthropic():
+    req = parse("openai_chat", {"model": "m", "messages": [
+        {"role": "user", "content": "hi"}, {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "well?"}]})
+    sent = build("anthropic", req, "claude-sonnet-4-5")
+    assert sent["system"] == "be brief"
+    assert [(m["role"], [b["text"] for b in m["content"]]) for m in sent["messages"]] == [("user", ["hi", "well?"])]
+
+
 # ---------------------------------------------------------------- namespace tools
 
 
