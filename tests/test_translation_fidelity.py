@@ -144,6 +144,14 @@ def test_gemini_cli_router_schema_arrives_as_json_schema(upstream):
     assert sent["required"] == ["complexity_reasoning", "complexity_score"]
 
 
+def test_gemini_openapi_response_schema_arrives_as_json_schema():
+    body = _hello("gemini", generationConfig={"responseMimeType": "application/json", "responseSchema": {
+        "type": "OBJECT", "properties": {"n": {"type": "INTEGER"}}, "required": ["n"]}})
+    sent = build("openai_chat", parse("gemini", body))
+    assert sent["response_format"]["json_schema"]["schema"] == {
+        "type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+
+
 def _anthropic_events(*docs: dict) -> list:
     return [SSEEvent(raw=b"", data=json.dumps(d), event=d["type"]) for d in docs]
 
