@@ -2,7 +2,8 @@
 namespace) against upstreams with and without an equivalent.
 
 Refused requests are the client's own error: a 400 in its protocol naming the tool,
-charged nothing and recorded as ``client_error``; an operator's ``drop`` serves them.
+charged nothing and recorded as ``client_error``; an operator's ``drop`` serves them,
+and so does a later target of the route whose family has the tool.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def _config(tmp_path, **sim_settings) -> dict:
     doc["providers"]["sim"].update(sim_settings)
     doc["providers"]["sima"] = {"family": "simulator", "embedded": True, "protocol": "anthropic"}
     doc["models"]["to-anthropic"] = {"targets": ["sima/claude-sonnet-4-5"]}
+    doc["models"]["chat-then-anthropic"] = {"targets": ["sim/sim-chat", "sima/claude-sonnet-4-5"]}
     doc["pricing"]["sima/*"] = {"input": "1.00", "output": "2.00"}
     return doc
 
@@ -77,3 +79,13 @@ async def test_web_search_reaches_an_anthropic_upstream_as_its_server_tool(tmp_p
             [sent] = gw.simulator.bodies
     assert r.status_code == 200
     assert {"type": "web_search_20250305", "name": "web_search"} in sent["tools"]
+
+
+async def test_a_target_without_the_tool_gives_way_to_one_with_it(tmp_path):
+    with trio.fail_after(20):
+        async with running_gateway(_config(tmp_path)) as gw:
+            r, records = await _post(gw, _codex("chat-then-anthropic"))
+            [sent] = gw.simulator.bodies
+    assert r.status_code == 200 and r.headers["x-tollhouse-target"].startswith("sima/")
+    assert {"type": "web_search_20250305", "name": "web_search"} in sent["tools"]
+    assert [(e["provider"], e["reason"]) for e in records if e["kind"] == "charge"] == [("sima", "end")]
