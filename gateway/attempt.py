@@ -24,6 +24,7 @@ import trio
 from gateway.ending import Outcome, Trouble
 from gateway.request import ClientLink, Request
 from protocols.errors import GatewayError, Stopping, UpstreamError, UpstreamProtocolError, UpstreamTimeout
+from protocols.server_tools import drop_tools
 from protocols.unified import ErrorEvent, Finish, StreamStart
 from providers.adapters import chain_of, passes_through
 from providers.base import Unparseable
@@ -47,6 +48,12 @@ def outcome_of(exc: BaseException, written: bool) -> Outcome:
     if isinstance(exc, UpstreamError) and exc.upstream_status is not None:
         return Outcome.REFUSED
     return Outcome.UNANSWERED  # written: the upstream may be working, whatever ended the wait
+
+
+def _for_upstream(request: Any, provider: Any) -> Any:
+    """The request as this provider is sent it: without the server tools it cannot run
+    that its operator chose to drop (the others are refused by name when it is built)."""
+    return drop_tools(request, provider.protocol, getattr(provider, "server_tools", {}))
 
 
 def _headers(req: Request, content_type: str, target: Any) -> list:
@@ -114,7 +121,8 @@ class AttemptRunner:
         call = req.call
         with trio.move_on_after(self.streaming.nonstream_timeout_s) as scope:
             try:
-                completion = await provider.complete(call.request, target.model, credential)
+                completion = await provider.complete(_for_upstream(call.request, provider), target.model,
+                                                     credential)
             except Unparseable as exc:
                 req.settle_attempt(index, Outcome.ANSWERED)
                 req.unparseable_bytes = exc.body_bytes
@@ -135,7 +143,7 @@ class AttemptRunner:
         else:
             # the answer adapters edit what the client sees; the meter took the upstream's usage above
             answer = call.client.format_response(chain_of(provider, target.model).response(response),
-                                                 call.request.model)
+                                                 call.request.model, request=call.request)
             body = json.dumps(answer).encode()
             content_type = "application/json"
         await self.settle(req)
@@ -160,7 +168,8 @@ class AttemptRunner:
         with trio.CancelScope(deadline=trio.current_time() + self.streaming.ttfb_timeout_s) as scope:
             req.streaming_scope = scope
             try:
-                async with provider.stream(call.request, target.model, credential) as reader:
+                async with provider.stream(_for_upstream(call.request, provider), target.model,
+                                           credential) as reader:
                     # A success status: the upstream has the request, whatever its body holds.
                     req.settle_attempt(index, Outcome.ANSWERED)
                     req.redecode = reader.redecode

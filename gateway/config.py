@@ -31,6 +31,7 @@ from gateway.config_schema import (FRACTION, INVALID, NON_NEGATIVE, PORT, POSITI
                                    closest, did_you_mean, setting)
 from actors.usage_bounds import MAX_LIMIT
 from actors.usage_messages import KEY_NAME_RULE, is_key_name
+from protocols import server_tools
 from protocols.money import FREE, Price
 from protocols.secret import Secret
 
@@ -40,6 +41,8 @@ PROTOCOLS = ("openai_chat", "openai_responses", "anthropic", "gemini")
 FAMILY_PROTOCOL = {"openai_compat": "openai_chat", "openai": "openai_responses", "anthropic": "anthropic",
                    "gemini": "gemini"}
 COUNT_TOKENS = ("upstream", "estimate")
+SERVER_TOOL_KINDS = server_tools.kind_names()
+SERVER_TOOL_POLICIES = server_tools.POLICIES
 RATES = ("input", "cached_input", "cache_write", "output", "reasoning")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "json", "console")  # auto: console on a terminal, JSON lines otherwise
@@ -122,8 +125,13 @@ class ProviderConfig:
     model_adapters: Mapping[str, AdapterList] = setting(factory=dict)
     # token counts: asked of the upstream's counting endpoint where its family has one, or estimated
     count_tokens: Literal[COUNT_TOKENS] = "upstream"
+    # per server-tool kind this upstream cannot run: "drop" it, or "refuse" the request (default)
+    server_tools: Mapping[str, Literal[SERVER_TOOL_POLICIES]] = setting(factory=dict)
 
     def problems(self, unread: frozenset[str]) -> Problems:
+        for kind in () if "server_tools" in unread else self.server_tools:
+            if kind not in SERVER_TOOL_KINDS:
+                yield f"server_tools.{kind}", f"unknown server tool kind{did_you_mean(kind, SERVER_TOOL_KINDS)}"
         if self.websocket and not self.speaks_responses() and not {"family", "protocol", "embedded"} & unread:
             yield "websocket", ("needs a provider that speaks the Responses API (family \"openai\", or a "
                                 "simulated one with protocol \"openai_responses\")")

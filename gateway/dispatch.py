@@ -43,6 +43,7 @@ from gateway.observe import Observers, from_request
 from gateway.request import Call, ClientLink, Request
 from gateway.traffic import is_cancellation
 from protocols.errors import (
+    ClientError,
     GatewayError,
     GatewayFailure,
     NoCapacity,
@@ -53,6 +54,7 @@ from protocols.errors import (
     UpstreamRateLimited,
     UpstreamTimeout,
 )
+from protocols.server_tools import UnsupportedServerTool
 from protocols.usage import estimate_tokens
 
 __all__ = ["Actors", "Call", "ClientLink", "Dispatcher"]
@@ -161,7 +163,8 @@ class Dispatcher:
                 raise failure
         except GatewayError as exc:
             req.note(Trouble.TIMEOUT if isinstance(exc, UpstreamTimeout) else
-                     Trouble.UPSTREAM if isinstance(exc, (UpstreamError, NoCapacity)) else Trouble.GATEWAY)
+                     Trouble.UPSTREAM if isinstance(exc, (UpstreamError, NoCapacity)) else
+                     Trouble.CLIENT if isinstance(exc, ClientError) else Trouble.GATEWAY)
             raise
         except BaseException as exc:
             req.note(Trouble.CLIENT_GONE if req.client_gone else
@@ -254,6 +257,7 @@ class Dispatcher:
                         ) -> tuple[bool, float | None, GatewayError | None]:
         """One walk over the plan: (served, soonest time a credential frees up, last error)."""
         soonest: float | None = None
+        refused: UnsupportedServerTool | None = None
         body_tokens = estimate_tokens(req.call.body_bytes)
         for target in plan.targets:
             provider = self.providers[target.provider]
@@ -272,6 +276,11 @@ class Dispatcher:
                     await self.attempt.run(req, provider, target, lease.credential, link)
                     error = req.meter.error if isinstance(req.meter.error, UpstreamError) else None
                     served = True
+                except UnsupportedServerTool as exc:
+                    # this target's family cannot run a server tool the client offered (and
+                    # its operator does not drop it): nothing was sent, the next target may
+                    refused = refused or exc
+                    break
                 except UpstreamError as exc:
                     # A deadline that passed while the request waited for a connection slot
                     # says nothing about the upstream: no cooldown for it.
@@ -287,6 +296,8 @@ class Dispatcher:
                         await self._release(target, lease, error, req, served)
                 if served:
                     return True, None, None
+        if refused is not None and last_error is None and soonest is None:
+            raise refused  # no target could take the request as the client wrote it
         return False, soonest, last_error
 
     async def _release(self, target: Any, lease: Leased, error: UpstreamError | None, req: Request,

@@ -53,6 +53,7 @@ class Trouble(enum.Enum):
     TIMEOUT = "timeout"
     UPSTREAM = "upstream"
     GATEWAY = "gateway"
+    CLIENT = "client"  # a client error found while building the upstream request
     SHUTDOWN = "shutdown"  # the end of a graceful stop's grace period
 
 
@@ -102,6 +103,7 @@ _REASONS = {
     Trouble.TIMEOUT: EndReason.TIMEOUT,
     Trouble.UPSTREAM: EndReason.UPSTREAM_ERROR,
     Trouble.GATEWAY: EndReason.GATEWAY_ERROR,
+    Trouble.CLIENT: EndReason.CLIENT_ERROR,
     Trouble.SHUTDOWN: EndReason.SHUTDOWN,
 }
 

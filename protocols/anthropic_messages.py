@@ -13,13 +13,27 @@ or from another protocol is lossy here:
   ``tool_choice.disable_parallel_tool_use``, ``context_management`` and every beta
   field have no unified home; they ride in ``extra``/``raw`` and reach only Anthropic
   upstreams.
-- Server tools (``web_search_*``, ``bash_*``, ``text_editor_*``, ``computer_*`` ...) are
-  kept in ``extra["server_tools"]``, not offered to other protocols' upstreams; blocks
+- Server tools (``web_search_*``, ``web_fetch_*``, ``code_execution_*``; and the
+  Anthropic-defined ``bash_*``, ``text_editor_*``, ``computer_*`` ...) become
+  ``ServerTool``s: another family's upstream gets its equivalent or the client a 400
+  naming the tool (``protocols.server_tools``); blocks
   the unified model cannot hold (``document``, ``server_tool_use``,
   ``web_search_tool_result``, ``search_result``, ``container_upload`` ...) are dropped
   on the way to another protocol.
 - ``system`` messages inside ``messages`` (sent by recent Claude Code) stay in place for
-  Anthropic; from a unified request they are appended to the top-level system string.
+  Anthropic. Built from another protocol, a system message inside the conversation stays
+  there only for a model that takes them (Claude Opus 4.8) where Anthropic's placement
+  rules allow it; otherwise it is appended to the top-level system string.
+- Structured output: ``output_config.format`` (or the beta ``output_format``) is read
+  into ``OutputFormat``; built for a model with JSON output (Claude 4.5 on) it is
+  ``output_config.format``, otherwise a forced ``structured_answer`` tool whose input
+  is the answer (``protocols.structured_output``).
+- ``thinking`` is read as a reasoning budget and written from any protocol's effort
+  (``protocols.reasoning``), kept below ``max_tokens`` (a request without
+  ``max_tokens`` gets the budget on top of the default); with thinking on,
+  ``temperature`` and ``top_p`` are not sent (Anthropic refuses them) and a forced
+  answer tool turns thinking off (Anthropic refuses forced tools with thinking), as
+  does an earlier tool-calling assistant turn without signed thinking to replay.
 - Reasoning from another provider without an Anthropic signature cannot be replayed
   (Anthropic rejects unsigned thinking), so it is dropped from requests; signed
   thinking and redacted thinking survive. Shown to an Anthropic client (response or
@@ -50,7 +64,12 @@ from protocols.unified import (
     FinishReason,
     ImagePart,
     Message,
+    OutputFormat,
+    OutputKind,
+    Reasoning,
     ReasoningPart,
+    ServerTool,
+    ServerToolKind,
     TextPart,
     Tool,
     ToolCallPart,
@@ -58,6 +77,9 @@ from protocols.unified import (
     UnifiedRequest,
     UnifiedResponse,
 )
+from protocols.reasoning import anthropic_thinking, budget_of, effort_named
+from protocols.server_tools import wire_tools
+from protocols.structured_output import answer_schema, answer_tool
 from protocols.tokens import estimate_request_tokens
 from protocols.usage import normalize
 from protocols.validate import check, object_at, require, strings, token_limit
@@ -68,6 +90,10 @@ __all__ = [
 ]
 
 ROLES = ("user", "assistant", "system")
+SERVER_TOOL_PREFIXES = (("web_search_", ServerToolKind.WEB_SEARCH), ("web_fetch_", ServerToolKind.WEB_FETCH),
+                        ("code_execution_", ServerToolKind.CODE_EXECUTION))
+# Models that take ``role: "system"`` messages inside ``messages``.
+POSITIONAL_SYSTEM_MODELS = ("claude-opus-4-8",)
 THINKING_MIN_BUDGET = 1024
 TOOL_CHOICE_IN = {"auto": "auto", "any": "required", "none": "none"}
 TOOL_CHOICE_OUT = {"auto": {"type": "auto"}, "required": {"type": "any"}, "any": {"type": "any"},
@@ -92,8 +118,6 @@ def parse_request(doc: dict, *, require_max_tokens: bool = True) -> UnifiedReque
         messages.extend(_message_in(m, f"messages[{i}]."))
     tools, server_tools = _tools_in(check(doc, "tools", list, default=[]))
     extra: dict = {}
-    if server_tools:
-        extra["server_tools"] = tuple(server_tools)
     for key in ("metadata", "thinking"):
         if isinstance(doc.get(key), dict):
             extra[key] = doc[key]
@@ -110,9 +134,37 @@ def parse_request(doc: dict, *, require_max_tokens: bool = True) -> UnifiedReque
         temperature=check(doc, "temperature", (int, float)),
         top_p=check(doc, "top_p", (int, float)),
         stop=strings(doc, "stop_sequences"),
+        output_format=_output_format_in(doc),
+        reasoning=_reasoning_in(doc),
+        server_tools=tuple(server_tools),
         raw=doc,
         extra=extra,
     )
+
+
+def _output_format_in(doc: dict) -> OutputFormat | None:
+    config = check(doc, "output_config", dict)
+    if config is not None and check(config, "format", dict, "output_config.") is not None:
+        fmt, where = config["format"], "output_config.format."
+    elif check(doc, "output_format", dict) is not None:
+        fmt, where = doc["output_format"], "output_format."
+    else:
+        return None
+    kind = require(fmt, "type", str, where)
+    if kind != "json_schema":
+        raise InvalidRequest(f"Invalid value for '{where}type': {kind!r}.", param=f"{where}type")
+    return OutputFormat(OutputKind.JSON_SCHEMA, require(fmt, "schema", dict, where))
+
+
+def _reasoning_in(doc: dict) -> Reasoning | None:
+    thinking = doc.get("thinking")
+    config = doc.get("output_config") if isinstance(doc.get("output_config"), dict) else {}
+    effort = effort_named(config.get("effort")) if isinstance(config.get("effort"), str) else None
+    if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+        return Reasoning(effort=effort, budget=thinking.get("budget_tokens"))
+    if isinstance(thinking, dict) and thinking.get("type") == "disabled":
+        return Reasoning(budget=0)
+    return Reasoning(effort=effort) if effort is not None else None
 
 
 def _check_thinking(thinking: dict | None) -> None:
@@ -235,17 +287,25 @@ BLOCKS_IN: dict[str, Callable[[dict, str], Any]] = {
 
 
 def _tools_in(raw: list) -> tuple[list, list]:
-    """Custom tools become unified ``Tool``s; server tools stay Anthropic-only."""
+    """Custom tools become unified ``Tool``s, the others ``ServerTool``s."""
     tools, server = [], []
     for i, t in enumerate(raw):
-        if check(object_at(t, f"tools[{i}]"), "type", str, f"tools[{i}].") not in (None, "custom"):
-            server.append(t)
+        kind = check(object_at(t, f"tools[{i}]"), "type", str, f"tools[{i}].")
+        if kind not in (None, "custom"):
+            server.append(ServerTool(_server_kind(kind), kind, t))
             continue
         name = require(t, "name", str, f"tools[{i}].")
         schema = check(t, "input_schema", dict, f"tools[{i}].", {})
         tools.append(Tool(name, check(t, "description", str, f"tools[{i}].", ""), schema,
                           _rest(t, "name", "description", "input_schema")))
     return tools, server
+
+
+def _server_kind(wire_type: str) -> ServerToolKind:
+    for prefix, kind in SERVER_TOOL_PREFIXES:
+        if wire_type.startswith(prefix):
+            return kind
+    return ServerToolKind.OTHER
 
 
 def _tool_choice_in(choice: dict | None) -> Any:
@@ -266,10 +326,13 @@ def build_request(req: UnifiedRequest, model: str, **_: Any) -> dict:
         body["model"] = model
         return body
     system = [p.text for p in req.system if isinstance(p, TextPart) and p.text]
+    positional = model.startswith(POSITIONAL_SYSTEM_MODELS)
     turns: list = []
     for m in req.messages:
         if m.role == "system":
-            system.extend(p.text for p in m.parts if isinstance(p, TextPart) and p.text)
+            text = "\n\n".join(p.text for p in m.parts if isinstance(p, TextPart) and p.text)
+            if text:
+                turns.append({"role": "system", "content": text})
             continue
         blocks = [b for p in m.parts if (b := _block_out(p)) is not None]
         role = "assistant" if m.role == "assistant" else "user"
@@ -279,26 +342,76 @@ def build_request(req: UnifiedRequest, model: str, **_: Any) -> dict:
             turns[-1]["content"].extend(blocks)
         else:
             turns.append({"role": role, "content": blocks})
+    turns = _place_system_turns(turns, system, positional)
     for turn in turns:
         # Anthropic wants a user turn's tool results before anything else in it.
-        turn["content"].sort(key=lambda b: b["type"] != "tool_result")
-    body: dict = {"model": model, "max_tokens": req.max_tokens or DEFAULT_MAX_TOKENS, "messages": turns}
+        if turn["role"] != "system":
+            turn["content"].sort(key=lambda b: b["type"] != "tool_result")
+    answer = answer_tool(req, model)
+    budget = budget_of(req.reasoning)
+    max_tokens = req.max_tokens or DEFAULT_MAX_TOKENS + (budget if budget and budget > 0 else 0)
+    body: dict = {"model": model, "max_tokens": max_tokens, "messages": turns}
     if system:
         body["system"] = "\n\n".join(system)
-    if req.tools:
-        body["tools"] = [_tool_out(t) for t in req.tools]
-        choice = _tool_choice_out(req.tool_choice)
+    tools = [_tool_out(t) for t in req.tools] + wire_tools(req.server_tools, NAME)
+    choice = _tool_choice_out(req.tool_choice) if req.tools else None
+    if answer is not None and req.output_format is not None:
+        tools.append({"name": answer, "description": "Give the final answer; its input is the answer.",
+                      "input_schema": answer_schema(req.output_format)})
+        forced = not req.tools or req.tool_choice == "none"
+        choice = {"type": "tool", "name": answer} if forced else {"type": "any"}
+    elif req.output_format is not None:
+        body["output_config"] = {"format": {"type": "json_schema", "schema": answer_schema(req.output_format)}}
+    if tools:
+        body["tools"] = tools
         if choice is not None:
             body["tool_choice"] = choice
-    if req.temperature is not None:
-        body["temperature"] = min(float(req.temperature), 1.0)
-    if req.top_p is not None:
-        body["top_p"] = req.top_p
+    thinking = None if choice is not None and choice["type"] in ("tool", "any") or not _thinking_replayable(turns) \
+        else anthropic_thinking(req.reasoning, max_tokens)
+    if thinking is not None:
+        body["thinking"] = thinking
+    else:
+        if req.temperature is not None:
+            body["temperature"] = min(float(req.temperature), 1.0)
+        if req.top_p is not None:
+            body["top_p"] = req.top_p
     if req.stop:
         body["stop_sequences"] = list(req.stop)
     if req.stream:
         body["stream"] = True
     return body
+
+
+def _thinking_replayable(turns: list) -> bool:
+    """With thinking on, Anthropic wants every assistant turn that called a tool to open
+    with its (signed) thinking; a conversation from another vendor has none to give."""
+    for turn in turns:
+        blocks = turn["content"] if isinstance(turn["content"], list) else []
+        if turn["role"] == "assistant" and any(b.get("type") == "tool_use" for b in blocks):
+            if blocks[0].get("type") not in ("thinking", "redacted_thinking"):
+                return False
+    return True
+
+
+def _place_system_turns(turns: list, system: list, positional: bool) -> list:
+    """System turns stay where they are when the model takes them and Anthropic's
+    placement rules hold (not first, after a user turn, then the end or an assistant
+    turn, never two in a row); every other one joins the top-level ``system``, and the
+    turns it stood between become one."""
+    out: list = []
+    for i, turn in enumerate(turns):
+        if turn["role"] != "system":
+            if out and out[-1]["role"] == turn["role"]:
+                out[-1]["content"].extend(turn["content"])
+            else:
+                out.append(turn)
+            continue
+        after = turns[i + 1]["role"] if i + 1 < len(turns) else None
+        if positional and out and out[-1]["role"] == "user" and after in (None, "assistant"):
+            out.append(turn)
+        else:
+            system.append(turn["content"])
+    return out
 
 
 def _block_out(p: Any) -> dict | None:
@@ -397,7 +510,7 @@ def _response_block(block: dict) -> Any:
         return None
 
 
-def format_response(resp: UnifiedResponse, model: str) -> dict:
+def format_response(resp: UnifiedResponse, model: str, **_: Any) -> dict:
     content = [b for p in resp.parts
                if not isinstance(p, (ToolResultPart, ImagePart)) and (b := _response_block_out(p)) is not None]
     return {

@@ -11,10 +11,18 @@ A Gemini client's body is kept in ``raw`` and sent to a Gemini upstream as writt
 so a same-protocol trip loses nothing (thought signatures included). Converting to or
 from another protocol is lossy here:
 
-- Non-function tools (``googleSearch``, ``codeExecution``, ``urlContext`` ...) ride in
-  ``extra["gemini_tools"]`` and reach only Gemini upstreams; so do ``safetySettings``,
-  ``cachedContent``, ``thinkingConfig`` and the rest of ``generationConfig`` (JSON
-  mode, ``topK``, ``seed``, ``candidateCount`` ...).
+- Non-function tools (``googleSearch``, ``codeExecution``, ``urlContext`` ...) become
+  ``ServerTool``s: another family's upstream gets its equivalent or the client a 400
+  naming the tool (``protocols.server_tools``). ``safetySettings``, ``cachedContent``
+  and the rest of ``generationConfig`` (``topK``, ``seed``, ``candidateCount`` ...)
+  reach only Gemini upstreams.
+- JSON output (``responseMimeType: application/json`` with ``responseJsonSchema``, or
+  ``responseSchema`` in OpenAPI form, lower-cased) is read into ``OutputFormat`` and
+  written as ``responseMimeType`` + ``responseJsonSchema``; ``thinkingConfig`` is read
+  as a reasoning budget or level and written from any protocol's effort
+  (``protocols.reasoning``: ``thinkingLevel`` for Gemini 3 models).
+- System messages inside another protocol's conversation join ``systemInstruction``
+  (Gemini has no positional equivalent).
 - Parts the unified model cannot hold (``executableCode``, ``codeExecutionResult``,
   ``videoMetadata``) are dropped; ``inlineData``/``fileData`` of any MIME type become
   image parts, which other protocols may refuse for non-images.
@@ -55,6 +63,11 @@ from protocols.gemini_wire import (
 from protocols.unified import (
     FinishReason,
     Message,
+    OutputFormat,
+    OutputKind,
+    Reasoning,
+    ServerTool,
+    ServerToolKind,
     TextPart,
     Tool,
     ToolCallPart,
@@ -62,6 +75,8 @@ from protocols.unified import (
     UnifiedRequest,
     UnifiedResponse,
 )
+from protocols.reasoning import LEVEL_EFFORTS, gemini_thinking
+from protocols.server_tools import wire_tools
 from protocols.tokens import estimate_request_tokens
 from protocols.usage import normalize
 from protocols.validate import check, strings, token_limit
@@ -71,6 +86,12 @@ __all__ = [
     "count_tokens", "StreamDecoder", "StreamEncoder", "usage_to_wire",
 ]
 
+SERVER_TOOLS = {
+    "googleSearch": ServerToolKind.WEB_SEARCH, "google_search": ServerToolKind.WEB_SEARCH,
+    "googleSearchRetrieval": ServerToolKind.WEB_SEARCH, "google_search_retrieval": ServerToolKind.WEB_SEARCH,
+    "codeExecution": ServerToolKind.CODE_EXECUTION, "code_execution": ServerToolKind.CODE_EXECUTION,
+    "urlContext": ServerToolKind.WEB_FETCH, "url_context": ServerToolKind.WEB_FETCH,
+}
 ROLES_IN = {"user": "user", "model": "assistant", "function": "user"}
 MODES_IN = {"AUTO": "auto", "ANY": "required", "NONE": "none", "VALIDATED": "auto"}
 MODES_OUT = {"auto": "AUTO", "required": "ANY", "any": "ANY", "none": "NONE"}
@@ -99,8 +120,6 @@ def parse_request(doc: dict, *, model: str, stream: bool, sse: bool = True) -> U
     if not isinstance(config, Mapping):
         raise InvalidRequest("Invalid type for 'generationConfig': expected an object.", param="generationConfig")
     extra: dict = {"gemini_sse": sse}
-    if other_tools:
-        extra["gemini_tools"] = tuple(other_tools)
     thinking = field(config, "thinkingConfig")
     if thinking is not None and not isinstance(thinking, Mapping):
         raise InvalidRequest("Invalid type for 'generationConfig.thinkingConfig': expected an object.",
@@ -130,9 +149,42 @@ def parse_request(doc: dict, *, model: str, stream: bool, sse: bool = True) -> U
         temperature=_number(config, "temperature", (int, float)),
         top_p=_number(config, "topP", (int, float)),
         stop=stop,
+        output_format=_output_format_in(config),
+        reasoning=_reasoning_in(thinking),
+        server_tools=tuple(ServerTool(SERVER_TOOLS.get(key, ServerToolKind.OTHER), key, {key: value})
+                           for tool in other_tools for key, value in tool.items()),
         raw=doc,
         extra=extra,
     )
+
+
+def _output_format_in(config: Mapping) -> OutputFormat | None:
+    mime = field(config, "responseMimeType")
+    schema = field(config, "responseJsonSchema")
+    if schema is None:
+        schema = field(config, "responseSchema")
+    if schema is not None:
+        # Gemini CLI writes OpenAPI types ("OBJECT") even in responseJsonSchema
+        schema = _json_schema(schema)
+        if not isinstance(schema, Mapping):
+            raise InvalidRequest("Invalid type for 'generationConfig.responseJsonSchema': expected an object.",
+                                 param="generationConfig.responseJsonSchema")
+        return OutputFormat(OutputKind.JSON_SCHEMA, schema)
+    if mime == "application/json":
+        return OutputFormat(OutputKind.JSON_OBJECT)
+    return None
+
+
+def _reasoning_in(thinking: Mapping | None) -> Reasoning | None:
+    if thinking is None:
+        return None
+    level = field(thinking, "thinkingLevel")
+    effort = LEVEL_EFFORTS.get(level.lower()) if isinstance(level, str) else None
+    budget = field(thinking, "thinkingBudget")
+    budget = int(budget) if isinstance(budget, (int, float, str)) and str(budget).lstrip("-").isdigit() else None
+    if effort is None and budget is None:
+        return None
+    return Reasoning(effort=effort, budget=budget)
 
 
 def _named(doc: Mapping, name: str) -> str:
@@ -247,7 +299,7 @@ def build_request(req: UnifiedRequest, model: str) -> dict:
     system = [p.text for p in req.system if isinstance(p, TextPart)]
     contents: list[dict] = []
     for m in req.messages:
-        if m.role == "system":
+        if m.role == "system":  # no positional equivalent: it joins systemInstruction
             system.append(m.text())
             continue
         role = "model" if m.role == "assistant" else "user"
@@ -272,8 +324,18 @@ def build_request(req: UnifiedRequest, model: str) -> dict:
             generation[key] = value
     if req.stop:
         generation["stopSequences"] = list(req.stop)
+    if req.output_format is not None:
+        generation["responseMimeType"] = "application/json"
+        if req.output_format.kind is OutputKind.JSON_SCHEMA:
+            generation["responseJsonSchema"] = dict(req.output_format.schema)
+    thinking = gemini_thinking(req.reasoning, model)
+    if thinking is not None:
+        generation["thinkingConfig"] = thinking
     if generation:
         body["generationConfig"] = generation
+    server = wire_tools(req.server_tools, NAME)
+    if server:
+        body.setdefault("tools", []).extend(server)
     return body
 
 
@@ -336,7 +398,7 @@ def _merge_text(parts: list) -> list:
     return out
 
 
-def format_response(resp: UnifiedResponse, model: str) -> dict:
+def format_response(resp: UnifiedResponse, model: str, **_: Any) -> dict:
     parts = parts_out(resp.parts, {}, replay=False) or [{"text": ""}]
     doc: dict = {
         "candidates": [{

@@ -4,6 +4,11 @@ Lossy conversions, where they happen: reasoning signatures and redacted reasonin
 no place in Chat Completions and are dropped on the way out (reasoning text travels as
 ``reasoning_content``, the field DeepSeek and vLLM use); image parts by URL or data URL
 survive; tool results that hold images are flattened to their text.
+
+System and developer messages before the first turn are the system prompt; later ones
+stay where they are (a ``system`` message there, for any upstream with a positional
+equivalent). ``response_format`` and ``reasoning_effort`` are read into the unified
+request and written from it (``protocols.structured_output``, ``protocols.reasoning``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ from protocols.unified import (
     FinishReason,
     ImagePart,
     Message,
+    OutputFormat,
+    OutputKind,
+    Reasoning,
     ReasoningPart,
     TextPart,
     Tool,
@@ -33,6 +41,8 @@ from protocols.unified import (
     UnifiedRequest,
     UnifiedResponse,
 )
+from protocols.reasoning import effort_named, effort_of
+from protocols.server_tools import wire_tools
 from protocols.usage import normalize
 from protocols.validate import check, object_at, one_of, require, strings, token_limit
 
@@ -55,7 +65,11 @@ def parse_request(doc: dict) -> UnifiedRequest:
         object_at(m, f"messages[{i}]")
         role = require(m, "role", str, path)
         if role in ("system", "developer"):
-            system.extend(_content_parts(m.get("content"), path))
+            parts = _content_parts(m.get("content"), path)
+            if messages:  # after the conversation began: it stays at its place
+                messages.append(Message("system", tuple(parts), {"role": role}))
+            else:
+                system.extend(parts)
         elif role == "tool":
             call_id = require(m, "tool_call_id", str, path)
             messages.append(Message("tool", (ToolResultPart(call_id, _text_of(m.get("content"), path)),)))
@@ -100,8 +114,45 @@ def parse_request(doc: dict) -> UnifiedRequest:
         top_p=check(doc, "top_p", (int, float)),
         stop=strings(doc, "stop", single=True),
         include_usage=bool(check(stream_options, "include_usage", bool, "stream_options.")),
+        output_format=_response_format_in(check(doc, "response_format", dict)),
+        reasoning=_reasoning_in(doc),
         raw=doc,
     )
+
+
+def _response_format_in(fmt: dict | None) -> OutputFormat | None:
+    if fmt is None:
+        return None
+    kind = require(fmt, "type", str, "response_format.")
+    if kind == "json_object":
+        return OutputFormat(OutputKind.JSON_OBJECT)
+    if kind == "json_schema":
+        spec = require(fmt, "json_schema", dict, "response_format.")
+        where = "response_format.json_schema."
+        return OutputFormat(OutputKind.JSON_SCHEMA, check(spec, "schema", dict, where, {}),
+                            check(spec, "name", str, where, "response"), check(spec, "strict", bool, where))
+    if kind == "text":
+        return None
+    raise InvalidRequest(f"Invalid value for 'response_format.type': {kind!r}.", param="response_format.type")
+
+
+def _response_format_out(fmt: OutputFormat) -> dict:
+    if fmt.kind is OutputKind.JSON_OBJECT:
+        return {"type": "json_object"}
+    spec: dict = {"name": fmt.name, "schema": dict(fmt.schema)}
+    if fmt.strict is not None:
+        spec["strict"] = fmt.strict
+    return {"type": "json_schema", "json_schema": spec}
+
+
+def _reasoning_in(doc: dict) -> Reasoning | None:
+    effort = check(doc, "reasoning_effort", str)
+    if effort is None:
+        return None
+    known = effort_named(effort)
+    if known is None:
+        raise InvalidRequest(f"Invalid value for 'reasoning_effort': {effort!r}.", param="reasoning_effort")
+    return Reasoning(effort=known)
 
 
 def _content_parts(content: Any, path: str) -> list:
@@ -179,6 +230,7 @@ def _from_unified(req: UnifiedRequest, model: str) -> dict:
     for m in req.messages:
         messages.extend(_message_out(m))
     body: dict = {"model": model, "messages": messages, "stream": req.stream}
+    wire_tools(req.server_tools, NAME)  # Chat runs no server tools: any left is refused by name
     if req.tools:
         body["tools"] = [
             {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters or {"type": "object", "properties": {}}}}
@@ -191,6 +243,11 @@ def _from_unified(req: UnifiedRequest, model: str) -> dict:
             body[key] = value
     if req.stop:
         body["stop"] = list(req.stop)
+    if req.output_format is not None:
+        body["response_format"] = _response_format_out(req.output_format)
+    effort = effort_of(req.reasoning)
+    if effort is not None:
+        body["reasoning_effort"] = effort.value
     return body
 
 
@@ -256,7 +313,7 @@ def parse_response(doc: dict) -> UnifiedResponse:
     )
 
 
-def format_response(resp: UnifiedResponse, model: str) -> dict:
+def format_response(resp: UnifiedResponse, model: str, **_: Any) -> dict:
     text = "".join(p.text for p in resp.parts if isinstance(p, TextPart))
     calls = [p for p in resp.parts if isinstance(p, ToolCallPart)]
     reasoning = "".join(p.text for p in resp.parts if isinstance(p, ReasoningPart))

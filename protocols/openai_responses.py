@@ -3,13 +3,19 @@
 A Responses client talking to a Responses upstream gets its own body forwarded with
 only the model replaced, so nothing below is lossy for it. Across protocols:
 
-- ``instructions`` and ``system``/``developer`` messages become the unified system
-  prompt (a developer message in mid-conversation moves to the front).
-- Tools other than ``function`` (``namespace``, ``web_search``, ``local_shell``,
-  ``custom`` ...) ride in ``extra`` and reach only a Responses upstream; a
-  ``tool_choice`` naming such a tool becomes ``auto`` elsewhere. ``include``,
-  ``store``, ``prompt_cache_key``, ``parallel_tool_calls``, ``reasoning`` and
-  ``text`` likewise only reach a Responses upstream.
+- ``instructions`` and the ``system``/``developer`` messages before the first turn
+  become the unified system prompt; later ones stay at their place (a ``system``
+  message in the unified list, a ``developer`` message when built for Responses).
+- ``namespace`` tools are flattened into functions named ``<namespace>__<tool>``;
+  calls to them come back to a Responses client as the namespace's own call
+  (``request=`` of ``format_response``, the encoder's request when streamed).
+- Hosted tools (``web_search``, ``code_interpreter``, ``file_search`` ...) become
+  ``ServerTool``s (``protocols.server_tools``); the other non-function tools
+  (``local_shell``, ``custom`` ...) ride in ``extra`` and reach only a Responses
+  upstream; a ``tool_choice`` naming such a tool becomes ``auto`` elsewhere.
+  ``include``, ``store``, ``prompt_cache_key`` and ``parallel_tool_calls`` likewise
+  only reach a Responses upstream; ``text.format`` and ``reasoning.effort`` are
+  translated (``OutputFormat``, ``Reasoning``).
 - Reasoning items become ``ReasoningPart`` (summary text, ``encrypted_content`` as
   ``redacted``, the item id in ``extra``). Going back to a Responses upstream only
   reasoning that came from one (it has an ``rs_`` id) is replayed: another
@@ -41,7 +47,12 @@ from protocols.openai_responses_wire import (
 from protocols.unified import (
     ImagePart,
     Message,
+    OutputFormat,
+    OutputKind,
+    Reasoning,
     ReasoningPart,
+    ServerTool,
+    ServerToolKind,
     TextPart,
     Tool,
     ToolCallPart,
@@ -49,6 +60,9 @@ from protocols.unified import (
     UnifiedRequest,
     UnifiedResponse,
 )
+from protocols.reasoning import effort_named, effort_of
+from protocols.server_tools import wire_tools
+from protocols.tool_names import NamespacedNames, flat_name
 from protocols.usage import normalize
 from protocols.validate import check, object_at, require, token_limit
 
@@ -56,7 +70,14 @@ __all__ = ["NAME", "parse_request", "build_request", "parse_response", "format_r
            "StreamDecoder", "StreamEncoder"]
 
 # Top-level fields kept in ``extra`` and sent again only to a Responses upstream.
-PASSTHROUGH_FIELDS = ("include", "store", "prompt_cache_key", "parallel_tool_calls", "reasoning", "text")
+PASSTHROUGH_FIELDS = ("include", "store", "prompt_cache_key", "parallel_tool_calls")
+SERVER_TOOLS = {
+    "web_search": ServerToolKind.WEB_SEARCH, "web_search_preview": ServerToolKind.WEB_SEARCH,
+    "web_search_2025_08_26": ServerToolKind.WEB_SEARCH, "web_search_preview_2025_03_11": ServerToolKind.WEB_SEARCH,
+    "code_interpreter": ServerToolKind.CODE_EXECUTION, "file_search": ServerToolKind.OTHER,
+    "image_generation": ServerToolKind.OTHER, "computer_use_preview": ServerToolKind.OTHER,
+    "mcp": ServerToolKind.OTHER,
+}
 ASSISTANT_ITEMS = frozenset({"reasoning", "function_call", "custom_tool_call"})
 # OpenAI refuses a smaller ``max_output_tokens`` ("integer below minimum value").
 RESPONSES_MIN_OUTPUT_TOKENS = 16
@@ -82,7 +103,7 @@ def parse_request(doc: dict) -> UnifiedRequest:
         raise InvalidRequest("Invalid type for 'input': expected a string or an array.", param="input")
     else:
         raise InvalidRequest("Missing required parameter: 'input'.", param="input")
-    tools, other_tools = _tools_in(check(doc, "tools", list, default=[]))
+    tools, server_tools, other_tools = _tools_in(check(doc, "tools", list, default=[]))
     extra: dict = {key: doc[key] for key in PASSTHROUGH_FIELDS if key in doc}
     if other_tools:
         extra["tools"] = other_tools
@@ -97,9 +118,45 @@ def parse_request(doc: dict) -> UnifiedRequest:
         max_tokens=token_limit(doc, "max_output_tokens", minimum=RESPONSES_MIN_OUTPUT_TOKENS),
         temperature=check(doc, "temperature", (int, float)),
         top_p=check(doc, "top_p", (int, float)),
+        output_format=_text_format_in(check(doc, "text", dict)),
+        reasoning=_reasoning_in(check(doc, "reasoning", dict)),
+        server_tools=tuple(server_tools),
         raw=doc,
         extra=extra,
     )
+
+
+def _text_format_in(text: dict | None) -> OutputFormat | None:
+    fmt = check(text, "format", dict, "text.") if text is not None else None
+    if fmt is None:
+        return None
+    kind = require(fmt, "type", str, "text.format.")
+    if kind == "json_object":
+        return OutputFormat(OutputKind.JSON_OBJECT)
+    if kind == "json_schema":
+        where = "text.format."
+        return OutputFormat(OutputKind.JSON_SCHEMA, require(fmt, "schema", dict, where),
+                            check(fmt, "name", str, where, "response"), check(fmt, "strict", bool, where))
+    return None
+
+
+def _text_format_out(fmt: OutputFormat) -> dict:
+    if fmt.kind is OutputKind.JSON_OBJECT:
+        return {"format": {"type": "json_object"}}
+    out: dict = {"type": "json_schema", "name": fmt.name, "schema": dict(fmt.schema)}
+    if fmt.strict is not None:
+        out["strict"] = fmt.strict
+    return {"format": out}
+
+
+def _reasoning_in(reasoning: dict | None) -> Reasoning | None:
+    effort = check(reasoning, "effort", str, "reasoning.") if reasoning is not None else None
+    if effort is None:
+        return None
+    known = effort_named(effort)
+    if known is None:
+        raise InvalidRequest(f"Invalid value for 'reasoning.effort': {effort!r}.", param="reasoning.effort")
+    return Reasoning(effort=known)
 
 
 def _input_item(item: Any, path: str, system: list, messages: list) -> None:
@@ -109,14 +166,18 @@ def _input_item(item: Any, path: str, system: list, messages: list) -> None:
         role = require(item, "role", str, f"{path}.")
         parts = _content_in(item.get("content"), f"{path}.content")
         if role in ("system", "developer"):
-            system.extend(parts)
+            if messages:  # after the conversation began: it stays at its place
+                messages.append(Message("system", tuple(parts), {"role": role}))
+            else:
+                system.extend(parts)
         elif role in ("user", "assistant"):
             _append(messages, role, parts, merge=role == "assistant")
         else:
             raise InvalidRequest(f"Invalid value for '{path}.role': {role!r}.", param=f"{path}.role")
     elif kind == "function_call":
         call_id = require(item, "call_id", str, f"{path}.")
-        part = ToolCallPart(call_id, require(item, "name", str, f"{path}."), check(item, "arguments", str, f"{path}.") or "{}",
+        name = flat_name(check(item, "namespace", str, f"{path}."), require(item, "name", str, f"{path}."))
+        part = ToolCallPart(call_id, name, check(item, "arguments", str, f"{path}.") or "{}",
                             extra={"id": item["id"]} if isinstance(item.get("id"), str) else {})
         _append(messages, "assistant", [part], merge=True)
     elif kind == "custom_tool_call":
@@ -173,20 +234,37 @@ def _content_in(content: Any, path: str) -> list:
     return parts
 
 
-def _tools_in(raw: list) -> tuple[list, list]:
+def _tools_in(raw: list) -> tuple[list, list, list]:
+    """Functions (namespaces flattened), server tools, and the tools only a Responses
+    upstream can take."""
     tools: list = []
+    server: list = []
     others: list = []
     for i, t in enumerate(raw):
         where = f"tools[{i}]."
-        if require(object_at(t, where[:-1]), "type", str, where) == "function":
-            name = require(t, "name", str, where)
-            strict = check(t, "strict", bool, where)
-            extra = {"strict": strict} if strict is not None else {}
-            tools.append(Tool(name, check(t, "description", str, where, ""), check(t, "parameters", dict, where, {}),
-                              extra))
+        kind = require(object_at(t, where[:-1]), "type", str, where)
+        if kind == "function":
+            tools.append(_function_in(t, where))
+        elif kind == "namespace":
+            namespace = require(t, "name", str, where)
+            for j, inner in enumerate(check(t, "tools", list, where, [])):
+                if check(object_at(inner, f"{where}tools[{j}]"), "type", str, f"{where}tools[{j}].") == "function":
+                    tools.append(_function_in(inner, f"{where}tools[{j}].", namespace))
+        elif kind in SERVER_TOOLS:
+            server.append(ServerTool(SERVER_TOOLS[kind], kind, t))
         else:
             others.append(t)
-    return tools, others
+    return tools, server, others
+
+
+def _function_in(t: dict, where: str, namespace: str | None = None) -> Tool:
+    name = require(t, "name", str, where)
+    strict = check(t, "strict", bool, where)
+    extra: dict = {"strict": strict} if strict is not None else {}
+    if namespace is not None:
+        extra.update(namespace=namespace, function=name)
+    return Tool(flat_name(namespace, name), check(t, "description", str, where, ""),
+                check(t, "parameters", dict, where, {}), extra)
 
 
 TOOL_CHOICES = ("none", "auto", "required")
@@ -229,6 +307,7 @@ def build_request(req: UnifiedRequest, model: str, **_: Any) -> dict:
         for t in req.tools
     ]
     tools.extend(req.extra.get("tools") or ())
+    tools.extend(wire_tools(req.server_tools, NAME))
     if tools:
         body["tools"] = tools
         if req.tool_choice is not None:
@@ -239,6 +318,11 @@ def build_request(req: UnifiedRequest, model: str, **_: Any) -> dict:
     for key in PASSTHROUGH_FIELDS:
         if key in req.extra:
             body[key] = req.extra[key]
+    if req.output_format is not None:
+        body["text"] = _text_format_out(req.output_format)
+    effort = effort_of(req.reasoning)
+    if effort is not None:
+        body["reasoning"] = {"effort": effort.value}
     return body
 
 
@@ -252,10 +336,11 @@ def _message_out(m: Message) -> list:
     out: list = []
     content: list = []
 
+    role = {"assistant": "assistant", "system": "developer"}.get(m.role, "user")
+
     def flush() -> None:
         if content:
-            out.append({"type": "message", "role": "assistant" if m.role == "assistant" else "user",
-                        "content": list(content)})
+            out.append({"type": "message", "role": role, "content": list(content)})
             content.clear()
 
     for part in m.parts:
@@ -319,7 +404,8 @@ def parse_response(doc: dict) -> UnifiedResponse:
             text = "\n\n".join(s.get("text", "") for s in summary if isinstance(s, dict))
             parts.append(ReasoningPart(text=text, redacted=item.get("encrypted_content"), extra={"id": item.get("id")}))
         elif kind == "function_call":
-            parts.append(ToolCallPart(str(item.get("call_id", "")), str(item.get("name", "")),
+            namespace = item.get("namespace") if isinstance(item.get("namespace"), str) else None
+            parts.append(ToolCallPart(str(item.get("call_id", "")), flat_name(namespace, str(item.get("name", ""))),
                                       item.get("arguments") or "{}", extra={"id": item.get("id")}))
         elif kind in TOOL_CALL_ITEMS:
             parts.append(ToolCallPart(str(item.get("call_id", "")), str(item.get("name", "")),
@@ -333,9 +419,12 @@ def parse_response(doc: dict) -> UnifiedResponse:
     )
 
 
-def format_response(resp: UnifiedResponse, model: str) -> dict:
+def format_response(resp: UnifiedResponse, model: str, request: UnifiedRequest | None = None) -> dict:
+    """The client's response object; with the client's ``request``, calls to its
+    namespace tools are given back their namespace."""
+    names = NamespacedNames.of(request)
     return response_object(response_id(resp.id), model, int(time.time()), status=status_for(resp.finish),
-                           output=output_items(resp.parts), usage=resp.usage, finish=resp.finish)
+                           output=output_items(resp.parts, names), usage=resp.usage, finish=resp.finish)
 
 
 def format_error(err: GatewayError) -> dict:

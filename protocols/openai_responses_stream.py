@@ -41,6 +41,7 @@ from protocols.openai_responses_wire import (
     status_for,
 )
 from protocols.sse import SSEEvent, encode_event
+from protocols.tool_names import NamespacedNames, flat_name
 from protocols.unified import (
     ErrorEvent,
     Event,
@@ -167,7 +168,9 @@ class StreamDecoder:
         extra = {"id": item.get("id")}
         if item.get("type") != "function_call":
             extra["type"] = item.get("type")
-        out: list = [ToolCallStart(index, str(item.get("call_id", "")), str(item.get("name", "")), extra)]
+        name = flat_name(item.get("namespace") if isinstance(item.get("namespace"), str) else None,
+                         str(item.get("name", "")))
+        out: list = [ToolCallStart(index, str(item.get("call_id", "")), name, extra)]
         arguments = item.get("arguments") or item.get("input")
         if isinstance(arguments, str) and arguments:
             out.append(ToolCallDelta(index, arguments))
@@ -273,6 +276,7 @@ class StreamEncoder:
 
     def __init__(self, req: UnifiedRequest, model: str) -> None:
         self.model = model
+        self.names = NamespacedNames.of(req)
         self.id = new_id("resp")
         self.created_at = int(time.time())
         self.seq = 0
@@ -327,7 +331,7 @@ class StreamEncoder:
                 self.output.append(None)
                 self._calls[ev.index] = call
                 self._emit(out, "response.output_item.added", output_index=call.index,
-                           item=function_call_item(call.id, call.call_id, call.name, "", "in_progress"))
+                           item=function_call_item(call.id, call.call_id, call.name, "", "in_progress", self.names))
             elif isinstance(ev, ToolCallDelta):
                 call = self._calls.get(ev.index)
                 if call is not None and ev.arguments:
@@ -398,9 +402,9 @@ class StreamEncoder:
     def _close_calls(self, out: list) -> None:
         for call in sorted(self._calls.values(), key=lambda c: c.index):
             arguments = "".join(call.pieces)
-            done = function_call_item(call.id, call.call_id, call.name, arguments)
+            done = function_call_item(call.id, call.call_id, call.name, arguments, names=self.names)
             self._emit(out, "response.function_call_arguments.done", item_id=call.id, output_index=call.index,
-                       name=call.name, arguments=arguments)
+                       name=done["name"], arguments=arguments)
             self.output[call.index] = done
             self._emit(out, "response.output_item.done", output_index=call.index, item=done)
         self._calls.clear()

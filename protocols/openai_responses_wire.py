@@ -26,6 +26,7 @@ from protocols.errors import (
     UpstreamServerError,
     UpstreamTimeout,
 )
+from protocols.tool_names import NamespacedNames
 from protocols.unified import (
     FinishReason,
     ReasoningPart,
@@ -91,16 +92,22 @@ def response_id(upstream_id: str) -> str:
 
 
 def usage_to_wire(u: Usage) -> dict:
-    """Disjoint unified buckets -> Responses counts (input includes cached, output reasoning)."""
+    """Disjoint unified buckets -> Responses counts (input includes cached, output reasoning).
+
+    Cache writes (an Anthropic upstream's) go in ``input_tokens_details.cache_write_tokens``,
+    the name Chat's ``prompt_tokens_details`` uses for them, when there are any."""
     prompt = u.input + u.cached_input + u.cache_write
     completion = u.output + u.reasoning
-    return {
+    wire = {
         "input_tokens": prompt,
         "input_tokens_details": {"cached_tokens": u.cached_input},
         "output_tokens": completion,
         "output_tokens_details": {"reasoning_tokens": u.reasoning},
         "total_tokens": prompt + completion,
     }
+    if u.cache_write:
+        wire["input_tokens_details"]["cache_write_tokens"] = u.cache_write
+    return wire
 
 
 def error_code(err: GatewayError) -> str:
@@ -147,12 +154,19 @@ def message_item(item_id: str, text: str) -> dict:
     }
 
 
-def function_call_item(item_id: str, call_id: str, name: str, arguments: str, status: str = "completed") -> dict:
-    return {"id": item_id, "type": "function_call", "status": status, "arguments": arguments,
-            "call_id": call_id, "name": name}
+def function_call_item(item_id: str, call_id: str, name: str, arguments: str, status: str = "completed",
+                       names: NamespacedNames | None = None) -> dict:
+    """A ``function_call`` item; a flattened namespace tool's name (``names``) is
+    given back as the namespace and its inner name."""
+    namespace, inner = names.split(name) if names is not None else (None, name)
+    item = {"id": item_id, "type": "function_call", "status": status, "arguments": arguments,
+            "call_id": call_id, "name": inner}
+    if namespace is not None:
+        item["namespace"] = namespace
+    return item
 
 
-def output_items(parts: Iterable) -> list:
+def output_items(parts: Iterable, names: NamespacedNames | None = None) -> list:
     """Unified response parts -> Responses output items, in order.
 
     Consecutive text parts form one message item; ids a Responses upstream gave
@@ -175,7 +189,8 @@ def output_items(parts: Iterable) -> list:
             rid = part.extra.get("id") or new_id("rs")
             items.append(reasoning_item(rid, part.text, part.redacted))
         elif isinstance(part, ToolCallPart):
-            items.append(function_call_item(part.extra.get("id") or new_id("fc"), part.id, part.name, part.arguments))
+            items.append(function_call_item(part.extra.get("id") or new_id("fc"), part.id, part.name, part.arguments,
+                                            names=names))
     flush()
     return items
 

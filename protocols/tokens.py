@@ -152,9 +152,10 @@ def estimate_request_tokens(req: UnifiedRequest) -> int:
             extra_tokens += _part_pieces(part, pieces)
     for tool in req.tools:
         pieces.append(_compact({"name": tool.name, "description": tool.description, "parameters": tool.parameters}))
-    for key in ("tools", "server_tools", "gemini_tools"):
-        if req.extra.get(key):
-            pieces.append(_compact(list(req.extra[key])))
+    if req.extra.get("tools"):
+        pieces.append(_compact(list(req.extra["tools"])))
+    if req.server_tools:
+        pieces.append(_compact([dict(t.raw) for t in req.server_tools]))
     turns = len(req.messages) + (1 if req.system else 0)
     return count_text_tokens("\n".join(pieces)) + extra_tokens + MESSAGE_OVERHEAD * turns + REPLY_OVERHEAD
 

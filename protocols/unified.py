@@ -25,6 +25,7 @@ class EndReason(enum.Enum):
     TIMEOUT = "timeout"
     UPSTREAM_ERROR = "upstream_error"
     GATEWAY_ERROR = "gateway_error"
+    CLIENT_ERROR = "client_error"  # refused after routing: the request cannot go to its upstream
     SHUTDOWN = "shutdown"  # cut by the end of a graceful stop's grace period
     RECOVERED = "recovered"
 
@@ -124,6 +125,62 @@ class Tool:
     extra: Mapping[str, Any] = attrs.field(factory=dict)
 
 
+class OutputKind(enum.Enum):
+    """What shape the client asked the answer's text to have."""
+
+    JSON_OBJECT = "json_object"  # any JSON object ("JSON mode")
+    JSON_SCHEMA = "json_schema"  # JSON valid for ``OutputFormat.schema``
+
+
+@attrs.frozen
+class OutputFormat:
+    """Structured output: the answer's text is JSON (of ``schema`` when one is given)."""
+
+    kind: OutputKind
+    schema: Mapping[str, Any] = attrs.field(factory=dict)
+    name: str = "response"
+    strict: bool | None = None
+
+
+class Effort(enum.Enum):
+    """Reasoning effort in OpenAI's words; the budgets are in ``protocols.reasoning``."""
+
+    NONE = "none"
+    MINIMAL = "minimal"
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    XHIGH = "xhigh"
+
+
+@attrs.frozen
+class Reasoning:
+    """How much the client wants the model to think: an effort level, a token budget,
+    or both, as the client's protocol said it (``budget`` 0: no thinking)."""
+
+    effort: Effort | None = None
+    budget: int | None = None
+
+
+class ServerToolKind(enum.Enum):
+    """A tool the upstream runs itself; each protocol spells each kind its own way."""
+
+    WEB_SEARCH = "web_search"
+    WEB_FETCH = "web_fetch"
+    CODE_EXECUTION = "code_execution"
+    OTHER = "other"
+
+
+@attrs.frozen
+class ServerTool:
+    """A server tool as the client declared it: ``wire_type`` is its name there
+    (``web_search``, ``web_search_20250305``, ``googleSearch``), ``raw`` its body."""
+
+    kind: ServerToolKind
+    wire_type: str
+    raw: Mapping[str, Any] = attrs.field(factory=dict)
+
+
 @attrs.frozen
 class UnifiedRequest:
     """A client's call, protocol-neutral.
@@ -145,6 +202,9 @@ class UnifiedRequest:
     top_p: float | None = None
     stop: tuple = ()
     include_usage: bool = False
+    output_format: OutputFormat | None = None
+    reasoning: Reasoning | None = None
+    server_tools: tuple = ()
     raw: Mapping[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
     extra: Mapping[str, Any] = attrs.field(factory=dict)
 

@@ -66,11 +66,13 @@ def _openai_chat(doc: Mapping[str, Any]) -> Usage:
 def _openai_responses(doc: Mapping[str, Any]) -> Usage:
     prompt = _int(doc, "input_tokens")
     cached = _int(doc, "input_tokens_details", "cached_tokens")
+    cache_write = _int(doc, "input_tokens_details", "cache_write_tokens")
     completion = _int(doc, "output_tokens")
     reasoning = min(_int(doc, "output_tokens_details", "reasoning_tokens"), completion)
     return Usage(
-        input=max(prompt - cached, 0),
+        input=max(prompt - cached - cache_write, 0),
         cached_input=cached,
+        cache_write=cache_write,
         output=max(completion - reasoning, 0),
         reasoning=reasoning,
         cost_usd=_cost(doc),

@@ -20,6 +20,7 @@ from providers.http11 import Pool
 from protocols import anthropic_messages
 from protocols.redact import NO_SECRETS, Redactor
 from protocols.anthropic_wire import API_VERSION
+from protocols.structured_output import AnswerToolDecoder, answer_tool, unwrap_response
 from providers.adapters import ProviderAdapters, for_protocol, passes_through
 from providers import counting
 from providers.base import Completion, FrameReader, SSEFramer, encode_body, fetch_completion, open_frames, send
@@ -67,16 +68,24 @@ class AnthropicProvider:
 
     @asynccontextmanager
     async def stream(self, req, model: str, credential: Any) -> AsyncIterator[FrameReader]:
-        framer = SSEFramer(anthropic_messages.StreamDecoder(light=passes_through(self, req, model)))
+        decoder: Any = anthropic_messages.StreamDecoder(light=passes_through(self, req, model))
+        tool = answer_tool(req, model)
+        if tool is not None:  # the structured answer came as a tool call: the client gets text
+            decoder = AnswerToolDecoder(decoder, tool)
+        framer = SSEFramer(decoder)
         async with open_frames(self.client, self.url_for(req), self.headers(req, credential, model),
                                self.body(req, model), framer,
                                self.redactor) as reader:
             yield reader
 
     async def complete(self, req, model: str, credential: Any) -> Completion:
+        tool = answer_tool(req, model)
+
+        def parse(doc: Any) -> Any:
+            return unwrap_response(anthropic_messages.parse_response(doc), tool)
+
         return await fetch_completion(self.client, self.url_for(req), self.headers(req, credential, model),
-                                      self.body(req, model),
-                                      anthropic_messages.parse_response, self.redactor)
+                                      self.body(req, model), parse, self.redactor)
 
     async def count_tokens(self, req, model: str, credential: Any) -> tuple[int, bytes]:
         """``POST /v1/messages/count_tokens``: the upstream's count and its answer as sent."""

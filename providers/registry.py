@@ -45,4 +45,7 @@ def build(cfg: Any, simulator_url: str | None, redactor: Redactor = NO_SECRETS) 
     # only a Responses provider takes the switch (the config refuses it elsewhere)
     switches = {"websocket": True} if cfg.websocket else {}
     adapters = ProviderAdapters(cfg.wire_protocol(), tuple(cfg.adapters), dict(cfg.model_adapters))
-    return cls(cfg.name, base, pool, dict(cfg.headers), redactor=redactor, adapters=adapters, **switches)
+    provider = cls(cfg.name, base, pool, dict(cfg.headers), redactor=redactor, adapters=adapters, **switches)
+    # server tools this upstream cannot run that the operator drops (the rest are refused)
+    provider.server_tools = dict(cfg.server_tools)
+    return provider

@@ -2,8 +2,11 @@
 
 The answer depends only on the request: a tool result in the last turn is answered
 with text that quotes it; a request offering tools (and not yet answered) gets a call
-to one of them, with arguments valid for its JSON schema; anything else gets a fixed
-sentence. Usage is derived from the request size and the answer's words, so tests
+to one of them, with arguments valid for its JSON schema; a request for JSON output
+(read from the protocol's own field: ``response_format``, ``text.format``,
+``output_config.format``, ``responseJsonSchema``) gets JSON valid for its schema;
+anything else gets a fixed sentence. System turns after the last user turn are not
+what is answered: the turn before them is. Usage is derived from the request size and the answer's words, so tests
 can predict it exactly.
 
 Faults are requested in the model name (``sim-chat+status=429+retry_after=30``), in
@@ -27,6 +30,7 @@ import attrs
 from protocols.unified import (
     Finish,
     FinishReason,
+    OutputKind,
     StreamStart,
     TextDelta,
     TextPart,
@@ -96,7 +100,7 @@ def fault_for(model: str, req: UnifiedRequest | None, key_fault: Fault | None) -
     if plus:
         fault = fault.merge(Fault.parse(spec))
     if req is not None:
-        for m in req.messages[-1:]:
+        for m in [m for m in req.messages if m.role != "system"][-1:]:
             for match in _DIRECTIVE.finditer(m.text()):
                 fault = fault.merge(Fault.parse(match.group(1), sep=" "))
     return fault
@@ -117,7 +121,7 @@ class Answer:
 
 def answer(req: UnifiedRequest, body_bytes: int, fault: Fault, response_id: str) -> Answer:
     model = base_model(req.model)
-    last = req.messages[-1] if req.messages else None
+    last = next((m for m in reversed(req.messages) if m.role != "system"), None)
     results = [p for p in (last.parts if last else ()) if isinstance(p, ToolResultPart)]
     # Providers report the input count when the stream starts (Anthropic's message_start,
     # Gemini's first chunk) and the full usage at the end.
@@ -146,6 +150,11 @@ def answer(req: UnifiedRequest, body_bytes: int, fault: Fault, response_id: str)
         parts.append(ToolCallPart(call_id, tool.name, args))
         words = []
         finish = FinishReason.TOOL_CALLS
+    elif req.output_format is not None:
+        schema = req.output_format.schema if req.output_format.kind is OutputKind.JSON_SCHEMA else {}
+        value = example_for(schema) if schema else {"answer": "".join(WORDS[:5]).strip()}
+        words = _split(json.dumps(value))
+        finish = FinishReason.STOP
     else:
         n = fault.tokens if fault.tokens is not None else DEFAULT_TOKENS
         words = [WORDS[i % len(WORDS)] for i in range(n)]

@@ -1,6 +1,7 @@
 """The four client protocols, driven by their official SDKs, behind one small interface.
 
-Each client offers ``text(model, stream)`` and ``tool_round_trip(model, stream)`` and
+Each client offers ``text(model, stream)``, ``tool_round_trip(model, stream)`` and
+``structured(model, stream, schema)`` (JSON output, in the protocol's own field) and
 returns plain values, so one test body covers every client x upstream pair. The
 google-genai SDK's async client needs asyncio, so its sync client runs in a thread
 (its own limiter, abandoned on cancel so ``fail_after`` can end it).
@@ -32,8 +33,8 @@ class ChatClient:
     async def aclose(self) -> None:
         await self.sdk.close()
 
-    async def _ask(self, model: str, messages: list, stream: bool, tools=None) -> tuple[str, list]:
-        kwargs: dict[str, Any] = {"model": model, "messages": messages}
+    async def _ask(self, model: str, messages: list, stream: bool, tools=None, **more: Any) -> tuple[str, list]:
+        kwargs: dict[str, Any] = {"model": model, "messages": messages, **more}
         if tools:
             kwargs["tools"] = tools
         if not stream:
@@ -68,6 +69,10 @@ class ChatClient:
         text, _ = await self._ask(model, messages, stream, tools)
         return name, json.loads(arguments), text
 
+    async def structured(self, model: str, stream: bool, schema: dict) -> str:
+        fmt = {"type": "json_schema", "json_schema": {"name": "weather", "schema": schema, "strict": True}}
+        return (await self._ask(model, [{"role": "user", "content": QUESTION}], stream, response_format=fmt))[0]
+
 
 class ResponsesClient:
     name = "responses"
@@ -78,8 +83,8 @@ class ResponsesClient:
     async def aclose(self) -> None:
         await self.sdk.close()
 
-    async def _ask(self, model: str, items: Any, stream: bool, tools=None):
-        kwargs: dict[str, Any] = {"model": model, "input": items}
+    async def _ask(self, model: str, items: Any, stream: bool, tools=None, **more: Any):
+        kwargs: dict[str, Any] = {"model": model, "input": items, **more}
         if tools:
             kwargs["tools"] = tools
         if not stream:
@@ -103,6 +108,10 @@ class ResponsesClient:
         second = await self._ask(model, items, stream, tools)
         return call.name, json.loads(call.arguments), second.output_text
 
+    async def structured(self, model: str, stream: bool, schema: dict) -> str:
+        text = {"format": {"type": "json_schema", "name": "weather", "schema": schema, "strict": True}}
+        return (await self._ask(model, QUESTION, stream, text=text)).output_text
+
 
 class AnthropicClient:
     name = "anthropic"
@@ -113,8 +122,8 @@ class AnthropicClient:
     async def aclose(self) -> None:
         await self.sdk.close()
 
-    async def _ask(self, model: str, messages: list, stream: bool, tools=None):
-        kwargs: dict[str, Any] = {"model": model, "max_tokens": 1024, "messages": messages}
+    async def _ask(self, model: str, messages: list, stream: bool, tools=None, **more: Any):
+        kwargs: dict[str, Any] = {"model": model, "max_tokens": 1024, "messages": messages, **more}
         if tools:
             kwargs["tools"] = tools
         if not stream:
@@ -135,6 +144,12 @@ class AnthropicClient:
                      {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "sunny"}]}]
         second = await self._ask(model, messages, stream, tools)
         return call.name, dict(call.input), "".join(b.text for b in second.content if b.type == "text")
+
+    async def structured(self, model: str, stream: bool, schema: dict) -> str:
+        config = {"format": {"type": "json_schema", "schema": schema}}
+        reply = await self._ask(model, [{"role": "user", "content": QUESTION}], stream,
+                                extra_body={"output_config": config})
+        return "".join(b.text for b in reply.content if b.type == "text")
 
 
 class GeminiClient:
@@ -180,6 +195,10 @@ class GeminiClient:
             types.Part.from_function_response(name=call.name, response={"result": "sunny"})])]
         text, _, _ = await self._run(self._generate, model, contents, stream, config)
         return call.name, dict(call.args), text
+
+    async def structured(self, model: str, stream: bool, schema: dict) -> str:
+        config = types.GenerateContentConfig(response_mime_type="application/json", response_json_schema=schema)
+        return (await self._run(self._generate, model, QUESTION, stream, config))[0]
 
 
 CLIENTS = {c.name: c for c in (ChatClient, ResponsesClient, AnthropicClient, GeminiClient)}

@@ -108,6 +108,14 @@ def test_default_max_tokens_replaces_the_codecs_placeholder_for_a_translated_ant
     assert chain.body(anthropic_messages.build_request(limited, "claude"), limited, "anthropic")["max_tokens"] == 64
 
 
+def test_a_thinking_budget_mapped_from_an_effort_comes_on_top_of_the_default_limit():
+    req = openai_responses.parse_request({"model": "m", "input": "hi", "reasoning": {"effort": "high"}})
+    body = ProviderAdapters("anthropic").chain("claude").body(anthropic_messages.build_request(req, "claude"),
+                                                             req, "anthropic")
+    budget = body["thinking"]["budget_tokens"]
+    assert budget == 16384 and body["max_tokens"] == ANTHROPIC_DEFAULT_MAX_TOKENS + budget
+
+
 @pytest.mark.parametrize("protocol, doc, expect", [
     ("openai_chat", CHAT, lambda b: b["messages"][0] == {"role": "system", "content": "RULES"}),
     ("openai_chat", {**CHAT, "messages": [{"role": "system", "content": "be brief"}, *CHAT["messages"]]},

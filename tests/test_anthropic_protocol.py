@@ -251,7 +251,7 @@ def test_parse_blocks_tools_and_choices():
     })
     assert req.system == (TextPart("be brief"),)
     assert req.tools == (Tool("get_weather", "w", {"type": "object"}),)
-    assert req.extra["server_tools"][0]["type"] == "web_search_20250305"
+    assert [(t.kind.value, t.wire_type) for t in req.server_tools] == [("web_search", "web_search_20250305")]
     assert req.extra["metadata"] == {"user_id": "u"}
     assert req.tool_choice == "required" and req.stop == ("END",) and req.stream
     user, assistant, tool, follow_up = req.messages

@@ -30,6 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protocols import anthropic_messages, gemini, openai_chat, openai_responses
+from protocols.server_tools import UnsupportedServerTool
 from protocols.errors import InvalidRequest
 from protocols.tokens import estimate_request_tokens
 from tests.conftest import ADMIN_TOKEN, DEMO_KEY, base_config, running_gateway
@@ -212,7 +213,11 @@ def _fuzz(url: str, door: str) -> dict:
 @pytest.mark.parametrize("door", sorted(DOORS))
 async def test_no_body_gets_a_500_and_a_refusal_costs_nothing(tmp_path, door):
     with trio.fail_after(60):
-        async with running_gateway(base_config(tmp_path)) as gw:
+        doc = base_config(tmp_path)
+        # the skeletons offer web search; the Chat simulator has none: the operator drops it
+        for provider in doc["providers"].values():
+            provider["server_tools"] = {"web_search": "drop"}
+        async with running_gateway(doc) as gw:
             seen = await trio.to_thread.run_sync(_fuzz, gw.url, door, abandon_on_cancel=True)
             actors = gw.runtime.supervisor.snapshot()
     # Both sides were reached: bodies the gateway served and bodies it refused.
@@ -239,10 +244,14 @@ def _carry_on(req) -> None:
     """What the gateway does with an accepted request: count it, and build it for an
     upstream of every protocol (the bodies must be JSON)."""
     estimate_request_tokens(req)
-    json.dumps(openai_chat.build_request(req, "m", include_usage=True))
-    json.dumps(openai_responses.build_request(req, "m"))
-    json.dumps(anthropic_messages.build_request(req, "m"))
-    json.dumps(gemini.build_request(req, "m"))
+    for build in (lambda: openai_chat.build_request(req, "m", include_usage=True),
+                  lambda: openai_responses.build_request(req, "m"),
+                  lambda: anthropic_messages.build_request(req, "m"),
+                  lambda: gemini.build_request(req, "m")):
+        try:
+            json.dumps(build())
+        except UnsupportedServerTool:
+            pass  # a server tool that upstream cannot run: the client's 400, by name
 
 
 @pytest.mark.parametrize("door", sorted(DOORS))

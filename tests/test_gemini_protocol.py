@@ -251,7 +251,7 @@ def test_openapi_schema_types_become_json_schema():
             "generationConfig": {"maxOutputTokens": 5, "stopSequences": ["x"], "topK": 3}}
     req = gemini.parse_request(body, model="m", stream=False, sse=False)
     assert req.tools[0].parameters == {"type": "object", "properties": {"a": {"type": "array", "items": {"type": "string"}}}}
-    assert req.extra["gemini_tools"] == ({"googleSearch": {}},)
+    assert [(t.kind.value, t.raw) for t in req.server_tools] == [("web_search", {"googleSearch": {}})]
     assert req.tool_choice == {"name": "f"} and req.max_tokens == 5 and req.stop == ("x",)
     assert req.extra["generation_config"] == {"topK": 3}
 

@@ -24,6 +24,7 @@ REQUESTS = sorted(p for p in (FIXTURES / "requests").glob("*.json")
 @pytest.fixture
 def responses_doc(tmp_path):
     doc = base_config(tmp_path)
+    doc["providers"]["sim"]["server_tools"] = {"web_search": "drop"}  # Codex offers it; Chat has none
     doc["providers"]["simr"] = {"family": "simulator", "embedded": True, "protocol": "openai_responses"}
     doc["models"]["gpt-sim"] = {"targets": ["simr/sim-gpt"]}
     doc["models"]["gpt-sim-fail"] = {"targets": ["simr/sim-gpt+error_after=3"]}

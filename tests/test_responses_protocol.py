@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from protocols.server_tools import drop_tools
 from protocols import openai_chat, openai_responses
 from protocols.errors import InvalidRequest, UpstreamQuotaExhausted, UpstreamRateLimited, UpstreamServerError
 from protocols.sse import SSEDecoder
@@ -189,8 +190,12 @@ def test_translation_round_trips_through_unified(path):
     again = openai_responses.parse_request(rebuilt)
     assert again.messages == req.messages
     assert "".join(p.text for p in again.system) == "\n\n".join(p.text for p in req.system)
-    assert again.tools == req.tools and again.extra == {**req.extra, "store": False}
-    assert openai_chat.build_request(req, "chat-model", include_usage=True)["messages"]
+    # namespace tools went out flattened, so they come back as plain functions
+    assert [(t.name, t.parameters) for t in again.tools] == [(t.name, t.parameters) for t in req.tools]
+    assert [t.kind for t in again.server_tools] == [t.kind for t in req.server_tools]
+    assert again.extra == {**req.extra, "store": False}
+    chat_req = drop_tools(req, "openai_chat", {"web_search": "drop"})  # Chat has no web search
+    assert openai_chat.build_request(chat_req, "chat-model", include_usage=True)["messages"]
 
 
 def test_codex_tool_round_trip_request():
@@ -205,10 +210,12 @@ def test_codex_tool_round_trip_request():
     [result] = req.messages[3].parts
     assert isinstance(result, ToolResultPart) and result.call_id == call.id and "tool-ok" in result.content
     assert {t.name for t in req.tools} >= {"exec_command", "write_stdin", "view_image"}
-    assert [t["type"] for t in req.extra["tools"]] == ["namespace", "web_search"]
+    assert "tools" not in req.extra  # the namespace is flattened, web_search a server tool
+    assert {t.name for t in req.tools} >= {"multi_agent_v1__spawn_agent", "multi_agent_v1__close_agent"}
+    assert [(t.kind.value, t.wire_type) for t in req.server_tools] == [("web_search", "web_search")]
     assert req.extra["include"] == ["reasoning.encrypted_content"] and req.extra["store"] is False
     assert req.extra["prompt_cache_key"] == body["prompt_cache_key"]
-    chat = openai_chat.build_request(req, "m", include_usage=True)
+    chat = openai_chat.build_request(drop_tools(req, "openai_chat", {"web_search": "drop"}), "m", include_usage=True)
     assert [m["role"] for m in chat["messages"]] == ["system", "user", "user", "assistant", "tool"]
     assert chat["messages"][3]["tool_calls"][0]["id"] == call.id
 

@@ -144,8 +144,16 @@ class DefaultMaxTokens(RequestAdapter):
             names = wire.FIELDS[ask.protocol].max_tokens
             present = [n for n in names if wire.has(body, n)]
             for name in present or names[:1]:
-                wire.put(body, name, self.value)
+                wire.put(body, name, self.value + _thinking_budget(body, ask.protocol))
         return body
+
+
+def _thinking_budget(body: dict, protocol: str) -> int:
+    """An Anthropic thinking budget the codec mapped from the client's effort: it comes on
+    top of the answer's own limit (Anthropic refuses a ``max_tokens`` below it)."""
+    thinking = body.get("thinking") if protocol == "anthropic" else None
+    budget = thinking.get("budget_tokens") if isinstance(thinking, dict) else None
+    return budget if isinstance(budget, int) and not isinstance(budget, bool) and budget > 0 else 0
 
 
 @attrs.frozen(kw_only=True)

@@ -1,8 +1,8 @@
 """Real agent CLIs through the gateway: Codex, Claude Code and Gemini CLI.
 
 Opt-in (large installs): see the README's "Agent CLIs" section. Each CLI completes a
-prompt that makes it call one tool (read a file) through the gateway, once with an
-upstream of its own protocol and once with an upstream of another; the answer must
+prompt that makes it call one tool (read a file) through the gateway, with an
+upstream of its own protocol and with one of every other family; the answer must
 quote the file, which only the tool call could have read.
 """
 
@@ -26,6 +26,8 @@ pytestmark = pytest.mark.skipif(not BIN.is_dir(), reason=f"agent CLIs not instal
 
 def cli_config(tmp_path) -> dict:
     doc = base_config(tmp_path)
+    # Codex always offers web_search; the Chat upstream has no equivalent: the operator drops it
+    doc["providers"]["sim"]["server_tools"] = {"web_search": "drop"}
     doc["providers"].update({
         "simr": {"family": "simulator", "embedded": True, "protocol": "openai_responses", "websocket": True},
         "sima": {"family": "simulator", "embedded": True, "protocol": "anthropic"},
@@ -98,10 +100,13 @@ def gemini(url: str, model: str, prompt: str, tmp_path: Path) -> tuple[list, dic
 
 CASES = [
     ("codex", codex, "own-responses"), ("codex", codex, "cross-chat"),
+    ("codex", codex, "own-anthropic"), ("codex", codex, "own-gemini"),
     ("codex", codex_socket, "own-responses"), ("codex", codex_socket, "own-anthropic"),
     ("codex", codex_builtin, "own-responses"), ("codex", codex_builtin, "own-anthropic"),
     ("claude", claude, "own-anthropic"), ("claude", claude, "cross-chat"),
+    ("claude", claude, "own-responses"), ("claude", claude, "own-gemini"),
     ("gemini", gemini, "own-gemini"), ("gemini", gemini, "cross-chat"),
+    ("gemini", gemini, "own-responses"), ("gemini", gemini, "own-anthropic"),
 ]
 
 
@@ -133,3 +138,30 @@ async def test_cli_completes_a_prompt_with_one_tool_call(tmp_path, name, build, 
             # one settlement per turn, each with the upstream's own usage
             assert len({e["request_id"] for e in served}) == len(served)
             assert all(e["provenance"] == "reported" and e["reason"] == "end" for e in served)
+
+
+async def _gemini_auto_calls(tmp_path: Path, target: str) -> int:
+    """Upstream calls Gemini CLI makes for one tool prompt with no ``-m`` (its own model
+    routing, which asks for JSON), every model caught by ``"*"`` -> ``target``."""
+    work = tmp_path / "work"
+    work.mkdir(parents=True)
+    (work / "hello.txt").write_text(SECRET + "\n")
+    doc = cli_config(tmp_path)
+    doc["models"]["*"] = {"targets": [target]}
+    async with running_gateway(doc) as gw:
+        argv, env = gemini(gw.url, "unused", f"Read the file {work / 'hello.txt'} and tell me the secret word.",
+                           tmp_path)
+        argv = argv[:argv.index("-m")] + argv[argv.index("-m") + 2:]
+        with trio.fail_after(120):
+            done = await trio.run_process(argv, env=env, cwd=work, capture_stdout=True, capture_stderr=True,
+                                          check=False, stdin=b"")
+        assert done.returncode == 0 and "marmalade" in done.stdout.decode(errors="replace"), done.stderr[-2000:]
+        return len(gw.simulator.bodies)
+
+
+async def test_gemini_cli_without_a_model_takes_no_more_calls_through_responses(tmp_path):
+    if not (BIN / "gemini").exists():
+        pytest.skip("gemini is not installed")
+    own = await _gemini_auto_calls(tmp_path / "own", "simg/sim-gemini")
+    cross = await _gemini_auto_calls(tmp_path / "cross", "simr/sim-gpt")
+    assert cross <= own, (cross, own)
