@@ -21,7 +21,7 @@ BIN = Path(os.environ.get("TOLLHOUSE_CLI_BIN", Path(__file__).resolve().parents[
 KEY = "th-cli-key"
 SECRET = "The secret word is marmalade."
 
-pytestmark = pytest.mark.skipif(not BIN.is_dir(), reason=f"agent CLIs not installed in {BIN}")
+pytestmark = [pytest.mark.cli, pytest.mark.skipif(not BIN.is_dir(), reason=f"agent CLIs not installed in {BIN}")]
 
 
 def cli_config(tmp_path) -> dict:
