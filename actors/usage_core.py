@@ -152,11 +152,17 @@ class UsageCore:
         self.by_hash[state.key_hash] = state
 
     def seed_keys(self, specs: Iterable[Any]) -> list:
-        """Keys from the config are created once; afterwards the ledger owns them."""
+        """Keys from the config are created once; afterwards the ledger owns them. A new
+        config key whose value another key already has (one made through the admin API)
+        is refused by its path before any key is created."""
+        fresh = [(index, spec) for index, spec in enumerate(specs) if spec.name not in self.keys]
+        for index, spec in fresh:
+            owner = self.by_hash.get(hash_key(spec.key.value))
+            if owner is not None:
+                raise InvalidRequest(f"keys[{index}].key: the same key as the existing key {owner.name!r}",
+                                     param=f"keys[{index}].key")
         ops = []
-        for spec in specs:
-            if spec.name in self.keys:
-                continue
+        for _, spec in fresh:
             credit = None if spec.credit_usd is None else to_micro(spec.credit_usd)
             state = KeyState(spec.name, hash_key(spec.key.value), credit, models=spec.models, created_at=self.wall(),
                              requests_per_minute=spec.requests_per_minute, max_concurrency=spec.max_concurrency)
@@ -177,8 +183,8 @@ class UsageCore:
     def reconfigure(self, msg: Reconfigure) -> tuple[list[str], list]:
         """New prices for requests reserved from now on; keys new to the meter created
         as at start (the ones it knows stay as the ledger has them)."""
+        ops = self.seed_keys(msg.key_specs)  # may refuse: before anything changes
         self.pricing = dict(msg.pricing)
-        ops = self.seed_keys(msg.key_specs)
         return [op[1]["name"] for op in ops], ops
 
     def forget_keys(self, names: Iterable[str]) -> None:

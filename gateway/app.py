@@ -31,6 +31,7 @@ from gateway.routes import openai_chat as chat_routes
 from gateway.routes import openai_responses as responses_routes
 from gateway.routes import responses_store as stored_responses_routes
 from gateway.routes.common import fresh_request_id, refuse_websocket, send_error
+from gateway.observe import Transport, refused
 from gateway.runtime import Runtime
 from gateway import ui
 from gateway.state_lock import StateDirBusy
@@ -183,6 +184,10 @@ def _first_leaf(exc: BaseException) -> BaseException:
     return exc
 
 
+#: paths of the LLM APIs: a call there that no route takes is told to the observers
+API_PREFIXES = ("/v1/", "/v1beta/")
+
+
 def _error_handlers(app: QuartTrio) -> None:
     from quart import request
 
@@ -194,7 +199,11 @@ def _error_handlers(app: QuartTrio) -> None:
     def render(err):
         protocol = client_protocol_for(request.path)
         body = json.dumps(protocol.format_error(err))
-        return body, err.status, {"content-type": "application/json"}
+        request_id = fresh_request_id()
+        observers = app.extensions["tollhouse"].observers
+        if observers and request.path.startswith(API_PREFIXES):  # a client's call to no route: logged
+            observers.tell(refused(request_id, protocol.NAME, Transport.HTTP, None, err, trio.current_time()))
+        return body, err.status, {"content-type": "application/json", "x-request-id": request_id}
 
     @app.errorhandler(404)
     async def not_found(_):

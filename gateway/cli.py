@@ -30,19 +30,29 @@ def _serve(args) -> int:
                                        errors=logs.config_problems(exc.problems))
         return 2
     settings = config.logging
-    logs.configure(args.log_level or settings.level, args.log_format or settings.format, redactor_for(config))
+    redaction = logs.LogRedaction(redactor_for(config))
+    level = args.log_level or settings.level
+    logs.configure(level, args.log_format or settings.format, redaction)
     log = logs.logger("tollhouse")
+    # the start, listening and stop lines are written whatever the level (at it, when it is above info)
+    spoken = level if logs.LEVELS[level] > logs.LEVELS["info"] else "info"
     host = args.host or config.server.host
     port = config.server.port if args.port is None else args.port
-    log.info("tollhouse starting", config_file=args.config, state_dir=config.state_dir,
+    getattr(log, spoken)("tollhouse starting", config_file=args.config, state_dir=config.state_dir,
              providers={name: p.family for name, p in config.providers.items()}, models=sorted(config.models),
              aliases=sorted(config.aliases), keys=len(config.keys))
     app = create_app(config, ConfigSource(Path(args.config)))  # read again on SIGHUP or POST /admin/reload
     app.runtime.observers.add(AccessLog())
     app.runtime.observers.prompts = settings.log_prompts
+    app.runtime.on_redactor.append(redaction.use)  # secrets a reload brings are out of the log too
 
-    def say(text: str, **fields) -> None:
-        log.info(text, **fields)
+    def prompts(new) -> None:
+        app.runtime.observers.prompts = new.logging.log_prompts
+
+    app.runtime.on_reload.append(prompts)
+
+    def say(text: str, level: str = "info", **fields) -> None:
+        getattr(log, max(level, spoken, key=logs.LEVELS.__getitem__))(text, **fields)
 
     try:
         trio.run(serve, app, f"{host}:{port}", say)

@@ -40,7 +40,13 @@ def _value(value: Any) -> Any:
     if isinstance(value, Secret):
         return REDACTED
     if attrs.has(type(value)):
-        return {f.name: _value(getattr(value, f.name)) for f in attrs.fields(type(value))}
+        fields = {f.name: _value(getattr(value, f.name)) for f in attrs.fields(type(value))}
+        name = getattr(type(value), "NAME", None)  # an adapter: its name, and no credential it sends
+        if isinstance(name, str) and name:
+            if isinstance(fields.get("headers"), Mapping):
+                fields["headers"] = {k: REDACTED if is_secret_header(k) else v for k, v in fields["headers"].items()}
+            return {"name": name, **fields}
+        return fields
     if isinstance(value, Mapping):
         return {k: _value(v) for k, v in value.items()}
     if isinstance(value, (tuple, list)):

@@ -29,10 +29,15 @@ from gateway.config import Config, ConfigError, ProviderConfig, load_config
 #: deadlines, the grace period, the WebSocket limits it enforces). The request body
 #: limits of ``server`` (``max_body_bytes``, ``max_json_depth``, ``body_timeout_s``)
 #: are read per request and change with a reload.
-RESTART_SECTIONS = ("state_dir", "actors", "simulator", "store")
+#: The observers are built once too: the tracer and its exporter (``tracing``), the
+#: metrics registry and its listener (``metrics.enabled``, ``metrics.port``), the log's
+#: level and format (set on the process's loggers). ``metrics.require_token`` and
+#: ``logging.log_prompts`` are read per request and change with a reload.
+RESTART_SECTIONS = ("state_dir", "actors", "simulator", "store", "tracing")
 RESTART_SETTINGS = (("server", "host"), ("server", "port"), ("server", "keep_alive_timeout_s"),
                     ("server", "read_timeout_s"), ("server", "shutdown_grace_s"),
-                    ("websocket", "max_message_bytes"), ("websocket", "ping_interval_s"))
+                    ("websocket", "max_message_bytes"), ("websocket", "ping_interval_s"),
+                    ("metrics", "enabled"), ("metrics", "port"), ("logging", "level"), ("logging", "format"))
 
 Problem = tuple[str, str]  # (JSON path, message)
 
@@ -84,7 +89,7 @@ def restart_problems(old: Config, new: Config, simulator_running: bool) -> list[
         before, after = getattr(old, section), getattr(new, section)
         if before == after:
             continue
-        if attrs.has(type(before)):
+        if attrs.has(type(before)) and type(after) is type(before):
             for field in attrs.fields(type(before)):
                 a, b = getattr(before, field.name), getattr(after, field.name)
                 if a != b:

@@ -75,11 +75,26 @@ def _leading(_: Any, __: str, event_dict: dict) -> dict:
     return head
 
 
+class LogRedaction:
+    """The redactor every rendered line passes through. A reload that brings new secrets
+    hands the runtime's new redactor to ``use`` (``Runtime.on_redactor``), so a secret
+    first seen in a reloaded config is out of the log from then on."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        self.redactor = redactor
+
+    def use(self, redactor: Redactor) -> None:
+        self.redactor = redactor
+
+    def text(self, s: str) -> str:
+        return self.redactor.text(s)
+
+
 class RedactedRenderer:
     """A renderer whose every line is redacted after rendering (fields, nested values and
     tracebacks alike)."""
 
-    def __init__(self, render: Callable[..., str], redactor: Redactor) -> None:
+    def __init__(self, render: Callable[..., str], redactor: Redactor | LogRedaction) -> None:
         self.render = render
         self.redactor = redactor
 
@@ -87,7 +102,7 @@ class RedactedRenderer:
         return self.redactor.text(self.render(logger, method, event_dict))
 
 
-def _rendering(fmt: str, redactor: Redactor, colors: bool) -> list:
+def _rendering(fmt: str, redactor: Redactor | LogRedaction, colors: bool) -> list:
     """The last processors of every line: tracebacks, key order, the renderer, redaction.
     A traceback never shows a frame's local variables: they may hold a prompt."""
     if fmt == CONSOLE:
@@ -98,7 +113,8 @@ def _rendering(fmt: str, redactor: Redactor, colors: bool) -> list:
     return [tracebacks, _leading, RedactedRenderer(structlog.processors.JSONRenderer(), redactor)]
 
 
-def formatter(fmt: str, redactor: Redactor, colors: bool = False) -> structlog.stdlib.ProcessorFormatter:
+def formatter(fmt: str, redactor: Redactor | LogRedaction,
+              colors: bool = False) -> structlog.stdlib.ProcessorFormatter:
     """The root handler's formatter: the standard library's lines, rendered as structlog's."""
     return structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.contextvars.merge_contextvars, structlog.processors.add_log_level,
@@ -106,7 +122,7 @@ def formatter(fmt: str, redactor: Redactor, colors: bool = False) -> structlog.s
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *_rendering(fmt, redactor, colors)])
 
 
-def configure(level: str = "info", fmt: str = AUTO, redactor: Redactor | None = None,
+def configure(level: str = "info", fmt: str = AUTO, redactor: Redactor | LogRedaction | None = None,
               stream: TextIO | None = None) -> str:
     """Send every log line of this process to ``stream`` (stdout) in one format; returns
     the format chosen. Called once per process, at start (``tollhouse serve``).

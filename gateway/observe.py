@@ -23,6 +23,7 @@ import trio
 
 from protocols.errors import GatewayError
 from protocols.unified import Usage
+from protocols.validate import MAX_MODEL_NAME
 
 if TYPE_CHECKING:
     from gateway.request import Request
@@ -136,7 +137,7 @@ def refused(request_id: str, protocol: str, transport: Transport, doc: Any, err:
     model = doc.get("model") if isinstance(doc, dict) else None
     return Served(
         request_id=request_id, protocol=protocol, transport=transport,
-        model=model if isinstance(model, str) else None,
+        model=model[:MAX_MODEL_NAME] if isinstance(model, str) else None,
         stream=isinstance(doc, dict) and doc.get("stream") is True, status=err.status,
         duration_s=trio.current_time() - started_at, key_name=key_name,
         error=type(err).__name__, error_kind=err.kind)

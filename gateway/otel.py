@@ -38,6 +38,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from gateway.ending import Outcome
+from gateway.redaction import redactor_for
 from gateway.observe import Served, Transport
 from gateway.request import Request
 from protocols.errors import GatewayError
@@ -108,6 +109,12 @@ class OtelTracing:
         self.propagator = TraceContextTextMapPropagator()
         self.provider_names = {name: provider_name(p) for name, p in config.providers.items()}
         self.live: dict[str, RequestSpan] = {}  # request id -> its open span, until the request ends
+        # client-named text (the model) passes it: a client may send a secret as a model name
+        self.redactor = redactor_for(config)
+
+    def use_redactor(self, redactor: Any) -> None:
+        """The runtime's redactor after a reload brought new secrets (``Runtime.on_redactor``)."""
+        self.redactor = redactor
 
     @contextmanager
     def request(self, request_id: str, protocol: str, transport: Transport,
@@ -180,8 +187,9 @@ class RequestSpan:
     def served(self, record: Served) -> None:
         span = self.span
         if record.model:
-            span.update_name(f"{self.operation} {record.model}")
-            span.set_attribute("gen_ai.request.model", record.model)
+            model = self.tracing.redactor.text(record.model)
+            span.update_name(f"{self.operation} {model}")
+            span.set_attribute("gen_ai.request.model", model)
         attributes: dict[str, Any] = {"gen_ai.request.stream": record.stream, "tollhouse.status": record.status,
                                       "tollhouse.attempts": record.attempts}
         if self.transport is Transport.HTTP:

@@ -195,15 +195,15 @@ async def _watch_reloads(signals, gateway: Gateway, say: Callable[..., None]) ->
                 log.error("config reload refused: %s: %s", path, message)
             running = runtime.generation.number if runtime.generation else 0
             say(f"tollhouse reload refused ({source}): {len(refused.problems)} problems; "
-                f"generation {running} keeps running", config_file=str(source), generation=running,
+                f"generation {running} keeps running", level="warning", config_file=str(source), generation=running,
                 errors=[{"path": path, "message": message} for path, message in refused.problems])
         except GatewayError as exc:  # the ledger could not record the new keys
             log.error("config reload failed: %s", exc.message)
-            say(f"tollhouse reload failed ({source}): {exc.message}")
+            say(f"tollhouse reload failed ({source}): {exc.message}", level="error")
         except Exception:  # a bug in the reload must not end a serving gateway
             log.exception("config reload failed")
             say(f"tollhouse reload failed ({source}); generation "
-                f"{runtime.generation.number if runtime.generation else 0} keeps running")
+                f"{runtime.generation.number if runtime.generation else 0} keeps running", level="error")
         else:
             say(f"tollhouse reloaded {source}: generation {generation.number}")
 

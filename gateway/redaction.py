@@ -40,6 +40,7 @@ def secret_values(config: Any) -> set[str]:
     for provider in config.providers.values():
         values.update(c.key.value for c in provider.credentials)
         values.update(v for k, v in provider.headers.items() if _SECRET_HEADER.search(k) and isinstance(v, str))
+        values.update(adapter_header_secrets(provider))
         if provider.proxy:
             url = urlsplit(provider.proxy)
             if url.password:
@@ -50,6 +51,15 @@ def secret_values(config: Any) -> set[str]:
     if config.admin_token is not None:
         values.add(config.admin_token.value)
     return {v for v in values if v}
+
+
+def adapter_header_secrets(provider: Any) -> set[str]:
+    """Credential-like header values that the provider's adapters (``extra_headers``)
+    send, for the provider and for each of its models."""
+    lists = [provider.adapters, *provider.model_adapters.values()]
+    return {value for adapters in lists for adapter in adapters
+            for name, value in (getattr(adapter, "headers", None) or {}).items()
+            if _SECRET_HEADER.search(name) and isinstance(value, str)}
 
 
 def redactor_for(config: Any) -> Redactor:

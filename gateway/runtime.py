@@ -49,7 +49,7 @@ from gateway.observe import Observers
 from gateway.sockets import Sockets
 from gateway.state_lock import StateDirLock
 from gateway.tracing import tracing_for
-from protocols.errors import GatewayError
+from protocols.errors import GatewayError, InvalidRequest
 from protocols.redact import Redactor
 from providers import registry
 from providers.simulator import Simulator
@@ -73,6 +73,7 @@ class Runtime:
         self._log_filter = None
         self._tasks: trio.Nursery | None = None
         self.on_reload: list[Callable[[Config], None]] = []  # told each new config once it runs
+        self.on_redactor: list[Callable[[Redactor], None]] = []  # told each redactor a reload makes
         self.stopping = stopping  # a graceful stop has begun
         self.stop_begun = trio.Event() if stop_begun is None else stop_begun  # set when it begins (long-lived connections end)
         self.sockets = Sockets()  # open Responses WebSockets, for the admin API
@@ -88,6 +89,7 @@ class Runtime:
         self.tracing = tracing_for(config)  # off (a no-op) unless the config has a tracing section
         if self.tracing.enabled:
             self.observers.add(self.tracing)  # a request's span ends with what it came to
+            self.on_redactor.append(self.tracing.use_redactor)
         self.dispatcher: Dispatcher | None = None
         self.supervisor: Supervisor | None = None
         self.simulator: Simulator | None = None
@@ -231,7 +233,10 @@ class Runtime:
     async def _reconfigure_actors(self, new: Config, table: Table) -> list[str]:
         """The stateful actors take the new config entry by entry; the meter first, as
         the only one that can refuse (its ledger must record the new keys)."""
-        created = await self.actors.usage.ask(usage_actor.Reconfigure(new.pricing, new.keys))
+        try:
+            created = await self.actors.usage.ask(usage_actor.Reconfigure(new.pricing, new.keys))
+        except InvalidRequest as exc:  # a new config key the meter cannot take
+            raise ReloadRefused([(exc.param or "keys", exc.message.removeprefix(f"{exc.param}: "))]) from None
         await self.actors.credentials.ask(credentials.Reconfigure(
             {name: p.credentials for name, p in new.providers.items()}))
         await self.actors.cooldown.ask(cooldown.Reconfigure(
@@ -251,6 +256,8 @@ class Runtime:
             provider.redactor = self.redactor
         if self._log_filter is not None:
             self._log_filter.redactor = self.redactor
+        for listener in self.on_redactor:
+            listener(self.redactor)
 
     async def _retire(self, old: Generation) -> None:
         """Once ``old`` has no request left, close the pools no live generation uses."""

@@ -174,6 +174,17 @@ _NAMES = {
 # A token limit is a 32-bit count in every provider's schema (Gemini's proto says so
 # outright); no model accepts more, and keeping limits in range keeps every hold and
 # every ledger integer far from overflow.
+#: the longest model name a client may send: every provider's names are far shorter,
+#: and the name is written to the ledger, the log, metrics and traces
+MAX_MODEL_NAME = 256
+
+
+def check_model_name(model: Any) -> None:
+    """A client's model name no longer than ``MAX_MODEL_NAME`` characters."""
+    if isinstance(model, str) and len(model) > MAX_MODEL_NAME:
+        raise InvalidRequest(f"Invalid 'model': longer than {MAX_MODEL_NAME} characters.", param="model")
+
+
 TOKEN_LIMIT_MAX = 2**31 - 1
 _INTEGER_TEXT = re.compile(r"-?[0-9]{1,19}")
 

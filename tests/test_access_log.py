@@ -76,6 +76,9 @@ async def _requests(url: str) -> dict[str, str]:
         r = await http.post("/v1/chat/completions", content=b'{"model": "demo", "messages": [', headers=_auth())
         assert r.status_code == 400
         ids["bad_request"] = r.headers["x-request-id"]
+        r = await http.post("/v1/chat/completion", json=_chat(), headers=_auth())  # a path no route takes
+        assert r.status_code == 404
+        ids["no_route"] = r.headers["x-request-id"]
         assert (await http.get("/healthz")).status_code == 200
         assert (await http.get("/v1/models", headers=_auth())).status_code == 200
         ws_url = url.replace("http://", "ws://") + "/v1/responses"
@@ -159,6 +162,9 @@ async def test_every_ending_makes_exactly_one_access_line_with_its_fields(tmp_pa
         "openai_responses", "demo", 200, "end", "main")
     assert turn["tokens"]["output"] > 0 and turn["cost_micro_usd"] > 0
 
+    nowhere = by_id[ids["no_route"]]
+    assert (nowhere["status"], nowhere["error"], nowhere["protocol"]) == (404, "NotFound", "openai_chat")
+
     handshake = by_id[ids["handshake"]]
     assert (handshake["transport"], handshake["status"], handshake["error"], handshake["key"]) == (
         "websocket", 401, "Unauthenticated", None)
@@ -216,3 +222,38 @@ async def test_log_prompts_adds_the_request_text_to_its_access_line(tmp_path):
                 r = await http.post("/v1/chat/completions", json=_chat(text="tell me a story"), headers=_auth())
             line = await gateway.event("request", request_id=r.headers["x-request-id"])
     assert line["prompt"] == [{"role": "user", "text": "tell me a story"}]
+
+
+async def test_a_warning_level_still_says_where_it_listens_and_when_it_stops(tmp_path):
+    with trio.fail_after(30):
+        async with serve_process(write_config(tmp_path, _config(tmp_path)), "--log-level", "warning") as gateway:
+            url = await gateway.url()
+            async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+                assert (await http.post("/v1/chat/completions", json=_chat(), headers=_auth())).status_code == 200
+            gateway.send_signal(signal.SIGTERM)
+            assert await gateway.wait() == 0
+            await gateway.until_exit()
+    texts = [e["event"] for e in gateway.events]
+    assert any(text.startswith("tollhouse stopped") for text in texts)
+    assert "request" not in texts  # access lines are info
+
+
+async def test_a_secret_a_reload_brings_is_redacted_from_the_log_from_then_on(tmp_path):
+    doc = _config(tmp_path)
+    path = write_config(tmp_path, doc)
+    fresh_token = "th-reloaded-admin-token-0123456789"
+    with trio.fail_after(30):
+        async with serve_process(path) as gateway:
+            url = await gateway.url()
+            doc["admin"] = {"token": fresh_token}
+            path.write_text(json.dumps(doc))
+            gateway.send_signal(signal.SIGHUP)
+            await gateway.line("tollhouse reloaded")
+            async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+                r = await http.post("/v1/chat/completions", json=_chat(model=fresh_token), headers=_auth())
+            line = await gateway.event("request", request_id=r.headers["x-request-id"])
+            gateway.send_signal(signal.SIGTERM)
+            assert await gateway.wait() == 0
+            await gateway.until_exit()
+    assert line["model"] == "[redacted]"
+    assert fresh_token not in "\n".join(gateway.stdout + gateway.stderr)

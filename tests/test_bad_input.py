@@ -34,6 +34,8 @@ CASES = [
     ("malformed json, wrong key", b"{not json", "th-wrong", 401, "authentication_error"),
     ("unknown model, wrong key", b'{"model": "nope", "messages": [{"role": "user", "content": "x"}]}', "th-wrong",
      401, "authentication_error"),
+    ("model name too long", b'{"model": "' + b"m" * 300 + b'", "messages": [{"role": "user", "content": "x"}]}',
+     DEMO_KEY, 400, "invalid_request_error"),
     ("oversized", b'{"model": "demo", "messages": [{"role": "user", "content": "' + b"x" * 4096 + b'"}]}',
      DEMO_KEY, 413, "request_too_large"),
 ]

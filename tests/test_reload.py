@@ -161,6 +161,44 @@ async def test_settings_that_need_a_restart_are_refused_by_name(tmp_path):
             assert view["generation"] == 1 and "new" not in view["config"]["models"]
 
 
+async def test_observer_settings_built_at_start_are_refused_and_prompt_logging_is_not(tmp_path):
+    doc = base_config(tmp_path)
+    with trio.fail_after(15):
+        async with _gateway(tmp_path, doc) as (gw, path), httpx.AsyncClient(base_url=gw.url) as client:
+            changed = json.loads(json.dumps(doc))
+            changed["metrics"] = {"port": 0, "enabled": False}
+            changed["logging"] = {"level": "warning", "format": "console", "log_prompts": True}
+            changed["tracing"] = {"otlp_endpoint": "http://127.0.0.1:4318"}
+            r = await _reload(client, path, changed)
+            assert r.status_code == 400
+            problems = {p["path"] for p in r.json()["error"]["problems"]}
+            assert {"metrics.enabled", "metrics.port", "logging.level", "logging.format"} <= problems
+            assert "tracing" in problems or any(p.startswith("tracing") for p in problems)
+            assert "logging.log_prompts" not in problems
+            assert (await client.get("/metrics", headers=ADMIN)).status_code == 200  # still served
+            doc["logging"] = {"log_prompts": True}
+            assert (await _reload(client, path, doc)).status_code == 200
+
+
+async def test_a_config_key_whose_value_an_admin_key_has_is_refused_by_its_path(tmp_path):
+    doc = base_config(tmp_path)
+    with trio.fail_after(15):
+        async with _gateway(tmp_path, doc) as (gw, path), httpx.AsyncClient(base_url=gw.url) as client:
+            made = await client.post("/admin/keys", headers=ADMIN, json={"name": "made", "unlimited": True,
+                                                                          "key": "th-shared-value-1"})
+            assert made.status_code in (200, 201)
+            doc["keys"].append({"name": "clash", "key": "th-shared-value-1", "credit_usd": "1.00"})
+            r = await _reload(client, path, doc)
+            assert r.status_code == 400
+            problems = r.json()["error"]["problems"]
+            assert [p["path"] for p in problems] == [f"keys[{len(doc['keys']) - 1}].key"]
+            assert "th-shared-value-1" not in r.text
+            served = await client.post("/v1/chat/completions", json=_chat("demo", False), headers=AUTH)
+            assert served.status_code == 200  # the meter is up and the old config serves
+            actors = (await client.get("/admin/actors", headers=ADMIN)).json()
+            assert "th-shared-value-1" not in json.dumps(actors)
+
+
 async def test_request_body_limits_change_with_a_reload(tmp_path):
     doc = base_config(tmp_path)
     with trio.fail_after(15):
@@ -196,8 +234,9 @@ async def test_keys_new_in_the_config_are_created_and_existing_ones_stay_as_the_
 async def test_admin_config_shows_the_running_config_without_a_secret(tmp_path):
     upstream = GatedUpstream()
     doc = _config(tmp_path, upstream, headers={"x-api-key": "header-secret-value", "x-tenant": "visible"},
-                  proxy="http://user:proxy-password-42@127.0.0.1:3128")
-    secrets = [UPSTREAM_KEY, ADMIN_TOKEN, DEMO_KEY, "header-secret-value", "proxy-password-42"]
+                  proxy="http://user:proxy-password-42@127.0.0.1:3128",
+                  adapters=[{"name": "extra_headers", "headers": {"x-portkey-api-key": "adapter-secret-77"}}])
+    secrets = [UPSTREAM_KEY, ADMIN_TOKEN, DEMO_KEY, "header-secret-value", "proxy-password-42", "adapter-secret-77"]
     with trio.fail_after(15):
         async with _gateway(tmp_path, doc) as (gw, path), httpx.AsyncClient(base_url=gw.url) as client:
             r = await client.get("/admin/config", headers=ADMIN)
@@ -213,6 +252,7 @@ async def test_admin_config_shows_the_running_config_without_a_secret(tmp_path):
             assert gated["credentials"][0] == {**gated["credentials"][0], "id": "g-1", "key": "[redacted]"}
             assert gated["headers"] == {"x-api-key": "[redacted]", "x-tenant": "visible"}
             assert gated["proxy"] == "http://user:[redacted]@127.0.0.1:3128"
+            assert gated["adapters"] == [{"name": "extra_headers", "headers": {"x-portkey-api-key": "[redacted]"}}]
             assert config["pricing"]["gated/*"]["input"] == "1.00"
             assert (await client.get("/admin/config")).status_code == 401
             doc["admin"]["token"] = "th-new-admin-token"

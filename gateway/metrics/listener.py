@@ -9,6 +9,7 @@ It reads nothing but the request head, so it needs no body limits.
 from __future__ import annotations
 
 import json
+import logging
 
 import hypercorn.config
 import hypercorn.trio
@@ -80,6 +81,7 @@ async def serve(runtime, host: str, port: int, *, task_status=trio.TASK_STATUS_I
     cfg = _BoundConfig()
     cfg.bind = [f"{host}:{port}"]
     cfg.accesslog = None
+    cfg.errorlog = logging.getLogger("hypercorn.error")  # a logger is used as is: no second handler of its own
     cfg.keep_alive_timeout = runtime.config.server.keep_alive_timeout_s
     cfg.request_head_timeout = runtime.config.server.read_timeout_s  # read by gateway.http1's protocol
     cfg.read_timeout = None

@@ -25,7 +25,7 @@ from protocols.errors import GatewayError
 log = logging.getLogger("tollhouse.metrics")
 
 ASK_TIMEOUT_S = 2.0
-CREDENTIAL_STATES = ("ready", "busy", "cooling", "requests_per_minute", "tokens_per_minute", "dead")
+CREDENTIAL_STATES = ("ready", "busy", "cooling", "requests_per_minute", "tokens_per_minute", "dead", "retiring")
 RESERVATION_STATUSES = ("open", "settling")
 
 

@@ -23,7 +23,7 @@ from actors.usage import Authenticate
 from actors.usage_core import UNKNOWN_KEY
 from protocols.errors import (GatewayError, GatewayFailure, InvalidRequest, NotFound, RequestTimeout,
                               Unauthenticated)
-from protocols.validate import load_json_object
+from protocols.validate import check_model_name, load_json_object
 
 log = logging.getLogger("tollhouse.routes")
 
@@ -132,6 +132,7 @@ async def _serve_call(runtime: Any, client: Any, scope, receive, link: AsgiLink,
             request = parse(doc)
         else:
             request, recorder, size = await prepare(doc, key, size)
+        check_model_name(request.model)
         dispatched = True
         await runtime.dispatcher.serve(Call(request, key, client, size, request_id, recorder, trace=trace), link)
     except GatewayError as err:
