@@ -208,7 +208,8 @@ class UsageCore:
             if state is not None:
                 state.held_micro += hold.hold_micro
                 state.in_flight += 1
-                if state.budget is not None and period_start(state.budget.period, hold.created_at) == state.budget_start:
+                budget = state.budget
+                if budget is not None and period_start(budget.period, hold.created_at) == state.budget_start:
                     hold.budget_mark = state.budget_mark()
                     state.budget_held_micro += hold.hold_micro
 
@@ -228,7 +229,8 @@ class UsageCore:
             credit = None if spec.credit_usd is None else to_micro(spec.credit_usd)
             state = KeyState(spec.name, hash_key(spec.key.value), credit, models=spec.models, created_at=self.wall(),
                              requests_per_minute=spec.requests_per_minute, max_concurrency=spec.max_concurrency,
-                             expires_at=getattr(spec, "expires_at", None), budget=Budget.of(getattr(spec, "budget", None)))
+                             expires_at=getattr(spec, "expires_at", None),
+                             budget=Budget.of(getattr(spec, "budget", None)))
             state.roll(state.created_at)
             self._index(state)
             ops.append(("put_key", state.row()))

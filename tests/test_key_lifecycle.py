@@ -24,6 +24,8 @@ def doors(key: str) -> dict:
     openai_error = lambda body: body["error"]["type"]  # noqa: E731
     return {
         "chat": ("/v1/chat/completions", {"authorization": f"Bearer {key}"}, chat, openai_error),
+        "chat-stream": ("/v1/chat/completions", {"authorization": f"Bearer {key}"}, {**chat, "stream": True},
+                        openai_error),
         "responses": ("/v1/responses", {"authorization": f"Bearer {key}"},
                       {"model": "demo", "max_output_tokens": 16, "input": "hi"}, openai_error),
         "anthropic": ("/v1/messages", {"x-api-key": key, "anthropic-version": "2023-06-01"}, chat,
@@ -35,10 +37,10 @@ def doors(key: str) -> dict:
 
 
 EXPECTED_KIND = {
-    401: {"chat": "authentication_error", "responses": "authentication_error", "anthropic": "authentication_error",
-          "gemini": "UNAUTHENTICATED"},
-    429: {"chat": "rate_limit_error", "responses": "rate_limit_error", "anthropic": "rate_limit_error",
-          "gemini": "RESOURCE_EXHAUSTED"},
+    401: {"chat": "authentication_error", "chat-stream": "authentication_error", "responses": "authentication_error",
+          "anthropic": "authentication_error", "gemini": "UNAUTHENTICATED"},
+    429: {"chat": "rate_limit_error", "chat-stream": "rate_limit_error", "responses": "rate_limit_error",
+          "anthropic": "rate_limit_error", "gemini": "RESOURCE_EXHAUSTED"},
 }
 
 
@@ -165,7 +167,8 @@ async def test_a_daily_budget_refuses_with_429_and_resets_at_the_utc_boundary(co
 
 
 @pytest.mark.parametrize("body, words", [
-    ({"name": "b", "unlimited": True, "budget": {"period": "dya", "limit_usd": "1"}}, ["budget.period", "one of day, week, month"]),
+    ({"name": "b", "unlimited": True, "budget": {"period": "dya", "limit_usd": "1"}},
+     ["budget.period", "one of day, week, month"]),
     ({"name": "b", "unlimited": True, "budget": {"period": "day", "limit_usd": "-1"}}, ["budget.limit_usd"]),
     ({"name": "b", "unlimited": True, "budget": {"period": "day"}}, ["budget.limit_usd", "required"]),
     ({"name": "b", "unlimited": True, "budget": {"period": "day", "limit": "1"}}, ["budget.limit", "limit_usd"]),

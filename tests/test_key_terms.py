@@ -71,7 +71,8 @@ def test_utc_calendar_periods():
     assert period_start(Period.WEEK, monday) == monday and period_start(Period.WEEK, monday - 1) < monday
 
 
-@pytest.mark.parametrize("text", ["2026-12-02T14:30:00", "2026-12-02T14:30:00+02:00", "tomorrow", "2026-13-01T00:00:00Z"])
+@pytest.mark.parametrize("text", ["2026-12-02T14:30:00", "2026-12-02T14:30:00+02:00", "tomorrow",
+                                  "2026-13-01T00:00:00Z"])
 def test_an_expiry_must_be_iso_8601_in_utc(text):
     with pytest.raises(ValueError):
         parse_utc(text)
@@ -208,3 +209,26 @@ def test_key_terms_in_the_config_are_checked_with_their_json_paths(tmp_path):
     key = parse_config(doc, env={}).keys[0]
     assert key.expires_at == parse_utc("2026-12-31T00:00:00Z") and key.budget.period == "month"
     assert Budget.of(key.budget) == Budget(Period.MONTH, 25_000_000)
+
+
+def test_a_ledger_from_before_key_terms_opens_and_keeps_its_keys(tmp_path):
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "ledger.sqlite3")
+    db.execute("CREATE TABLE keys (name TEXT PRIMARY KEY, key_hash TEXT UNIQUE NOT NULL, credit_micro INTEGER, "
+               "spent_micro INTEGER NOT NULL DEFAULT 0, disabled INTEGER NOT NULL DEFAULT 0, models TEXT, "
+               "requests_per_minute INTEGER, max_concurrency INTEGER, created_at REAL NOT NULL)")
+    db.execute("INSERT INTO keys VALUES ('old', 'h', 1000, 30, 0, NULL, NULL, NULL, 1.0)")
+    db.commit()
+    db.close()
+    ledger = Ledger(tmp_path)
+    (key,), _ = ledger.load()
+    assert (key["name"], key["spent_micro"], key["revoked_at"], key["expires_at"], key["budget_period"],
+            key["budget_spent_micro"]) == ("old", 30, None, None, None, 0)
+    c = UsageCore({"p/m": PRICE}, wall=Wall("2026-12-02T10:00:00Z"))
+    c.load([key], [])
+    view, ops = c.revoke_key(RevokeKey("old"))
+    ledger.apply(ops)
+    (key,), _ = ledger.load()
+    assert key["revoked_at"] == parse_utc("2026-12-02T10:00:00Z") and key["spent_micro"] == 30
+    ledger.close()
