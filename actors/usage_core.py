@@ -174,6 +174,8 @@ class _BudgetRow:
 
     period: str
     limit_usd: str
+
+
 UNKNOWN_KEY = "Invalid API key: the gateway key is missing or unknown."
 
 
@@ -222,10 +224,16 @@ class UsageCore:
 
     def seed_keys(self, specs: Iterable[Any]) -> list:
         """Keys from the config are created once; afterwards the ledger owns them."""
+        specs = [spec for spec in specs if spec.name not in self.keys]
+        for spec in specs:  # every check before any change
+            owner = self.by_hash.get(hash_key(spec.key.value))
+            if owner is not None:
+                raise InvalidRequest(
+                    f"the config key {spec.name!r} has the secret of the ledger's key {owner.name!r}"
+                    f"{' (revoked)' if owner.revoked_at is not None else ''}; a secret belongs to one key for "
+                    f"good: give {spec.name!r} a new one", param="keys")
         ops = []
         for spec in specs:
-            if spec.name in self.keys:
-                continue
             credit = None if spec.credit_usd is None else to_micro(spec.credit_usd)
             state = KeyState(spec.name, hash_key(spec.key.value), credit, models=spec.models, created_at=self.wall(),
                              requests_per_minute=spec.requests_per_minute, max_concurrency=spec.max_concurrency,
@@ -249,8 +257,8 @@ class UsageCore:
     def reconfigure(self, msg: Reconfigure) -> tuple[list[str], list]:
         """New prices for requests reserved from now on; keys new to the meter created
         as at start (the ones it knows stay as the ledger has them)."""
+        ops = self.seed_keys(msg.key_specs)  # may refuse the reload: before anything changed
         self.pricing = dict(msg.pricing)
-        ops = self.seed_keys(msg.key_specs)
         return [op[1]["name"] for op in ops], ops
 
     def forget_keys(self, names: Iterable[str]) -> None:

@@ -35,8 +35,9 @@ class NewKey(KeyConfig):
 
 @attrs.frozen(kw_only=True)
 class KeyChange:
-    """A PATCH body. ``null`` means "no limit" for ``models`` and the two limits; an
-    amount or ``disabled`` has no null (leave it out to keep it)."""
+    """A PATCH body. ``null`` means "no limit" for ``models``, the two limits,
+    ``expires_at`` (no expiry) and ``budget`` (no periodic budget); an amount or
+    ``disabled`` has no null (leave it out to keep it)."""
 
     credit_usd: Decimal = None  # type: ignore[assignment]  # None: left out
     add_credit_usd: Decimal = None  # type: ignore[assignment]

@@ -13,6 +13,7 @@ import trio
 
 from actors.key_terms import parse_utc
 from gateway.config import parse_config
+from protocols.errors import InvalidRequest
 from tests.conftest import ADMIN_TOKEN, DEMO_KEY, running_gateway
 
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -182,5 +183,20 @@ async def test_bad_key_terms_are_refused_with_their_path(config_doc, body, words
             assert r.status_code == 400, r.text
             for word in words:
                 assert word in r.json()["error"]["message"], r.text
+            names = {k["name"] for k in (await http.get("/admin/keys", headers=ADMIN)).json()["keys"]}
+            assert names == {"test"}
+
+
+async def test_a_revoked_secret_does_not_come_back_under_a_new_name(config_doc):
+    with trio.fail_after(30):
+        async with running_gateway(config_doc) as gw, httpx.AsyncClient(base_url=gw.url) as http:
+            assert (await http.delete("/admin/keys/test", headers=ADMIN)).status_code == 200
+            renamed = copy.deepcopy(config_doc)
+            renamed["keys"][0]["name"] = "test-again"
+            with pytest.raises(InvalidRequest) as refused:
+                await gw.runtime.reload(parse_config(renamed, env={}))
+            assert "'test-again' has the secret of the ledger's key 'test' (revoked)" in refused.value.message
+            assert gw.runtime.generation.number == 1  # the reload changed nothing
+            await refused_everywhere(http, DEMO_KEY, 401, "revoked")
             names = {k["name"] for k in (await http.get("/admin/keys", headers=ADMIN)).json()["keys"]}
             assert names == {"test"}

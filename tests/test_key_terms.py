@@ -232,3 +232,14 @@ def test_a_ledger_from_before_key_terms_opens_and_keeps_its_keys(tmp_path):
     (key,), _ = ledger.load()
     assert key["revoked_at"] == parse_utc("2026-12-02T10:00:00Z") and key["spent_micro"] == 30
     ledger.close()
+
+
+def test_null_removes_an_expiry_and_a_budget():
+    wall = Wall("2026-12-02T12:00:00Z")
+    c = core(wall, expires_at=parse_utc("2026-12-01T00:00:00Z"), budget=Budget(Period.DAY, 10))
+    with pytest.raises(E.Unauthenticated):
+        reserve(c, "r1")
+    view, ops = c.update_key(UpdateKey("k", expires_at=None, budget=None))
+    assert (view["expires_at"], view["expired"], view["budget"]) == (None, False, None)
+    assert ("reset_budget", {"name": "k", "budget_start": None}) in ops
+    reserve(c, "r1")  # neither refuses it any more
