@@ -65,15 +65,20 @@ class KeyState:
     budget_spent_micro: int = 0
     budget_held_micro: int = 0  # holds reserved in budget_start's period, while open
     budget_epoch: int = 0  # a new budget (or period) starts a new count: older holds leave it alone
+    _period: tuple | None = attrs.field(default=None, repr=False)
 
     def roll(self, wall: float) -> None:
         """Start the budget's count afresh once its UTC period is over (in memory only:
         a settlement writes the new period to the ledger with its charge)."""
         if self.budget is None:
             return
+        known = self._period  # (period, start, end) of the last look: no calendar work inside it
+        if known is not None and known[:2] == (self.budget.period, self.budget_start) and known[1] <= wall < known[2]:
+            return
         start = period_start(self.budget.period, wall)
         if start != self.budget_start:
             self.budget_start, self.budget_spent_micro, self.budget_held_micro = start, 0, 0
+        self._period = (self.budget.period, start, period_end(self.budget.period, wall))
 
     def budget_mark(self) -> tuple | None:
         """What a new hold records, so its settlement counts in its own period only."""
