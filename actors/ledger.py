@@ -89,6 +89,17 @@ ADDED_ENTRY_COLUMNS = (
     ("unanswered", "TEXT NOT NULL DEFAULT '[]'"),
 )
 
+# Key columns added after the first schema: revocation, expiry, the periodic budget
+# (its period and limit, and what was charged in the period starting at budget_start).
+ADDED_KEY_COLUMNS = (
+    ("revoked_at", "REAL"),
+    ("expires_at", "INTEGER"),
+    ("budget_period", "TEXT"),
+    ("budget_limit_micro", "INTEGER"),
+    ("budget_start", "INTEGER"),
+    ("budget_spent_micro", "INTEGER NOT NULL DEFAULT 0"),
+)
+
 ENTRY_COLUMNS = (
     "request_id", "kind", "key_name", "provider", "model", "client_model", "credential", "amount_micro",
     "hold_micro", "input", "cached_input", "cache_write", "output", "reasoning", "provenance", "reason",
@@ -147,6 +158,10 @@ class Ledger:
                 for name, declaration in ADDED_ENTRY_COLUMNS:
                     if name not in have:
                         db.execute(f"ALTER TABLE entries ADD COLUMN {name} {declaration}")
+                have = {row[1] for row in db.execute("PRAGMA table_info(keys)").fetchall()}
+                for name, declaration in ADDED_KEY_COLUMNS:
+                    if name not in have:
+                        db.execute(f"ALTER TABLE keys ADD COLUMN {name} {declaration}")
                 # A real write proves the file, its directory and its lock are ours to use:
                 # SQLite opens a write-protected file read-only without saying so.
                 db.execute("INSERT INTO meta (name, value) VALUES ('opened_at', ?) "
@@ -179,12 +194,14 @@ class Ledger:
         with self._lock:
             cur = self.db.execute(
                 "SELECT name, key_hash, credit_micro, spent_micro, disabled, models, requests_per_minute, "
-                "max_concurrency, created_at FROM keys")
+                "max_concurrency, created_at, revoked_at, expires_at, budget_period, budget_limit_micro, "
+                "budget_start, budget_spent_micro FROM keys")
             keys = [
                 {"name": n, "key_hash": h, "credit_micro": c, "spent_micro": s, "disabled": bool(d),
                  "models": json.loads(m) if m else None, "requests_per_minute": rpm, "max_concurrency": mc,
-                 "created_at": t}
-                for n, h, c, s, d, m, rpm, mc, t in cur.fetchall()
+                 "created_at": t, "revoked_at": ra, "expires_at": ea, "budget_period": bp,
+                 "budget_limit_micro": bl, "budget_start": bs, "budget_spent_micro": bsp}
+                for n, h, c, s, d, m, rpm, mc, t, ra, ea, bp, bl, bs, bsp in cur.fetchall()
             ]
             cur = self.db.execute("SELECT id, key_name, provider, model, hold_micro, created_at FROM reservations")
             holds = [
@@ -288,17 +305,27 @@ class Ledger:
 
 def _put_key(db: sqlite3.Connection, k: dict) -> None:
     db.execute(
-        # spent_micro is written only when the key is new: afterwards only settlements
-        # move it, so a key update can never overwrite a charge that is still being written.
+        # spent_micro (and the budget's count) is written only when the key is new:
+        # afterwards only settlements (and ``reset_budget``) move it, so a key update can
+        # never overwrite a charge that is still being written.
         "INSERT INTO keys (name, key_hash, credit_micro, spent_micro, disabled, models, requests_per_minute, "
-        "max_concurrency, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+        "max_concurrency, created_at, revoked_at, expires_at, budget_period, budget_limit_micro, budget_start, "
+        "budget_spent_micro) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
         "key_hash=excluded.key_hash, credit_micro=excluded.credit_micro, "
         "disabled=excluded.disabled, models=excluded.models, requests_per_minute=excluded.requests_per_minute, "
-        "max_concurrency=excluded.max_concurrency",
+        "max_concurrency=excluded.max_concurrency, revoked_at=excluded.revoked_at, expires_at=excluded.expires_at, "
+        "budget_period=excluded.budget_period, budget_limit_micro=excluded.budget_limit_micro",
         (k["name"], k["key_hash"], k["credit_micro"], k["spent_micro"], int(k["disabled"]),
          json.dumps(k["models"]) if k["models"] is not None else None, k["requests_per_minute"],
-         k["max_concurrency"], k["created_at"]),
+         k["max_concurrency"], k["created_at"], k["revoked_at"], k["expires_at"], k["budget_period"],
+         k["budget_limit_micro"], k["budget_start"], k["budget_spent_micro"]),
     )
+
+
+def _reset_budget(db: sqlite3.Connection, r: dict) -> None:
+    """A new budget (or period) on a key: its count starts again from zero."""
+    db.execute("UPDATE keys SET budget_start = ?, budget_spent_micro = 0 WHERE name = ?",
+               (r["budget_start"], r["name"]))
 
 
 def _hold(db: sqlite3.Connection, h: dict) -> None:
@@ -321,6 +348,15 @@ def _settle(db: sqlite3.Connection, s: dict) -> None:
         if n == 0 and cur.rowcount == 0:
             return
     db.execute("UPDATE keys SET spent_micro = spent_micro + ? WHERE name = ?", (s["charged"], s["key_name"]))
+    start = s.get("budget_start")
+    if start is not None:
+        # The charge counts in its reservation's budget period. A period the ledger has
+        # not seen yet (none of its charges written) starts here, at this charge; a
+        # period's start is never moved back.
+        db.execute(
+            "UPDATE keys SET budget_spent_micro = CASE WHEN budget_start = ? THEN budget_spent_micro + ? ELSE ? END, "
+            "budget_start = ? WHERE name = ? AND (budget_start IS NULL OR budget_start <= ?)",
+            (start, s["charged"], s["charged"], start, s["key_name"], start))
 
 
-_OPS = {"put_key": _put_key, "hold": _hold, "settle": _settle}
+_OPS = {"put_key": _put_key, "hold": _hold, "settle": _settle, "reset_budget": _reset_budget}

@@ -45,6 +45,7 @@ from actors.usage_messages import (
     Reconfigure,
     Reservation,
     Reserve,
+    RevokeKey,
     Settle,
     Settled,
     UpdateKey,
@@ -55,8 +56,8 @@ from protocols.money import Price
 
 log = logging.getLogger("tollhouse.usage")
 
-__all__ = ["Authenticate", "CreateKey", "Msg", "Query", "Reconfigure", "Reservation", "Reserve", "Settle", "Settled",
-           "UpdateKey", "UsageActor", "hash_key"]
+__all__ = ["Authenticate", "CreateKey", "Msg", "Query", "Reconfigure", "Reservation", "Reserve", "RevokeKey", "Settle",
+           "Settled", "UpdateKey", "UsageActor", "hash_key"]
 
 BATCH = 256
 RETRY_FIRST_S = 0.05  # the first retry of a refused write; doubles up to RETRY_MAX_S
@@ -211,7 +212,7 @@ class UsageActor(Actor):
                 step.result = LedgerUnavailable(
                     "The gateway's usage ledger cannot be written right now; no new requests are "
                     "accepted until it can. Retry later.", retry_after=1.0)
-        if any(isinstance(step.envelope.msg, (CreateKey, UpdateKey, Reconfigure)) for step in steps):
+        if any(isinstance(step.envelope.msg, (CreateKey, UpdateKey, RevokeKey, Reconfigure)) for step in steps):
             self._publish_key_hashes()  # before the answers: a created key works once it is answered
         for step in steps:
             if not step.parked:
@@ -227,7 +228,7 @@ class UsageActor(Actor):
         match msg:
             case Reserve():
                 return lambda: self.core.cancel_reserve(msg.request_id, now)
-            case CreateKey() | UpdateKey():
+            case CreateKey() | UpdateKey() | RevokeKey():
                 settings = self.core.settings(msg.name)
                 return lambda: self.core.restore(msg.name, settings)
             case Reconfigure():

@@ -23,6 +23,7 @@ from actors.usage_messages import (
     Reconfigure,
     Reservation,
     Reserve,
+    RevokeKey,
     Settle,
     Settled,
     UpdateKey,
@@ -37,6 +38,7 @@ from protocols.errors import (
     OutOfCredit,
     Unauthenticated,
 )
+from actors.key_terms import ADJECTIVES, Budget, format_utc, period_end, period_start
 from actors.usage_bounds import MAX_MICRO, amount, clean_usage, hold_tokens, micro
 from protocols.money import Price, cost_micro_usd, to_micro, usd
 from protocols.unified import EndReason, Provenance, Usage
@@ -56,6 +58,46 @@ class KeyState:
     max_concurrency: int | None = None
     in_flight: int = 0
     recent: deque = attrs.field(factory=deque)
+    revoked_at: float | None = None  # revocation is final: the key stays for its history
+    expires_at: int | None = None  # unix seconds; from then on the key is refused
+    budget: Budget | None = None
+    budget_start: int | None = None  # the period whose spending budget_spent_micro counts
+    budget_spent_micro: int = 0
+    budget_held_micro: int = 0  # holds reserved in budget_start's period, while open
+    budget_epoch: int = 0  # a new budget (or period) starts a new count: older holds leave it alone
+    _period: tuple | None = attrs.field(default=None, repr=False)
+
+    def roll(self, wall: float) -> None:
+        """Start the budget's count afresh once its UTC period is over (in memory only:
+        a settlement writes the new period to the ledger with its charge)."""
+        if self.budget is None:
+            return
+        known = self._period  # (period, start, end) of the last look: no calendar work inside it
+        if known is not None and known[:2] == (self.budget.period, self.budget_start) and known[1] <= wall < known[2]:
+            return
+        start = period_start(self.budget.period, wall)
+        if start != self.budget_start:
+            self.budget_start, self.budget_spent_micro, self.budget_held_micro = start, 0, 0
+        self._period = (self.budget.period, start, period_end(self.budget.period, wall))
+
+    def budget_mark(self) -> tuple | None:
+        """What a new hold records, so its settlement counts in its own period only."""
+        return None if self.budget is None else (self.budget_epoch, self.budget_start)
+
+    def budget_available(self) -> int | None:
+        if self.budget is None:
+            return None
+        return self.budget.limit_micro - self.budget_spent_micro - self.budget_held_micro
+
+    def budget_view(self, wall: float) -> dict | None:
+        if self.budget is None:
+            return None
+        self.roll(wall)
+        return {"period": self.budget.period.value, "limit_usd": usd(self.budget.limit_micro),
+                "spent_usd": usd(self.budget_spent_micro), "held_usd": usd(self.budget_held_micro),
+                "available_usd": usd(max(self.budget_available(), 0)),
+                "period_start": format_utc(self.budget_start),
+                "resets_at": format_utc(period_end(self.budget.period, wall))}
 
     def check_limits(self, now: float) -> None:
         """The key's own limits; refusals are 429 with the time to come back."""
@@ -79,10 +121,17 @@ class KeyState:
                 "spent_micro": self.spent_micro, "disabled": self.disabled,
                 "models": list(self.models) if self.models is not None else None,
                 "requests_per_minute": self.requests_per_minute, "max_concurrency": self.max_concurrency,
-                "created_at": self.created_at}
+                "created_at": self.created_at, "revoked_at": self.revoked_at, "expires_at": self.expires_at,
+                "budget_period": None if self.budget is None else self.budget.period.value,
+                "budget_limit_micro": None if self.budget is None else self.budget.limit_micro,
+                "budget_start": self.budget_start, "budget_spent_micro": self.budget_spent_micro}
 
-    def view(self) -> dict:
+    def view(self, wall: float) -> dict:
         return {"name": self.name, "disabled": self.disabled, "models": self.models,
+                "revoked": self.revoked_at is not None, "revoked_at": format_utc(self.revoked_at),
+                "expires_at": format_utc(self.expires_at),
+                "expired": self.expires_at is not None and wall >= self.expires_at,
+                "budget": self.budget_view(wall),
                 "requests_per_minute": self.requests_per_minute, "max_concurrency": self.max_concurrency,
                 "in_flight": self.in_flight,
                 "credit_usd": None if self.credit_micro is None else usd(self.credit_micro),
@@ -100,6 +149,7 @@ class Hold:
     provider: str | None = None
     model: str | None = None
     pricing: Mapping[str, Price] | None = None  # the reserving generation's prices (None: the current ones)
+    budget_mark: tuple | None = None  # (epoch, period start) of the key's budget it counts in
 
 
 @attrs.frozen
@@ -111,9 +161,26 @@ class KeySettings:
     models: tuple | None
     requests_per_minute: int | None
     max_concurrency: int | None
+    revoked_at: float | None
+    expires_at: int | None
+    budget: Budget | None
+    budget_start: int | None
+    budget_spent_micro: int
+    budget_held_micro: int
+    budget_epoch: int
 
 
 SETTINGS = tuple(a.name for a in attrs.fields(KeySettings))
+
+
+@attrs.frozen
+class _BudgetRow:
+    """A budget as the ledger stores it, read back through ``Budget.of``."""
+
+    period: str
+    limit_usd: str
+
+
 UNKNOWN_KEY = "Invalid API key: the gateway key is missing or unknown."
 
 
@@ -133,16 +200,25 @@ class UsageCore:
 
     def load(self, keys: Iterable[dict], holds: Iterable[dict]) -> None:
         for k in keys:
+            budget = None if k.get("budget_period") is None else Budget.of(
+                _BudgetRow(k["budget_period"], usd(k["budget_limit_micro"])))
             state = KeyState(k["name"], k["key_hash"], k["credit_micro"], k["spent_micro"], 0, k["disabled"],
                              tuple(k["models"]) if k["models"] is not None else None, k["created_at"],
-                             k["requests_per_minute"], k["max_concurrency"])
+                             k["requests_per_minute"], k["max_concurrency"], revoked_at=k.get("revoked_at"),
+                             expires_at=k.get("expires_at"), budget=budget, budget_start=k.get("budget_start"),
+                             budget_spent_micro=k.get("budget_spent_micro") or 0)
             self._index(state)
         for h in holds:
             hold = Hold(h["id"], h["key_name"], h["model"] or "", h["hold_micro"], h["created_at"], h["provider"], h["model"])
             self.holds[hold.id] = hold
-            if hold.key_name in self.keys:
-                self.keys[hold.key_name].held_micro += hold.hold_micro
-                self.keys[hold.key_name].in_flight += 1
+            state = self.keys.get(hold.key_name)
+            if state is not None:
+                state.held_micro += hold.hold_micro
+                state.in_flight += 1
+                budget = state.budget
+                if budget is not None and period_start(budget.period, hold.created_at) == state.budget_start:
+                    hold.budget_mark = state.budget_mark()
+                    state.budget_held_micro += hold.hold_micro
 
     def _index(self, state: KeyState) -> None:
         old = self.keys.get(state.name)
@@ -153,19 +229,24 @@ class UsageCore:
 
     def seed_keys(self, specs: Iterable[Any]) -> list:
         """Keys from the config are created once; afterwards the ledger owns them. A new
-        config key whose value another key already has (one made through the admin API)
-        is refused by its path before any key is created."""
+        config key whose secret another key already has (one made through the admin API,
+        or a revoked one) is refused by its path before any key is created."""
         fresh = [(index, spec) for index, spec in enumerate(specs) if spec.name not in self.keys]
-        for index, spec in fresh:
+        for index, spec in fresh:  # every check before any change
             owner = self.by_hash.get(hash_key(spec.key.value))
             if owner is not None:
-                raise InvalidRequest(f"keys[{index}].key: the same key as the existing key {owner.name!r}",
-                                     param=f"keys[{index}].key")
+                raise InvalidRequest(
+                    f"keys[{index}].key: the config key {spec.name!r} has the secret of the ledger's key "
+                    f"{owner.name!r}{' (revoked)' if owner.revoked_at is not None else ''}; a secret belongs to "
+                    f"one key for good: give {spec.name!r} a new one", param=f"keys[{index}].key")
         ops = []
         for _, spec in fresh:
             credit = None if spec.credit_usd is None else to_micro(spec.credit_usd)
             state = KeyState(spec.name, hash_key(spec.key.value), credit, models=spec.models, created_at=self.wall(),
-                             requests_per_minute=spec.requests_per_minute, max_concurrency=spec.max_concurrency)
+                             requests_per_minute=spec.requests_per_minute, max_concurrency=spec.max_concurrency,
+                             expires_at=getattr(spec, "expires_at", None),
+                             budget=Budget.of(getattr(spec, "budget", None)))
+            state.roll(state.created_at)
             self._index(state)
             ops.append(("put_key", state.row()))
         return ops
@@ -183,7 +264,7 @@ class UsageCore:
     def reconfigure(self, msg: Reconfigure) -> tuple[list[str], list]:
         """New prices for requests reserved from now on; keys new to the meter created
         as at start (the ones it knows stay as the ledger has them)."""
-        ops = self.seed_keys(msg.key_specs)  # may refuse: before anything changes
+        ops = self.seed_keys(msg.key_specs)  # may refuse the reload: before anything changed
         self.pricing = dict(msg.pricing)
         return [op[1]["name"] for op in ops], ops
 
@@ -209,8 +290,12 @@ class UsageCore:
         state = self.by_hash.get(self.key_hash(key)) if key else None
         if state is None:
             raise Unauthenticated(UNKNOWN_KEY)
+        if state.revoked_at is not None:
+            raise Unauthenticated("This gateway key has been revoked.")
         if state.disabled:
             raise Unauthenticated("This gateway key is disabled.")
+        if state.expires_at is not None and self.wall() >= state.expires_at:
+            raise Unauthenticated(f"This gateway key expired at {format_utc(state.expires_at)}.")
         if model is not None and state.models is not None and model not in state.models:
             raise Forbidden(f"This gateway key may not use the model '{model}'.", param="model")
         return state
@@ -241,11 +326,23 @@ class UsageCore:
             raise OutOfCredit(
                 f"Insufficient credit: this request may cost up to ${usd(hold)} and the key has "
                 f"${usd(max(available, 0))} available.")
+        wall = self.wall()
+        state.roll(wall)
+        budget_left = state.budget_available()
+        if budget_left is not None and (hold > budget_left or budget_left <= 0):
+            resets = period_end(state.budget.period, wall)
+            raise KeyRateLimited(
+                f"This gateway key's {ADJECTIVES[state.budget.period]} budget of ${usd(state.budget.limit_micro)} "
+                f"is used up for now: this request may cost up to ${usd(hold)} and "
+                f"${usd(max(budget_left, 0))} is left until {format_utc(resets)}.", retry_after=resets - wall)
         state.held_micro += hold
         state.in_flight += 1
         if state.requests_per_minute is not None:
             state.recent.append(now)
-        h = Hold(msg.request_id, state.name, msg.client_model, hold, self.wall(), pricing=msg.pricing)
+        h = Hold(msg.request_id, state.name, msg.client_model, hold, wall, pricing=msg.pricing,
+                 budget_mark=state.budget_mark())
+        if h.budget_mark is not None:
+            state.budget_held_micro += hold
         self.holds[h.id] = h
         op = ("hold", {"id": h.id, "key_name": h.key_name, "provider": None, "model": msg.client_model,
                        "hold_micro": hold, "created_at": h.created_at})
@@ -260,6 +357,8 @@ class UsageCore:
         if state is not None:
             state.held_micro -= hold.hold_micro
             state.in_flight -= 1
+            if hold.budget_mark is not None and hold.budget_mark == state.budget_mark():
+                state.budget_held_micro -= hold.hold_micro
             if state.recent and state.recent[-1] == now:
                 state.recent.pop()
 
@@ -303,10 +402,16 @@ class UsageCore:
             zero = {"input": 0, "cached_input": 0, "cache_write": 0, "output": 0, "reasoning": 0}
             entries.append({**base, **zero, "kind": "overrun", "amount_micro": overrun})
         state = self.keys.get(hold.key_name)
+        budget_start = None
         if state is not None:
             state.held_micro -= hold.hold_micro
             state.in_flight -= 1
             state.spent_micro += cost
+            if hold.budget_mark is not None and hold.budget_mark == state.budget_mark():
+                # counted in the period it was reserved in; a later period's count is not touched
+                state.budget_held_micro -= hold.hold_micro
+                state.budget_spent_micro += cost
+                budget_start = state.budget_start
         self.settling[msg.request_id] = hold
         result = Settled(msg.request_id, cost, overrun, provenance, msg.reason, source)
         self.settled[msg.request_id] = result
@@ -316,7 +421,7 @@ class UsageCore:
         self.totals["charged_micro"] += cost
         self.totals["overrun_micro"] += overrun
         return result, [("settle", {"request_id": msg.request_id, "key_name": hold.key_name,
-                                    "charged": cost, "entries": entries})]
+                                    "charged": cost, "budget_start": budget_start, "entries": entries})]
 
     def recover(self, reason: EndReason = EndReason.RECOVERED) -> list:
         """Settle every hold left open by a previous process at its reserve."""
@@ -339,15 +444,19 @@ class UsageCore:
             raise InvalidRequest("A key has either credit_usd or \"unlimited\": true, not both.")
         credit = None if msg.credit_usd is None else to_micro(amount(msg.credit_usd))
         state = KeyState(msg.name, hash_key(plaintext), credit, models=msg.models, created_at=self.wall(),
-                         requests_per_minute=msg.requests_per_minute, max_concurrency=msg.max_concurrency)
+                         requests_per_minute=msg.requests_per_minute, max_concurrency=msg.max_concurrency,
+                         expires_at=msg.expires_at, budget=msg.budget)
+        state.roll(state.created_at)
         self._index(state)
-        return {**state.view(), "key": plaintext}, [("put_key", state.row())]
+        return {**state.view(self.wall()), "key": plaintext}, [("put_key", state.row())]
 
     def update_key(self, msg: UpdateKey) -> tuple[dict, list]:
         """Every check before any change: a refused update leaves the key as it was."""
         state = self.keys.get(msg.name)
         if state is None:
             raise NotFound(f"no key named {msg.name!r}")
+        if state.revoked_at is not None:
+            raise InvalidRequest(f"the key {msg.name!r} is revoked; a revocation is final (create a new key)")
         credit = state.credit_micro
         if msg.credit_usd is not None:
             credit = to_micro(amount(msg.credit_usd))
@@ -364,7 +473,30 @@ class UsageCore:
             state.disabled = msg.disabled
         if msg.models != UNCHANGED:
             state.models = msg.models
-        return state.view(), [("put_key", state.row())]
+        if msg.expires_at != UNCHANGED:
+            state.expires_at = msg.expires_at
+        ops = []
+        if msg.budget != UNCHANGED:
+            same_period = (state.budget is not None and msg.budget is not None
+                           and state.budget.period == msg.budget.period)
+            state.budget = msg.budget
+            if not same_period:  # a new budget or period counts from now; a new limit keeps the count
+                state.budget_epoch += 1
+                state.budget_start, state.budget_spent_micro, state.budget_held_micro = None, 0, 0
+                state.roll(self.wall())
+                ops.append(("reset_budget", {"name": state.name, "budget_start": state.budget_start}))
+        return state.view(self.wall()), [("put_key", state.row()), *ops]
+
+    def revoke_key(self, msg: RevokeKey) -> tuple[dict, list]:
+        """Revoke a key for good; revoking it again answers the same and writes nothing.
+        Its open holds settle as usual; its ledger history stays."""
+        state = self.keys.get(msg.name)
+        if state is None:
+            raise NotFound(f"no key named {msg.name!r}")
+        if state.revoked_at is not None:
+            return state.view(self.wall()), []
+        state.revoked_at = self.wall()
+        return state.view(self.wall()), [("put_key", state.row())]
 
     def settings(self, name: str) -> KeySettings | None:
         """A key's changeable settings now (None: no such key), to restore if a write fails."""
@@ -387,7 +519,8 @@ class UsageCore:
 
     def query(self, what: str) -> Any:
         if what == "keys":
-            return [k.view() for k in self.keys.values()]
+            wall = self.wall()
+            return [k.view(wall) for k in self.keys.values()]
         if what == "reservations":
             wall = self.wall()
             return [{"request_id": h.id, "key": h.key_name, "model": h.client_model, "hold_usd": usd(h.hold_micro),
@@ -413,6 +546,8 @@ class UsageCore:
                 return self.create_key(msg)
             case UpdateKey():
                 return self.update_key(msg)
+            case RevokeKey():
+                return self.revoke_key(msg)
             case Query(what):
                 return self.query(what), []
             case Reconfigure():

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 import attrs
 
+from actors.key_terms import Budget
 from actors.usage_bounds import amount, limit
 from protocols.errors import InvalidRequest
 from protocols.unified import EndReason, Provenance, Usage
@@ -135,6 +136,17 @@ def _key_value(_, attribute, value: Any) -> None:
         raise InvalidRequest(f"a chosen key must be 1-{MAX_KEY_CHARS} printable characters", param="key")
 
 
+def _expiry(_, attribute, value: Any) -> None:
+    if value is None or (isinstance(value, str) and value == UNCHANGED):
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**40:
+        raise InvalidRequest("expires_at must be a time (unix seconds) or null", param="expires_at")
+
+
+def _budget_or_unchanged(value: Any) -> Budget | None | str:
+    return value if isinstance(value, str) and value == UNCHANGED else Budget.of(value)
+
+
 @attrs.frozen
 class CreateKey:
     name: str = attrs.field(validator=_name)
@@ -145,6 +157,8 @@ class CreateKey:
     max_concurrency: int | None = attrs.field(default=None, validator=_limit)
     # without credit_usd a key is unlimited only when this says so
     unlimited: bool = attrs.field(default=False, validator=_flag)
+    expires_at: int | None = attrs.field(default=None, validator=_expiry)  # unix seconds
+    budget: Budget | None = attrs.field(default=None, converter=Budget.of)
 
 
 @attrs.frozen
@@ -159,6 +173,16 @@ class UpdateKey:
     models: Any = attrs.field(default=UNCHANGED, converter=_models_or_unchanged)
     requests_per_minute: Any = attrs.field(default=UNCHANGED, validator=_limit_or_unchanged)
     max_concurrency: Any = attrs.field(default=UNCHANGED, validator=_limit_or_unchanged)
+    expires_at: Any = attrs.field(default=UNCHANGED, validator=_expiry)
+    budget: Any = attrs.field(default=UNCHANGED, converter=_budget_or_unchanged)
+
+
+@attrs.frozen
+class RevokeKey:
+    """Revoke a key for good (``DELETE /admin/keys/<name>``): every later request with
+    it is refused as unauthenticated; its history stays in the ledger."""
+
+    name: str
 
 
 @attrs.frozen
@@ -185,4 +209,4 @@ class Reconfigure:
     key_specs: tuple = attrs.field(eq=False, repr=False)
 
 
-Msg = Authenticate | Reserve | Settle | CreateKey | UpdateKey | AllowedModels | Query | Reconfigure
+Msg = Authenticate | Reserve | Settle | CreateKey | UpdateKey | RevokeKey | AllowedModels | Query | Reconfigure

@@ -18,7 +18,8 @@ from typing import Any
 import attrs
 
 from actors.usage_messages import UNCHANGED, CreateKey, UpdateKey
-from gateway.config import KEY_LIMIT, KEY_NAME, KeyConfig
+from gateway.config import KEY_LIMIT, KEY_NAME, UTC_TIME, BudgetConfig, KeyConfig
+from actors.key_terms import parse_utc
 from gateway.config_schema import Reader, setting
 from protocols.errors import InvalidRequest
 
@@ -34,8 +35,9 @@ class NewKey(KeyConfig):
 
 @attrs.frozen(kw_only=True)
 class KeyChange:
-    """A PATCH body. ``null`` means "no limit" for ``models`` and the two limits; an
-    amount or ``disabled`` has no null (leave it out to keep it)."""
+    """A PATCH body. ``null`` means "no limit" for ``models``, the two limits,
+    ``expires_at`` (no expiry) and ``budget`` (no periodic budget); an amount or
+    ``disabled`` has no null (leave it out to keep it)."""
 
     credit_usd: Decimal = None  # type: ignore[assignment]  # None: left out
     add_credit_usd: Decimal = None  # type: ignore[assignment]
@@ -43,6 +45,8 @@ class KeyChange:
     models: tuple[str, ...] | None = UNCHANGED  # type: ignore[assignment]
     requests_per_minute: int | None = setting(UNCHANGED, check=KEY_LIMIT)
     max_concurrency: int | None = setting(UNCHANGED, check=KEY_LIMIT)
+    expires_at: int | None = setting(UNCHANGED, read_as=str | None, check=UTC_TIME, convert=parse_utc)
+    budget: BudgetConfig | None = UNCHANGED  # type: ignore[assignment]  # null: no budget
 
 
 def _read(cls: type, doc: Any) -> Any:

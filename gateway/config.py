@@ -29,6 +29,7 @@ from gateway.adapter_config import AdapterList
 from gateway.tracing import INSTALL_HINT, missing_modules
 from gateway.config_schema import (FRACTION, INVALID, NON_NEGATIVE, PORT, POSITIVE, Check, Reader, child,
                                    closest, did_you_mean, setting)
+from actors.key_terms import PERIODS, UTC_TIME_RULE, is_utc_time, parse_utc
 from actors.usage_bounds import MAX_LIMIT
 from actors.usage_messages import KEY_NAME_RULE, is_key_name
 from protocols import server_tools
@@ -69,6 +70,7 @@ PROXY_URL = Check(_is_proxy_url, "expected null or 'http://[user:pass@]host:port
 TARGETS = Check(lambda v: len(v) > 0, "needs at least one target")
 KEY_NAME = Check(is_key_name, f"must be {KEY_NAME_RULE}")
 KEY_LIMIT = Check(lambda v: 0 < v <= MAX_LIMIT, f"must be between 1 and {MAX_LIMIT:,}")
+UTC_TIME = Check(is_utc_time, UTC_TIME_RULE)
 
 
 @attrs.frozen(kw_only=True)
@@ -182,6 +184,14 @@ class ModelConfig:
 
 
 @attrs.frozen(kw_only=True)
+class BudgetConfig:
+    """A key's periodic budget: at most ``limit_usd`` charged per UTC ``period``."""
+
+    period: Literal[PERIODS]
+    limit_usd: Decimal
+
+
+@attrs.frozen(kw_only=True)
 class KeyConfig:
     name: str = setting("", check=KEY_NAME)
     key: Secret
@@ -190,6 +200,9 @@ class KeyConfig:
     models: tuple[str, ...] | None = None
     requests_per_minute: int | None = setting(None, check=KEY_LIMIT)
     max_concurrency: int | None = setting(None, check=KEY_LIMIT)
+    # unix seconds, written as ISO 8601 UTC; applied when the key is created (then the ledger owns it)
+    expires_at: int | None = setting(None, read_as=str | None, check=UTC_TIME, convert=parse_utc)
+    budget: BudgetConfig | None = None
 
     def problems(self, unread: frozenset[str]) -> Problems:
         if "credit_usd" in unread or "unlimited" in unread:

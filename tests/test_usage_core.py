@@ -135,7 +135,7 @@ def test_created_keys_are_stored_hashed_and_shown_once():
     created, ops = c.create_key(CreateKey("new", credit_usd="2.50"))
     assert created["key"].startswith("th-") and created["credit_usd"] == "2.500000"
     assert ops[0][1]["key_hash"] == hash_key(created["key"])
-    assert created["key"] not in str(ops) and "key" not in c.keys["new"].view()
+    assert created["key"] not in str(ops) and "key" not in c.keys["new"].view(c.wall())
 
 
 # ---------------------------------------------------------------- bounds: nothing mints money

@@ -2,7 +2,8 @@
 
 ``/admin/actors``: every actor's mailbox depth, handled count, restarts, state summary.
 ``/admin/credentials``, ``/admin/cooldowns``: pool and cooldown state (no secrets).
-``/admin/keys``, ``/admin/usage``, ``/admin/reservations``: the meter. A reservation is
+``/admin/keys``, ``/admin/usage``, ``/admin/reservations``: the meter (``DELETE
+/admin/keys/<name>`` revokes a key: final, idempotent, its history kept). A reservation is
 ``open`` while its request runs and ``settling`` once settled but not yet on disk (the
 ledger refused the write; the meter retries it). ``/admin/usage/records``: the ledger's
 entries, with the ``basis`` of an estimated charge and the ``unanswered`` attempts.
@@ -88,6 +89,12 @@ async def create_key(runtime, doc) -> dict:
 
 async def update_key(runtime, name: str, doc) -> dict:
     return await runtime.actors.usage.ask(update_key_message(name, doc))
+
+
+async def revoke_key(runtime, name: str) -> dict:
+    """Revoke a key for good: 404 for an unknown name; a key already revoked answers
+    its view again (idempotent, nothing written)."""
+    return await runtime.actors.usage.ask(usage.RevokeKey(name))
 
 
 async def reservation_list(runtime) -> list[dict]:
@@ -179,6 +186,12 @@ async def post_key(runtime):
 @admin_only
 async def patch_key(runtime, name):
     return await update_key(runtime, name, await _json(runtime))
+
+
+@route("/keys/<name>", methods=["DELETE"])
+@admin_only
+async def delete_key(runtime, name):
+    return await revoke_key(runtime, name)
 
 
 @route("/sockets", methods=["GET"])

@@ -144,9 +144,12 @@ def keys_page(keys: list[dict], csrf: str, created: dict | None = None) -> Marku
         add = post_form(url("keys", name, "credit"), csrf, "Add",
                         tag("input", type="text", name="add_credit_usd", inputmode="decimal", placeholder="USD",
                             size="8", required=True, aria_label=f"credit to add to {name}"))
-        rows.append((name, "disabled" if k["disabled"] else "active", credit, k["spent_usd"], k["held_usd"],
+        status = ("revoked" if k.get("revoked") else "expired" if k.get("expired")
+                  else "disabled" if k["disabled"] else "active")
+        final = status == "revoked"  # a revoked key takes no change
+        rows.append((name, status, credit, k["spent_usd"], k["held_usd"],
                      k.get("available_usd") or "", k["in_flight"], ", ".join(k["models"] or ()) or "any",
-                     add if k.get("credit_usd") is not None else "", toggle))
+                     add if k.get("credit_usd") is not None and not final else "", "" if final else toggle))
     shown = None
     if created is not None:
         shown = tag("div", tag("p", "Key ", tag("strong", created["name"]), " created. Its secret is shown once:"),
