@@ -13,7 +13,7 @@ import trio
 
 from actors.key_terms import parse_utc
 from gateway.config import parse_config
-from protocols.errors import InvalidRequest
+from gateway.generation import ReloadRefused
 from tests.conftest import ADMIN_TOKEN, DEMO_KEY, running_gateway
 
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -193,9 +193,11 @@ async def test_a_revoked_secret_does_not_come_back_under_a_new_name(config_doc):
             assert (await http.delete("/admin/keys/test", headers=ADMIN)).status_code == 200
             renamed = copy.deepcopy(config_doc)
             renamed["keys"][0]["name"] = "test-again"
-            with pytest.raises(InvalidRequest) as refused:
+            with pytest.raises(ReloadRefused) as refused:
                 await gw.runtime.reload(parse_config(renamed, env={}))
-            assert "'test-again' has the secret of the ledger's key 'test' (revoked)" in refused.value.message
+            [(path, message)] = refused.value.problems
+            assert path == "keys[0].key"
+            assert "'test-again' has the secret of the ledger's key 'test' (revoked)" in message
             assert gw.runtime.generation.number == 1  # the reload changed nothing
             await refused_everywhere(http, DEMO_KEY, 401, "revoked")
             names = {k["name"] for k in (await http.get("/admin/keys", headers=ADMIN)).json()["keys"]}
