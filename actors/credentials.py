@@ -151,7 +151,9 @@ class CredentialsCore:
 
     def reconfigure(self, pools: Mapping[str, Iterable[Any]]) -> dict:
         """New pools by credential id, keeping the state of the credentials that stay."""
-        kept, added, removed = [], [], []
+        kept: list[str] = []
+        added: list[str] = []
+        removed: list[CredentialState] = []
         new: dict[str, list[CredentialState]] = {}
         for provider, specs in pools.items():
             old = {state.spec.id: state for state in self.pools.get(provider, [])}

@@ -308,6 +308,7 @@ class StreamEncoder:
 
     def encode(self, events: list[Event]) -> bytes:
         out: list[bytes] = []
+        call: _OpenCall | None
         for ev in events:
             if self.ended:
                 break
