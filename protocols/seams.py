@@ -13,7 +13,7 @@ one-argument parser of its own (``Parse``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 from protocols.errors import GatewayError
 from protocols.sse import SSEEvent
@@ -57,7 +57,7 @@ class StreamEncoder(Protocol):
     @property
     def content_type(self) -> str: ...
 
-    def encode(self, events: list[Event]) -> bytes: ...
+    def encode(self, events: Sequence[Event]) -> bytes: ...
 
     def resume(self, response_id: str, next_sequence: int) -> None:
         """Continue a stream the upstream began (its id, its next event number), so the
