@@ -28,6 +28,7 @@ import attrs
 
 from actors.base import Actor
 from protocols.errors import NotFound
+from protocols.secret import Secret
 
 WINDOW_S = 60.0
 
@@ -38,7 +39,7 @@ class Credential:
 
     provider: str
     id: str
-    secret: Any
+    secret: Secret
 
 
 @attrs.frozen

@@ -75,8 +75,7 @@ class Provider(Protocol):
     @property
     def adapters(self) -> ProviderAdapters: ...
 
-    @property
-    def redactor(self) -> Redactor: ...
+    redactor: Redactor  # replaced when a reload brings new secrets
 
     def stream(self, req: UnifiedRequest, model: str,
                credential: Credential) -> AbstractAsyncContextManager[UpstreamStream]: ...
