@@ -55,8 +55,8 @@ from protocols.errors import (
     UpstreamTimeout,
 )
 from protocols.server_tools import UnsupportedServerTool
-from protocols.usage import estimate_tokens
 from providers.seams import Provider
+from protocols.usage import estimate_tokens
 
 __all__ = ["Actors", "Call", "ClientLink", "Dispatcher"]
 

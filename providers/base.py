@@ -27,8 +27,8 @@ import attrs
 import trio
 
 from providers import http11
-from providers.propagation import with_trace
 from providers.seams import Credential
+from providers.propagation import with_trace
 
 from protocols.json_array import JsonArraySplitter
 from protocols.errors import InvalidRequest, UpstreamProtocolError, UpstreamServerError, classify_upstream

@@ -21,9 +21,9 @@ from gateway.request import Call, Recorder
 from gateway.tracing import RequestTrace
 from actors.usage import Authenticate
 from actors.usage_core import UNKNOWN_KEY
+from protocols.seams import ClientCodec, Parse
 from protocols.errors import (GatewayError, GatewayFailure, InvalidRequest, NotFound, RequestTimeout,
                               Unauthenticated)
-from protocols.seams import ClientCodec, Parse
 from protocols.validate import load_json_object
 
 log = logging.getLogger("tollhouse.routes")

@@ -24,10 +24,10 @@ import attrs
 
 from protocols.unified import UnifiedRequest, UnifiedResponse
 from providers.adapters.answer import AnswerAdapter, StripReasoning
+from providers.seams import Provider
 from providers.adapters.request import (Ask, CapMaxTokens, DefaultMaxTokens, DropParams, ExtraHeaders,
                                         MaxCompletionTokens, OneSamplingParam, RenameParams, RequestAdapter,
                                         SystemPrefix)
-from providers.seams import Provider
 
 ORDER: tuple[type[RequestAdapter], ...] = (
     SystemPrefix, OneSamplingParam, DefaultMaxTokens, CapMaxTokens, MaxCompletionTokens, RenameParams,
