@@ -28,6 +28,7 @@ import attrs
 
 from actors.base import Actor
 from protocols.errors import NotFound
+from protocols.secret import Secret
 
 WINDOW_S = 60.0
 
@@ -38,7 +39,7 @@ class Credential:
 
     provider: str
     id: str
-    secret: Any
+    secret: Secret
 
 
 @attrs.frozen
@@ -151,7 +152,9 @@ class CredentialsCore:
 
     def reconfigure(self, pools: Mapping[str, Iterable[Any]]) -> dict:
         """New pools by credential id, keeping the state of the credentials that stay."""
-        kept, added, removed = [], [], []
+        kept: list[str] = []
+        added: list[str] = []
+        removed: list[CredentialState] = []
         new: dict[str, list[CredentialState]] = {}
         for provider, specs in pools.items():
             old = {state.spec.id: state for state in self.pools.get(provider, [])}

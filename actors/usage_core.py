@@ -136,7 +136,7 @@ class KeyState:
                 "in_flight": self.in_flight,
                 "credit_usd": None if self.credit_micro is None else usd(self.credit_micro),
                 "spent_usd": usd(self.spent_micro), "held_usd": usd(self.held_micro),
-                "available_usd": None if self.available() is None else usd(self.available())}
+                "available_usd": None if self.available() is None else usd(self.available())}  # type: ignore[arg-type]
 
 
 @attrs.define
@@ -320,7 +320,7 @@ class UsageCore:
             raise Forbidden(f"The model '{msg.client_model}' is not served: no price is configured for "
                             f"{', '.join(unpriced)}.", param="model")
         state.check_limits(now)
-        hold = micro(max((cost_micro_usd(estimate, p)[0] for p in prices), default=0))
+        hold = micro(max((cost_micro_usd(estimate, p)[0] for p in prices), default=0))  # type: ignore[arg-type]
         available = state.available()
         if available is not None and (hold > available or available <= 0):
             raise OutOfCredit(

@@ -24,11 +24,13 @@ import trio
 from gateway.ending import Outcome, Trouble
 from gateway.request import ClientLink, Request
 from protocols.errors import GatewayError, Stopping, UpstreamError, UpstreamProtocolError, UpstreamTimeout
+from protocols.seams import StreamEncoder
 from protocols.server_tools import drop_tools
-from protocols.unified import ErrorEvent, Finish, StreamStart
+from protocols.unified import ErrorEvent, Finish, StreamStart, UnifiedRequest
 from providers.adapters import chain_of, passes_through
-from providers.base import Unparseable
+from providers.base import Frame, Unparseable
 from providers.http11 import WriteWatch
+from providers.seams import Provider, UpstreamStream
 
 AFTER_ERROR_GRACE_S = 1.0
 FINISH_TAIL_S = 2.0  # after the finish, how long an upstream without a closing event may take to end its body
@@ -50,7 +52,7 @@ def outcome_of(exc: BaseException, written: bool) -> Outcome:
     return Outcome.UNANSWERED  # written: the upstream may be working, whatever ended the wait
 
 
-def _for_upstream(request: Any, provider: Any) -> Any:
+def _for_upstream(request: UnifiedRequest, provider: Provider) -> UnifiedRequest:
     """The request as this provider is sent it: without the server tools it cannot run
     that its operator chose to drop (the others are refused by name when it is built)."""
     return drop_tools(request, provider.protocol, getattr(provider, "server_tools", {}))
@@ -101,7 +103,7 @@ class AttemptRunner:
         self.settle = settle
         self.stopping = stopping
 
-    async def run(self, req: Request, provider: Any, target: Any, credential: Any, link: ClientLink) -> None:
+    async def run(self, req: Request, provider: Provider, target: Any, credential: Any, link: ClientLink) -> None:
         index = req.begin_attempt(target, credential.id)
         with req.call.trace.attempt(req, index, provider), WriteWatch.open() as watch:
             try:
@@ -116,7 +118,7 @@ class AttemptRunner:
 
     # ------------------------------------------------------------ whole answers
 
-    async def _complete(self, req: Request, provider: Any, target: Any, credential: Any, link: ClientLink,
+    async def _complete(self, req: Request, provider: Provider, target: Any, credential: Any, link: ClientLink,
                         index: int) -> None:
         call = req.call
         with trio.move_on_after(self.streaming.nonstream_timeout_s) as scope:
@@ -156,7 +158,7 @@ class AttemptRunner:
 
     # ------------------------------------------------------------ streams
 
-    async def _stream(self, req: Request, provider: Any, target: Any, credential: Any, link: ClientLink,
+    async def _stream(self, req: Request, provider: Provider, target: Any, credential: Any, link: ClientLink,
                       index: int) -> None:
         call = req.call
         passthrough = passes_through(provider, call.request, target.model)
@@ -229,7 +231,7 @@ class AttemptRunner:
         with trio.move_on_after(self.streaming.client_write_timeout_s):
             await link.end(b"".join(held))
 
-    async def _say_stopping(self, req: Request, encoder: Any, reader: Any, passthrough: bool,
+    async def _say_stopping(self, req: Request, encoder: StreamEncoder, reader: UpstreamStream, passthrough: bool,
                             held: list[bytes], link: ClientLink) -> None:
         """The grace period of a stop ended mid-stream: end the client's stream with an
         error event rather than a bare cut (the settlement follows in the dispatcher)."""
@@ -238,7 +240,7 @@ class AttemptRunner:
         with trio.move_on_after(1.0, shield=True):
             await link.end(b"".join(held))
 
-    def _fail(self, req: Request, exc: GatewayError, encoder: Any, reader: Any, passthrough: bool,
+    def _fail(self, req: Request, exc: GatewayError, encoder: StreamEncoder, reader: UpstreamStream, passthrough: bool,
               held: list[bytes], trouble: Trouble = Trouble.UPSTREAM) -> None:
         """End the client's stream with its protocol's error event, after what was sent."""
         req.note(trouble)
@@ -265,8 +267,8 @@ class AttemptRunner:
             req.note(Trouble.CLIENT_GONE)
             raise ClientStuck()
 
-    async def _relay(self, batch: list, reader: Any, scope: trio.CancelScope, link: ClientLink,
-                     req: Request, encoder: Any, passthrough: bool, held: list[bytes],
+    async def _relay(self, batch: list[Frame] | None, reader: UpstreamStream, scope: trio.CancelScope, link: ClientLink,
+                     req: Request, encoder: StreamEncoder, passthrough: bool, held: list[bytes],
                      edit: Callable[[tuple], tuple] | None = None) -> bool:
         """Forward batches until the upstream ends (or, translated, until its error);
         True when the answer is complete without the end of its body.

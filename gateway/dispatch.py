@@ -55,6 +55,7 @@ from protocols.errors import (
     UpstreamTimeout,
 )
 from protocols.server_tools import UnsupportedServerTool
+from providers.seams import Provider
 from protocols.usage import estimate_tokens
 
 __all__ = ["Actors", "Call", "ClientLink", "Dispatcher"]
@@ -72,7 +73,7 @@ class Actors:
 
 
 class Dispatcher:
-    def __init__(self, actors: Actors, providers: Mapping[str, Any], streaming: Any,
+    def __init__(self, actors: Actors, providers: Mapping[str, Provider], streaming: Any,
                  default_hold_output_tokens: int, budget_s: float = 10.0,
                  stopping: Callable[[], bool] = lambda: False, observers: Observers | None = None,
                  table: Table | None = None, pricing: Mapping[str, Any] | None = None,

@@ -18,6 +18,7 @@ from typing import Callable, Iterable
 
 import attrs
 
+from protocols.errors import GatewayError
 from protocols.tokens import count_text_tokens
 from protocols.unified import (
     ErrorEvent,
@@ -47,7 +48,7 @@ class Meter:
     usage: Usage | None = None
     finished: bool = False
     final_usage: bool = False  # the latest report came with or after the finish: it is final
-    error: object = None
+    error: GatewayError | None = None
     error_unread: bool = False  # the error is the gateway's: it could not read what the upstream sent
     response_id: str = ""
     text: list = attrs.field(factory=list)

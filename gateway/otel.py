@@ -44,6 +44,7 @@ from gateway.request import Request
 from protocols.errors import GatewayError
 from protocols.unified import EndReason, Usage
 from providers.propagation import upstream_trace
+from providers.seams import Provider
 
 log = logging.getLogger("tollhouse.otel")
 
@@ -158,7 +159,7 @@ class RequestSpan:
         self.transport = transport
 
     @contextmanager
-    def attempt(self, req: Request, index: int, provider: Any) -> Iterator[Span]:
+    def attempt(self, req: Request, index: int, provider: Provider) -> Iterator[Span]:
         tracing = self.tracing
         attempt = req.attempts[index]
         protocol_operation = OPERATIONS.get(provider.protocol, "chat")

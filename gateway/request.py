@@ -16,6 +16,7 @@ from gateway.ending import Attempt, Ending, Facts, Outcome, Trouble
 from gateway.meter import Forwarded, Meter
 from gateway.observe import Transport
 from gateway.tracing import NO_TRACE, RequestTrace
+from protocols.seams import ClientCodec
 from protocols.tokens import estimate_request_tokens
 from protocols.unified import UnifiedRequest
 from protocols.usage import estimate_tokens
@@ -47,7 +48,7 @@ class Call:
 
     request: UnifiedRequest
     key: str
-    client: Any  # the client protocol's module: format_response, format_error, StreamEncoder
+    client: ClientCodec  # the client protocol's module
     body_bytes: int
     request_id: str
     recorder: Recorder | None = None

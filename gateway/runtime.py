@@ -26,7 +26,7 @@ from collections import Counter
 import time
 from contextlib import AsyncExitStack
 
-from typing import Any, Callable
+from typing import Callable
 
 import trio
 
@@ -52,6 +52,7 @@ from gateway.tracing import tracing_for
 from protocols.errors import GatewayError, InvalidRequest
 from protocols.redact import Redactor
 from providers import registry
+from providers.seams import Provider
 from providers.simulator import Simulator
 
 log = logging.getLogger("tollhouse")
@@ -67,7 +68,7 @@ class Runtime:
         self.source = source  # the file a reload reads (None: this gateway cannot reload)
         self.generation: Generation | None = None
         self._retiring: list[Generation] = []  # replaced, with requests still in flight
-        self._open: list[Any] = []  # every provider whose connection pool is open
+        self._open: list[Provider] = []  # every provider whose connection pool is open
         self._secrets = secret_values(config)  # of every generation loaded: all redacted
         self._reloading = trio.Lock()
         self._log_filter = None
@@ -169,7 +170,7 @@ class Runtime:
 
     # ------------------------------------------------------------ generations
 
-    def _provider(self, pcfg) -> Any:
+    def _provider(self, pcfg) -> Provider:
         provider = registry.build(pcfg, self.simulator.url if self.simulator else None, self.redactor)
         self._open.append(provider)
         return provider

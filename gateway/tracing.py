@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import importlib
 from contextlib import AbstractContextManager, nullcontext
-from typing import TYPE_CHECKING, Any, Iterable, Protocol
+from typing import TYPE_CHECKING, Iterable, Protocol
 
 if TYPE_CHECKING:
     from gateway.config import Config
     from gateway.observe import Served, Transport
     from gateway.request import Request
+    from providers.seams import Provider
 
 #: what ``pip`` needs to make tracing available
 INSTALL_HINT = "pip install 'tollhouse[otel]'"
@@ -31,7 +32,7 @@ OTEL_MODULES = ("opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.ht
 class RequestTrace(Protocol):
     """The trace of one client request, open while the request runs."""
 
-    def attempt(self, req: "Request", index: int, provider: Any) -> AbstractContextManager[object]:
+    def attempt(self, req: "Request", index: int, provider: Provider) -> AbstractContextManager[object]:
         """One upstream attempt (``req.attempts[index]`` on ``provider``): every upstream
         request made inside it carries the attempt's trace context."""
         ...
@@ -59,7 +60,7 @@ class _NoTrace:
 
     _attempt = nullcontext()
 
-    def attempt(self, req: "Request", index: int, provider: Any) -> AbstractContextManager[object]:
+    def attempt(self, req: "Request", index: int, provider: Provider) -> AbstractContextManager[object]:
         return self._attempt
 
 

@@ -158,7 +158,7 @@ def _output_format_in(doc: dict) -> OutputFormat | None:
 
 def _reasoning_in(doc: dict) -> Reasoning | None:
     thinking = doc.get("thinking")
-    config = doc.get("output_config") if isinstance(doc.get("output_config"), dict) else {}
+    config: dict = doc["output_config"] if isinstance(doc.get("output_config"), dict) else {}
     effort = effort_named(config.get("effort")) if isinstance(config.get("effort"), str) else None
     if isinstance(thinking, dict) and thinking.get("type") == "enabled":
         return Reasoning(effort=effort, budget=thinking.get("budget_tokens"))
@@ -322,7 +322,7 @@ def _tool_choice_in(choice: dict | None) -> Any:
 def build_request(req: UnifiedRequest, model: str, **_: Any) -> dict:
     """The upstream body: an Anthropic client's own, or one built from unified parts."""
     if req.protocol == NAME:
-        body = dict(req.raw)
+        body: dict = dict(req.raw)
         body["model"] = model
         return body
     system = [p.text for p in req.system if isinstance(p, TextPart) and p.text]
@@ -350,7 +350,7 @@ def build_request(req: UnifiedRequest, model: str, **_: Any) -> dict:
     answer = answer_tool(req, model)
     budget = budget_of(req.reasoning)
     max_tokens = req.max_tokens or DEFAULT_MAX_TOKENS + (budget if budget and budget > 0 else 0)
-    body: dict = {"model": model, "max_tokens": max_tokens, "messages": turns}
+    body = {"model": model, "max_tokens": max_tokens, "messages": turns}
     if system:
         body["system"] = "\n\n".join(system)
     tools = [_tool_out(t) for t in req.tools] + wire_tools(req.server_tools, NAME)

@@ -17,7 +17,7 @@ with arguments ``{}`` when the block stops, so every consumer sees valid JSON.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import attrs
 
@@ -226,7 +226,7 @@ class StreamEncoder:
         self._tool_blocks: dict[int, int] = {}
         self._done = False
 
-    def encode(self, events: list[Event]) -> bytes:
+    def encode(self, events: Sequence[Event]) -> bytes:
         out: list[bytes] = []
         for ev in events:
             handler = _ENCODERS.get(type(ev))

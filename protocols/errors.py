@@ -228,7 +228,7 @@ def classify_upstream(
     text = body[:4096].decode("utf-8", "replace")
     lowered = text.lower()
     message = _message_from_body(text) or f"upstream answered {status}"
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         retry_after=retry_after, upstream_status=status, upstream_body=body, upstream_headers=headers
     )
     if status == 429:

@@ -105,7 +105,7 @@ _GENERATION_KNOWN = frozenset(
 # ---------------------------------------------------------------- requests
 
 
-def parse_request(doc: dict, *, model: str, stream: bool, sse: bool = True) -> UnifiedRequest:
+def parse_request(doc: Mapping, *, model: str, stream: bool, sse: bool = True) -> UnifiedRequest:
     contents = field(doc, "contents")
     if not isinstance(contents, list) or not contents:
         raise InvalidRequest("* GenerateContentRequest.contents: contents is not specified", param="contents")
@@ -265,7 +265,7 @@ def _json_schema(schema: Any) -> Any:
         return [_json_schema(s) for s in schema]
     if not isinstance(schema, Mapping):
         return schema
-    out = {}
+    out: dict[str, Any] = {}
     for key, value in schema.items():
         if key == "type" and isinstance(value, str):
             out[key] = value.lower()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from protocols.errors import GatewayError, UpstreamProtocolError, classify_upstream
 from protocols.gemini_wire import (
@@ -223,7 +223,7 @@ class StreamEncoder:
 
     # ------------------------------------------------------------ events
 
-    def encode(self, events: list[Event]) -> bytes:
+    def encode(self, events: Sequence[Event]) -> bytes:
         if self.closed:
             return b""
         self.owns_stream = True

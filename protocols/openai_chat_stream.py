@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Sequence
 
 from protocols.errors import GatewayError, UpstreamError, UpstreamProtocolError
 from protocols.openai_chat_wire import FINISH_FROM_WIRE, FINISH_TO_WIRE, NAME, chat_id, format_error, usage_to_wire
@@ -150,7 +151,7 @@ class StreamEncoder:
         }
         return encode_event(json.dumps(doc, separators=(",", ":")))
 
-    def encode(self, events: list[Event]) -> bytes:
+    def encode(self, events: Sequence[Event]) -> bytes:
         out: list[bytes] = []
         for ev in events:
             if isinstance(ev, TextDelta):

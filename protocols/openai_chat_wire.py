@@ -3,6 +3,8 @@ reasons, the usage object, ids and the error body."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from protocols.errors import GatewayError
 from protocols.unified import FinishReason, Usage
 
@@ -28,7 +30,7 @@ FINISH_TO_WIRE = {
 def usage_to_wire(u: Usage) -> dict:
     prompt = u.input + u.cached_input + u.cache_write
     completion = u.output + u.reasoning
-    wire = {
+    wire: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,

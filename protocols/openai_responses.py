@@ -49,6 +49,7 @@ from protocols.unified import (
     Message,
     OutputFormat,
     OutputKind,
+    Part,
     Reasoning,
     ReasoningPart,
     ServerTool,
@@ -177,7 +178,7 @@ def _input_item(item: Any, path: str, system: list, messages: list) -> None:
     elif kind == "function_call":
         call_id = require(item, "call_id", str, f"{path}.")
         name = flat_name(check(item, "namespace", str, f"{path}."), require(item, "name", str, f"{path}."))
-        part = ToolCallPart(call_id, name, check(item, "arguments", str, f"{path}.") or "{}",
+        part: Part = ToolCallPart(call_id, name, check(item, "arguments", str, f"{path}.") or "{}",
                             extra={"id": item["id"]} if isinstance(item.get("id"), str) else {})
         _append(messages, "assistant", [part], merge=True)
     elif kind == "custom_tool_call":
@@ -291,13 +292,13 @@ def build_request(req: UnifiedRequest, model: str, **_: Any) -> dict:
     """The upstream body: a Responses client's own body with the model replaced, or a
     translation of another protocol's request (stateless: ``store`` is false)."""
     if req.protocol == NAME:
-        body = dict(req.raw)
+        body: dict = dict(req.raw)
         body["model"] = model
         return body
     items: list = []
     for m in req.messages:
         items.extend(_message_out(m))
-    body: dict = {"model": model, "input": items, "stream": req.stream, "store": False}
+    body = {"model": model, "input": items, "stream": req.stream, "store": False}
     instructions = "\n\n".join(p.text for p in req.system if isinstance(p, TextPart) and p.text)
     if instructions:
         body["instructions"] = instructions

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import attrs
 
@@ -306,8 +306,9 @@ class StreamEncoder:
         self._emit(out, "response.created", response=shell)
         self._emit(out, "response.in_progress", response=shell)
 
-    def encode(self, events: list[Event]) -> bytes:
+    def encode(self, events: Sequence[Event]) -> bytes:
         out: list[bytes] = []
+        call: _OpenCall | None
         for ev in events:
             if self.ended:
                 break

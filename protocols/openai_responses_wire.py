@@ -38,7 +38,7 @@ from protocols.unified import (
 NAME = "openai_responses"
 
 # incomplete_details.reason <-> unified finish reasons
-INCOMPLETE_FROM_WIRE = {
+INCOMPLETE_FROM_WIRE: dict[str | None, FinishReason] = {
     "max_output_tokens": FinishReason.LENGTH,
     "content_filter": FinishReason.CONTENT_FILTER,
 }
@@ -98,7 +98,7 @@ def usage_to_wire(u: Usage) -> dict:
     the name Chat's ``prompt_tokens_details`` uses for them, when there are any."""
     prompt = u.input + u.cached_input + u.cache_write
     completion = u.output + u.reasoning
-    wire = {
+    wire: dict[str, Any] = {
         "input_tokens": prompt,
         "input_tokens_details": {"cached_tokens": u.cached_input},
         "output_tokens": completion,

@@ -13,8 +13,8 @@ gateway-made closing event can follow it.
 
 from __future__ import annotations
 
-from typing import Any
+from protocols.seams import StreamDecoder
 
 
-def reached_terminal(decoder: Any, body_ended: bool) -> bool:
+def reached_terminal(decoder: StreamDecoder, body_ended: bool) -> bool:
     return decoder.ended or (body_ended and decoder.finished and decoder.ENDS_AT_EOF_AFTER_FINISH)

@@ -17,6 +17,8 @@ from typing import Any
 
 import attrs
 
+from protocols.seams import StreamDecoder
+from protocols.sse import SSEEvent
 from protocols.unified import (
     Event,
     Finish,
@@ -86,7 +88,7 @@ class AnswerToolDecoder:
     Wraps the upstream protocol's decoder; everything but ``feed`` is the inner one's.
     """
 
-    def __init__(self, inner: Any, tool: str) -> None:
+    def __init__(self, inner: StreamDecoder, tool: str) -> None:
         self.inner = inner
         self.tool = tool
         self._answer: int | None = None
@@ -95,7 +97,7 @@ class AnswerToolDecoder:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def feed(self, ev: Any) -> list:
+    def feed(self, ev: SSEEvent) -> list[Event]:
         return [out for e in self.inner.feed(ev) if (out := self._map(e)) is not None]
 
     def _map(self, e: Event) -> Event | None:

@@ -19,7 +19,7 @@ The unified ``Usage`` buckets are disjoint, so summing them never counts a token
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, overload
 
 from protocols.unified import Usage
 
@@ -120,6 +120,10 @@ NORMALIZERS: dict[str, Callable[[Mapping[str, Any]], Usage]] = {
 }
 
 
+@overload
+def normalize(family: str, doc: Mapping[str, Any]) -> Usage: ...
+@overload
+def normalize(family: str, doc: Mapping[str, Any] | None) -> Usage | None: ...
 def normalize(family: str, doc: Mapping[str, Any] | None) -> Usage | None:
     """The provider's usage object, in disjoint unified buckets (None if absent)."""
     if not isinstance(doc, Mapping):

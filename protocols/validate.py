@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, Mapping
 
 from protocols.errors import InvalidRequest
 
@@ -101,13 +101,13 @@ def _too_deep(limit: int) -> str:
     return f"Request body is nested too deeply (more than {limit} levels of arrays and objects)."
 
 
-def require(doc: dict, key: str, kind: type | tuple, path: str = "") -> Any:
+def require(doc: Mapping, key: str, kind: type | tuple, path: str = "") -> Any:
     if key not in doc or doc[key] is None:
         raise InvalidRequest(f"Missing required parameter: '{path}{key}'.", param=f"{path}{key}")
     return check(doc, key, kind, path)
 
 
-def check(doc: dict, key: str, kind: type | tuple, path: str = "", default: Any = None) -> Any:
+def check(doc: Mapping, key: str, kind: type | tuple, path: str = "", default: Any = None) -> Any:
     """``doc[key]`` if it has the right type, ``default`` if absent or null."""
     value = doc.get(key)
     if value is None:
@@ -130,7 +130,7 @@ def object_at(value: Any, path: str) -> dict:
     return value
 
 
-def one_of(doc: dict, key: str, allowed: tuple, path: str = "", default: Any = None) -> Any:
+def one_of(doc: Mapping, key: str, allowed: tuple, path: str = "", default: Any = None) -> Any:
     """``doc[key]`` if it is one of the ``allowed`` strings, ``default`` if absent or null."""
     value = check(doc, key, str, path)
     if value is None:
@@ -141,7 +141,7 @@ def one_of(doc: dict, key: str, allowed: tuple, path: str = "", default: Any = N
     return value
 
 
-def strings(doc: dict, key: str, path: str = "", *, single: bool = False) -> tuple:
+def strings(doc: Mapping, key: str, path: str = "", *, single: bool = False) -> tuple:
     """``doc[key]`` as a tuple of strings: an array of strings (or, if ``single``, one
     string); ``()`` if absent or null."""
     value = check(doc, key, (str, list) if single else list, path)
@@ -189,7 +189,7 @@ TOKEN_LIMIT_MAX = 2**31 - 1
 _INTEGER_TEXT = re.compile(r"-?[0-9]{1,19}")
 
 
-def token_limit(doc: dict, key: str, path: str = "", *, minimum: int = 1, special: tuple = (),
+def token_limit(doc: Mapping, key: str, path: str = "", *, minimum: int = 1, special: tuple = (),
                 proto_json: bool = False) -> int | None:
     """A client's token limit as an int, or None if absent; anything else is a 400.
 

@@ -20,10 +20,13 @@ from providers.http11 import Pool
 from protocols import anthropic_messages
 from protocols.redact import NO_SECRETS, Redactor
 from protocols.anthropic_wire import API_VERSION
+from protocols.seams import StreamDecoder
 from protocols.structured_output import AnswerToolDecoder, answer_tool, unwrap_response
+from protocols.unified import UnifiedRequest, UnifiedResponse
 from providers.adapters import ProviderAdapters, for_protocol, passes_through
 from providers import counting
 from providers.base import Completion, FrameReader, SSEFramer, encode_body, fetch_completion, open_frames, send
+from providers.seams import Credential
 
 PASSED_HEADERS = ("anthropic-version", "anthropic-beta")
 
@@ -41,7 +44,7 @@ class AnthropicProvider:
         self.client = client
         self.extra_headers = dict(headers or {})
 
-    def headers(self, req: Any, credential: Any, model: str = "") -> dict:
+    def headers(self, req: UnifiedRequest, credential: Credential, model: str = "") -> dict:
         headers = {
             "x-api-key": credential.secret.value,
             "anthropic-version": API_VERSION,
@@ -54,21 +57,21 @@ class AnthropicProvider:
         headers.update(self.extra_headers)
         return self.adapters.chain(model).headers(headers)
 
-    def body(self, req: Any, model: str) -> bytes:
+    def body(self, req: UnifiedRequest, model: str) -> bytes:
         return encode_body(self.wire_body(req, model))
 
-    def wire_body(self, req: Any, model: str) -> dict:
+    def wire_body(self, req: UnifiedRequest, model: str) -> dict:
         body = anthropic_messages.build_request(req, model)
         return self.adapters.chain(model).body(body, req, self.protocol)
 
-    def url_for(self, req: Any) -> str:
+    def url_for(self, req: UnifiedRequest) -> str:
         if req.protocol == self.protocol and req.extra.get("anthropic_beta_query"):
             return self.url + "?beta=true"
         return self.url
 
     @asynccontextmanager
-    async def stream(self, req, model: str, credential: Any) -> AsyncIterator[FrameReader]:
-        decoder: Any = anthropic_messages.StreamDecoder(light=passes_through(self, req, model))
+    async def stream(self, req: UnifiedRequest, model: str, credential: Credential) -> AsyncIterator[FrameReader]:
+        decoder: StreamDecoder = anthropic_messages.StreamDecoder(light=passes_through(self, req, model))
         tool = answer_tool(req, model)
         if tool is not None:  # the structured answer came as a tool call: the client gets text
             decoder = AnswerToolDecoder(decoder, tool)
@@ -78,16 +81,16 @@ class AnthropicProvider:
                                self.redactor) as reader:
             yield reader
 
-    async def complete(self, req, model: str, credential: Any) -> Completion:
+    async def complete(self, req: UnifiedRequest, model: str, credential: Credential) -> Completion:
         tool = answer_tool(req, model)
 
-        def parse(doc: Any) -> Any:
+        def parse(doc: Any) -> UnifiedResponse:
             return unwrap_response(anthropic_messages.parse_response(doc), tool)
 
         return await fetch_completion(self.client, self.url_for(req), self.headers(req, credential, model),
                                       self.body(req, model), parse, self.redactor)
 
-    async def count_tokens(self, req, model: str, credential: Any) -> tuple[int, bytes]:
+    async def count_tokens(self, req: UnifiedRequest, model: str, credential: Credential) -> tuple[int, bytes]:
         """``POST /v1/messages/count_tokens``: the upstream's count and its answer as sent."""
         url = self.url + "/count_tokens" + ("?beta=true" if self.url_for(req) != self.url else "")
         body = encode_body(counting.anthropic_body(self.wire_body(req, model)))

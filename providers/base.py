@@ -27,15 +27,17 @@ import attrs
 import trio
 
 from providers import http11
+from providers.seams import Credential
 from providers.propagation import with_trace
 
 from protocols.json_array import JsonArraySplitter
 from protocols.errors import InvalidRequest, UpstreamProtocolError, UpstreamServerError, classify_upstream
 from protocols.redact import NO_SECRETS, Redactor
 from protocols.retry_after import retry_after
+from protocols.seams import StreamDecoder
 from protocols.sse import EventTooLarge, SSEDecoder, SSEEvent
 from protocols.stream_end import reached_terminal
-from protocols.unified import ErrorEvent, UnifiedRequest, UnifiedResponse
+from protocols.unified import ErrorEvent, UnifiedResponse
 
 MAX_ERROR_BODY = 64 * 1024
 WHOLE_TAIL_S = 0.25  # after a whole answer's JSON closed, how long its body may take to end
@@ -62,7 +64,9 @@ class Completion:
 
 
 class Framer(Protocol):
-    decoder: Any
+    @property
+    def decoder(self) -> StreamDecoder: ...
+
 
     def feed(self, chunk: bytes) -> list[Frame]: ...
     def close(self) -> list[Frame]: ...
@@ -71,7 +75,7 @@ class Framer(Protocol):
 class SSEFramer:
     """SSE bytes -> frames, through a protocol's ``StreamDecoder``."""
 
-    def __init__(self, decoder: Any, drop_usage_only: bool = False) -> None:
+    def __init__(self, decoder: StreamDecoder, drop_usage_only: bool = False) -> None:
         self.sse = SSEDecoder()
         self.decoder = decoder
         self.drop_usage_only = drop_usage_only
@@ -146,7 +150,7 @@ class FrameReader:
         return self.response.headers.get("content-type", "text/event-stream")
 
     @property
-    def decoder(self) -> Any:
+    def decoder(self) -> StreamDecoder:
         return self.framer.decoder
 
     @property
@@ -214,7 +218,7 @@ class Unparseable(UpstreamProtocolError):
         self.body_bytes = body_bytes
 
 
-def bearer_headers(credential: Any, extra: Mapping[str, str]) -> dict:
+def bearer_headers(credential: Credential, extra: Mapping[str, str]) -> dict:
     """OpenAI-style auth; upstream bytes are asked for uncompressed so they can be
     forwarded as they are."""
     return {
@@ -344,15 +348,3 @@ async def fetch_completion(client: http11.Pool, url: str, headers: Mapping[str, 
         content = redactor.bytes(content)
     return Completion(content, _parse_doc(doc, parse, len(content)),
                       answer.headers.get("content-type", "application/json"))
-
-
-class Provider(Protocol):
-    """The interface the dispatcher uses; one implementation per family."""
-
-    name: str
-    protocol: str
-
-    def stream(self, req: UnifiedRequest, model: str, credential: Any) -> Any: ...
-    async def complete(self, req: UnifiedRequest, model: str, credential: Any) -> Completion: ...
-
-

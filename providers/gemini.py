@@ -12,7 +12,7 @@ the error body, which ``protocols.retry_after`` reads at the boundary in ``send`
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Mapping
+from typing import AsyncIterator, Mapping
 from urllib.parse import quote
 
 from providers.http11 import Pool
@@ -23,9 +23,11 @@ from protocols.errors import UpstreamProtocolError
 from protocols.json_array import ArrayElement, JsonArraySplitter
 from protocols.sse import SSEEvent
 from protocols.unified import ErrorEvent
+from protocols.unified import UnifiedRequest
 from providers.adapters import ProviderAdapters, for_protocol, passes_through
 from providers import counting
 from providers.base import Completion, Frame, FrameReader, SSEFramer, encode_body, fetch_completion, open_frames, send
+from providers.seams import Credential
 
 API_VERSIONS = ("/v1beta", "/v1", "/v1alpha")
 
@@ -39,7 +41,7 @@ class JsonArrayFramer:
     client's array must still receive its closing bracket.
     """
 
-    def __init__(self, decoder: Any) -> None:
+    def __init__(self, decoder: gemini.StreamDecoder) -> None:
         self.splitter = JsonArraySplitter()
         self.decoder = decoder
         self._held: list[Frame] = []
@@ -87,7 +89,7 @@ class GeminiProvider:
         self.client = client
         self.extra_headers = dict(headers or {})
 
-    def headers(self, credential: Any, model: str = "") -> dict:
+    def headers(self, credential: Credential, model: str = "") -> dict:
         return self.adapters.chain(model).headers({
             "x-goog-api-key": credential.secret.value,
             "content-type": "application/json",
@@ -95,10 +97,10 @@ class GeminiProvider:
             **self.extra_headers,
         })
 
-    def body(self, req: Any, model: str) -> bytes:
+    def body(self, req: UnifiedRequest, model: str) -> bytes:
         return encode_body(self.wire_body(req, model))
 
-    def wire_body(self, req: Any, model: str) -> dict:
+    def wire_body(self, req: UnifiedRequest, model: str) -> dict:
         body = gemini.build_request(req, model)
         return self.adapters.chain(model).body(body, req, self.protocol)
 
@@ -107,13 +109,13 @@ class GeminiProvider:
         return f"{self.base}/models/{quote(name, safe='/-._~+=@')}:{method}" + ("?alt=sse" if sse else "")
 
     @staticmethod
-    def wants_sse(req: Any) -> bool:
+    def wants_sse(req: UnifiedRequest) -> bool:
         """SSE, unless a Gemini client asked for the JSON array (then forward as is)."""
         extra = req.extra if isinstance(req.extra, Mapping) else {}
         return not (req.protocol == gemini.NAME and extra.get("gemini_sse") is False)
 
     @asynccontextmanager
-    async def stream(self, req, model: str, credential: Any) -> AsyncIterator[FrameReader]:
+    async def stream(self, req: UnifiedRequest, model: str, credential: Credential) -> AsyncIterator[FrameReader]:
         sse = self.wants_sse(req)
         body = self.body(req, model)
         decoder = gemini.StreamDecoder(light=passes_through(self, req, model))
@@ -123,11 +125,11 @@ class GeminiProvider:
                                self.redactor) as reader:
             yield reader
 
-    async def complete(self, req, model: str, credential: Any) -> Completion:
+    async def complete(self, req: UnifiedRequest, model: str, credential: Credential) -> Completion:
         return await fetch_completion(self.client, self.url(model, "generateContent"), self.headers(credential, model),
                                       self.body(req, model), gemini.parse_response, self.redactor)
 
-    async def count_tokens(self, req, model: str, credential: Any) -> tuple[int, bytes]:
+    async def count_tokens(self, req: UnifiedRequest, model: str, credential: Credential) -> tuple[int, bytes]:
         """``models/{model}:countTokens``: the upstream's count and its answer as sent."""
         body = encode_body(counting.gemini_body(self.wire_body(req, model), model))
         answer = await send(self.client, self.url(model, "countTokens"), self.headers(credential, model), body,

@@ -180,12 +180,13 @@ class Response:
                 data = await conn.stream.receive_some(READ_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 raise RequestBroken(f"upstream connection failed mid-body: {type(exc).__name__}") from None
-            conn.h11.receive_data(data)
+            conn.h11.receive_data(data)  # type: ignore[arg-type]  # h11 takes a bytearray too
         return None
 
     async def read(self, limit: int | None = None) -> bytes:
         """The whole (remaining) body; stops early at ``limit`` bytes."""
-        parts, size = [], 0
+        parts: list[bytes] = []
+        size = 0
         while True:
             chunk = await self.receive()
             if chunk is None:
@@ -311,7 +312,7 @@ class Pool:
                         await open_tunnel(tcp, proxy, self.host, self.port)
                     stream: trio.abc.Stream = tcp
                     if self.tls:
-                        stream = trio.SSLStream(tcp, self.ssl_context, server_hostname=self.host,
+                        stream = trio.SSLStream(tcp, self.ssl_context, server_hostname=self.host,  # type: ignore[arg-type]  # set when tls
                                                 https_compatible=True)
                         await stream.do_handshake()
                 except BaseException:
@@ -344,7 +345,7 @@ class Pool:
         response head. Raises ``RequestNotSent`` or ``RequestBroken``."""
         parts = urlsplit(url)
         target = ((parts.path or "/") + (f"?{parts.query}" if parts.query else "")).encode()
-        head = [("host", self.authority), ("content-length", str(len(body)).encode())]
+        head: list[tuple[str | bytes, bytes]] = [("host", self.authority), ("content-length", str(len(body)).encode())]
         head += [(k.encode(), v.encode()) for k, v in headers]
         await self._acquire_slot()
         try:
@@ -373,7 +374,7 @@ class Pool:
             while True:
                 event = h.next_event()
                 if event is h11.NEED_DATA:
-                    h.receive_data(await conn.stream.receive_some(READ_SIZE))
+                    h.receive_data(await conn.stream.receive_some(READ_SIZE))  # type: ignore[arg-type]
                     continue
                 if type(event) is h11.Response:
                     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}

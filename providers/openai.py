@@ -11,15 +11,17 @@ always go over HTTP: the WebSocket mode is a stream of events.
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
 from providers.http11 import Pool
 
 from protocols import openai_responses
 from protocols.redact import NO_SECRETS, Redactor
+from protocols.unified import UnifiedRequest
 from providers.adapters import ProviderAdapters, for_protocol, passes_through
 from providers.base import Completion, FrameReader, SSEFramer, bearer_headers, encode_body, fetch_completion, open_frames
 from providers.responses_socket import RESPONSES_WEBSOCKET_BETA, SocketTarget, SocketTurn, current_session
+from providers.seams import Credential
 
 
 def websocket_url(base_url: str) -> str:
@@ -44,14 +46,14 @@ class OpenAIResponsesProvider:
         self.extra_headers = dict(headers or {})
         self.websocket = websocket  # streams of a client WebSocket session go over the upstream's socket
 
-    def headers(self, credential: Any, model: str = "") -> dict:
+    def headers(self, credential: Credential, model: str = "") -> dict:
         return self.adapters.chain(model).headers(bearer_headers(credential, self.extra_headers))
 
-    def body(self, req: Any, model: str) -> dict:
+    def body(self, req: UnifiedRequest, model: str) -> dict:
         body = openai_responses.build_request(req, model)
         return self.adapters.chain(model).body(body, req, self.protocol)
 
-    def socket_target(self, credential: Any, model: str = "") -> SocketTarget:
+    def socket_target(self, credential: Credential, model: str = "") -> SocketTarget:
         """The upstream socket for ``credential``: its key in the handshake, with the
         provider's headers and the WebSocket mode's beta flag."""
         headers = self.adapters.chain(model).headers({k.lower(): v for k, v in self.extra_headers.items()})
@@ -62,7 +64,7 @@ class OpenAIResponsesProvider:
                             ssl_context=self.client.ssl_context)
 
     @asynccontextmanager
-    async def stream(self, req, model: str, credential: Any) -> AsyncIterator[FrameReader | SocketTurn]:
+    async def stream(self, req: UnifiedRequest, model: str, credential: Credential) -> AsyncIterator[FrameReader | SocketTurn]:
         body = self.body(req, model)
         decoder = openai_responses.StreamDecoder(light=passes_through(self, req, model))
         session = current_session.get() if self.websocket else None
@@ -74,7 +76,7 @@ class OpenAIResponsesProvider:
                                SSEFramer(decoder), self.redactor) as reader:
             yield reader
 
-    async def complete(self, req, model: str, credential: Any) -> Completion:
+    async def complete(self, req: UnifiedRequest, model: str, credential: Credential) -> Completion:
         return await fetch_completion(self.client, self.url, self.headers(credential, model),
                                       encode_body(self.body(req, model)),
                                       openai_responses.parse_response,

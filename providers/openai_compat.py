@@ -11,15 +11,17 @@ other 400/422 goes to the client unretried.
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
 from providers.http11 import Pool
 
 from protocols import openai_chat
 from protocols.redact import NO_SECRETS, Redactor
 from protocols.errors import UpstreamBadRequest
+from protocols.unified import UnifiedRequest
 from providers.adapters import ProviderAdapters, for_protocol, passes_through
 from providers.base import Completion, FrameReader, SSEFramer, bearer_headers, encode_body, fetch_completion, reading, send
+from providers.seams import Credential
 
 _REJECTS = (b"stream_options", b"include_usage")
 
@@ -38,15 +40,15 @@ class OpenAICompatProvider:
         self.extra_headers = dict(headers or {})
         self.rejects_stream_options: set[str] = set()
 
-    def headers(self, credential: Any, model: str = "") -> dict:
+    def headers(self, credential: Credential, model: str = "") -> dict:
         return self.adapters.chain(model).headers(bearer_headers(credential, self.extra_headers))
 
-    def body(self, req: Any, model: str, include_usage: bool) -> bytes:
+    def body(self, req: UnifiedRequest, model: str, include_usage: bool) -> bytes:
         body = openai_chat.build_request(req, model, include_usage=include_usage)
         return encode_body(self.adapters.chain(model).body(body, req, self.protocol))
 
     @asynccontextmanager
-    async def stream(self, req, model: str, credential: Any) -> AsyncIterator[FrameReader]:
+    async def stream(self, req: UnifiedRequest, model: str, credential: Credential) -> AsyncIterator[FrameReader]:
         inject = not req.include_usage and model not in self.rejects_stream_options
         while True:
             body = self.body(req, model, inject or req.include_usage)
@@ -63,7 +65,7 @@ class OpenAICompatProvider:
         async with reading(response, SSEFramer(decoder, drop_usage_only=inject), self.redactor) as reader:
             yield reader
 
-    async def complete(self, req, model: str, credential: Any) -> Completion:
+    async def complete(self, req: UnifiedRequest, model: str, credential: Credential) -> Completion:
         return await fetch_completion(self.client, self.url, self.headers(credential, model),
                                       self.body(req, model, False),
                                       openai_chat.parse_response, self.redactor)

@@ -129,7 +129,7 @@ async def open_tunnel(stream: trio.abc.Stream, proxy: Proxy, host: str, port: in
     conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_ANSWER)
     headers = [("host", target)]
     if proxy.authorization is not None:
-        headers.append(("proxy-authorization", proxy.authorization))
+        headers.append(("proxy-authorization", proxy.authorization))  # type: ignore[arg-type]  # h11 takes str and bytes alike
     await stream.send_all(conn.send(h11.Request(method="CONNECT", target=target, headers=headers))
                           + conn.send(h11.EndOfMessage()))
     while True:
@@ -141,7 +141,7 @@ async def open_tunnel(stream: trio.abc.Stream, proxy: Proxy, host: str, port: in
             data = await stream.receive_some(MAX_ANSWER)
             if not data:
                 raise ProxyError(f"proxy {proxy.address} closed the connection instead of answering CONNECT")
-            conn.receive_data(data)
+            conn.receive_data(data)  # type: ignore[arg-type]  # h11 takes a bytearray too
         elif type(event) is h11.Response:
             if not 200 <= event.status_code < 300:
                 raise ProxyError(f"proxy {proxy.address} refused CONNECT {target}: {event.status_code}")

@@ -10,6 +10,7 @@ from providers.gemini import GeminiProvider
 from providers.http11 import Pool
 from providers.openai import OpenAIResponsesProvider
 from providers.openai_compat import OpenAICompatProvider
+from providers.seams import Provider
 from protocols.redact import NO_SECRETS, Redactor
 
 # family name -> provider class; the simulator family picks by the protocol it speaks.
@@ -27,7 +28,7 @@ BY_PROTOCOL: dict[str, type] = {
 }
 
 
-def build(cfg: Any, simulator_url: str | None, redactor: Redactor = NO_SECRETS) -> Any:
+def build(cfg: Any, simulator_url: str | None, redactor: Redactor = NO_SECRETS) -> Provider:
     """A provider object for one configured provider, with its own connection pool
     (``provider.client``; the caller closes it) and the gateway's redactor (every
     upstream text it lets out loses the secrets the gateway knows)."""

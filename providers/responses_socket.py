@@ -44,6 +44,7 @@ from protocols.errors import UpstreamError, UpstreamProtocolError, UpstreamServe
 from protocols.openai_responses_wire import error_from_wire
 from protocols.redact import NO_SECRETS, Redactor
 from protocols.retry_after import retry_after
+from protocols.seams import StreamDecoder
 from protocols.sse import MAX_EVENT_BYTES, SSEEvent
 from protocols.unified import ErrorEvent
 from providers.base import ErrorRedaction, Frame, encode_body, redecode
@@ -120,7 +121,7 @@ class SocketSession:
                                  opened=self.opened, turns=self.turns)
 
     @asynccontextmanager
-    async def turn(self, target: SocketTarget, body: Mapping[str, Any], decoder: Any,
+    async def turn(self, target: SocketTarget, body: Mapping[str, Any], decoder: StreamDecoder,
                    redactor: Redactor = NO_SECRETS) -> AsyncIterator["SocketTurn"]:
         """Run one turn on ``target``'s socket: ``body`` sent as ``response.create``, the
         answer read through the yielded ``SocketTurn``. Turns on one socket take turns."""
@@ -134,7 +135,7 @@ class SocketSession:
                 if not turn.reusable:
                     self._forget(target.key, turn.socket)
 
-    async def _begin(self, target: SocketTarget, message: str, decoder: Any, redactor: Redactor) -> "SocketTurn":
+    async def _begin(self, target: SocketTarget, message: str, decoder: StreamDecoder, redactor: Redactor) -> "SocketTurn":
         """The turn's message sent and its first answer read. A socket the upstream
         retired (its connection-time limit) refused the message unread: it is sent once
         more, on a new one."""
@@ -146,7 +147,7 @@ class SocketSession:
                 raise
         return await self._send(target, message, decoder, redactor)
 
-    async def _send(self, target: SocketTarget, message: str, decoder: Any, redactor: Redactor) -> "SocketTurn":
+    async def _send(self, target: SocketTarget, message: str, decoder: StreamDecoder, redactor: Redactor) -> "SocketTurn":
         with _mapped(redactor):
             ws = await self._socket(target)
         turn = SocketTurn(ws, decoder, redactor)
@@ -200,7 +201,7 @@ class SocketTurn:
 
     content_type = "text/event-stream"
 
-    def __init__(self, ws: WebSocket, decoder: Any, redactor: Redactor = NO_SECRETS) -> None:
+    def __init__(self, ws: WebSocket, decoder: StreamDecoder, redactor: Redactor = NO_SECRETS) -> None:
         self.decoder = decoder
         self.redactor = redactor
         self.socket = ws
@@ -302,7 +303,7 @@ def previous_response_missing(err: BaseException) -> bool:
 # ---------------------------------------------------------------- frames and errors
 
 
-def _frame(text: str, decoder: Any) -> tuple[Frame, str | None]:
+def _frame(text: str, decoder: StreamDecoder) -> tuple[Frame, str | None]:
     """A message as the SSE event it would have been on the HTTP stream."""
     data = text.encode("utf-8", "surrogatepass")
     kind = _message_type(data)

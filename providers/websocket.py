@@ -201,10 +201,10 @@ class WebSocket:
             self.abort()
         return not self.closed
 
-    def _feed(self, data: bytes) -> None:
-        self._conn.receive_data(data or None)  # b"": the TCP connection ended
+    def _feed(self, data: bytes | bytearray) -> None:
+        self._conn.receive_data(data or None)  # type: ignore[arg-type]  # b"": the TCP connection ended
 
-    async def _receive(self) -> bytes:
+    async def _receive(self) -> bytes | bytearray:
         try:
             return await self._stream.receive_some(READ_SIZE)
         except _TRANSPORT_ERRORS as exc:
@@ -392,7 +392,7 @@ async def _upgrade(stream: trio.abc.Stream, sock: trio.socket.SocketType, author
             raise HandshakeRefused(refused.status_code, _text_headers(refused.headers), bytes(body))
         if not data:
             raise RequestNotSent("the server closed the connection during the WebSocket handshake")
-        conn.receive_data(data)
+        conn.receive_data(data)  # type: ignore[arg-type]  # wsproto takes a bytearray too
 
 
 def _text_headers(headers: list) -> dict[str, str]:

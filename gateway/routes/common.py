@@ -21,6 +21,7 @@ from gateway.request import Call, Recorder
 from gateway.tracing import RequestTrace
 from actors.usage import Authenticate
 from actors.usage_core import UNKNOWN_KEY
+from protocols.seams import ClientCodec, Parse
 from protocols.errors import (GatewayError, GatewayFailure, InvalidRequest, NotFound, RequestTimeout,
                               Unauthenticated)
 from protocols.validate import check_model_name, load_json_object
@@ -81,7 +82,7 @@ async def read_request_body(runtime: Any, scope, receive) -> bytes:
     return await read_body(scope, receive, server.max_body_bytes, server.body_timeout_s)
 
 
-async def send_error(send, client: Any, err: GatewayError, request_id: str | None = None,
+async def send_error(send, client: ClientCodec, err: GatewayError, request_id: str | None = None,
                      close: bool = False) -> None:
     await send({"type": "http.response.start", "status": err.status,
                 "headers": error_headers(err, request_id, close)})
@@ -93,7 +94,7 @@ async def send_error(send, client: Any, err: GatewayError, request_id: str | Non
 Prepare = Callable[[dict, str, int], Awaitable[tuple[Any, Recorder | None, int]]]
 
 
-async def refuse_websocket(scope, send, client: Any, err: GatewayError, request_id: str | None = None) -> None:
+async def refuse_websocket(scope, send, client: ClientCodec, err: GatewayError, request_id: str | None = None) -> None:
     """Refuse a WebSocket handshake with an HTTP answer in ``client``'s JSON shape (ASGI's
     denial response; without it hypercorn would answer 403 with no body)."""
     body = json.dumps(client.format_error(err)).encode()
@@ -102,8 +103,8 @@ async def refuse_websocket(scope, send, client: Any, err: GatewayError, request_
     await send({"type": "websocket.http.response.body", "body": body})
 
 
-async def serve_llm(runtime: Any, client: Any, scope, receive, send, key: str | None,
-                    parse: Callable[[dict], Any], prepare: Prepare | None = None) -> None:
+async def serve_llm(runtime: Any, client: ClientCodec, scope, receive, send, key: str | None,
+                    parse: Parse, prepare: Prepare | None = None) -> None:
     """Answer one LLM call in ``client``'s protocol; every answer carries ``x-request-id``,
     the id of its ledger entry. A call refused before the dispatcher had it is told to
     the observers here (the dispatcher tells them of every other). Traced, the call is
@@ -116,8 +117,8 @@ async def serve_llm(runtime: Any, client: Any, scope, receive, send, key: str | 
                           request_id, trace)
 
 
-async def _serve_call(runtime: Any, client: Any, scope, receive, link: AsgiLink, key: str | None,
-                      parse: Callable[[dict], Any], prepare: Prepare | None, request_id: str,
+async def _serve_call(runtime: Any, client: ClientCodec, scope, receive, link: AsgiLink, key: str | None,
+                      parse: Parse, prepare: Prepare | None, request_id: str,
                       trace: RequestTrace) -> None:
     send = link.send
     started_at = trio.current_time()
@@ -149,13 +150,13 @@ async def _serve_call(runtime: Any, client: Any, scope, receive, link: AsgiLink,
             _observe_refusal(runtime, client, request_id, doc, answered, started_at, key_name)
 
 
-def _observe_refusal(runtime: Any, client: Any, request_id: str, doc: Any, err: GatewayError,
+def _observe_refusal(runtime: Any, client: ClientCodec, request_id: str, doc: Any, err: GatewayError,
                      started_at: float, key_name: str | None) -> None:
     if runtime.observers:
         runtime.observers.tell(refused(request_id, client.NAME, Transport.HTTP, doc, err, started_at, key_name))
 
 
-async def _answer_error(runtime: Any, client: Any, send, link: AsgiLink, key: str | None, err: GatewayError,
+async def _answer_error(runtime: Any, client: ClientCodec, send, link: AsgiLink, key: str | None, err: GatewayError,
                         request_id: str, request: Any) -> tuple[GatewayError, str | None]:
     """Answer ``err`` (or what a stranger may be told instead); returns what was answered
     and the key's name, when the key was recognised."""

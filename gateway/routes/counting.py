@@ -19,12 +19,13 @@ from actors.usage import Authenticate
 from gateway.routes.common import check_key_known, fresh_request_id, log, read_request_body, send_error
 from gateway.token_count import Source, upstream_count
 from protocols.errors import Forbidden, GatewayError, GatewayFailure
+from protocols.seams import ClientCodec
 from protocols.tokens import estimate_request_tokens
 from protocols.unified import UnifiedRequest
 from protocols.validate import load_json_object
 
 
-async def serve_count(runtime: Any, client: Any, scope, receive, send, key: str | None,
+async def serve_count(runtime: Any, client: ClientCodec, scope, receive, send, key: str | None,
                       parse: Callable[[dict], UnifiedRequest], shape: Callable[[int], dict]) -> None:
     try:
         check_key_known(runtime, key)

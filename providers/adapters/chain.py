@@ -18,12 +18,13 @@ finished body and have the last word on it.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Iterable, Mapping
 
 import attrs
 
 from protocols.unified import UnifiedRequest, UnifiedResponse
 from providers.adapters.answer import AnswerAdapter, StripReasoning
+from providers.seams import Provider
 from providers.adapters.request import (Ask, CapMaxTokens, DefaultMaxTokens, DropParams, ExtraHeaders,
                                         MaxCompletionTokens, OneSamplingParam, RenameParams, RequestAdapter,
                                         SystemPrefix)
@@ -128,13 +129,13 @@ def for_protocol(protocol: str) -> ProviderAdapters:
     return ProviderAdapters(protocol)
 
 
-def chain_of(provider: Any, model: str) -> Chain:
+def chain_of(provider: Provider, model: str) -> Chain:
     """The chain a provider runs for ``model`` (none for a provider without adapters)."""
     adapters = getattr(provider, "adapters", None)
     return NO_ADAPTERS if adapters is None else adapters.chain(model)
 
 
-def passes_through(provider: Any, req: UnifiedRequest, model: str) -> bool:
+def passes_through(provider: Provider, req: UnifiedRequest, model: str) -> bool:
     """Whether the upstream's answer bytes go to the client as sent: the same protocol
     on both sides, and no adapter of the target edits answers."""
     return req.protocol == provider.protocol and not chain_of(provider, model).edits_answers
