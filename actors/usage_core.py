@@ -95,7 +95,7 @@ class KeyState:
         self.roll(wall)
         return {"period": self.budget.period.value, "limit_usd": usd(self.budget.limit_micro),
                 "spent_usd": usd(self.budget_spent_micro), "held_usd": usd(self.budget_held_micro),
-                "available_usd": usd(max(self.budget_available(), 0)),
+                "available_usd": usd(max(self.budget_available() or 0, 0)),
                 "period_start": format_utc(self.budget_start),
                 "resets_at": format_utc(period_end(self.budget.period, wall))}
 
@@ -211,9 +211,9 @@ class UsageCore:
         for h in holds:
             hold = Hold(h["id"], h["key_name"], h["model"] or "", h["hold_micro"], h["created_at"], h["provider"], h["model"])
             self.holds[hold.id] = hold
-            state = self.keys.get(hold.key_name)
-            if state is not None:
-                state.held_micro += hold.hold_micro
+            holder = self.keys.get(hold.key_name)
+            if holder is not None:
+                holder.held_micro += hold.hold_micro
                 state.in_flight += 1
                 budget = state.budget
                 if budget is not None and period_start(budget.period, hold.created_at) == state.budget_start:
@@ -328,11 +328,11 @@ class UsageCore:
                 f"${usd(max(available, 0))} available.")
         wall = self.wall()
         state.roll(wall)
-        budget_left = state.budget_available()
-        if budget_left is not None and (hold > budget_left or budget_left <= 0):
-            resets = period_end(state.budget.period, wall)
+        budget, budget_left = state.budget, state.budget_available()
+        if budget is not None and budget_left is not None and (hold > budget_left or budget_left <= 0):
+            resets = period_end(budget.period, wall)
             raise KeyRateLimited(
-                f"This gateway key's {ADJECTIVES[state.budget.period]} budget of ${usd(state.budget.limit_micro)} "
+                f"This gateway key's {ADJECTIVES[budget.period]} budget of ${usd(budget.limit_micro)} "
                 f"is used up for now: this request may cost up to ${usd(hold)} and "
                 f"${usd(max(budget_left, 0))} is left until {format_utc(resets)}.", retry_after=resets - wall)
         state.held_micro += hold

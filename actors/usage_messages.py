@@ -158,7 +158,7 @@ class CreateKey:
     # without credit_usd a key is unlimited only when this says so
     unlimited: bool = attrs.field(default=False, validator=_flag)
     expires_at: int | None = attrs.field(default=None, validator=_expiry)  # unix seconds
-    budget: Budget | None = attrs.field(default=None, converter=Budget.of)
+    budget: Budget | None = attrs.field(default=None, converter=lambda value: Budget.of(value))
 
 
 @attrs.frozen
