@@ -132,7 +132,10 @@ class Dispatcher:
             if self.observers:
                 self.observers.tell(from_request(req, error, call.transport, self.observers.prompts))
             if req.transform is not None:
-                self.traces.finish(req, error)
+                try:
+                    self.traces.finish(req, error)
+                except Exception:  # a trace that cannot be written never fails its request
+                    log.exception("request %s: its transform trace could not be written", req.id)
 
     async def wait_idle(self) -> None:
         """Return once no request runs on this dispatcher."""

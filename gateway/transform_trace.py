@@ -243,6 +243,9 @@ class Trace:
 
     def frame(self, raw: bytes, events: tuple) -> None:
         """One upstream stream event as sent, and the unified events the client's side got from it."""
+        if self._unified is None:  # a stream not opened by ``send`` (an upstream WebSocket's turn)
+            self._upstream = self.sequence(Pass.UPSTREAM)
+            self._unified = self.sequence(Pass.UNIFIED_ANSWER)
         if self._upstream is not None and raw:
             self._upstream.add(raw.decode("utf-8", "replace").strip())
         if self._unified is not None:

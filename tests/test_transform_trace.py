@@ -238,3 +238,64 @@ def test_secrets_leave_structurally_before_any_redactor():
         "api-key": "[redacted]", "content-type": "application/json"}
     assert scrub_fields({"key": "k", "nested": [{"api_key": "k", "max_tokens": 5}]}) == {
         "key": "[redacted]", "nested": [{"api_key": "[redacted]", "max_tokens": 5}]}
+
+
+async def test_a_failover_shows_each_attempts_passes(tmp_path):
+    doc = base_config(tmp_path, trace={"enabled": True})
+    doc["providers"]["spare"] = {"family": "simulator", "embedded": True, "protocol": "openai_chat"}
+    doc["pricing"]["spare/*"] = {"input": "1.00", "output": "2.00"}
+    doc["models"]["fo"] = {"targets": ["sim/sim-chat+status=503", "spare/sim-chat"]}
+    with trio.fail_after(20):
+        async with running_gateway(doc) as gw, httpx.AsyncClient(base_url=gw.url, timeout=None) as http:
+            r = await http.post("/v1/chat/completions", headers={**CHAT_AUTH, **TRACE_ME}, json={
+                "model": "fo", "messages": [{"role": "user", "content": "hi"}]})
+            assert r.status_code == 200
+            trace = await read_trace(http, r.headers["x-request-id"])
+    assert passes(trace) == ["received", "unified", "sent", "upstream", "sent", "upstream", "unified_answer",
+                             "client"]
+    first_sent, first_answer, second_sent, second_answer = trace["states"][2:6]
+    assert (first_sent["attempt"], first_sent["target"]) == (0, "sim/sim-chat+status=503")
+    assert first_answer["attempt"] == 0 and first_answer["status"] == 503
+    assert (second_sent["attempt"], second_sent["target"]) == (1, "spare/sim-chat")
+    assert second_answer["status"] == 200 and trace["failed"] is False
+    assert trace["states"][-1]["body"] == r.json()
+
+
+async def test_a_reload_turns_traces_on(tmp_path):
+    from tests.test_reload import _gateway, _reload
+    doc = base_config(tmp_path)
+    ask = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
+    with trio.fail_after(20):
+        async with _gateway(tmp_path, doc) as (gw, path), httpx.AsyncClient(base_url=gw.url, timeout=None) as http:
+            before = await http.post("/v1/chat/completions", headers={**CHAT_AUTH, **TRACE_ME}, json=ask)
+            assert (await _reload(http, path, {**doc, "trace": {"enabled": True}})).status_code == 200
+            after = await http.post("/v1/chat/completions", headers={**CHAT_AUTH, **TRACE_ME}, json=ask)
+            assert (await http.get(f"/admin/traces/{before.headers['x-request-id']}",
+                                   headers=ADMIN)).status_code == 404
+            assert (await read_trace(http, after.headers["x-request-id"]))["reason"] == "header"
+
+
+async def test_websocket_turns_on_a_websocket_upstream_are_traced(tmp_path):
+    from providers.websocket import connect
+    doc = base_config(tmp_path, trace={"enabled": True})
+    doc["providers"]["simr"] = {"family": "simulator", "embedded": True, "protocol": "openai_responses",
+                                "websocket": True}
+    doc["models"]["gpt-sim"] = {"targets": ["simr/sim-gpt"]}
+    doc["pricing"]["simr/*"] = {"input": "1.00", "output": "2.00"}
+    with trio.fail_after(30):
+        async with running_gateway(doc) as gw, httpx.AsyncClient(base_url=gw.url, timeout=None) as http:
+            url = gw.url.replace("http://", "ws://") + "/v1/responses"
+            async with connect(url, {**CHAT_AUTH, **TRACE_ME}) as ws:
+                await ws.send_text(json.dumps({"type": "response.create", "model": "gpt-sim", "input": "hi",
+                                               "store": False}))
+                while json.loads(await ws.receive_text())["type"] != "response.completed":
+                    pass
+            [row] = (await http.get("/admin/requests", headers=ADMIN)).json()["requests"]
+            trace = await read_trace(http, row["request_id"])
+    assert trace["transport"] == "websocket" and trace["reason"] == "header"
+    assert trace["states"][0]["body"]["type"] == "response.create"
+    states = {s["pass"]: s for s in trace["states"]}
+    assert "sent" not in states  # the upstream socket's message is not an HTTP request
+    assert any('"response.completed"' in e for e in states["upstream"]["events"])
+    assert any(e["type"] == "Finish" for e in states["unified_answer"]["events"])
+    assert states["client"]["events"]
