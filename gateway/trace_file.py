@@ -12,7 +12,7 @@ of the ``search_days - 1`` days before (each bounded by the cap), in a thread to
 from __future__ import annotations
 
 import json
-import os
+import logging
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +24,8 @@ from protocols.redact import Redactor
 
 QUEUE_LINES = 256
 
+log = logging.getLogger("tollhouse.traces")
+
 
 @attrs.define
 class TraceFileStats:
@@ -32,6 +34,7 @@ class TraceFileStats:
     written: int = 0
     dropped_file_cap: int = 0  # the day's file was full
     dropped_queue_full: int = 0  # the writer could not keep up
+    dropped_write_error: int = 0  # the file could not be written
 
     def view(self) -> dict:
         return attrs.asdict(self)
@@ -75,6 +78,9 @@ class TraceFile:
                     break
             try:
                 await trio.to_thread.run_sync(self._append, lines, self.redactor(), limiter=self._limiter)
+            except OSError as exc:  # a full or unwritable disk loses traces, never the gateway
+                self.stats.dropped_write_error += len(lines)
+                log.error("transform traces could not be written to %s (%s)", self.directory, exc.strerror or exc)
             finally:
                 self._handled += len(lines)
                 self._progress.set()
@@ -116,7 +122,7 @@ class TraceFile:
             path = day_file(self.directory, now - days * 86400)
             try:
                 f = open(path, "rb")
-            except FileNotFoundError:
+            except OSError:  # no traces that day (or none readable)
                 continue
             with f:
                 for line in f:

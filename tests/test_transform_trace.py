@@ -11,7 +11,6 @@ admin token.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import httpx
@@ -299,3 +298,19 @@ async def test_websocket_turns_on_a_websocket_upstream_are_traced(tmp_path):
     assert any('"response.completed"' in e for e in states["upstream"]["events"])
     assert any(e["type"] == "Finish" for e in states["unified_answer"]["events"])
     assert states["client"]["events"]
+
+
+async def test_an_unwritable_trace_directory_loses_traces_not_requests(tmp_path):
+    doc = base_config(tmp_path, trace={"enabled": True, "sample_ratio": 1.0})
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "traces").write_text("not a directory")
+    with trio.fail_after(20):
+        async with running_gateway(doc) as gw, httpx.AsyncClient(base_url=gw.url, timeout=None) as http:
+            for _ in range(2):
+                r = await http.post("/v1/chat/completions", headers=CHAT_AUTH, json={
+                    "model": "demo", "messages": [{"role": "user", "content": "hi"}]})
+                assert r.status_code == 200
+                missing = await http.get(f"/admin/traces/{r.headers['x-request-id']}", headers=ADMIN)
+                assert missing.status_code == 404
+            state = (await http.get("/admin/traces", headers=ADMIN)).json()
+    assert state["dropped_write_error"] == 2 and state["written"] == 0
