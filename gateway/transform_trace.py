@@ -39,6 +39,7 @@ from typing import Any, Callable, Mapping
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import attrs
+import trio
 
 from gateway.redaction import is_secret_header
 from gateway.trace_file import TraceFile
@@ -334,6 +335,7 @@ class TransformTraces:
     def __init__(self, settings: Any, state_dir: str, redactor: Callable[[], Redactor]) -> None:
         self.file = TraceFile(state_dir, settings.max_file_bytes, settings.search_days, redactor)
         self._random = random.Random()
+        self._running: dict[str, trio.Event] = {}  # traced requests not yet finished, by id
         self.configure_settings(settings)
 
     def configure_settings(self, settings: Any) -> None:
@@ -365,6 +367,7 @@ class TransformTraces:
         else:
             return None
         trace = Trace(call.request_id, reason, self.settings.max_bytes_per_request)
+        self._running[call.request_id] = trio.Event()
         request = call.request
         trace.state(Pass.RECEIVED, body=scrub_fields(call.received if call.received is not None else request.raw))
         trace.state(Pass.UNIFIED, request=scrub_fields(jsonable(request)))
@@ -372,6 +375,23 @@ class TransformTraces:
 
     def finish(self, req: Any, error: BaseException | None) -> None:
         """Write the request's trace (unless ``errors_only`` and it did not fail)."""
+        try:
+            self._finish(req, error)
+        finally:
+            done = self._running.pop(req.id, None)
+            if done is not None:
+                done.set()
+
+    async def written(self, request_id: str) -> None:
+        """Return once the trace of ``request_id`` -- if it is being recorded -- and every
+        line submitted before it are written (a client may ask for a trace as soon as it has
+        its answer, before its request's task has ended)."""
+        running = self._running.get(request_id)
+        if running is not None:
+            await running.wait()
+        await self.file.flush()
+
+    def _finish(self, req: Any, error: BaseException | None) -> None:
         trace: Trace = req.transform
         call = req.call
         failure = error if isinstance(error, GatewayError) else (

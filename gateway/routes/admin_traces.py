@@ -2,8 +2,9 @@
 ``GET /admin/traces``: the settings in force, the trace files there are, and what became
 of the lines (written, dropped at the file cap, dropped by a full queue).
 
-Lines still queued are written before a trace is looked for, so a request that has
-ended is found; an unknown id (or one that cannot be an id) is the admin API's 404.
+A request still being traced, and lines still queued, are waited for (at most
+``FLUSH_WAIT_S``) before its trace is looked for, so a client that has its answer finds
+it; an unknown id (or one that cannot be an id) is the admin API's 404.
 """
 
 from __future__ import annotations
@@ -37,10 +38,10 @@ async def trace_of(runtime, request_id):
     unknown = NotFound(f"No transform trace for request {request_id[:64]!r}.")
     if not is_request_id(request_id):
         raise unknown
-    file = runtime.transform_traces.file
+    traces = runtime.transform_traces
     with trio.move_on_after(FLUSH_WAIT_S):
-        await file.flush()
-    found = await file.find(request_id)
+        await traces.written(request_id)
+    found = await traces.file.find(request_id)
     if found is None:
         raise unknown
     return found
