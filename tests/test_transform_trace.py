@@ -314,3 +314,24 @@ async def test_an_unwritable_trace_directory_loses_traces_not_requests(tmp_path)
                 assert missing.status_code == 404
             state = (await http.get("/admin/traces", headers=ADMIN)).json()
     assert state["dropped_write_error"] == 2 and state["written"] == 0
+
+
+async def test_a_provider_retry_shows_both_requests_it_sent(tmp_path):
+    """A Chat upstream that rejects ``stream_options`` is asked again without it: both
+    requests, and the refusal between them, are in the trace."""
+    doc = base_config(tmp_path, trace={"enabled": True})
+    with trio.fail_after(20):
+        async with running_gateway(doc) as gw, httpx.AsyncClient(base_url=gw.url, timeout=None) as http:
+            r = await http.post("/v1/messages", headers={**ANTHROPIC_AUTH, **TRACE_ME}, json={
+                "model": "sim/sim-chat+reject_stream_options=openai", "max_tokens": 50, "stream": True,
+                "messages": [{"role": "user", "content": "hi"}]})
+            assert r.status_code == 200
+            trace = await read_trace(http, r.headers["x-request-id"])
+    assert passes(trace) == ["received", "unified", "sent", "upstream", "sent", "upstream", "unified_answer",
+                             "client"]
+    first, refusal, second, answer = trace["states"][2:6]
+    assert first["body"]["stream_options"] == {"include_usage": True} and "stream_options" not in second["body"]
+    assert refusal["status"] == 400 and "stream_options" in json.dumps(refusal["body"])
+    assert answer["status"] == 200 and answer["events"]
+    assert {first["attempt"], second["attempt"]} == {0}
+    assert any(e.startswith("event: message_stop") for e in trace["states"][-1]["events"])
