@@ -23,7 +23,7 @@ from actors.store_db import StoreFault
 from gateway.config import Config
 from gateway.generation import ConfigSource
 from gateway.metrics.listener import MetricsPortUnavailable
-from gateway.routes import admin, admin_config, health, models
+from gateway.routes import admin, admin_config, admin_traces, health, models
 from gateway.routes import metrics as metrics_routes
 from gateway.routes import anthropic as anthropic_routes
 from gateway.routes import gemini as gemini_routes
@@ -82,6 +82,7 @@ class Gateway:
         self.quart.register_blueprint(admin.blueprint)
         self.quart.register_blueprint(metrics_routes.blueprint)
         self.quart.register_blueprint(admin_config.blueprint)
+        self.quart.register_blueprint(admin_traces.blueprint)
         _error_handlers(self.quart)
 
     def _body_limits(self, config: Config) -> None:

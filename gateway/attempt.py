@@ -82,6 +82,14 @@ def _json_object(body: bytes) -> dict | None:
     return doc if isinstance(doc, dict) else None
 
 
+def _decoded(req: Request, frame: Any) -> tuple:
+    """A pass-through frame's unified events, for its trace: those forwarded undecoded
+    (light decoding) decoded now."""
+    if frame.events or frame.payload is None or req.redecode is None:
+        return frame.events
+    return tuple(req.redecode([frame.payload]))
+
+
 def _only_error(batch: list) -> UpstreamError | None:
     """An upstream whose first event is an error has sent nothing worth keeping:
     treat it like an error status, so the request can still fail over."""
@@ -105,6 +113,8 @@ class AttemptRunner:
 
     async def run(self, req: Request, provider: Provider, target: Any, credential: Any, link: ClientLink) -> None:
         index = req.begin_attempt(target, credential.id)
+        if req.transform is not None:
+            req.transform.begin_attempt(index, target.label, credential.id)
         with req.call.trace.attempt(req, index, provider), WriteWatch.open() as watch:
             try:
                 if req.call.request.stream:
@@ -142,10 +152,14 @@ class AttemptRunner:
             body, content_type = completion.body, completion.content_type
             if call.recorder is not None:
                 answer = _json_object(body)
+            if req.transform is not None:
+                req.transform.answer(response)
         else:
             # the answer adapters edit what the client sees; the meter took the upstream's usage above
-            answer = call.client.format_response(chain_of(provider, target.model).response(response),
-                                                 call.request.model, request=call.request)
+            response = chain_of(provider, target.model).response(response)
+            if req.transform is not None:
+                req.transform.answer(response)
+            answer = call.client.format_response(response, call.request.model, request=call.request)
             body = json.dumps(answer).encode()
             content_type = "application/json"
         await self.settle(req)
@@ -289,14 +303,20 @@ class AttemptRunner:
         held_bytes = 0
         errored = False
         tail_until: float | None = None
+        trace = req.transform
         while batch is not None:
             out = []
             for frame in batch:
                 meter.observe(frame.events, frame.payload)
                 if passthrough:  # bytes the gateway could not read are not the client's to parse either
                     chunk = b"" if frame.drop or _unread(frame) else frame.raw
+                    if trace is not None:
+                        trace.frame(frame.raw, _decoded(req, frame))
                 else:
-                    chunk = encoder.encode(frame.events if edit is None else edit(frame.events))
+                    events = frame.events if edit is None else edit(frame.events)
+                    if trace is not None:
+                        trace.frame(frame.raw, events)
+                    chunk = encoder.encode(events)
                 if meter.finished or meter.error is not None:
                     if chunk:
                         held.append(chunk)

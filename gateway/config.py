@@ -374,6 +374,25 @@ class TracingConfig:
                        f"imported): {INSTALL_HINT}, or remove the tracing section")
 
 
+_HEADER_NAME = Check(lambda v: bool(v) and all(c.isalnum() or c in "-_" for c in v),
+                     "must be a header name (letters, digits, '-' and '_')")
+
+
+@attrs.frozen(kw_only=True)
+class TraceConfig:
+    """Transform traces (``gateway.transform_trace``): every pass of a chosen request,
+    written to ``<state_dir>/traces/`` and read at ``GET /admin/traces/{request_id}``."""
+
+    enabled: bool = False
+    sample_ratio: float = setting(0.0, check=FRACTION)
+    header: str = setting("x-tollhouse-trace", check=_HEADER_NAME)  # with the value 1: traced
+    keys: tuple[str, ...] = ()  # gateway key names always traced
+    errors_only: bool = False  # a chosen request is written only when it failed
+    max_bytes_per_request: int = setting(256 * 1024, check=POSITIVE)
+    max_file_bytes: int = setting(64 * 1024 * 1024, check=POSITIVE)  # per day's file; past it, dropped and counted
+    search_days: int = setting(7, check=POSITIVE)  # the day files GET /admin/traces/{id} reads
+
+
 @attrs.frozen(kw_only=True)
 class Config:
     server: ServerConfig = ServerConfig()
@@ -394,6 +413,7 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
     tracing: TracingConfig | None = None
+    trace: TraceConfig = TraceConfig()
     default_hold_output_tokens: int = setting(4096, check=POSITIVE)
 
     def price_for(self, label: str) -> Price | None:

@@ -42,6 +42,7 @@ from gateway.ending import Charge, Outcome, Trouble, decide, estimates, hold_ins
 from gateway.observe import Observers, from_request
 from gateway.request import Call, ClientLink, Request
 from gateway.traffic import is_cancellation
+from gateway.transform_trace import TracedLink, TransformTraces
 from protocols.errors import (
     ClientError,
     GatewayError,
@@ -57,6 +58,7 @@ from protocols.errors import (
 from protocols.server_tools import UnsupportedServerTool
 from providers.seams import Provider
 from protocols.usage import estimate_tokens
+from providers.trace_hook import transform_trace
 
 __all__ = ["Actors", "Call", "ClientLink", "Dispatcher"]
 
@@ -77,7 +79,7 @@ class Dispatcher:
                  default_hold_output_tokens: int, budget_s: float = 10.0,
                  stopping: Callable[[], bool] = lambda: False, observers: Observers | None = None,
                  table: Table | None = None, pricing: Mapping[str, Any] | None = None,
-                 in_flight: Counter | None = None) -> None:
+                 in_flight: Counter | None = None, traces: TransformTraces | None = None) -> None:
         # One dispatcher per config generation (gateway/generation.py): a request runs on
         # the one it started on -- its routes (``table``), prices, providers, streaming
         # settings -- and a reload waits for ``wait_idle`` before closing what it retired.
@@ -101,6 +103,7 @@ class Dispatcher:
         # calls being served now, by (protocol, transport, stream), shared by every
         # generation's dispatcher: read by metrics scrapes
         self.in_flight: Counter = Counter() if in_flight is None else in_flight
+        self.traces = traces  # transform traces: the requests they choose record every pass
 
     def next_id(self) -> str:
         """A request id, unique across restarts; every response carries it as ``x-request-id``."""
@@ -129,6 +132,11 @@ class Dispatcher:
                 self._idle = trio.Event()
             if self.observers:
                 self.observers.tell(from_request(req, error, call.transport, self.observers.prompts))
+            if req.transform is not None:
+                try:
+                    self.traces.finish(req, error)
+                except Exception:  # a trace that cannot be written never fails its request
+                    log.exception("request %s: its transform trace could not be written", req.id)
 
     async def wait_idle(self) -> None:
         """Return once no request runs on this dispatcher."""
@@ -150,6 +158,12 @@ class Dispatcher:
             req.key_name = exc.key_name  # a key recognised and refused (402, 429, 403) is named
             raise
         req.key_name = reservation.key_name
+        reset = None
+        if self.traces is not None and self.traces.enabled:
+            req.transform = self.traces.choose(call, req.key_name)
+            if req.transform is not None:
+                reset = transform_trace.set(req.transform)  # the providers' passes reach it
+                link = TracedLink(link, req.transform)
         try:
             failure: GatewayError | None = None
             async with trio.open_nursery() as nursery:
@@ -172,6 +186,8 @@ class Dispatcher:
                      Trouble.SHUTDOWN if self.stopping() and is_cancellation(exc) else Trouble.GATEWAY)
             raise
         finally:
+            if reset is not None:
+                transform_trace.reset(reset)
             if not req.settled:
                 with trio.CancelScope(shield=True):
                     await self._settle(req)

@@ -54,6 +54,8 @@ class Call:
     recorder: Recorder | None = None
     transport: Transport = Transport.HTTP
     trace: RequestTrace = NO_TRACE  # its span, when traces are on (``gateway.tracing``)
+    received: Any = None  # the client's body as parsed (a transform trace's first pass)
+    trace_asked: bool = False  # the client asked for a transform trace (``gateway.transform_trace``)
 
 
 @attrs.define
@@ -78,6 +80,7 @@ class Request:
     key_name: str | None = None  # once the reservation authenticated the key
     ending: Ending | None = None  # what the settlement said
     charged: Any = None  # the meter's answer to it (``actors.usage.Settled``)
+    transform: Any = None  # its transform trace (``gateway.transform_trace.Trace``) when it is traced
 
     @property
     def id(self) -> str:

@@ -49,6 +49,7 @@ from gateway.observe import Observers
 from gateway.sockets import Sockets
 from gateway.state_lock import StateDirLock
 from gateway.tracing import tracing_for
+from gateway.transform_trace import TransformTraces
 from protocols.errors import GatewayError, InvalidRequest
 from protocols.redact import Redactor
 from providers import registry
@@ -97,6 +98,9 @@ class Runtime:
         self.actors: Actors | None = None
         self.providers: dict = {}
         self.redactor = redactor_for(config)  # every secret the config holds, out of upstream text and logs
+        # transform traces: off unless trace.enabled; lines redacted with the current redactor
+        self.transform_traces = TransformTraces(config.trace, config.state_dir, lambda: self.redactor)
+        self.on_reload.append(self.transform_traces.configure)
         self.ready = trio.Event()
         self._stop = trio.Event()
         self._stopped = trio.Event()
@@ -153,6 +157,7 @@ class Runtime:
                     async with trio.open_nursery() as actors:
                         self._tasks = actors
                         await actors.start(self.supervisor.run)
+                        await actors.start(self.transform_traces.file.run)
                         self.dispatcher = self._dispatcher(cfg, self.providers)
                         self.generation = Generation(1, cfg, time.time(), self.dispatcher, self.providers)
                         if self.metrics is not None and cfg.metrics.port is not None:
@@ -165,6 +170,8 @@ class Runtime:
                         await self._stop.wait()
                         await self._flush_meter()
                         await self._flush_store()
+                        with trio.move_on_after(FLUSH_TIMEOUT_S):
+                            await self.transform_traces.file.flush()  # the last requests' traces
                         actors.cancel_scope.cancel()
                 upstreams.cancel_scope.cancel()
 
@@ -179,7 +186,7 @@ class Runtime:
         table = Table.build(cfg.models, cfg.aliases, cfg.providers, cfg.is_priced)
         return Dispatcher(self.actors, providers, cfg.streaming, cfg.default_hold_output_tokens, cfg.routing.budget_s,
                           stopping=self.stopping, observers=self.observers, table=table, pricing=cfg.pricing,
-                          in_flight=self.in_flight)
+                          in_flight=self.in_flight, traces=self.transform_traces)
 
     async def _close_providers(self, retired: list | None = None) -> None:
         """Close the pools of ``retired`` providers (None: every one still open, at stop)."""

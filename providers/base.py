@@ -29,6 +29,7 @@ import trio
 from providers import http11
 from providers.seams import Credential
 from providers.propagation import with_trace
+from providers.trace_hook import transform_trace
 
 from protocols.json_array import JsonArraySplitter
 from protocols.errors import InvalidRequest, UpstreamProtocolError, UpstreamServerError, classify_upstream
@@ -256,6 +257,9 @@ async def send(client: http11.Pool, url: str, headers: Mapping[str, str], body: 
     """POST to the upstream; return an open 2xx response (``stream``) or the whole
     answer, or raise the classified error (redacted: a transport error may quote a
     header value, an error body the key)."""
+    trace = transform_trace.get()  # None unless the request is traced
+    if trace is not None:
+        trace.sent(url, headers, body)
     try:
         response = await client.request("POST", url, with_trace(headers).items(), body)
     except http11.RequestNotSent as exc:
@@ -269,9 +273,13 @@ async def send(client: http11.Pool, url: str, headers: Mapping[str, str], body: 
             content = b""
         finally:
             await response.aclose()
+        if trace is not None:
+            trace.answered(response.status, response.headers, content)
         raise classify_upstream(response.status, content, response.headers,
                                 retry_after(response.headers, content, time.time()), redactor)
     if stream:
+        if trace is not None:
+            trace.answered(response.status, response.headers, None)  # its events follow, frame by frame
         return response
     limit = client.max_body_bytes
     try:
@@ -283,6 +291,8 @@ async def send(client: http11.Pool, url: str, headers: Mapping[str, str], body: 
         raise UpstreamServerError(redactor.text(f"upstream connection failed: {exc}"), request_sent=True) from None
     finally:
         await response.aclose()  # past the bound, this closes the connection mid-body
+    if trace is not None:
+        trace.answered(response.status, response.headers, content)
     if len(content) > limit:
         raise Unparseable(f"upstream answer exceeded the {limit}-byte bound", len(content))
     return Answer(response, content)

@@ -135,7 +135,10 @@ async def _serve_call(runtime: Any, client: ClientCodec, scope, receive, link: A
             request, recorder, size = await prepare(doc, key, size)
         check_model_name(request.model)
         dispatched = True
-        await runtime.dispatcher.serve(Call(request, key, client, size, request_id, recorder, trace=trace), link)
+        traces = runtime.transform_traces
+        asked = traces.enabled and traces.asked(scope["headers"])  # off: this one check
+        await runtime.dispatcher.serve(Call(request, key, client, size, request_id, recorder, trace=trace,
+                                            received=doc, trace_asked=asked), link)
     except GatewayError as err:
         answered, key_name = await _answer_error(runtime, client, send, link, key, err, request_id, request)
         if not dispatched:

@@ -198,8 +198,10 @@ class Connection:
             keeper = Keeper(self.owner, chained, request.model, keeper_store, connection=self.socket)
             size = len(raw) + (len(json.dumps(chained.history)) if chained.history else 0)
             dispatched = True
+            traces = runtime.transform_traces  # the handshake's trace header asks for every turn
+            asked = traces.enabled and traces.asked(self.headers)
             await runtime.dispatcher.serve(Call(request, self.key, openai_responses, size, request_id, keeper,
-                                                Transport.WEBSOCKET, trace), link)
+                                                Transport.WEBSOCKET, trace, received=doc, trace_asked=asked), link)
             turn.end, turn.response_id = TurnEnd.ANSWERED, keeper.kept
         except GatewayError as err:
             await self._turn_failed(link, turn, err)

@@ -28,6 +28,7 @@ from providers.seams import Provider
 from providers.adapters.request import (Ask, CapMaxTokens, DefaultMaxTokens, DropParams, ExtraHeaders,
                                         MaxCompletionTokens, OneSamplingParam, RenameParams, RequestAdapter,
                                         SystemPrefix)
+from providers.trace_hook import transform_trace
 
 ORDER: tuple[type[RequestAdapter], ...] = (
     SystemPrefix, OneSamplingParam, DefaultMaxTokens, CapMaxTokens, MaxCompletionTokens, RenameParams,
@@ -70,8 +71,13 @@ class Chain:
         if not self.adapters:
             return body
         ask = Ask(protocol, req.max_tokens)
+        trace = transform_trace.get()  # a traced request shows the body after each adapter
+        if trace is not None:
+            trace.adapted("(built)", body)
         for adapter in self.adapters:
             body = adapter.edit_body(body, ask)
+            if trace is not None:
+                trace.adapted(adapter.NAME, body)
         return body
 
     def headers(self, headers: dict) -> dict:
