@@ -53,6 +53,7 @@ class Call:
     recorder: Recorder | None = None
     transport: Transport = Transport.HTTP
     trace: RequestTrace = NO_TRACE  # its span, when traces are on (``gateway.tracing``)
+    session: str | None = None  # the client's session id header, for the field cache
 
 
 @attrs.define

@@ -40,6 +40,7 @@ from actors.supervisor import Supervisor
 from actors.usage import Query, UsageActor
 from gateway.config import Config
 from gateway.dispatch import Actors, Dispatcher
+from gateway.field_cache import FieldCache, FieldStore
 from gateway.metrics import Metrics
 from gateway.metrics import listener as metrics_listener
 from gateway.generation import (ConfigSource, Generation, ReloadRefused, changed_sections, restart_problems,
@@ -93,6 +94,8 @@ class Runtime:
         self.simulator: Simulator | None = None
         self.actors: Actors | None = None
         self.providers: dict = {}
+        # kept fields outlive reloads; their bounds are read at start
+        self.field_store = FieldStore(config.field_cache.max_bytes, config.field_cache.ttl_s)
         self.redactor = redactor_for(config)  # every secret the config holds, out of upstream text and logs
         self.ready = trio.Event()
         self._stop = trio.Event()
@@ -176,7 +179,7 @@ class Runtime:
         table = Table.build(cfg.models, cfg.aliases, cfg.providers, cfg.is_priced)
         return Dispatcher(self.actors, providers, cfg.streaming, cfg.default_hold_output_tokens, cfg.routing.budget_s,
                           stopping=self.stopping, observers=self.observers, table=table, pricing=cfg.pricing,
-                          in_flight=self.in_flight)
+                          in_flight=self.in_flight, field_cache=FieldCache.of(cfg.field_cache, self.field_store))
 
     async def _close_providers(self, retired: list | None = None) -> None:
         """Close the pools of ``retired`` providers (None: every one still open, at stop)."""

@@ -15,6 +15,7 @@ from typing import Any, Awaitable, Callable
 import trio
 
 from gateway.asgi_link import AsgiLink, read_body
+from gateway.field_cache import session_of
 from gateway.logs import request_context
 from gateway.observe import Transport, refused
 from gateway.request import Call, Recorder
@@ -133,7 +134,8 @@ async def _serve_call(runtime: Any, client: Any, scope, receive, link: AsgiLink,
         else:
             request, recorder, size = await prepare(doc, key, size)
         dispatched = True
-        await runtime.dispatcher.serve(Call(request, key, client, size, request_id, recorder, trace=trace), link)
+        await runtime.dispatcher.serve(Call(request, key, client, size, request_id, recorder, trace=trace,
+                                                  session=session_of(scope["headers"])), link)
     except GatewayError as err:
         answered, key_name = await _answer_error(runtime, client, send, link, key, err, request_id, request)
         if not dispatched:
