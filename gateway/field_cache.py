@@ -162,6 +162,17 @@ class FieldStore:
         self._evicted = 0
         self._expired = 0
 
+    def configure(self, config: "FieldCacheConfig") -> None:
+        """A reloaded config's bounds: the cap at once, the ttl for entries written from now."""
+        self.max_bytes, self.ttl_s = config.max_bytes, config.ttl_s
+        self._evict()
+
+    def _evict(self) -> None:
+        while self._bytes > self.max_bytes:
+            _, old = self._entries.popitem(last=False)
+            self._bytes -= old.size
+            self._evicted += 1
+
     def put(self, key: tuple[Scope, FieldKind, Mode, str], value: Any, now: float) -> None:
         size = len(json.dumps(value, separators=(",", ":"))) + len(key[0].conversation) + len(key[3]) + 64
         self._drop(key)
@@ -170,10 +181,7 @@ class FieldStore:
             return
         self._entries[key] = _Entry(value, size, now + self.ttl_s)
         self._bytes += size
-        while self._bytes > self.max_bytes:
-            _, old = self._entries.popitem(last=False)
-            self._bytes -= old.size
-            self._evicted += 1
+        self._evict()
 
     def get(self, key: tuple[Scope, FieldKind, Mode, str], now: float) -> Any:
         entry = self._entries.get(key)

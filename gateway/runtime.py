@@ -177,6 +177,7 @@ class Runtime:
 
     def _dispatcher(self, cfg: Config, providers: dict) -> Dispatcher:
         table = Table.build(cfg.models, cfg.aliases, cfg.providers, cfg.is_priced)
+        self.field_store.configure(cfg.field_cache)
         return Dispatcher(self.actors, providers, cfg.streaming, cfg.default_hold_output_tokens, cfg.routing.budget_s,
                           stopping=self.stopping, observers=self.observers, table=table, pricing=cfg.pricing,
                           in_flight=self.in_flight, field_cache=FieldCache.of(cfg.field_cache, self.field_store))

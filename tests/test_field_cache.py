@@ -145,6 +145,35 @@ async def test_thinking_survives_a_fallback_anthropic_gemini_anthropic(tmp_path,
                 await sdk.close()
 
 
+async def test_anthropic_back_in_the_middle_of_a_gemini_tool_cycle_answers_without_thinking(tmp_path, clock):
+    """Gemini made the call whose result Anthropic now reads: its thought cannot go to
+    Anthropic, and Anthropic wants the open tool cycle to open with thinking, so this
+    one request goes without ``thinking``; the next user turn has it again."""
+    with trio.fail_after(300):
+        async with running_gateway(_config(tmp_path)) as gw:
+            sdk = anthropic.AsyncAnthropic(base_url=gw.url, api_key=DEMO_KEY, max_retries=0)
+            try:
+                talk = Conversation(sdk)
+                gw.simulator.key_faults["kc"] = Fault(status=503)
+                called = await talk.turn("What is the weather in Paris?")
+                assert [b["type"] for b in called] == ["thinking", "tool_use"]
+                assert called[0]["signature"] == ""
+                gw.simulator.key_faults.clear()
+                await trio.sleep(61)
+                mark = len(gw.simulator.bodies)
+                answered = await talk.answer_tool()
+                assert [b["type"] for b in answered] == ["text"]
+                again = await talk.turn("And in Rome?")
+                assert [b["type"] for b in again] == ["thinking", "tool_use"]
+                (f1, cycle), (f2, fresh) = _upstream(gw, mark)
+                assert (f1, f2) == ("anthropic", "anthropic")
+                assert "thinking" not in cycle and fresh["thinking"] == THINKING
+                for body in (cycle, fresh):
+                    assert not any(b["type"] == "thinking" for b in _assistant_blocks(body))
+            finally:
+                await sdk.close()
+
+
 async def test_without_the_cache_the_anthropic_upstream_refuses_the_foreign_thinking(tmp_path, clock):
     """The simulator really checks: with the cache off, Gemini's signature reaches the
     client and then Anthropic, which answers the real API's 400."""
