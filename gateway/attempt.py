@@ -125,17 +125,17 @@ class AttemptRunner:
         (``gateway.field_rules``), the server tools its operator drops taken out."""
         request = req.call.request
         cache = self.field_cache
-        if cache is not None and cache.rules.for_protocol(provider.protocol):
+        if cache is not None and cache.rules.for_protocol(provider.protocol) \
+                and any(m.role == "assistant" for m in request.messages):
             scope = self._scope(req)
             if scope is not None:
                 request = inject(request, provider.protocol, cache, scope, trio.current_time())
         return _for_upstream(request, provider)
 
     def _tap(self, req: Request, provider: Any) -> Tap | None:
-        """The field cache's hand on a translated answer, when a rule reads its protocol."""
+        """The field cache's hand on a translated answer (the cache enabled)."""
         cache = self.field_cache
-        if cache is None or provider.protocol == req.call.request.protocol \
-                or not cache.rules.for_protocol(provider.protocol):
+        if cache is None or provider.protocol == req.call.request.protocol or not cache.rules.by_protocol:
             return None
         scope = self._scope(req)
         return None if scope is None else Tap(cache, provider.protocol, scope, trio.current_time())

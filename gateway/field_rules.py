@@ -1,9 +1,9 @@
 """The field cache's two passes: take signed fields out of a translated answer
 (``Tap``), and put them back into a later request for their issuer (``inject``).
 
-Both are synchronous and run only where a rule can apply: ``Tap`` on an answer whose
-upstream protocol differs from the client's and has rules, ``inject`` on a request to
-a protocol that has rules. See ``gateway.field_cache`` for why and for the store.
+Both are synchronous and run only where they can matter: ``Tap`` on an answer whose
+upstream protocol differs from the client's (with the cache enabled), ``inject`` on a
+request to a protocol that has rules. See ``gateway.field_cache`` for why and for the store.
 
 What the client of a translated answer sees: its reasoning text, never another
 vendor's signature (an Anthropic client gets a ``thinking`` block with an empty
@@ -45,30 +45,52 @@ ANTHROPIC = "anthropic"
 GEMINI = "gemini"
 
 
+class Fingerprint:
+    """An assistant turn's identity as both sides see it: its text and its calls' ids,
+    hashed as they stream (nothing of an endless answer is kept)."""
+
+    def __init__(self) -> None:
+        self.text = hashlib.sha256()
+        self.calls = hashlib.sha256()
+
+    def add_text(self, text: str) -> None:
+        self.text.update(text.encode())
+
+    def add_call(self, call_id: str) -> None:
+        self.calls.update(call_id.encode() + b"\0")
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.text.digest() + self.calls.digest()).hexdigest()[:32]
+
+
 def fingerprint(texts: Iterable[str], call_ids: Iterable[str]) -> str:
-    """An assistant turn's identity as both sides see it: its text and its calls' ids."""
-    h = hashlib.sha256()
+    f = Fingerprint()
     for t in texts:
-        h.update(t.encode())
-    h.update(b"\0")
+        f.add_text(t)
     for c in call_ids:
-        h.update(c.encode() + b"\0")
-    return h.hexdigest()[:32]
+        f.add_call(c)
+    return f.digest()
 
 
 class Tap:
-    """Keeps one translated answer's signed fields and takes them out of its events."""
+    """Takes the signed fields out of one translated answer's events, and keeps those
+    a rule names. Any upstream's are taken out (a Responses upstream's
+    ``encrypted_content`` too, kept by no rule yet): a client can only hand them to the
+    wrong vendor."""
 
     def __init__(self, cache: FieldCache, protocol: str, scope: Scope, now: float) -> None:
         self.cache = cache
         self.protocol = protocol
         self.scope = scope
         self.now = now
-        self._text = ""  # the reasoning block being streamed
+        # Anthropic thinking is kept whole (its signature covers it), up to what the
+        # store could hold: past that the answer's blocks are not kept at all.
+        self._keeps = protocol == ANTHROPIC and bool(cache.rules.for_protocol(ANTHROPIC))
+        self._room = cache.store.max_bytes
+        self._text: list[str] = []  # the reasoning block being streamed
         self._blocks: list[dict] = []  # Anthropic blocks since the last call
         self._all: list[dict] = []
-        self._answer_text: list[str] = []
-        self._call_ids: list[str] = []
+        self._turn = Fingerprint()
 
     # ------------------------------------------------------------ streams
 
@@ -80,39 +102,50 @@ class Tap:
                 if ev is None:
                     continue
             elif isinstance(ev, TextDelta):
-                self._answer_text.append(ev.text)
+                self._turn.add_text(ev.text)
             elif isinstance(ev, ToolCallStart):
                 ev = self._call(ev.id, ev)
             out.append(ev)
         return tuple(out)
 
     def _reasoning(self, ev: ReasoningDelta) -> ReasoningDelta | None:
-        if ev.text:
-            self._text += ev.text
+        if ev.text and self._keeps:
+            self._take(len(ev.text))
+            if self._keeps:
+                self._text.append(ev.text)
         if ev.redacted is not None:
             self._block({"type": "redacted_thinking", "data": ev.redacted})
         if ev.signature:
-            self._block({"type": "thinking", "thinking": self._text, "signature": ev.signature})
-            self._text = ""
+            self._block({"type": "thinking", "thinking": "".join(self._text), "signature": ev.signature})
+            self._text = []
         if not ev.text:
             return None  # a signature or a redacted blob only: nothing the client may read
         return attrs.evolve(ev, signature=None, redacted=None) if ev.signature or ev.redacted else ev
 
+    def _take(self, size: int) -> None:
+        self._room -= size
+        if self._room < 0:  # more thinking than the store holds: keep none of this answer's
+            self._keeps = False
+            self._text, self._blocks, self._all = [], [], []
+
     def _block(self, block: dict) -> None:
-        if self.protocol == ANTHROPIC:
+        if self._keeps:
+            self._take(len(block.get("signature") or block.get("data") or ""))
+        if self._keeps:
             self._blocks.append(block)
             self._all.append(block)
 
     def _call(self, call_id: str, ev: Any) -> Any:
-        self._call_ids.append(call_id)
+        self._turn.add_call(call_id)
         kind_mode = self.cache.rules
         if self.protocol == ANTHROPIC and self._blocks and kind_mode.has(ANTHROPIC, FieldKind.ANTHROPIC_THINKING,
                                                                         Mode.PER_TOOL_CALL):
             self._put(FieldKind.ANTHROPIC_THINKING, Mode.PER_TOOL_CALL, call_id, list(self._blocks))
         self._blocks = []
         signature = ev.extra.get("thoughtSignature") if ev.extra else None
-        if self.protocol == GEMINI and signature:
-            if kind_mode.has(GEMINI, FieldKind.GEMINI_THOUGHT_SIGNATURE, Mode.PER_TOOL_CALL):
+        if signature:
+            if self.protocol == GEMINI and kind_mode.has(GEMINI, FieldKind.GEMINI_THOUGHT_SIGNATURE,
+                                                         Mode.PER_TOOL_CALL):
                 self._put(FieldKind.GEMINI_THOUGHT_SIGNATURE, Mode.PER_TOOL_CALL, call_id, signature)
             ev = attrs.evolve(ev, extra={k: v for k, v in ev.extra.items() if k != "thoughtSignature"})
         return ev
@@ -122,7 +155,7 @@ class Tap:
         if self.protocol == ANTHROPIC and self._all and \
                 self.cache.rules.has(ANTHROPIC, FieldKind.ANTHROPIC_THINKING, Mode.LAST):
             self._put(FieldKind.ANTHROPIC_THINKING, Mode.LAST, "",
-                      {"turn": fingerprint(["".join(self._answer_text)], self._call_ids), "blocks": self._all})
+                      {"turn": self._turn.digest(), "blocks": self._all})
 
     def _put(self, kind: FieldKind, mode: Mode, anchor: str, value: Any) -> None:
         self.cache.store.put((self.scope, kind, mode, anchor), value, self.now)
@@ -138,7 +171,7 @@ class Tap:
                 if ev is not None:
                     parts.append(attrs.evolve(p, signature=None, redacted=None))
             elif isinstance(p, TextPart):
-                self._answer_text.append(p.text)
+                self._turn.add_text(p.text)
                 parts.append(p)
             elif isinstance(p, ToolCallPart):
                 parts.append(self._call(p.id, p))
@@ -170,7 +203,7 @@ def _kept_blocks(cache: FieldCache, scope: Scope, now: float, call_ids: list[str
         blocks.extend(cache.store.get((scope, FieldKind.ANTHROPIC_THINKING, Mode.PER_TOOL_CALL, call_id), now) or ())
     if not blocks and last_turn:
         last = cache.store.get((scope, FieldKind.ANTHROPIC_THINKING, Mode.LAST, ""), now)
-        if last and last["turn"] == fingerprint(["".join(texts)], call_ids):
+        if last and last["turn"] == fingerprint(texts, call_ids):
             blocks = list(last["blocks"])
     return blocks
 

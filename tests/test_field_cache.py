@@ -296,3 +296,23 @@ def test_a_mode_not_built_for_a_field_is_refused_with_its_path(tmp_path):
         parse_config(doc, env={})
     text = str(err.value)
     assert "field_cache.rules[0].mode" in text and "field_cache.rules[1].mode" in text
+
+
+def test_a_blob_no_rule_keeps_is_still_kept_from_a_client_of_another_protocol():
+    """A Responses upstream's encrypted_content would reach an Anthropic client as
+    redacted thinking, which Anthropic refuses: the client gets the summary only."""
+    cache = _cache()
+    tap = Tap(cache, "openai_responses", Scope("test", "c"), now=0.0)
+    events = tap.events([ReasoningDelta(text="summary"), ReasoningDelta(redacted="gAAAAblob"), TextDelta("hi")])
+    assert events == (ReasoningDelta(text="summary"), TextDelta("hi"))
+    assert cache.store.statistics().entries == 0
+
+
+def test_thinking_larger_than_the_store_is_shown_and_not_kept():
+    cache = _cache(max_bytes=1000)
+    tap = Tap(cache, "anthropic", Scope("test", "c"), now=0.0)
+    events = tap.events([ReasoningDelta(text="x" * 600), ReasoningDelta(text="y" * 600),
+                         ReasoningDelta(signature="sig"), ToolCallStart(0, "toolu_1", "get_weather")])
+    tap.close()
+    assert [e.text for e in events if isinstance(e, ReasoningDelta)] == ["x" * 600, "y" * 600]
+    assert cache.store.statistics().entries == 0
