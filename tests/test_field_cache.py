@@ -57,15 +57,20 @@ class Conversation:
     """A Claude Code-like conversation: it keeps every block it was given and sends
     its whole history back each turn."""
 
-    def __init__(self, sdk: anthropic.AsyncAnthropic) -> None:
+    def __init__(self, sdk: anthropic.AsyncAnthropic, stream: bool = True) -> None:
         self.sdk = sdk
+        self.stream = stream
         self.messages: list = []
 
     async def turn(self, content) -> list[dict]:
         self.messages.append({"role": "user", "content": content})
-        async with self.sdk.messages.stream(model="sonnet", max_tokens=4096, messages=self.messages, tools=TOOLS,
-                                            thinking=THINKING, extra_headers=SESSION) as s:
-            reply = await s.get_final_message()
+        kwargs = dict(model="sonnet", max_tokens=4096, messages=self.messages, tools=TOOLS, thinking=THINKING,
+                      extra_headers=SESSION)
+        if self.stream:
+            async with self.sdk.messages.stream(**kwargs) as s:
+                reply = await s.get_final_message()
+        else:
+            reply = await self.sdk.messages.create(**kwargs)
         blocks = [b.model_dump(exclude_none=True) for b in reply.content]
         self.messages.append({"role": "assistant", "content": blocks})
         return blocks
@@ -88,12 +93,13 @@ def _gemini_model_parts(body: dict) -> list[dict]:
     return [p for c in body["contents"] if c.get("role") == "model" for p in c["parts"]]
 
 
-async def test_thinking_survives_a_fallback_anthropic_gemini_anthropic(tmp_path, clock):
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+async def test_thinking_survives_a_fallback_anthropic_gemini_anthropic(tmp_path, clock, stream):
     with trio.fail_after(300):
         async with running_gateway(_config(tmp_path)) as gw:
             sdk = anthropic.AsyncAnthropic(base_url=gw.url, api_key=DEMO_KEY, max_retries=0)
             try:
-                talk = Conversation(sdk)
+                talk = Conversation(sdk, stream)
                 signer = gw.simulator.signer
 
                 # 1. Anthropic answers: signed thinking, then a call
@@ -171,6 +177,34 @@ async def test_anthropic_back_in_the_middle_of_a_gemini_tool_cycle_answers_witho
                 for body in (cycle, fresh):
                     assert not any(b["type"] == "thinking" for b in _assistant_blocks(body))
             finally:
+                await sdk.close()
+
+
+async def test_another_key_replaying_the_same_conversation_gets_nothing_kept_for_the_first(tmp_path, clock):
+    with trio.fail_after(300):
+        async with running_gateway(_config(tmp_path)) as gw:
+            sdk = anthropic.AsyncAnthropic(base_url=gw.url, api_key=DEMO_KEY, max_retries=0)
+            other = anthropic.AsyncAnthropic(base_url=gw.url, api_key=OTHER_KEY, max_retries=0)
+            try:
+                gw.simulator.key_faults["kc"] = Fault(status=503)  # Gemini answers everything
+                talk = Conversation(sdk)
+                called = await talk.turn("What is the weather in Paris?")
+                call_id = called[-1]["id"]
+                stranger = Conversation(other)
+                stranger.messages = [dict(m) for m in talk.messages]  # same history, same session header
+                mark = len(gw.simulator.bodies)
+                await stranger.answer_tool()
+                await talk.answer_tool()
+                (_, theirs), (_, ours) = _upstream(gw, mark)
+
+                def signature_of(body):
+                    return next(p["thoughtSignature"] for p in _gemini_model_parts(body)
+                                if p.get("functionCall", {}).get("id") == call_id)
+                assert signature_of(theirs) == "skip_thought_signature_validator"
+                assert gw.simulator.signer.valid("gemini", "The user wants an answer; a tool may help.",
+                                                 signature_of(ours))
+            finally:
+                await other.close()
                 await sdk.close()
 
 
