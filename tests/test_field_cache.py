@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 import anthropic
+import httpx
 import pytest
 import trio
 import trio.testing
@@ -20,7 +21,7 @@ from gateway.field_rules import Tap, inject
 from protocols import anthropic_messages
 from protocols.unified import ReasoningDelta, TextDelta, ToolCallDelta, ToolCallStart
 from providers.sim_script import Fault
-from tests.conftest import DEMO_KEY, base_config, running_gateway
+from tests.conftest import ADMIN_TOKEN, DEMO_KEY, base_config, running_gateway
 
 TOOLS = [{"name": "get_weather", "description": "weather",
           "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
@@ -136,6 +137,11 @@ async def test_thinking_survives_a_fallback_anthropic_gemini_anthropic(tmp_path,
                 assert [b["type"] for b in third] == ["thinking", "tool_use"]
                 final = await talk.answer_tool()
                 assert any(b["type"] == "text" for b in final)
+                async with httpx.AsyncClient(base_url=gw.url) as admin:
+                    state = (await admin.get("/admin/field-cache",
+                                             headers={"authorization": f"Bearer {ADMIN_TOKEN}"})).json()
+                assert state["enabled"] and state["entries"] >= 1 and 0 < state["bytes"] <= state["max_bytes"]
+                assert anthropic_signed[0]["signature"] not in json.dumps(state)  # counts, never a kept field
                 sent = _upstream(gw, mark)
                 assert [f for f, _ in sent] == ["anthropic", "anthropic"]
                 for _, body in sent:
