@@ -125,7 +125,7 @@ class AttemptRunner:
         (``gateway.field_rules``), the server tools its operator drops taken out."""
         request = req.call.request
         cache = self.field_cache
-        if cache is not None and cache.rules.for_protocol(provider.protocol) \
+        if cache is not None and cache.rules.by_protocol and provider.protocol in ("anthropic", "gemini") \
                 and any(m.role == "assistant" for m in request.messages):
             scope = self._scope(req)
             if scope is not None:

@@ -1,9 +1,9 @@
 """The field cache's two passes: take signed fields out of a translated answer
 (``Tap``), and put them back into a later request for their issuer (``inject``).
 
-Both are synchronous and run only where they can matter: ``Tap`` on an answer whose
-upstream protocol differs from the client's (with the cache enabled), ``inject`` on a
-request to a protocol that has rules. See ``gateway.field_cache`` for why and for the store.
+Both are synchronous, run only with the cache enabled and only where they can matter:
+``Tap`` on an answer whose upstream protocol differs from the client's, ``inject`` on a
+request with an assistant turn to an Anthropic or Gemini upstream. See ``gateway.field_cache`` for why and for the store.
 
 What the client of a translated answer sees: its reasoning text, never another
 vendor's signature (an Anthropic client gets a ``thinking`` block with an empty
@@ -186,10 +186,10 @@ class Tap:
 
 def inject(req: UnifiedRequest, protocol: str, cache: FieldCache, scope: Scope, now: float) -> UnifiedRequest:
     """The request with the kept fields put back for an upstream of ``protocol``."""
-    rules = cache.rules.for_protocol(protocol)
-    if not rules or not any(m.role == "assistant" for m in req.messages):
+    if not cache.rules.by_protocol or not any(m.role == "assistant" for m in req.messages):
         return req
-    if protocol == ANTHROPIC:
+    rules = cache.rules.for_protocol(protocol)
+    if protocol == ANTHROPIC:  # foreign thinking leaves whatever the rules keep
         return _anthropic(req, cache, scope, now)
     if protocol == GEMINI and (FieldKind.GEMINI_THOUGHT_SIGNATURE, Mode.PER_TOOL_CALL) in rules:
         return _gemini(req, cache, scope, now)

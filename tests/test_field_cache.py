@@ -16,7 +16,7 @@ import pytest
 import trio
 import trio.testing
 
-from gateway.field_cache import FieldCache, FieldCacheConfig, FieldKind, FieldStore, Mode, Scope
+from gateway.field_cache import FieldCache, FieldCacheConfig, FieldKind, FieldRuleConfig, FieldStore, Mode, Scope
 from gateway.field_rules import Tap, inject
 from protocols import anthropic_messages
 from protocols.unified import ReasoningDelta, TextDelta, ToolCallDelta, ToolCallStart
@@ -236,6 +236,8 @@ async def test_without_the_cache_the_anthropic_upstream_refuses_the_foreign_thin
 
 
 def _cache(**config) -> FieldCache:
+    if "rules" in config:
+        config["rules"] = tuple(FieldRuleConfig(**r) for r in config["rules"])
     return FieldCache.of(FieldCacheConfig(**config))
 
 
@@ -356,3 +358,16 @@ def test_thinking_larger_than_the_store_is_shown_and_not_kept():
     tap.close()
     assert [e.text for e in events if isinstance(e, ReasoningDelta)] == ["x" * 600, "y" * 600]
     assert cache.store.statistics().entries == 0
+
+
+def test_foreign_thinking_leaves_an_anthropic_request_even_without_an_anthropic_rule():
+    cache = _cache(rules=[{"field": "gemini_thought_signature", "mode": "per_tool_call"}])
+    doc = {"model": "sonnet", "max_tokens": 100, "thinking": THINKING, "messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": "a thought", "signature": ""},
+                                          {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "sunny"}]}]}
+    req = inject(anthropic_messages.parse_request(doc), "anthropic", cache, Scope("test", "c"), 0.0)
+    body = anthropic_messages.build_request(req, "claude-sim")
+    assert [b["type"] for b in body["messages"][1]["content"]] == ["tool_use"]
+    assert "thinking" not in body
