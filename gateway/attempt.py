@@ -22,6 +22,8 @@ from typing import Any, Awaitable, Callable
 import trio
 
 from gateway.ending import Outcome, Trouble
+from gateway.field_cache import FieldCache, Scope, conversation_of
+from gateway.field_rules import Tap, inject
 from gateway.request import ClientLink, Request
 from protocols.errors import GatewayError, Stopping, UpstreamError, UpstreamProtocolError, UpstreamTimeout
 from protocols.seams import StreamEncoder
@@ -56,6 +58,17 @@ def _for_upstream(request: UnifiedRequest, provider: Provider) -> UnifiedRequest
     """The request as this provider is sent it: without the server tools it cannot run
     that its operator chose to drop (the others are refused by name when it is built)."""
     return drop_tools(request, provider.protocol, getattr(provider, "server_tools", {}))
+
+
+def _edits(tap: Tap | None, chain: Any) -> Callable[[tuple], tuple] | None:
+    """What changes a translated stream's events before the client's encoder: the
+    field cache's tap, then the target's answer adapters."""
+    adapters = chain.events if chain.edits_answers else None
+    if tap is None:
+        return adapters
+    if adapters is None:
+        return tap.events
+    return lambda events: adapters(tap.events(events))
 
 
 def _headers(req: Request, content_type: str, target: Any) -> list:
@@ -106,10 +119,36 @@ def _only_error(batch: list) -> UpstreamError | None:
 
 class AttemptRunner:
     def __init__(self, streaming: Any, settle: Callable[[Request], Awaitable[None]],
-                 stopping: Callable[[], bool] = lambda: False) -> None:
+                 stopping: Callable[[], bool] = lambda: False, field_cache: FieldCache | None = None) -> None:
         self.streaming = streaming
         self.settle = settle
         self.stopping = stopping
+        self.field_cache = field_cache
+
+    def _scope(self, req: Request) -> Scope | None:
+        if self.field_cache is None or req.key_name is None:
+            return None
+        return Scope(req.key_name, conversation_of(req.call.request, req.call.session))
+
+    def _for_upstream(self, req: Request, provider: Any) -> Any:
+        """The request as ``provider`` is sent it: the field cache's kept fields put back
+        (``gateway.field_rules``), the server tools its operator drops taken out."""
+        request = req.call.request
+        cache = self.field_cache
+        if cache is not None and cache.rules.by_protocol and provider.protocol in ("anthropic", "gemini") \
+                and any(m.role == "assistant" for m in request.messages):
+            scope = self._scope(req)
+            if scope is not None:
+                request = inject(request, provider.protocol, cache, scope, trio.current_time())
+        return _for_upstream(request, provider)
+
+    def _tap(self, req: Request, provider: Any) -> Tap | None:
+        """The field cache's hand on a translated answer (the cache enabled)."""
+        cache = self.field_cache
+        if cache is None or provider.protocol == req.call.request.protocol or not cache.rules.by_protocol:
+            return None
+        scope = self._scope(req)
+        return None if scope is None else Tap(cache, provider.protocol, scope, trio.current_time())
 
     async def run(self, req: Request, provider: Provider, target: Any, credential: Any, link: ClientLink) -> None:
         index = req.begin_attempt(target, credential.id)
@@ -133,7 +172,7 @@ class AttemptRunner:
         call = req.call
         with trio.move_on_after(self.streaming.nonstream_timeout_s) as scope:
             try:
-                completion = await provider.complete(_for_upstream(call.request, provider), target.model,
+                completion = await provider.complete(self._for_upstream(req, provider), target.model,
                                                      credential)
             except Unparseable as exc:
                 req.settle_attempt(index, Outcome.ANSWERED)
@@ -155,6 +194,9 @@ class AttemptRunner:
             if req.transform is not None:
                 req.transform.answer(response)
         else:
+            tap = self._tap(req, provider)
+            if tap is not None:
+                response = tap.response(response)
             # the answer adapters edit what the client sees; the meter took the upstream's usage above
             response = chain_of(provider, target.model).response(response)
             if req.transform is not None:
@@ -184,7 +226,7 @@ class AttemptRunner:
         with trio.CancelScope(deadline=trio.current_time() + self.streaming.ttfb_timeout_s) as scope:
             req.streaming_scope = scope
             try:
-                async with provider.stream(_for_upstream(call.request, provider), target.model,
+                async with provider.stream(self._for_upstream(req, provider), target.model,
                                            credential) as reader:
                     # A success status: the upstream has the request, whatever its body holds.
                     req.settle_attempt(index, Outcome.ANSWERED)
@@ -206,9 +248,10 @@ class AttemptRunner:
                     req.first_byte_at = trio.current_time()
                     await link.start(200, _headers(req, content_type, target))
                     complete = False
+                    tap = None if passthrough else self._tap(req, provider)
                     try:
                         complete = await self._relay(batch, reader, scope, link, req, encoder, passthrough, held,
-                                                     chain.events if chain.edits_answers else None)
+                                                     _edits(tap, chain))
                     except UpstreamError as exc:
                         self._fail(req, exc, encoder, reader, passthrough, held)
                     except ClientStuck:
@@ -218,6 +261,8 @@ class AttemptRunner:
                             await self._say_stopping(req, encoder, reader, passthrough, held, link)
                         raise
                     req.terminal = complete or reader.terminal
+                    if tap is not None and req.terminal and meter.error is None:
+                        tap.close()
                     if passthrough and meter.error_unread and not req.client_gone:
                         # the upstream said nothing of it: the client's own error event ends its stream
                         encoder.resume(meter.response_id, reader.decoder.last_sequence + 1)

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from gateway.adapter_config import AdapterList
+from gateway.field_cache import FieldCacheConfig
 from gateway.tracing import INSTALL_HINT, missing_modules
 from gateway.config_schema import (FRACTION, INVALID, NON_NEGATIVE, PORT, POSITIVE, Check, Reader, child,
                                    closest, did_you_mean, setting)
@@ -410,6 +411,7 @@ class Config:
     actors: ActorsConfig = ActorsConfig()
     simulator: SimulatorConfig = SimulatorConfig()
     store: StoreConfig = StoreConfig()
+    field_cache: FieldCacheConfig = FieldCacheConfig()
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
     tracing: TracingConfig | None = None

@@ -38,6 +38,7 @@ from actors.mailbox import Mailbox
 from actors.routing import Plan, Resolve, Table
 from actors.usage import Reserve, Settle
 from gateway.attempt import AttemptRunner
+from gateway.field_cache import FieldCache
 from gateway.ending import Charge, Outcome, Trouble, decide, estimates, hold_instead
 from gateway.observe import Observers, from_request
 from gateway.request import Call, ClientLink, Request
@@ -79,7 +80,8 @@ class Dispatcher:
                  default_hold_output_tokens: int, budget_s: float = 10.0,
                  stopping: Callable[[], bool] = lambda: False, observers: Observers | None = None,
                  table: Table | None = None, pricing: Mapping[str, Any] | None = None,
-                 in_flight: Counter | None = None, traces: TransformTraces | None = None) -> None:
+                 in_flight: Counter | None = None, traces: TransformTraces | None = None,
+                 field_cache: FieldCache | None = None) -> None:
         # One dispatcher per config generation (gateway/generation.py): a request runs on
         # the one it started on -- its routes (``table``), prices, providers, streaming
         # settings -- and a reload waits for ``wait_idle`` before closing what it retired.
@@ -99,7 +101,7 @@ class Dispatcher:
         self._prefix = "req_" + os.urandom(6).hex()  # unique per process: ids never repeat across restarts
         self._counter = itertools.count(1)
         self.drain_enabled = streaming.on_disconnect == "drain" and streaming.max_concurrent_drains > 0
-        self.attempt = AttemptRunner(streaming, self._settle, stopping)
+        self.attempt = AttemptRunner(streaming, self._settle, stopping, field_cache)
         # calls being served now, by (protocol, transport, stream), shared by every
         # generation's dispatcher: read by metrics scrapes
         self.in_flight: Counter = Counter() if in_flight is None else in_flight

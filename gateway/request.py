@@ -56,6 +56,7 @@ class Call:
     trace: RequestTrace = NO_TRACE  # its span, when traces are on (``gateway.tracing``)
     received: Any = None  # the client's body as parsed (a transform trace's first pass)
     trace_asked: bool = False  # the client asked for a transform trace (``gateway.transform_trace``)
+    session: str | None = None  # the client's session id header, for the field cache
 
 
 @attrs.define

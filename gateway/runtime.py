@@ -40,6 +40,7 @@ from actors.supervisor import Supervisor
 from actors.usage import Query, UsageActor
 from gateway.config import Config
 from gateway.dispatch import Actors, Dispatcher
+from gateway.field_cache import FieldCache, FieldStore
 from gateway.metrics import Metrics
 from gateway.metrics import listener as metrics_listener
 from gateway.generation import (ConfigSource, Generation, ReloadRefused, changed_sections, restart_problems,
@@ -97,6 +98,8 @@ class Runtime:
         self.simulator: Simulator | None = None
         self.actors: Actors | None = None
         self.providers: dict = {}
+        # kept fields outlive reloads; their bounds are read at start
+        self.field_store = FieldStore(config.field_cache.max_bytes, config.field_cache.ttl_s)
         self.redactor = redactor_for(config)  # every secret the config holds, out of upstream text and logs
         # transform traces: off unless trace.enabled; lines redacted with the current redactor
         self.transform_traces = TransformTraces(config.trace, config.state_dir, lambda: self.redactor)
@@ -184,9 +187,11 @@ class Runtime:
 
     def _dispatcher(self, cfg: Config, providers: dict) -> Dispatcher:
         table = Table.build(cfg.models, cfg.aliases, cfg.providers, cfg.is_priced)
+        self.field_store.configure(cfg.field_cache)
         return Dispatcher(self.actors, providers, cfg.streaming, cfg.default_hold_output_tokens, cfg.routing.budget_s,
                           stopping=self.stopping, observers=self.observers, table=table, pricing=cfg.pricing,
-                          in_flight=self.in_flight, traces=self.transform_traces)
+                          in_flight=self.in_flight, traces=self.transform_traces,
+                          field_cache=FieldCache.of(cfg.field_cache, self.field_store))
 
     async def _close_providers(self, retired: list | None = None) -> None:
         """Close the pools of ``retired`` providers (None: every one still open, at stop)."""

@@ -35,6 +35,7 @@ from protocols.errors import GatewayError, classify_upstream
 from protocols.validate import load_json_object
 from providers.sim_count import COUNTS, SimCount
 from providers.sim_script import Fault, answer, base_model, fault_for
+from providers.sim_thinking import Signer, check_replayed, wants_thinking, with_thinking
 from providers.sim_websocket import SimTurn, serve_socket
 
 log = logging.getLogger("tollhouse.simulator")
@@ -134,6 +135,7 @@ class Simulator:
         self.websocket_open = 0  # WebSocket connections open now
         self.ws_turns: list[SimTurn] = []  # every response.create received, in order
         self.counts: list[tuple[str, dict]] = []  # every counting request: (protocol, body)
+        self.signer = Signer()  # signs its thinking per family, checks what comes back
         self._changed = trio.Event()
         self._ids = itertools.count(1)
         self._run = os.urandom(4).hex()
@@ -269,6 +271,7 @@ class Simulator:
             doc = load_json_object(body)
             self.bodies.append(doc)
             req = proto.parse(match, query, doc)
+            check_replayed(proto.name, doc, self.signer)
         except GatewayError as exc:
             return await _send_json(send, exc.status, proto.format_error(exc))
         fault = fault_for(req.model, req, self.key_faults.get(key))
@@ -287,6 +290,8 @@ class Simulator:
         if fault.status:
             return await self._error(proto, fault, send)
         result = answer(req, size, fault, self.next_id())
+        if wants_thinking(proto.name, doc):
+            result = with_thinking(proto.name, doc, result, self.signer)
         self.reported.append(result.response.usage)
         model = base_model(req.model)
         if not req.stream:

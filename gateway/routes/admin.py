@@ -2,6 +2,7 @@
 
 ``/admin/actors``: every actor's mailbox depth, handled count, restarts, state summary.
 ``/admin/credentials``, ``/admin/cooldowns``: pool and cooldown state (no secrets).
+``/admin/field-cache``: the field cache's entries, bytes, evictions, expiries and rules.
 ``/admin/keys``, ``/admin/usage``, ``/admin/reservations``: the meter (``DELETE
 /admin/keys/<name>`` revokes a key: final, idempotent, its history kept). A reservation is
 ``open`` while its request runs and ``settling`` once settled but not yet on disk (the
@@ -25,6 +26,7 @@ import math
 import time
 from functools import wraps
 
+import attrs
 from quart import Blueprint, current_app, request
 
 from actors import cooldown, credentials, usage
@@ -168,6 +170,15 @@ async def enable_credential(runtime, provider, credential_id):
 @admin_only
 async def cooldowns(runtime):
     return await cooldown_states(runtime)
+
+
+@route("/field-cache", methods=["GET"])
+@admin_only
+async def field_cache(runtime):
+    """The field cache's size and rules (counts only: no kept field leaves the gateway)."""
+    config = runtime.config.field_cache
+    return {**attrs.asdict(runtime.field_store.statistics()), "enabled": config.enabled,
+            "ttl_s": runtime.field_store.ttl_s, "rules": [attrs.asdict(r) for r in config.rules]}
 
 
 @route("/keys", methods=["GET"])

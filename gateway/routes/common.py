@@ -15,6 +15,7 @@ from typing import Any, Awaitable, Callable
 import trio
 
 from gateway.asgi_link import AsgiLink, read_body
+from gateway.field_cache import session_of
 from gateway.logs import request_context
 from gateway.observe import Transport, refused
 from gateway.request import Call, Recorder
@@ -138,7 +139,8 @@ async def _serve_call(runtime: Any, client: ClientCodec, scope, receive, link: A
         traces = runtime.transform_traces
         asked = traces.enabled and traces.asked(scope["headers"])  # off: this one check
         await runtime.dispatcher.serve(Call(request, key, client, size, request_id, recorder, trace=trace,
-                                            received=doc, trace_asked=asked), link)
+                                            received=doc, trace_asked=asked,
+                                            session=session_of(scope["headers"])), link)
     except GatewayError as err:
         answered, key_name = await _answer_error(runtime, client, send, link, key, err, request_id, request)
         if not dispatched:

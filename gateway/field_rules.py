@@ -1,0 +1,296 @@
+"""The field cache's two passes: take signed fields out of a translated answer
+(``Tap``), and put them back into a later request for their issuer (``inject``).
+
+Both are synchronous, run only with the cache enabled and only where they can matter:
+``Tap`` on an answer whose upstream protocol differs from the client's, ``inject`` on a
+request with an assistant turn to an Anthropic or Gemini upstream. See ``gateway.field_cache`` for why and for the store.
+
+What the client of a translated answer sees: its reasoning text, never another
+vendor's signature (an Anthropic client gets a ``thinking`` block with an empty
+signature, which the gateway recognises as foreign when it comes back).
+
+What an upstream is sent:
+
+- Anthropic, from an Anthropic client (its body as written): thinking blocks without a
+  signature (foreign reasoning shown to the client) are dropped; an assistant turn
+  left without thinking gets the blocks kept for its tool calls (``per_tool_call``) or,
+  the conversation's last answer, those kept for it (``last``); if the open tool cycle
+  still has no thinking, ``thinking: enabled`` is left out of the request, as Anthropic
+  requires thinking there. Blocks the client kept are sent as they came.
+- Anthropic, from another protocol: the client's reasoning is never sent (it cannot
+  hold an Anthropic signature); kept blocks are put back the same way.
+- Gemini: a function call gets back the ``thoughtSignature`` it came with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Iterable
+
+import attrs
+
+from gateway.field_cache import FieldCache, FieldKind, Mode, Scope
+from protocols.unified import (
+    ReasoningDelta,
+    ReasoningPart,
+    TextDelta,
+    TextPart,
+    ToolCallPart,
+    ToolCallStart,
+    UnifiedRequest,
+    UnifiedResponse,
+)
+
+ANTHROPIC = "anthropic"
+GEMINI = "gemini"
+
+
+class Fingerprint:
+    """An assistant turn's identity as both sides see it: its text and its calls' ids,
+    hashed as they stream (nothing of an endless answer is kept)."""
+
+    def __init__(self) -> None:
+        self.text = hashlib.sha256()
+        self.calls = hashlib.sha256()
+
+    def add_text(self, text: str) -> None:
+        self.text.update(text.encode())
+
+    def add_call(self, call_id: str) -> None:
+        self.calls.update(call_id.encode() + b"\0")
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.text.digest() + self.calls.digest()).hexdigest()[:32]
+
+
+def fingerprint(texts: Iterable[str], call_ids: Iterable[str]) -> str:
+    f = Fingerprint()
+    for t in texts:
+        f.add_text(t)
+    for c in call_ids:
+        f.add_call(c)
+    return f.digest()
+
+
+class Tap:
+    """Takes the signed fields out of one translated answer's events, and keeps those
+    a rule names. Any upstream's are taken out (a Responses upstream's
+    ``encrypted_content`` too, kept by no rule yet): a client can only hand them to the
+    wrong vendor."""
+
+    def __init__(self, cache: FieldCache, protocol: str, scope: Scope, now: float) -> None:
+        self.cache = cache
+        self.protocol = protocol
+        self.scope = scope
+        self.now = now
+        # Anthropic thinking is kept whole (its signature covers it), up to what the
+        # store could hold: past that the answer's blocks are not kept at all.
+        self._keeps = protocol == ANTHROPIC and bool(cache.rules.for_protocol(ANTHROPIC))
+        self._room = cache.store.max_bytes
+        self._text: list[str] = []  # the reasoning block being streamed
+        self._blocks: list[dict] = []  # Anthropic blocks since the last call
+        self._all: list[dict] = []
+        self._turn = Fingerprint()
+
+    # ------------------------------------------------------------ streams
+
+    def events(self, events: tuple | list) -> tuple:
+        out = []
+        for ev in events:
+            if isinstance(ev, ReasoningDelta):
+                ev = self._reasoning(ev)
+                if ev is None:
+                    continue
+            elif isinstance(ev, TextDelta):
+                self._turn.add_text(ev.text)
+            elif isinstance(ev, ToolCallStart):
+                ev = self._call(ev.id, ev)
+            out.append(ev)
+        return tuple(out)
+
+    def _reasoning(self, ev: ReasoningDelta) -> ReasoningDelta | None:
+        if ev.text and self._keeps:
+            self._take(len(ev.text))
+            if self._keeps:
+                self._text.append(ev.text)
+        if ev.redacted is not None:
+            self._block({"type": "redacted_thinking", "data": ev.redacted})
+        if ev.signature:
+            self._block({"type": "thinking", "thinking": "".join(self._text), "signature": ev.signature})
+            self._text = []
+        if not ev.text:
+            return None  # a signature or a redacted blob only: nothing the client may read
+        return attrs.evolve(ev, signature=None, redacted=None) if ev.signature or ev.redacted else ev
+
+    def _take(self, size: int) -> None:
+        self._room -= size
+        if self._room < 0:  # more thinking than the store holds: keep none of this answer's
+            self._keeps = False
+            self._text, self._blocks, self._all = [], [], []
+
+    def _block(self, block: dict) -> None:
+        if self._keeps:
+            self._take(len(block.get("signature") or block.get("data") or ""))
+        if self._keeps:
+            self._blocks.append(block)
+            self._all.append(block)
+
+    def _call(self, call_id: str, ev: Any) -> Any:
+        self._turn.add_call(call_id)
+        kind_mode = self.cache.rules
+        if self.protocol == ANTHROPIC and self._blocks and kind_mode.has(ANTHROPIC, FieldKind.ANTHROPIC_THINKING,
+                                                                        Mode.PER_TOOL_CALL):
+            self._put(FieldKind.ANTHROPIC_THINKING, Mode.PER_TOOL_CALL, call_id, list(self._blocks))
+        self._blocks = []
+        signature = ev.extra.get("thoughtSignature") if ev.extra else None
+        if signature:
+            if self.protocol == GEMINI and kind_mode.has(GEMINI, FieldKind.GEMINI_THOUGHT_SIGNATURE,
+                                                         Mode.PER_TOOL_CALL):
+                self._put(FieldKind.GEMINI_THOUGHT_SIGNATURE, Mode.PER_TOOL_CALL, call_id, signature)
+            ev = attrs.evolve(ev, extra={k: v for k, v in ev.extra.items() if k != "thoughtSignature"})
+        return ev
+
+    def close(self) -> None:
+        """The answer ended: keep its blocks for ``last``."""
+        if self.protocol == ANTHROPIC and self._all and \
+                self.cache.rules.has(ANTHROPIC, FieldKind.ANTHROPIC_THINKING, Mode.LAST):
+            self._put(FieldKind.ANTHROPIC_THINKING, Mode.LAST, "",
+                      {"turn": self._turn.digest(), "blocks": self._all})
+
+    def _put(self, kind: FieldKind, mode: Mode, anchor: str, value: Any) -> None:
+        self.cache.store.put((self.scope, kind, mode, anchor), value, self.now)
+
+    # ------------------------------------------------------------ whole answers
+
+    def response(self, resp: UnifiedResponse) -> UnifiedResponse:
+        """The whole-answer form of ``events``: parts in, parts without signatures out."""
+        parts = []
+        for p in resp.parts:
+            if isinstance(p, ReasoningPart):
+                ev = self._reasoning(ReasoningDelta(text=p.text, signature=p.signature, redacted=p.redacted))
+                if ev is not None:
+                    parts.append(attrs.evolve(p, signature=None, redacted=None))
+            elif isinstance(p, TextPart):
+                self._turn.add_text(p.text)
+                parts.append(p)
+            elif isinstance(p, ToolCallPart):
+                parts.append(self._call(p.id, p))
+            else:
+                parts.append(p)
+        self.close()
+        return attrs.evolve(resp, parts=tuple(parts))
+
+
+# ---------------------------------------------------------------- requests
+
+
+def inject(req: UnifiedRequest, protocol: str, cache: FieldCache, scope: Scope, now: float) -> UnifiedRequest:
+    """The request with the kept fields put back for an upstream of ``protocol``."""
+    if not cache.rules.by_protocol or not any(m.role == "assistant" for m in req.messages):
+        return req
+    rules = cache.rules.for_protocol(protocol)
+    if protocol == ANTHROPIC:  # foreign thinking leaves whatever the rules keep
+        return _anthropic(req, cache, scope, now)
+    if protocol == GEMINI and (FieldKind.GEMINI_THOUGHT_SIGNATURE, Mode.PER_TOOL_CALL) in rules:
+        return _gemini(req, cache, scope, now)
+    return req
+
+
+def _kept_blocks(cache: FieldCache, scope: Scope, now: float, call_ids: list[str], texts: list[str],
+                 last_turn: bool) -> list[dict]:
+    blocks: list[dict] = []
+    for call_id in call_ids:
+        blocks.extend(cache.store.get((scope, FieldKind.ANTHROPIC_THINKING, Mode.PER_TOOL_CALL, call_id), now) or ())
+    if not blocks and last_turn:
+        last = cache.store.get((scope, FieldKind.ANTHROPIC_THINKING, Mode.LAST, ""), now)
+        if last and last["turn"] == fingerprint(texts, call_ids):
+            blocks = list(last["blocks"])
+    return blocks
+
+
+def _anthropic(req: UnifiedRequest, cache: FieldCache, scope: Scope, now: float) -> UnifiedRequest:
+    if req.protocol == ANTHROPIC:
+        return attrs.evolve(req, raw=_anthropic_raw(req.raw, cache, scope, now))
+    last = max((i for i, m in enumerate(req.messages) if m.role == "assistant"), default=-1)
+    messages = []
+    for i, m in enumerate(req.messages):
+        if m.role != "assistant":
+            messages.append(m)
+            continue
+        parts = [p for p in m.parts if not isinstance(p, ReasoningPart)]
+        ids = [p.id for p in parts if isinstance(p, ToolCallPart)]
+        texts = [p.text for p in parts if isinstance(p, TextPart)]
+        blocks = _kept_blocks(cache, scope, now, ids, texts, i == last)
+        kept = [ReasoningPart(redacted=b["data"]) if b["type"] == "redacted_thinking"
+                else ReasoningPart(text=b["thinking"], signature=b["signature"]) for b in blocks]
+        messages.append(attrs.evolve(m, parts=tuple(kept + parts)))
+    return attrs.evolve(req, messages=tuple(messages))
+
+
+def _anthropic_raw(raw: Any, cache: FieldCache, scope: Scope, now: float) -> Any:
+    turns = raw.get("messages") if isinstance(raw, dict) else None
+    if not isinstance(turns, list):
+        return raw
+    last = max((i for i, m in enumerate(turns) if isinstance(m, dict) and m.get("role") == "assistant"), default=-1)
+    changed = False
+    out = []
+    for i, m in enumerate(turns):
+        blocks = m.get("content") if isinstance(m, dict) and m.get("role") == "assistant" else None
+        if not isinstance(blocks, list):
+            out.append(m)
+            continue
+        signed = [b for b in blocks if not _foreign(b)]
+        if not any(isinstance(b, dict) and b.get("type") in ("thinking", "redacted_thinking") for b in signed):
+            ids = [b.get("id", "") for b in signed if isinstance(b, dict) and b.get("type") == "tool_use"]
+            texts = [b.get("text", "") for b in signed if isinstance(b, dict) and b.get("type") == "text"]
+            signed = _kept_blocks(cache, scope, now, ids, texts, i == last) + signed
+        if len(signed) != len(blocks) or any(a is not b for a, b in zip(signed, blocks)):
+            changed = True
+            m = {**m, "content": signed}
+        out.append(m)
+    if not changed:
+        return raw
+    body = {**raw, "messages": out}
+    thinking = body.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("type") == "enabled" and not _cycle_thinks(out):
+        del body["thinking"]  # Anthropic wants the open tool cycle to open with thinking
+    return body
+
+
+def _foreign(block: Any) -> bool:
+    """A thinking block the gateway showed without a signature: another vendor's."""
+    return isinstance(block, dict) and block.get("type") == "thinking" and not block.get("signature")
+
+
+def _cycle_thinks(turns: list) -> bool:
+    """Whether the open tool cycle (the last assistant turn, answered by tool results
+    at the end) opens with thinking, or there is no open cycle."""
+    for m in reversed(turns):
+        blocks = m.get("content") if isinstance(m, dict) and isinstance(m.get("content"), list) else []
+        if m.get("role") == "assistant":
+            if not any(isinstance(b, dict) and b.get("type") == "tool_use" for b in blocks):
+                return True
+            return bool(blocks) and isinstance(blocks[0], dict) and \
+                blocks[0].get("type") in ("thinking", "redacted_thinking")
+        if not any(isinstance(b, dict) and b.get("type") == "tool_result" for b in blocks):
+            return True
+    return True
+
+
+def _gemini(req: UnifiedRequest, cache: FieldCache, scope: Scope, now: float) -> UnifiedRequest:
+    messages = []
+    changed = False
+    for m in req.messages:
+        if m.role != "assistant":
+            messages.append(m)
+            continue
+        parts = []
+        for p in m.parts:
+            if isinstance(p, ToolCallPart) and not p.extra.get("thoughtSignature"):
+                signature = cache.store.get((scope, FieldKind.GEMINI_THOUGHT_SIGNATURE, Mode.PER_TOOL_CALL, p.id), now)
+                if signature:
+                    p = attrs.evolve(p, extra={**p.extra, "thoughtSignature": signature})
+                    changed = True
+            parts.append(p)
+        messages.append(attrs.evolve(m, parts=tuple(parts)) if changed else m)
+    return attrs.evolve(req, messages=tuple(messages)) if changed else req
