@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import gzip
 import zlib
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
 
 import attrs
 import h11
@@ -119,3 +121,13 @@ async def _read(stream: trio.SocketStream, h: h11.Connection) -> tuple[h11.Reque
             body.append(bytes(event.data))
         elif type(event) is h11.EndOfMessage:
             return request, b"".join(body)
+
+
+@asynccontextmanager
+async def running_receiver() -> AsyncIterator[OtlpReceiver]:
+    """A receiver serving for the block (stopped on the way out); its spans stay readable."""
+    receiver = OtlpReceiver()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(receiver.serve)
+        yield receiver
+        nursery.cancel_scope.cancel()

@@ -22,7 +22,7 @@ from providers.sim_script import Fault  # noqa: E402
 from providers.websocket import connect  # noqa: E402
 from tests.conftest import ADMIN_TOKEN, DEMO_KEY, base_config, running_gateway  # noqa: E402
 from tests.gateway_process import serve_process, write_config  # noqa: E402
-from tests.otlp_receiver import OtlpReceiver  # noqa: E402
+from tests.otlp_receiver import OtlpReceiver, running_receiver  # noqa: E402
 
 AUTH = {"authorization": f"Bearer {DEMO_KEY}"}
 UPSTREAM_KEYS = ("sk-upstream-first-0001", "sk-upstream-second-0002")
@@ -53,17 +53,14 @@ def _traceparent(value: str) -> tuple[str, str, bool]:
 @pytest.mark.parametrize("stream", [False, True])
 async def test_a_request_is_a_server_span_with_an_attempt_under_it_and_the_upstream_gets_its_context(
         tmp_path, stream):
-    receiver = OtlpReceiver()
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(receiver.serve)
+        async with running_receiver() as receiver:
             async with running_gateway(_config(tmp_path, receiver)) as gw:
                 async with httpx.AsyncClient(base_url=gw.url, timeout=10) as client:
                     r = await _chat(client, stream=stream)
                     assert r.status_code == 200
                 [entry] = gw.ledger_entries()
                 [upstream_context] = gw.simulator.traceparents
-            nursery.cancel_scope.cancel()
 
     [server] = receiver.by_kind("server")
     [attempt] = receiver.by_kind("client")
@@ -108,10 +105,8 @@ async def test_a_request_is_a_server_span_with_an_attempt_under_it_and_the_upstr
 @pytest.mark.parametrize(("protocol", "operation"), [
     ("anthropic", "chat"), ("gemini", "generate_content"), ("openai_responses", "chat")])
 async def test_every_upstream_protocol_gets_the_attempt_context(tmp_path, protocol, operation):
-    receiver = OtlpReceiver()
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(receiver.serve)
+        async with running_receiver() as receiver:
             doc = _config(tmp_path, receiver)
             doc["providers"]["up"] = {"family": "simulator", "embedded": True, "protocol": protocol}
             doc["models"]["demo"] = {"targets": ["up/sim-model"]}
@@ -120,7 +115,6 @@ async def test_every_upstream_protocol_gets_the_attempt_context(tmp_path, protoc
                 async with httpx.AsyncClient(base_url=gw.url, timeout=10) as client:
                     assert (await _chat(client, stream=True)).status_code == 200
                 [upstream_context] = gw.simulator.traceparents
-            nursery.cancel_scope.cancel()
 
     [attempt] = receiver.by_kind("client")
     assert _traceparent(upstream_context)[:2] == (attempt.trace_id, attempt.span_id)
@@ -132,17 +126,14 @@ async def test_every_upstream_protocol_gets_the_attempt_context(tmp_path, protoc
 
 @pytest.mark.parametrize("sampled", [True, False])
 async def test_a_client_traceparent_is_continued_to_the_upstream_with_its_sampling_decision(tmp_path, sampled):
-    receiver = OtlpReceiver()
     flags = "01" if sampled else "00"
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(receiver.serve)
+        async with running_receiver() as receiver:
             async with running_gateway(_config(tmp_path, receiver)) as gw:
                 async with httpx.AsyncClient(base_url=gw.url, timeout=10) as client:
                     r = await _chat(client, headers={"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-{flags}"})
                     assert r.status_code == 200
                 [upstream_context] = gw.simulator.traceparents
-            nursery.cancel_scope.cancel()
 
     trace_id, parent_id, upstream_sampled = _traceparent(upstream_context)
     assert (trace_id, upstream_sampled) == (CLIENT_TRACE, sampled)
@@ -170,16 +161,13 @@ async def test_an_unreachable_collector_neither_fails_a_request_nor_holds_the_st
 
 
 async def test_a_failover_is_one_client_span_per_attempt_and_the_failed_one_is_an_error(tmp_path):
-    receiver = OtlpReceiver()
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(receiver.serve)
+        async with running_receiver() as receiver:
             async with running_gateway(_config(tmp_path, receiver)) as gw:
                 gw.simulator.key_faults[UPSTREAM_KEYS[0]] = Fault(status=503)
                 async with httpx.AsyncClient(base_url=gw.url, timeout=10) as client:
                     assert (await _chat(client, stream=True)).status_code == 200
                 contexts = list(gw.simulator.traceparents)
-            nursery.cancel_scope.cancel()
 
     [server] = receiver.by_kind("server")
     first, second = sorted(receiver.by_kind("client"), key=lambda s: s.attributes["tollhouse.attempt"])
@@ -195,17 +183,14 @@ async def test_a_failover_is_one_client_span_per_attempt_and_the_failed_one_is_a
 
 
 async def test_a_request_every_upstream_fails_is_an_error_span(tmp_path):
-    receiver = OtlpReceiver()
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(receiver.serve)
+        async with running_receiver() as receiver:
             async with running_gateway(_config(tmp_path, receiver)) as gw:
                 for key in UPSTREAM_KEYS:
                     gw.simulator.key_faults[key] = Fault(status=500)
                 async with httpx.AsyncClient(base_url=gw.url, timeout=10) as client:
                     r = await _chat(client)
                     assert r.status_code == 502
-            nursery.cancel_scope.cancel()
 
     [server] = receiver.by_kind("server")
     assert server.status == "error" and server.attributes["http.response.status_code"] == 502
@@ -215,16 +200,13 @@ async def test_a_request_every_upstream_fails_is_an_error_span(tmp_path):
 
 
 async def test_a_refused_request_is_a_span_but_a_client_error_is_not_a_server_error(tmp_path):
-    receiver = OtlpReceiver()
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(receiver.serve)
+        async with running_receiver() as receiver:
             async with running_gateway(_config(tmp_path, receiver)) as gw:
                 async with httpx.AsyncClient(base_url=gw.url, timeout=10) as client:
                     r = await client.post("/v1/chat/completions", json={"model": "demo", "messages": []},
                                           headers={"authorization": "Bearer th-not-a-key"})
                     assert r.status_code == 401
-            nursery.cancel_scope.cancel()
 
     [server] = receiver.by_kind("server")
     assert receiver.by_kind("client") == []
@@ -234,10 +216,8 @@ async def test_a_refused_request_is_a_span_but_a_client_error_is_not_a_server_er
 
 
 async def test_a_client_that_leaves_mid_stream_still_ends_both_spans(tmp_path):
-    receiver = OtlpReceiver()
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(receiver.serve)
+        async with running_receiver() as receiver:
             doc = _config(tmp_path, receiver)
             doc["models"]["slow"] = {"targets": ["sim/sim-chat+stall_after=4"]}
             async with running_gateway(doc) as gw:
@@ -249,7 +229,6 @@ async def test_a_client_that_leaves_mid_stream_still_ends_both_spans(tmp_path):
                             async for _ in chunks:
                                 break
                 await gw.usage_actor.wait_settles(1)
-            nursery.cancel_scope.cancel()
 
     [server] = receiver.by_kind("server")
     [attempt] = receiver.by_kind("client")
@@ -260,26 +239,21 @@ async def test_a_client_that_leaves_mid_stream_still_ends_both_spans(tmp_path):
 
 
 async def test_sample_ratio_zero_exports_nothing_but_still_propagates_an_unsampled_context(tmp_path):
-    receiver = OtlpReceiver()
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(receiver.serve)
+        async with running_receiver() as receiver:
             async with running_gateway(_config(tmp_path, receiver, sample_ratio=0)) as gw:
                 async with httpx.AsyncClient(base_url=gw.url, timeout=10) as client:
                     for stream in (False, True):
                         assert (await _chat(client, stream=stream)).status_code == 200
                 contexts = list(gw.simulator.traceparents)
-            nursery.cancel_scope.cancel()
 
     assert receiver.spans == []
     assert len(contexts) == 2 and not any(_traceparent(c)[2] for c in contexts)
 
 
 async def test_each_websocket_turn_is_its_own_server_span(tmp_path):
-    receiver = OtlpReceiver()
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(receiver.serve)
+        async with running_receiver() as receiver:
             doc = _config(tmp_path, receiver)
             doc["providers"]["simr"] = {"family": "simulator", "embedded": True, "protocol": "openai_responses"}
             doc["models"]["gpt-sim"] = {"targets": ["simr/sim-gpt"]}
@@ -293,7 +267,6 @@ async def test_each_websocket_turn_is_its_own_server_span(tmp_path):
                                                        "input": question, "store": False}))
                         while json.loads(await ws.receive_text())["type"] != "response.completed":
                             pass
-            nursery.cancel_scope.cancel()
 
     servers = receiver.by_kind("server")
     assert len(servers) == 2 and len(receiver.by_kind("client")) == 2
@@ -304,10 +277,8 @@ async def test_each_websocket_turn_is_its_own_server_span(tmp_path):
 
 
 async def test_an_upstream_websocket_carries_the_context_of_the_turn_that_opened_it(tmp_path):
-    receiver = OtlpReceiver()
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(receiver.serve)
+        async with running_receiver() as receiver:
             doc = _config(tmp_path, receiver)
             doc["providers"]["simr"] = {"family": "simulator", "embedded": True, "protocol": "openai_responses",
                                         "websocket": True}
@@ -323,7 +294,6 @@ async def test_an_upstream_websocket_carries_the_context_of_the_turn_that_opened
                             pass
                 assert gw.simulator.websocket_connections == 1
                 [handshake_context] = gw.simulator.traceparents
-            nursery.cancel_scope.cancel()
 
     turns = sorted(receiver.by_kind("server"), key=lambda s: s.attributes["tollhouse.request_id"])  # ids count up
     assert len(turns) == 2 and turns[0].trace_id != turns[1].trace_id  # no client context: a trace per turn
@@ -333,16 +303,13 @@ async def test_an_upstream_websocket_carries_the_context_of_the_turn_that_opened
 
 async def test_a_served_gateway_exports_its_last_spans_when_it_is_stopped(tmp_path):
     """``tollhouse serve`` as a process: the spans of the last requests leave before it exits."""
-    receiver = OtlpReceiver()
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(receiver.serve)
+        async with running_receiver() as receiver:
             async with serve_process(write_config(tmp_path, _config(tmp_path, receiver))) as gateway:
                 async with httpx.AsyncClient(base_url=await gateway.url(), timeout=10) as client:
                     for stream in (False, True):
                         assert (await _chat(client, stream=stream)).status_code == 200
                 gateway.send_signal(signal.SIGTERM)
                 assert await gateway.wait() == 0
-            nursery.cancel_scope.cancel()
 
     assert len(receiver.by_kind("server")) == 2 and len(receiver.by_kind("client")) == 2
