@@ -27,7 +27,7 @@ from typing import Any, Hashable, Iterable, Literal, Mapping
 import attrs
 
 from gateway.config_schema import POSITIVE, setting
-from protocols.unified import TextPart, UnifiedRequest
+from protocols.unified import TextPart, ToolResultPart, UnifiedRequest
 
 
 class FieldKind(enum.Enum):
@@ -40,15 +40,25 @@ class FieldKind(enum.Enum):
 class Mode(enum.Enum):
     """Where a kept field goes back: ``per_tool_call`` at the tool call it came with,
     ``last`` at the start of the latest answer, when the conversation's last assistant
-    turn is that answer."""
+    turn is that answer. The turn modes put back a whole answer's fields at the
+    assistant turn that answer became (same text and calls): ``all`` at any such turn
+    of the conversation, ``last_user_turn`` only while the request's last user turn is
+    the one that answer replied to (its tool loop, a retry), ``last_assistant_turn``
+    only at the request's last assistant turn."""
 
     LAST = "last"
     PER_TOOL_CALL = "per_tool_call"
+    ALL = "all"
+    LAST_USER_TURN = "last_user_turn"
+    LAST_ASSISTANT_TURN = "last_assistant_turn"
+
+
+TURN_MODES = (Mode.LAST_ASSISTANT_TURN, Mode.LAST_USER_TURN, Mode.ALL)
 
 
 ISSUER = {FieldKind.ANTHROPIC_THINKING: "anthropic", FieldKind.GEMINI_THOUGHT_SIGNATURE: "gemini"}
-MODES_OF = {FieldKind.ANTHROPIC_THINKING: (Mode.PER_TOOL_CALL, Mode.LAST),
-            FieldKind.GEMINI_THOUGHT_SIGNATURE: (Mode.PER_TOOL_CALL,)}
+MODES_OF = {FieldKind.ANTHROPIC_THINKING: (Mode.PER_TOOL_CALL, Mode.LAST) + TURN_MODES,
+            FieldKind.GEMINI_THOUGHT_SIGNATURE: (Mode.PER_TOOL_CALL,) + TURN_MODES}
 FIELD_NAMES = tuple(k.value for k in FieldKind)
 MODE_NAMES = ("last", "all", "last_user_turn", "last_assistant_turn", "per_tool_call")
 SESSION_HEADERS = (b"x-claude-code-session-id", b"session-id", b"session_id", b"x-session-id")
@@ -125,6 +135,17 @@ def conversation_of(req: UnifiedRequest, session: str | None) -> str:
     head = ["".join(p.text for p in req.system if isinstance(p, TextPart)), first.role if first else "",
             first.text() if first else ""]
     return "prefix:" + hashlib.sha256(json.dumps(head).encode()).hexdigest()[:32]
+
+
+def user_turn_of(req: UnifiedRequest) -> str:
+    """The request's last user turn (a user message that is not only tool results),
+    hashed with its position: what an answer replied to, and what its tool loop and
+    its retries repeat."""
+    for i in range(len(req.messages) - 1, -1, -1):
+        m = req.messages[i]
+        if m.role == "user" and not all(isinstance(p, ToolResultPart) for p in m.parts):
+            return hashlib.sha256(json.dumps([i, m.text()]).encode()).hexdigest()[:32]
+    return ""
 
 
 def session_of(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
