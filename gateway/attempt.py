@@ -135,8 +135,9 @@ class AttemptRunner:
         (``gateway.field_rules``), the server tools its operator drops taken out."""
         request = req.call.request
         cache = self.field_cache
-        if cache is not None and cache.rules.by_protocol and provider.protocol in ("anthropic", "gemini") \
-                and any(m.role == "assistant" for m in request.messages):
+        if cache is not None and cache.rules.by_protocol and (
+                provider.protocol in ("anthropic", "gemini") and any(m.role == "assistant" for m in request.messages)
+                or provider.protocol in ("openai_responses", "openai_chat") and cache.rules.for_protocol(provider.protocol)):
             scope = self._scope(req)
             if scope is not None:
                 request = inject(request, provider.protocol, cache, scope, trio.current_time())

@@ -35,6 +35,8 @@ class FieldKind(enum.Enum):
 
     ANTHROPIC_THINKING = "anthropic_thinking"  # thinking blocks with their signature, redacted thinking
     GEMINI_THOUGHT_SIGNATURE = "gemini_thought_signature"
+    # not kept but derived from the scope: one stable key per conversation for OpenAI's prompt cache
+    PROMPT_CACHE_KEY = "prompt_cache_key"
 
 
 class Mode(enum.Enum):
@@ -56,9 +58,12 @@ class Mode(enum.Enum):
 TURN_MODES = (Mode.LAST_ASSISTANT_TURN, Mode.LAST_USER_TURN, Mode.ALL)
 
 
-ISSUER = {FieldKind.ANTHROPIC_THINKING: "anthropic", FieldKind.GEMINI_THOUGHT_SIGNATURE: "gemini"}
+# the upstream protocols a field's rule serves
+ISSUER = {FieldKind.ANTHROPIC_THINKING: ("anthropic",), FieldKind.GEMINI_THOUGHT_SIGNATURE: ("gemini",),
+          FieldKind.PROMPT_CACHE_KEY: ("openai_responses", "openai_chat")}
 MODES_OF = {FieldKind.ANTHROPIC_THINKING: (Mode.PER_TOOL_CALL, Mode.LAST) + TURN_MODES,
-            FieldKind.GEMINI_THOUGHT_SIGNATURE: (Mode.PER_TOOL_CALL,) + TURN_MODES}
+            FieldKind.GEMINI_THOUGHT_SIGNATURE: (Mode.PER_TOOL_CALL,) + TURN_MODES,
+            FieldKind.PROMPT_CACHE_KEY: (Mode.ALL,)}
 FIELD_NAMES = tuple(k.value for k in FieldKind)
 MODE_NAMES = ("last", "all", "last_user_turn", "last_assistant_turn", "per_tool_call")
 SESSION_HEADERS = (b"x-claude-code-session-id", b"session-id", b"session_id", b"x-session-id")
@@ -108,7 +113,8 @@ class Rules:
         if config.enabled:
             for rule in config.rules:
                 kind = FieldKind(rule.field)
-                table.setdefault(ISSUER[kind], set()).add((kind, Mode(rule.mode)))
+                for protocol in ISSUER[kind]:
+                    table.setdefault(protocol, set()).add((kind, Mode(rule.mode)))
         return Rules({p: frozenset(r) for p, r in table.items()})
 
     def for_protocol(self, protocol: str) -> frozenset[tuple[FieldKind, Mode]]:
@@ -135,6 +141,13 @@ def conversation_of(req: UnifiedRequest, session: str | None) -> str:
     head = ["".join(p.text for p in req.system if isinstance(p, TextPart)), first.role if first else "",
             first.text() if first else ""]
     return "prefix:" + hashlib.sha256(json.dumps(head).encode()).hexdigest()[:32]
+
+
+def prompt_cache_key_of(scope: Scope) -> str:
+    """The conversation's ``prompt_cache_key``: stable across its requests, different
+    for each key and conversation, and a hash (it names neither)."""
+    digest = hashlib.sha256(json.dumps([scope.key_name, scope.conversation]).encode()).hexdigest()
+    return "th-" + digest[:40]
 
 
 def user_turn_of(req: UnifiedRequest) -> str:

@@ -29,7 +29,7 @@ from typing import Any, Iterable
 
 import attrs
 
-from gateway.field_cache import TURN_MODES, FieldCache, FieldKind, Mode, Scope, user_turn_of
+from gateway.field_cache import TURN_MODES, FieldCache, FieldKind, Mode, Scope, prompt_cache_key_of, user_turn_of
 from protocols.unified import (
     ReasoningDelta,
     ReasoningPart,
@@ -208,6 +208,8 @@ class Tap:
 
 def inject(req: UnifiedRequest, protocol: str, cache: FieldCache, scope: Scope, now: float) -> UnifiedRequest:
     """The request with the kept fields put back for an upstream of ``protocol``."""
+    if cache.rules.has(protocol, FieldKind.PROMPT_CACHE_KEY, Mode.ALL):
+        return with_cache_key(req, scope)
     if not cache.rules.by_protocol or not any(m.role == "assistant" for m in req.messages):
         return req
     rules = cache.rules.for_protocol(protocol)
@@ -235,6 +237,17 @@ def _turn_kept(cache: FieldCache, scope: Scope, now: float, kind: FieldKind, pro
         if value:
             return value
     return None
+
+
+def with_cache_key(req: UnifiedRequest, scope: Scope) -> UnifiedRequest:
+    """The request with a ``prompt_cache_key`` for an OpenAI upstream: the client's own
+    (a Responses or Chat client's field, carried across those two protocols), else the
+    conversation's."""
+    own = req.extra.get("prompt_cache_key")
+    if own is None and req.protocol == "openai_chat" and isinstance(req.raw, dict):
+        own = req.raw.get("prompt_cache_key")
+    key = own if isinstance(own, str) and own else prompt_cache_key_of(scope)
+    return attrs.evolve(req, prompt_cache_key=key)
 
 
 def _kept_blocks(cache: FieldCache, scope: Scope, now: float, call_ids: list[str], texts: list[str],
