@@ -22,7 +22,7 @@ from typing import Any, Awaitable, Callable
 import trio
 
 from gateway.ending import Outcome, Trouble
-from gateway.field_cache import FieldCache, Scope, conversation_of
+from gateway.field_cache import FieldCache, Scope, conversation_of, user_turn_of
 from gateway.field_rules import Tap, inject
 from gateway.request import ClientLink, Request
 from protocols.errors import GatewayError, Stopping, UpstreamError, UpstreamProtocolError, UpstreamTimeout
@@ -135,8 +135,9 @@ class AttemptRunner:
         (``gateway.field_rules``), the server tools its operator drops taken out."""
         request = req.call.request
         cache = self.field_cache
-        if cache is not None and cache.rules.by_protocol and provider.protocol in ("anthropic", "gemini") \
-                and any(m.role == "assistant" for m in request.messages):
+        if cache is not None and cache.rules.by_protocol and (
+                provider.protocol in ("anthropic", "gemini") and any(m.role == "assistant" for m in request.messages)
+                or provider.protocol in ("openai_responses", "openai_chat") and cache.rules.for_protocol(provider.protocol)):
             scope = self._scope(req)
             if scope is not None:
                 request = inject(request, provider.protocol, cache, scope, trio.current_time())
@@ -148,7 +149,8 @@ class AttemptRunner:
         if cache is None or provider.protocol == req.call.request.protocol or not cache.rules.by_protocol:
             return None
         scope = self._scope(req)
-        return None if scope is None else Tap(cache, provider.protocol, scope, trio.current_time())
+        return None if scope is None else Tap(cache, provider.protocol, scope, trio.current_time(),
+                                              user_turn_of(req.call.request))
 
     async def run(self, req: Request, provider: Provider, target: Any, credential: Any, link: ClientLink) -> None:
         index = req.begin_attempt(target, credential.id)

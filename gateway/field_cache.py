@@ -27,7 +27,7 @@ from typing import Any, Hashable, Iterable, Literal, Mapping
 import attrs
 
 from gateway.config_schema import POSITIVE, setting
-from protocols.unified import TextPart, UnifiedRequest
+from protocols.unified import TextPart, ToolResultPart, UnifiedRequest
 
 
 class FieldKind(enum.Enum):
@@ -35,20 +35,35 @@ class FieldKind(enum.Enum):
 
     ANTHROPIC_THINKING = "anthropic_thinking"  # thinking blocks with their signature, redacted thinking
     GEMINI_THOUGHT_SIGNATURE = "gemini_thought_signature"
+    # not kept but derived from the scope: one stable key per conversation for OpenAI's prompt cache
+    PROMPT_CACHE_KEY = "prompt_cache_key"
 
 
 class Mode(enum.Enum):
     """Where a kept field goes back: ``per_tool_call`` at the tool call it came with,
     ``last`` at the start of the latest answer, when the conversation's last assistant
-    turn is that answer."""
+    turn is that answer. The turn modes put back a whole answer's fields at the
+    assistant turn that answer became (same text and calls): ``all`` at any such turn
+    of the conversation, ``last_user_turn`` only while the request's last user turn is
+    the one that answer replied to (its tool loop, a retry), ``last_assistant_turn``
+    only at the request's last assistant turn."""
 
     LAST = "last"
     PER_TOOL_CALL = "per_tool_call"
+    ALL = "all"
+    LAST_USER_TURN = "last_user_turn"
+    LAST_ASSISTANT_TURN = "last_assistant_turn"
 
 
-ISSUER = {FieldKind.ANTHROPIC_THINKING: "anthropic", FieldKind.GEMINI_THOUGHT_SIGNATURE: "gemini"}
-MODES_OF = {FieldKind.ANTHROPIC_THINKING: (Mode.PER_TOOL_CALL, Mode.LAST),
-            FieldKind.GEMINI_THOUGHT_SIGNATURE: (Mode.PER_TOOL_CALL,)}
+TURN_MODES = (Mode.LAST_ASSISTANT_TURN, Mode.LAST_USER_TURN, Mode.ALL)
+
+
+# the upstream protocols a field's rule serves
+ISSUER = {FieldKind.ANTHROPIC_THINKING: ("anthropic",), FieldKind.GEMINI_THOUGHT_SIGNATURE: ("gemini",),
+          FieldKind.PROMPT_CACHE_KEY: ("openai_responses", "openai_chat")}
+MODES_OF = {FieldKind.ANTHROPIC_THINKING: (Mode.PER_TOOL_CALL, Mode.LAST) + TURN_MODES,
+            FieldKind.GEMINI_THOUGHT_SIGNATURE: (Mode.PER_TOOL_CALL,) + TURN_MODES,
+            FieldKind.PROMPT_CACHE_KEY: (Mode.ALL,)}
 FIELD_NAMES = tuple(k.value for k in FieldKind)
 MODE_NAMES = ("last", "all", "last_user_turn", "last_assistant_turn", "per_tool_call")
 SESSION_HEADERS = (b"x-claude-code-session-id", b"session-id", b"session_id", b"x-session-id")
@@ -98,7 +113,8 @@ class Rules:
         if config.enabled:
             for rule in config.rules:
                 kind = FieldKind(rule.field)
-                table.setdefault(ISSUER[kind], set()).add((kind, Mode(rule.mode)))
+                for protocol in ISSUER[kind]:
+                    table.setdefault(protocol, set()).add((kind, Mode(rule.mode)))
         return Rules({p: frozenset(r) for p, r in table.items()})
 
     def for_protocol(self, protocol: str) -> frozenset[tuple[FieldKind, Mode]]:
@@ -125,6 +141,24 @@ def conversation_of(req: UnifiedRequest, session: str | None) -> str:
     head = ["".join(p.text for p in req.system if isinstance(p, TextPart)), first.role if first else "",
             first.text() if first else ""]
     return "prefix:" + hashlib.sha256(json.dumps(head).encode()).hexdigest()[:32]
+
+
+def prompt_cache_key_of(scope: Scope) -> str:
+    """The conversation's ``prompt_cache_key``: stable across its requests, different
+    for each key and conversation, and a hash (it names neither)."""
+    digest = hashlib.sha256(json.dumps([scope.key_name, scope.conversation]).encode()).hexdigest()
+    return "th-" + digest[:40]
+
+
+def user_turn_of(req: UnifiedRequest) -> str:
+    """The request's last user turn (a user message that is not only tool results),
+    hashed with its position: what an answer replied to, and what its tool loop and
+    its retries repeat."""
+    for i in range(len(req.messages) - 1, -1, -1):
+        m = req.messages[i]
+        if m.role == "user" and not all(isinstance(p, ToolResultPart) for p in m.parts):
+            return hashlib.sha256(json.dumps([i, m.text()]).encode()).hexdigest()[:32]
+    return ""
 
 
 def session_of(headers: Iterable[tuple[bytes, bytes]]) -> str | None:

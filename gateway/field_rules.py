@@ -29,7 +29,7 @@ from typing import Any, Iterable
 
 import attrs
 
-from gateway.field_cache import FieldCache, FieldKind, Mode, Scope
+from gateway.field_cache import TURN_MODES, FieldCache, FieldKind, Mode, Scope, prompt_cache_key_of, user_turn_of
 from protocols.unified import (
     ReasoningDelta,
     ReasoningPart,
@@ -37,6 +37,7 @@ from protocols.unified import (
     TextPart,
     ToolCallPart,
     ToolCallStart,
+    ToolResultPart,
     UnifiedRequest,
     UnifiedResponse,
 )
@@ -78,11 +79,12 @@ class Tap:
     ``encrypted_content`` too, kept by no rule yet): a client can only hand them to the
     wrong vendor."""
 
-    def __init__(self, cache: FieldCache, protocol: str, scope: Scope, now: float) -> None:
+    def __init__(self, cache: FieldCache, protocol: str, scope: Scope, now: float, user_turn: str = "") -> None:
         self.cache = cache
         self.protocol = protocol
         self.scope = scope
         self.now = now
+        self.user_turn = user_turn  # ``user_turn_of`` the request this answers
         # Anthropic thinking is kept whole (its signature covers it), up to what the
         # store could hold: past that the answer's blocks are not kept at all.
         self._keeps = protocol == ANTHROPIC and bool(cache.rules.for_protocol(ANTHROPIC))
@@ -90,6 +92,7 @@ class Tap:
         self._text: list[str] = []  # the reasoning block being streamed
         self._blocks: list[dict] = []  # Anthropic blocks since the last call
         self._all: list[dict] = []
+        self._signatures: dict[str, str] = {}  # Gemini's, by call id
         self._turn = Fingerprint()
 
     # ------------------------------------------------------------ streams
@@ -147,15 +150,34 @@ class Tap:
             if self.protocol == GEMINI and kind_mode.has(GEMINI, FieldKind.GEMINI_THOUGHT_SIGNATURE,
                                                          Mode.PER_TOOL_CALL):
                 self._put(FieldKind.GEMINI_THOUGHT_SIGNATURE, Mode.PER_TOOL_CALL, call_id, signature)
+            if self.protocol == GEMINI:
+                self._signatures[call_id] = signature
             ev = attrs.evolve(ev, extra={k: v for k, v in ev.extra.items() if k != "thoughtSignature"})
         return ev
 
     def close(self) -> None:
-        """The answer ended: keep its blocks for ``last``."""
-        if self.protocol == ANTHROPIC and self._all and \
-                self.cache.rules.has(ANTHROPIC, FieldKind.ANTHROPIC_THINKING, Mode.LAST):
+        """The answer ended: keep its fields for ``last`` and the turn modes."""
+        rules = self.cache.rules
+        if self.protocol == ANTHROPIC and self._all and rules.has(ANTHROPIC, FieldKind.ANTHROPIC_THINKING, Mode.LAST):
             self._put(FieldKind.ANTHROPIC_THINKING, Mode.LAST, "",
                       {"turn": self._turn.digest(), "blocks": self._all})
+        kept: tuple[FieldKind, Any] | None = None
+        if self.protocol == ANTHROPIC and self._all:
+            kept = FieldKind.ANTHROPIC_THINKING, self._all
+        elif self.protocol == GEMINI and self._signatures:
+            kept = FieldKind.GEMINI_THOUGHT_SIGNATURE, self._signatures
+        if kept is None:
+            return
+        kind, value = kept
+        turn = self._turn.digest()
+        for mode in TURN_MODES:
+            if rules.has(self.protocol, kind, mode):
+                if mode is Mode.LAST_ASSISTANT_TURN:
+                    self._put(kind, mode, "", {"turn": turn, "value": value})
+                elif mode is Mode.LAST_USER_TURN:
+                    self._put(kind, mode, self.user_turn + ":" + turn, value)
+                else:
+                    self._put(kind, mode, turn, value)
 
     def _put(self, kind: FieldKind, mode: Mode, anchor: str, value: Any) -> None:
         self.cache.store.put((self.scope, kind, mode, anchor), value, self.now)
@@ -186,18 +208,50 @@ class Tap:
 
 def inject(req: UnifiedRequest, protocol: str, cache: FieldCache, scope: Scope, now: float) -> UnifiedRequest:
     """The request with the kept fields put back for an upstream of ``protocol``."""
+    if cache.rules.has(protocol, FieldKind.PROMPT_CACHE_KEY, Mode.ALL):
+        return with_cache_key(req, scope)
     if not cache.rules.by_protocol or not any(m.role == "assistant" for m in req.messages):
         return req
     rules = cache.rules.for_protocol(protocol)
     if protocol == ANTHROPIC:  # foreign thinking leaves whatever the rules keep
         return _anthropic(req, cache, scope, now)
-    if protocol == GEMINI and (FieldKind.GEMINI_THOUGHT_SIGNATURE, Mode.PER_TOOL_CALL) in rules:
+    if protocol == GEMINI and any(kind is FieldKind.GEMINI_THOUGHT_SIGNATURE for kind, _ in rules):
         return _gemini(req, cache, scope, now)
     return req
 
 
+def _turn_kept(cache: FieldCache, scope: Scope, now: float, kind: FieldKind, protocol: str, turn: str,
+               user_turn: str | None, last_turn: bool) -> Any:
+    """What a turn mode kept for the assistant turn ``turn`` (its fingerprint), or None.
+    ``user_turn`` is the request's last user turn when this turn follows it, else None."""
+    for mode in TURN_MODES:
+        if not cache.rules.has(protocol, kind, mode):
+            continue
+        if mode is Mode.LAST_ASSISTANT_TURN:
+            entry = cache.store.get((scope, kind, mode, ""), now) if last_turn else None
+            value = entry["value"] if entry and entry["turn"] == turn else None
+        elif mode is Mode.LAST_USER_TURN:
+            value = cache.store.get((scope, kind, mode, user_turn + ":" + turn), now) if user_turn else None
+        else:
+            value = cache.store.get((scope, kind, mode, turn), now)
+        if value:
+            return value
+    return None
+
+
+def with_cache_key(req: UnifiedRequest, scope: Scope) -> UnifiedRequest:
+    """The request with a ``prompt_cache_key`` for an OpenAI upstream: the client's own
+    (a Responses or Chat client's field, carried across those two protocols), else the
+    conversation's."""
+    own = req.extra.get("prompt_cache_key")
+    if own is None and req.protocol == "openai_chat" and isinstance(req.raw, dict):
+        own = req.raw.get("prompt_cache_key")
+    key = own if isinstance(own, str) and own else prompt_cache_key_of(scope)
+    return attrs.evolve(req, prompt_cache_key=key)
+
+
 def _kept_blocks(cache: FieldCache, scope: Scope, now: float, call_ids: list[str], texts: list[str],
-                 last_turn: bool) -> list[dict]:
+                 last_turn: bool, user_turn: str | None = None) -> list[dict]:
     blocks: list[dict] = []
     for call_id in call_ids:
         blocks.extend(cache.store.get((scope, FieldKind.ANTHROPIC_THINKING, Mode.PER_TOOL_CALL, call_id), now) or ())
@@ -205,13 +259,26 @@ def _kept_blocks(cache: FieldCache, scope: Scope, now: float, call_ids: list[str
         last = cache.store.get((scope, FieldKind.ANTHROPIC_THINKING, Mode.LAST, ""), now)
         if last and last["turn"] == fingerprint(texts, call_ids):
             blocks = list(last["blocks"])
+    if not blocks:
+        blocks = list(_turn_kept(cache, scope, now, FieldKind.ANTHROPIC_THINKING, ANTHROPIC,
+                                 fingerprint(texts, call_ids), user_turn, last_turn) or ())
     return blocks
+
+
+def _after_last_user(roles_only_results: list[tuple[str, bool]]) -> int:
+    """The index of the last user turn (a user message not only tool results), or -1."""
+    for i in range(len(roles_only_results) - 1, -1, -1):
+        role, only_results = roles_only_results[i]
+        if role == "user" and not only_results:
+            return i
+    return -1
 
 
 def _anthropic(req: UnifiedRequest, cache: FieldCache, scope: Scope, now: float) -> UnifiedRequest:
     if req.protocol == ANTHROPIC:
-        return attrs.evolve(req, raw=_anthropic_raw(req.raw, cache, scope, now))
+        return attrs.evolve(req, raw=_anthropic_raw(req.raw, cache, scope, now, user_turn_of(req)))
     last = max((i for i, m in enumerate(req.messages) if m.role == "assistant"), default=-1)
+    user_at, user_turn = _user_turn(req)
     messages = []
     for i, m in enumerate(req.messages):
         if m.role != "assistant":
@@ -220,18 +287,25 @@ def _anthropic(req: UnifiedRequest, cache: FieldCache, scope: Scope, now: float)
         parts = [p for p in m.parts if not isinstance(p, ReasoningPart)]
         ids = [p.id for p in parts if isinstance(p, ToolCallPart)]
         texts = [p.text for p in parts if isinstance(p, TextPart)]
-        blocks = _kept_blocks(cache, scope, now, ids, texts, i == last)
+        blocks = _kept_blocks(cache, scope, now, ids, texts, i == last, user_turn if i > user_at else None)
         kept = [ReasoningPart(redacted=b["data"]) if b["type"] == "redacted_thinking"
                 else ReasoningPart(text=b["thinking"], signature=b["signature"]) for b in blocks]
         messages.append(attrs.evolve(m, parts=tuple(kept + parts)))
     return attrs.evolve(req, messages=tuple(messages))
 
 
-def _anthropic_raw(raw: Any, cache: FieldCache, scope: Scope, now: float) -> Any:
+def _user_turn(req: UnifiedRequest) -> tuple[int, str]:
+    """Where the request's last user turn is, and its ``user_turn_of``."""
+    at = _after_last_user([(m.role, all(isinstance(p, ToolResultPart) for p in m.parts)) for m in req.messages])
+    return at, user_turn_of(req)
+
+
+def _anthropic_raw(raw: Any, cache: FieldCache, scope: Scope, now: float, user_turn: str = "") -> Any:
     turns = raw.get("messages") if isinstance(raw, dict) else None
     if not isinstance(turns, list):
         return raw
     last = max((i for i, m in enumerate(turns) if isinstance(m, dict) and m.get("role") == "assistant"), default=-1)
+    user_at = _after_last_user([(m.get("role", "") if isinstance(m, dict) else "", _only_results(m)) for m in turns])
     changed = False
     out = []
     for i, m in enumerate(turns):
@@ -243,7 +317,8 @@ def _anthropic_raw(raw: Any, cache: FieldCache, scope: Scope, now: float) -> Any
         if not any(isinstance(b, dict) and b.get("type") in ("thinking", "redacted_thinking") for b in signed):
             ids = [b.get("id", "") for b in signed if isinstance(b, dict) and b.get("type") == "tool_use"]
             texts = [b.get("text", "") for b in signed if isinstance(b, dict) and b.get("type") == "text"]
-            signed = _kept_blocks(cache, scope, now, ids, texts, i == last) + signed
+            signed = _kept_blocks(cache, scope, now, ids, texts, i == last,
+                                  user_turn if i > user_at else None) + signed
         if len(signed) != len(blocks) or any(a is not b for a, b in zip(signed, blocks)):
             changed = True
             m = {**m, "content": signed}
@@ -255,6 +330,12 @@ def _anthropic_raw(raw: Any, cache: FieldCache, scope: Scope, now: float) -> Any
     if isinstance(thinking, dict) and thinking.get("type") == "enabled" and not _cycle_thinks(out):
         del body["thinking"]  # Anthropic wants the open tool cycle to open with thinking
     return body
+
+
+def _only_results(turn: Any) -> bool:
+    """Whether a raw Anthropic message holds tool results only (a tool loop's step)."""
+    content = turn.get("content") if isinstance(turn, dict) else None
+    return isinstance(content, list) and all(isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
 
 
 def _foreign(block: Any) -> bool:
@@ -280,14 +361,23 @@ def _cycle_thinks(turns: list) -> bool:
 def _gemini(req: UnifiedRequest, cache: FieldCache, scope: Scope, now: float) -> UnifiedRequest:
     messages = []
     changed = False
-    for m in req.messages:
+    kind = FieldKind.GEMINI_THOUGHT_SIGNATURE
+    last = max((i for i, m in enumerate(req.messages) if m.role == "assistant"), default=-1)
+    user_at, user_turn = _user_turn(req)
+    for i, m in enumerate(req.messages):
         if m.role != "assistant":
             messages.append(m)
             continue
+        turn = fingerprint([p.text for p in m.parts if isinstance(p, TextPart)],
+                           [p.id for p in m.parts if isinstance(p, ToolCallPart)])
+        by_turn = _turn_kept(cache, scope, now, kind, GEMINI, turn, user_turn if i > user_at else None, i == last) \
+            if any(isinstance(p, ToolCallPart) for p in m.parts) else None
         parts = []
         for p in m.parts:
             if isinstance(p, ToolCallPart) and not p.extra.get("thoughtSignature"):
-                signature = cache.store.get((scope, FieldKind.GEMINI_THOUGHT_SIGNATURE, Mode.PER_TOOL_CALL, p.id), now)
+                signature = cache.store.get((scope, kind, Mode.PER_TOOL_CALL, p.id), now) \
+                    if cache.rules.has(GEMINI, kind, Mode.PER_TOOL_CALL) else None
+                signature = signature or (by_turn or {}).get(p.id)
                 if signature:
                     p = attrs.evolve(p, extra={**p.extra, "thoughtSignature": signature})
                     changed = True

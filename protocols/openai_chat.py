@@ -214,6 +214,8 @@ def build_request(req: UnifiedRequest, model: str, *, include_usage: bool) -> di
         body["model"] = model
     else:
         body = _from_unified(req, model)
+    if req.prompt_cache_key:
+        body.setdefault("prompt_cache_key", req.prompt_cache_key)
     if req.stream and include_usage:
         opts = dict(body.get("stream_options") or {})
         opts["include_usage"] = True

@@ -294,6 +294,8 @@ def build_request(req: UnifiedRequest, model: str, **_: Any) -> dict:
     if req.protocol == NAME:
         body: dict = dict(req.raw)
         body["model"] = model
+        if req.prompt_cache_key:
+            body.setdefault("prompt_cache_key", req.prompt_cache_key)
         return body
     items: list = []
     for m in req.messages:
@@ -319,6 +321,8 @@ def build_request(req: UnifiedRequest, model: str, **_: Any) -> dict:
     for key in PASSTHROUGH_FIELDS:
         if key in req.extra:
             body[key] = req.extra[key]
+    if req.prompt_cache_key:
+        body.setdefault("prompt_cache_key", req.prompt_cache_key)
     if req.output_format is not None:
         body["text"] = _text_format_out(req.output_format)
     effort = effort_of(req.reasoning)

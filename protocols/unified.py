@@ -205,6 +205,9 @@ class UnifiedRequest:
     output_format: OutputFormat | None = None
     reasoning: Reasoning | None = None
     server_tools: tuple = ()
+    # set by the gateway (the field cache's ``prompt_cache_key`` rule): what an OpenAI
+    # upstream is sent as ``prompt_cache_key`` when the body has none of its own
+    prompt_cache_key: str | None = None
     raw: Mapping[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
     extra: Mapping[str, Any] = attrs.field(factory=dict)
 

@@ -371,3 +371,103 @@ def test_foreign_thinking_leaves_an_anthropic_request_even_without_an_anthropic_
     body = anthropic_messages.build_request(req, "claude-sim")
     assert [b["type"] for b in body["messages"][1]["content"]] == ["tool_use"]
     assert "thinking" not in body
+
+
+# ---------------------------------------------------------------- turn modes
+
+
+def _chat(*turns):
+    """A Chat client's request: ``turns`` alternate user text and assistant items; an
+    assistant item is its text, or ``("call", id)`` for a tool call answered by "sunny"."""
+    from protocols import openai_chat
+    messages = []
+    for i, t in enumerate(turns):
+        if i % 2 == 0:
+            messages.append({"role": "user", "content": t})
+        elif isinstance(t, tuple):
+            messages.append({"role": "assistant", "content": None, "tool_calls": [
+                {"id": t[1], "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]})
+            messages.append({"role": "tool", "tool_call_id": t[1], "content": "sunny"})
+        else:
+            messages.append({"role": "assistant", "content": t})
+    return openai_chat.parse_request({"model": "m", "messages": messages})
+
+
+def _think(cache, scope, req, signature: str, answer: str = "", call: str = "", now: float = 0.0) -> None:
+    """An Anthropic upstream's answer to ``req``: signed thinking, then text or a call."""
+    from gateway.field_cache import user_turn_of
+    tap = Tap(cache, "anthropic", scope, now, user_turn_of(req))
+    tap.events([ReasoningDelta(text="hmm"), ReasoningDelta(signature=signature)]
+               + ([TextDelta(answer)] if answer else []) + ([ToolCallStart(0, call, "get_weather")] if call else []))
+    tap.close()
+
+
+def _signatures(req, cache, scope, now: float = 1.0) -> list:
+    """Per assistant turn of the Anthropic body built for ``req``: the signatures it opens with."""
+    body = anthropic_messages.build_request(inject(req, "anthropic", cache, scope, now), "claude-sim")
+    return [[b["signature"] for b in m["content"] if b["type"] == "thinking"]
+            for m in body["messages"] if m["role"] == "assistant"]
+
+
+def test_mode_all_puts_every_kept_answer_back_at_its_own_turn_and_only_for_its_key():
+    cache = _cache(rules=[{"field": "anthropic_thinking", "mode": "all"}], ttl_s=60.0)
+    scope = Scope("test", "c")
+    _think(cache, scope, _chat("weather?"), "sig-A", answer="Paris is sunny.", now=0.0)
+    _think(cache, scope, _chat("weather?", "Paris is sunny.", "and Rome?"), "sig-B", answer="Rome is sunny.", now=10.0)
+    later = _chat("weather?", "Paris is sunny.", "and Rome?", "Rome is sunny.", "thanks")
+    assert _signatures(later, cache, scope) == [["sig-A"], ["sig-B"]]
+    edited = _chat("weather?", "Paris is rainy.", "and Rome?", "Rome is sunny.", "thanks")
+    assert _signatures(edited, cache, scope) == [[], ["sig-B"]]
+    assert _signatures(later, cache, Scope("other", "c")) == [[], []]
+    assert _signatures(later, cache, scope, now=65.0) == [[], ["sig-B"]]  # the first expired at 60 s
+
+
+def test_mode_last_user_turn_goes_back_within_that_turns_tool_loop_only():
+    cache = _cache(rules=[{"field": "anthropic_thinking", "mode": "last_user_turn"}])
+    scope = Scope("test", "c")
+    _think(cache, scope, _chat("weather?"), "sig-A", call="call_1")
+    loop = _chat("weather?", ("call", "call_1"))  # the tool result: the same user turn
+    assert _signatures(loop, cache, scope) == [["sig-A"]]
+    assert _signatures(loop, cache, scope) == [["sig-A"]]  # a retry of it
+    next_turn = _chat("weather?", ("call", "call_1"), "thanks")
+    assert _signatures(next_turn, cache, scope) == [[]]
+    assert _signatures(loop, cache, Scope("other", "c")) == [[]]
+
+
+def test_mode_last_assistant_turn_goes_back_only_to_the_latest_answer():
+    cache = _cache(rules=[{"field": "anthropic_thinking", "mode": "last_assistant_turn"}])
+    scope = Scope("test", "c")
+    _think(cache, scope, _chat("weather?"), "sig-A", answer="Paris is sunny.")
+    assert _signatures(_chat("weather?", "Paris is sunny.", "and Rome?"), cache, scope) == [["sig-A"]]
+    _think(cache, scope, _chat("weather?", "Paris is sunny.", "and Rome?"), "sig-B", answer="Rome is sunny.")
+    later = _chat("weather?", "Paris is sunny.", "and Rome?", "Rome is sunny.", "thanks")
+    assert _signatures(later, cache, scope) == [[], ["sig-B"]]
+    assert _signatures(_chat("weather?", "Paris is sunny.", "and Rome?"), cache, scope) == [[]]
+    assert _signatures(later, cache, Scope("test", "c2")) == [[], []]
+
+
+def test_gemini_signatures_go_back_by_turn_in_the_turn_modes():
+    from gateway.field_cache import user_turn_of
+    from protocols import gemini
+    cache = _cache(rules=[{"field": "gemini_thought_signature", "mode": "all"}])
+    scope = Scope("test", "c")
+    first = _chat("weather?")
+    tap = Tap(cache, "gemini", scope, 0.0, user_turn_of(first))
+    events = tap.events([ToolCallStart(0, "call_1", "get_weather", extra={"thoughtSignature": "gsig"})])
+    tap.close()
+    assert events == (ToolCallStart(0, "call_1", "get_weather"),)
+    assert cache.store.statistics().entries == 1  # no per_tool_call rule: the turn's entry only
+    later = _chat("weather?", ("call", "call_1"), "thanks", "You are welcome.", "bye")
+    body = gemini.build_request(inject(later, "gemini", cache, scope, 1.0), "gemini-2.5-sim")
+    calls = [p for c in body["contents"] if c["role"] == "model" for p in c["parts"] if "functionCall" in p]
+    assert calls[0]["thoughtSignature"] == "gsig"
+    other = gemini.build_request(inject(later, "gemini", cache, Scope("other", "c"), 1.0), "gemini-2.5-sim")
+    assert all(p.get("thoughtSignature") != "gsig" for c in other["contents"] for p in c["parts"])
+
+
+def test_the_config_accepts_every_built_mode(tmp_path):
+    from gateway.config import parse_config
+    rules = [{"field": f, "mode": m} for f in ("anthropic_thinking", "gemini_thought_signature")
+             for m in ("all", "last_user_turn", "last_assistant_turn", "per_tool_call")]
+    config = parse_config(_config(tmp_path, rules=rules), env={})
+    assert {(r.field, r.mode) for r in config.field_cache.rules} == {(r["field"], r["mode"]) for r in rules}
