@@ -57,9 +57,11 @@ def _value(value: Any) -> Any:
 
 
 def _without_password(url: str) -> str:
+    """A proxy URL without its secret: the password, or a user name standing alone (a token)."""
     parts = urlsplit(url)
-    if parts.password is None:
+    if parts.password is None and not parts.username:
         return url
     host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:{REDACTED}@{host}" + (f":{parts.port}" if parts.port else "")
+    user = f"{parts.username or ''}:{REDACTED}" if parts.password is not None else REDACTED
+    netloc = f"{user}@{host}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))

@@ -47,6 +47,9 @@ def secret_values(config: Any) -> set[str]:
                 password = unquote(url.password)
                 pair = f"{unquote(url.username or '')}:{password}"
                 values.update((password, pair, base64.b64encode(pair.encode()).decode()))
+            elif url.username:  # a token as the user name alone (``http://TOKEN@proxy``)
+                token = unquote(url.username)
+                values.update((token, base64.b64encode(f"{token}:".encode()).decode()))
     values.update(k.key.value for k in config.keys)
     if config.admin_token is not None:
         values.add(config.admin_token.value)

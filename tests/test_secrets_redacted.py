@@ -13,13 +13,16 @@ from __future__ import annotations
 import json
 import logging
 from contextlib import contextmanager
+from pathlib import Path
 from urllib.parse import quote
 
 import httpx
 import pytest
 import trio
 
-from gateway.redaction import RedactingFilter
+from gateway.config import parse_config
+from gateway.config_view import config_view
+from gateway.redaction import RedactingFilter, redactor_for, secret_values
 from protocols.redact import NO_SECRETS, REDACTED, Redactor
 from tests.conftest import ADMIN_TOKEN, DEMO_KEY, base_config, running_gateway
 from tests.hostile_upstream import HostileUpstream
@@ -187,3 +190,15 @@ def test_the_log_filter_rewrites_message_args_and_traceback():
     assert flt.filter(record)
     text = logging.Formatter().format(record)
     assert DEMO_KEY not in text and ADMIN_TOKEN not in text and "ValueError: token " + REDACTED in text
+
+
+def test_a_proxy_token_given_as_the_user_name_alone_is_a_secret_in_the_view_and_the_log():
+    doc = base_config(Path("/nonexistent/state"))
+    doc["providers"]["up"] = {"family": "openai_compat", "base_url": "http://127.0.0.1:9",
+                              "credentials": [{"id": "u", "key": "sk-up-0123456789"}],
+                              "proxy": "http://proxytoken0123456789@127.0.0.1:3128"}
+    doc["pricing"]["up/*"] = {"input": "1.00", "output": "1.00"}
+    config = parse_config(doc, env={})
+    assert "proxytoken0123456789" in secret_values(config)
+    view = json.dumps(config_view(config, redactor_for(config)))
+    assert "proxytoken0123456789" not in view and "http://[redacted]@127.0.0.1:3128" in view
