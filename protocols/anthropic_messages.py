@@ -46,9 +46,9 @@ or from another protocol is lossy here:
 
 from __future__ import annotations
 
-import json
-from typing import Any, Callable
+from typing import Any
 
+from protocols.anthropic_blocks import BLOCKS_IN, block_in, block_out, rest_of
 from protocols.anthropic_stream import StreamDecoder, StreamEncoder
 from protocols.anthropic_wire import (
     DEFAULT_MAX_TOKENS,
@@ -72,7 +72,6 @@ from protocols.unified import (
     ServerToolKind,
     TextPart,
     Tool,
-    ToolCallPart,
     ToolResultPart,
     UnifiedRequest,
     UnifiedResponse,
@@ -179,11 +178,6 @@ def _check_thinking(thinking: dict | None) -> None:
     token_limit(thinking, "budget_tokens", "thinking.", minimum=THINKING_MIN_BUDGET)
 
 
-def _rest(block: dict, *known: str) -> dict:
-    """The block's fields the unified part has no slot for (cache_control, citations ...)."""
-    return {k: v for k, v in block.items() if k != "type" and k not in known}
-
-
 def _system_in(system: Any) -> tuple:
     if system is None:
         return ()
@@ -196,7 +190,7 @@ def _system_in(system: Any) -> tuple:
     for i, block in enumerate(system):
         if not isinstance(block, dict) or block.get("type") != "text" or not isinstance(block.get("text"), str):
             raise InvalidRequest(f"'system[{i}]' must be a text block.", param=f"system[{i}]")
-        parts.append(TextPart(block["text"], _rest(block, "text")))
+        parts.append(TextPart(block["text"], rest_of(block, "text")))
     return tuple(parts)
 
 
@@ -214,76 +208,12 @@ def _message_in(m: Any, path: str) -> list:
     if not isinstance(content, list):
         raise InvalidRequest(f"Invalid type for '{path}content': expected a string or an array.",
                              param=f"{path}content")
-    parts = [p for j, block in enumerate(content) if (p := _block_in(block, f"{path}content[{j}]")) is not None]
+    parts = [p for j, block in enumerate(content) if (p := block_in(block, f"{path}content[{j}]")) is not None]
     results = tuple(p for p in parts if isinstance(p, ToolResultPart))
     rest = tuple(p for p in parts if not isinstance(p, ToolResultPart))
     if not results or role != "user":
         return [Message(role, tuple(parts))]
     return [Message("tool", results)] + ([Message(role, rest)] if rest else [])
-
-
-def _block_in(block: Any, path: str) -> Any:
-    if not isinstance(block, dict) or not isinstance(block.get("type"), str):
-        raise InvalidRequest(f"'{path}' must be an object with a 'type'.", param=path)
-    parse = BLOCKS_IN.get(block["type"])
-    return parse(block, path + ".") if parse else None
-
-
-def _text_in(block: dict, path: str) -> TextPart:
-    return TextPart(require(block, "text", str, path), _rest(block, "text"))
-
-
-def _image_in(block: dict, path: str) -> ImagePart:
-    source = require(block, "source", dict, path)
-    kind = check(source, "type", str, f"{path}source.")
-    if kind == "base64":
-        return ImagePart(data=require(source, "data", str, f"{path}source."),
-                         media_type=require(source, "media_type", str, f"{path}source."), extra=_rest(block, "source"))
-    if kind == "url":
-        return ImagePart(url=require(source, "url", str, f"{path}source."), extra=_rest(block, "source"))
-    return ImagePart(extra=_rest(block))
-
-
-def _tool_use_in(block: dict, path: str) -> ToolCallPart:
-    call_id = require(block, "id", str, path)
-    name = require(block, "name", str, path)
-    args = block.get("input")
-    return ToolCallPart(call_id, name, json.dumps(args if args is not None else {}, ensure_ascii=False),
-                        _rest(block, "id", "name", "input"))
-
-
-def _tool_result_in(block: dict, path: str) -> ToolResultPart:
-    call_id = require(block, "tool_use_id", str, path)
-    content = block.get("content")
-    if content is None:
-        content = ""
-    elif isinstance(content, list):
-        content = tuple(p for j, b in enumerate(content)
-                        if (p := _block_in(b, f"{path}content[{j}]")) is not None)
-    elif not isinstance(content, str):
-        raise InvalidRequest(f"Invalid type for '{path}content': expected a string or an array.",
-                             param=f"{path}content")
-    return ToolResultPart(call_id, content, bool(check(block, "is_error", bool, path, False)),
-                          extra=_rest(block, "tool_use_id", "content", "is_error"))
-
-
-def _thinking_in(block: dict, path: str) -> ReasoningPart:
-    return ReasoningPart(text=check(block, "thinking", str, path, ""), signature=check(block, "signature", str, path),
-                         extra=_rest(block, "thinking", "signature"))
-
-
-def _redacted_in(block: dict, path: str) -> ReasoningPart:
-    return ReasoningPart(redacted=require(block, "data", str, path), extra=_rest(block, "data"))
-
-
-BLOCKS_IN: dict[str, Callable[[dict, str], Any]] = {
-    "text": _text_in,
-    "image": _image_in,
-    "tool_use": _tool_use_in,
-    "tool_result": _tool_result_in,
-    "thinking": _thinking_in,
-    "redacted_thinking": _redacted_in,
-}
 
 
 def _tools_in(raw: list) -> tuple[list, list]:
@@ -297,7 +227,7 @@ def _tools_in(raw: list) -> tuple[list, list]:
         name = require(t, "name", str, f"tools[{i}].")
         schema = check(t, "input_schema", dict, f"tools[{i}].", {})
         tools.append(Tool(name, check(t, "description", str, f"tools[{i}].", ""), schema,
-                          _rest(t, "name", "description", "input_schema")))
+                          rest_of(t, "name", "description", "input_schema")))
     return tools, server
 
 
@@ -334,7 +264,7 @@ def build_request(req: UnifiedRequest, model: str, **_: Any) -> dict:
             if text:
                 turns.append({"role": "system", "content": text})
             continue
-        blocks = [b for p in m.parts if (b := _block_out(p)) is not None]
+        blocks = [b for p in m.parts if (b := block_out(p)) is not None]
         role = "assistant" if m.role == "assistant" else "user"
         if not blocks:
             continue
@@ -414,61 +344,6 @@ def _place_system_turns(turns: list, system: list, positional: bool) -> list:
     return out
 
 
-def _block_out(p: Any) -> dict | None:
-    out = BLOCKS_OUT.get(type(p))
-    return out(p) if out else None
-
-
-def _text_out(p: TextPart) -> dict | None:
-    return {"type": "text", "text": p.text} if p.text else None
-
-
-def _image_out(p: ImagePart) -> dict | None:
-    if p.data is not None:
-        return {"type": "image", "source": {"type": "base64", "media_type": p.media_type or "image/png", "data": p.data}}
-    if p.url:
-        return {"type": "image", "source": {"type": "url", "url": p.url}}
-    return None
-
-
-def _tool_use_out(p: ToolCallPart) -> dict:
-    try:
-        args = json.loads(p.arguments) if p.arguments.strip() else {}
-    except ValueError:
-        args = {"_raw_arguments": p.arguments}
-    if not isinstance(args, dict):
-        args = {"value": args}
-    return {"type": "tool_use", "id": p.id, "name": p.name, "input": args}
-
-
-def _tool_result_out(p: ToolResultPart) -> dict:
-    if isinstance(p.content, str):
-        content: Any = p.content
-    else:
-        content = [b for x in p.content if isinstance(x, (TextPart, ImagePart)) and (b := _block_out(x)) is not None]
-    block = {"type": "tool_result", "tool_use_id": p.call_id, "content": content}
-    if p.is_error:
-        block["is_error"] = True
-    return block
-
-
-def _reasoning_out(p: ReasoningPart) -> dict | None:
-    if p.redacted is not None and not p.text:
-        return {"type": "redacted_thinking", "data": p.redacted}
-    if p.signature:
-        return {"type": "thinking", "thinking": p.text, "signature": p.signature}
-    return None
-
-
-BLOCKS_OUT: dict[type, Callable[[Any], dict | None]] = {
-    TextPart: _text_out,
-    ImagePart: _image_out,
-    ToolCallPart: _tool_use_out,
-    ToolResultPart: _tool_result_out,
-    ReasoningPart: _reasoning_out,
-}
-
-
 def _tool_out(t: Tool) -> dict:
     tool: dict = {"name": t.name, "input_schema": dict(t.parameters) or {"type": "object", "properties": {}}}
     if t.description:
@@ -529,7 +404,7 @@ def _response_block_out(p: Any) -> dict | None:
     if isinstance(p, ReasoningPart) and not p.signature and p.redacted is None:
         # Reasoning from another provider: shown as thinking, with no signature to check.
         return {"type": "thinking", "thinking": p.text, "signature": ""} if p.text else None
-    return _block_out(p)
+    return block_out(p)
 
 
 # ---------------------------------------------------------------- count_tokens
