@@ -10,7 +10,8 @@ from pathlib import Path
 
 import trio
 
-from gateway.config import LOG_FORMATS, LOG_LEVELS, ConfigError, load_config
+from gateway.config import ConfigError, load_config
+from gateway.config_observe import LOG_FORMATS, LOG_LEVELS
 from protocols.money import FREE
 
 
