@@ -126,9 +126,12 @@ class AttemptRunner:
         self.field_cache = field_cache
 
     def _scope(self, req: Request) -> Scope | None:
+        """The request's conversation scope, hashed once for all its attempts."""
         if self.field_cache is None or req.key_name is None:
             return None
-        return Scope(req.key_name, conversation_of(req.call.request, req.call.session))
+        if req.field_scope is None:
+            req.field_scope = Scope(req.key_name, conversation_of(req.call.request, req.call.session))
+        return req.field_scope
 
     def _for_upstream(self, req: Request, provider: Any) -> Any:
         """The request as ``provider`` is sent it: the field cache's kept fields put back

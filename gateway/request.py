@@ -76,6 +76,7 @@ class Request:
     drain_deadline: float | None = None  # set while a stream is drained for its usage
     settled: bool = False
     output_allowance: int = 0  # the output tokens its hold covers
+    field_scope: Any = None  # the field cache's conversation scope, once worked out (gateway.attempt)
     created_at: float = attrs.field(factory=trio.current_time)
     first_byte_at: float | None = None  # when the client's answer began
     key_name: str | None = None  # once the reservation authenticated the key

@@ -49,6 +49,11 @@ class Chain:
     """The adapters of one target, in ``ORDER``; the empty chain changes nothing."""
 
     adapters: tuple[RequestAdapter, ...] = ()
+    # the answer adapters among them: what a translated answer's events pass through
+    answers: tuple[AnswerAdapter, ...] = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "answers", tuple(a for a in self.adapters if isinstance(a, AnswerAdapter)))
 
     @classmethod
     def of(cls, adapters: Iterable[RequestAdapter]) -> Chain:
@@ -64,7 +69,7 @@ class Chain:
     @property
     def edits_answers(self) -> bool:
         """Whether the target's answers are edited (and so never forwarded as sent)."""
-        return any(a.ANSWERS for a in self.adapters)
+        return bool(self.answers)
 
     def body(self, body: dict, req: UnifiedRequest, protocol: str) -> dict:
         """The upstream body after every request adapter (``body`` is the caller's)."""
@@ -86,15 +91,13 @@ class Chain:
         return headers
 
     def events(self, events: tuple) -> tuple:
-        for adapter in self.adapters:
-            if isinstance(adapter, AnswerAdapter):
-                events = adapter.edit_events(events)
+        for adapter in self.answers:
+            events = adapter.edit_events(events)
         return events
 
     def response(self, response: UnifiedResponse) -> UnifiedResponse:
-        for adapter in self.adapters:
-            if isinstance(adapter, AnswerAdapter):
-                response = adapter.edit_response(response)
+        for adapter in self.answers:
+            response = adapter.edit_response(response)
         return response
 
 
