@@ -28,6 +28,7 @@ import attrs
 from gateway.adapter_config import AdapterList
 from gateway.field_cache import FieldCacheConfig
 from gateway.config_observe import LoggingConfig, MetricsConfig, TraceConfig, TracingConfig
+from gateway.config_state import StateConfig
 from gateway.config_schema import (FRACTION, INVALID, NON_NEGATIVE, PORT, POSITIVE, Check, Reader, child,
                                    closest, did_you_mean, setting)
 from actors.key_terms import PERIODS, UTC_TIME_RULE, is_utc_time, parse_utc
@@ -320,6 +321,7 @@ class Config:
     server: ServerConfig = ServerConfig()
     admin_token: Secret | None = setting(None, key="admin", read_as=AdminConfig, convert=lambda admin: admin.token)
     state_dir: str = ".tollhouse"
+    state: StateConfig = StateConfig()
     providers: Mapping[str, ProviderConfig] = setting(factory=dict)
     models: Mapping[str, ModelConfig] = setting(factory=dict)
     aliases: Mapping[str, str] = setting(factory=dict)

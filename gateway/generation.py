@@ -33,7 +33,7 @@ from gateway.config import Config, ConfigError, ProviderConfig, load_config
 #: metrics registry and its listener (``metrics.enabled``, ``metrics.port``), the log's
 #: level and format (set on the process's loggers). ``metrics.require_token`` and
 #: ``logging.log_prompts`` are read per request and change with a reload.
-RESTART_SECTIONS = ("state_dir", "actors", "simulator", "store", "tracing")
+RESTART_SECTIONS = ("state_dir", "state", "actors", "simulator", "store", "tracing")
 RESTART_SETTINGS = (("server", "host"), ("server", "port"), ("server", "keep_alive_timeout_s"),
                     ("server", "read_timeout_s"), ("server", "shutdown_grace_s"),
                     ("websocket", "max_message_bytes"), ("websocket", "ping_interval_s"),

@@ -53,6 +53,7 @@ def secret_values(config: Any) -> set[str]:
     values.update(k.key.value for k in config.keys)
     if config.admin_token is not None:
         values.add(config.admin_token.value)
+    values.update(state_secrets(config.state))
     return {v for v in values if v}
 
 
@@ -109,3 +110,20 @@ def redacting_logs(redactor: Redactor) -> Iterator[RedactingFilter]:
     finally:
         for logger in loggers:
             logger.removeFilter(flt)
+
+
+def state_secrets(state: Any) -> set[str]:
+    """The shared backend's connection strings, and the password each may carry."""
+    values: set[str] = set()
+    for dsn in (state.postgres.dsn.value if state.postgres else None, state.redis.url.value if state.redis else None):
+        if not dsn:
+            continue
+        values.add(dsn)
+        if "://" in dsn:
+            url = urlsplit(dsn)
+            if url.password:
+                values.add(unquote(url.password))
+        else:
+            values.update(part.split("=", 1)[1].strip("'") for part in dsn.split()
+                          if part.startswith("password=") and len(part) > len("password="))
+    return values
