@@ -37,6 +37,7 @@ from actors.credentials import Lease, Leased, NoneAvailable, Release
 from actors.mailbox import Mailbox
 from actors.routing import Plan, Resolve, Table
 from actors.usage import Reserve, Settle
+from gateway.allowance import held_output_tokens
 from gateway.attempt import AttemptRunner
 from gateway.field_cache import FieldCache
 from gateway.ending import Charge, Outcome, Trouble, decide, estimates, hold_instead
@@ -149,8 +150,7 @@ class Dispatcher:
         call = req.call
         request = call.request
         plan = await self.actors.routing.ask(Resolve(request.model, self.table))
-        hold_tokens = plan.hold_output_tokens or self.default_hold_output_tokens
-        out_tokens = min(request.max_tokens, hold_tokens) if request.max_tokens else hold_tokens
+        out_tokens = held_output_tokens(plan, self.providers, request, self.default_hold_output_tokens)
         req.output_allowance = out_tokens
         try:
             reservation = await self.actors.usage.ask(Reserve(
