@@ -37,6 +37,7 @@ from actors.credentials import Lease, Leased, NoneAvailable, Release
 from actors.mailbox import Mailbox
 from actors.routing import Plan, Resolve, Table
 from actors.usage import Reserve, Settle
+from gateway.allowance import held_output_tokens
 from gateway.attempt import AttemptRunner
 from gateway.field_cache import FieldCache
 from gateway.ending import Charge, Outcome, Trouble, decide, estimates, hold_instead
@@ -56,7 +57,7 @@ from protocols.errors import (
     UpstreamRateLimited,
     UpstreamTimeout,
 )
-from protocols.server_tools import UnsupportedServerTool
+from protocols.server_tools import UnsupportedServerTool, refusal
 from providers.seams import Provider
 from protocols.usage import estimate_tokens
 from providers.trace_hook import transform_trace
@@ -149,8 +150,7 @@ class Dispatcher:
         call = req.call
         request = call.request
         plan = await self.actors.routing.ask(Resolve(request.model, self.table))
-        hold_tokens = plan.hold_output_tokens or self.default_hold_output_tokens
-        out_tokens = min(request.max_tokens, hold_tokens) if request.max_tokens else hold_tokens
+        out_tokens = held_output_tokens(plan, self.providers, request, self.default_hold_output_tokens)
         req.output_allowance = out_tokens
         try:
             reservation = await self.actors.usage.ask(Reserve(
@@ -278,8 +278,16 @@ class Dispatcher:
         soonest: float | None = None
         refused: UnsupportedServerTool | None = None
         body_tokens = estimate_tokens(req.call.body_bytes)
+        request = req.call.request
         for target in plan.targets:
             provider = self.providers[target.provider]
+            if request.server_tools:
+                # a server tool this target's family cannot run (and its operator does not
+                # drop): skipped before any lease; the next target may have it
+                cannot = refusal(request, provider.protocol, getattr(provider, "server_tools", {}))
+                if cannot is not None:
+                    refused = refused or cannot
+                    continue
             tried: set[str] = set()
             while True:
                 lease = await self.actors.credentials.ask(
@@ -296,8 +304,7 @@ class Dispatcher:
                     error = req.meter.error if isinstance(req.meter.error, UpstreamError) else None
                     served = True
                 except UnsupportedServerTool as exc:
-                    # this target's family cannot run a server tool the client offered (and
-                    # its operator does not drop it): nothing was sent, the next target may
+                    # the build refused a server tool ``refusal`` did not foresee: nothing was sent
                     refused = refused or exc
                     break
                 except UpstreamError as exc:

@@ -189,7 +189,8 @@ class Tap:
         parts = []
         for p in resp.parts:
             if isinstance(p, ReasoningPart):
-                ev = self._reasoning(ReasoningDelta(text=p.text, signature=p.signature, redacted=p.redacted))
+                ev = self._reasoning(ReasoningDelta(text=p.text, signature=p.signature, redacted=p.redacted,
+                                                    issuer=p.issuer))
                 if ev is not None:
                     parts.append(attrs.evolve(p, signature=None, redacted=None))
             elif isinstance(p, TextPart):
@@ -288,8 +289,8 @@ def _anthropic(req: UnifiedRequest, cache: FieldCache, scope: Scope, now: float)
         ids = [p.id for p in parts if isinstance(p, ToolCallPart)]
         texts = [p.text for p in parts if isinstance(p, TextPart)]
         blocks = _kept_blocks(cache, scope, now, ids, texts, i == last, user_turn if i > user_at else None)
-        kept = [ReasoningPart(redacted=b["data"]) if b["type"] == "redacted_thinking"
-                else ReasoningPart(text=b["thinking"], signature=b["signature"]) for b in blocks]
+        kept = [ReasoningPart(redacted=b["data"], issuer=ANTHROPIC) if b["type"] == "redacted_thinking"
+                else ReasoningPart(text=b["thinking"], signature=b["signature"], issuer=ANTHROPIC) for b in blocks]
         messages.append(attrs.evolve(m, parts=tuple(kept + parts)))
     return attrs.evolve(req, messages=tuple(messages))
 

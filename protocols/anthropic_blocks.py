@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from protocols.errors import InvalidRequest
 from protocols.unified import ImagePart, ReasoningPart, TextPart, ToolCallPart, ToolResultPart
+from protocols.anthropic_wire import NAME
 from protocols.validate import check, require
 
 
@@ -67,11 +68,11 @@ def _tool_result_in(block: dict, path: str) -> ToolResultPart:
 
 def _thinking_in(block: dict, path: str) -> ReasoningPart:
     return ReasoningPart(text=check(block, "thinking", str, path, ""), signature=check(block, "signature", str, path),
-                         extra=rest_of(block, "thinking", "signature"))
+                         extra=rest_of(block, "thinking", "signature"), issuer=NAME)
 
 
 def _redacted_in(block: dict, path: str) -> ReasoningPart:
-    return ReasoningPart(redacted=require(block, "data", str, path), extra=rest_of(block, "data"))
+    return ReasoningPart(redacted=require(block, "data", str, path), extra=rest_of(block, "data"), issuer=NAME)
 
 
 BLOCKS_IN: dict[str, Callable[[dict, str], Any]] = {
@@ -123,10 +124,14 @@ def _tool_result_out(p: ToolResultPart) -> dict:
 
 
 def _reasoning_out(p: ReasoningPart) -> dict | None:
-    if p.redacted is not None and not p.text:
-        return {"type": "redacted_thinking", "data": p.redacted}
-    if p.signature:
-        return {"type": "thinking", "thinking": p.text, "signature": p.signature}
+    """Only what Anthropic signed goes back to it: another vendor's signature or blob
+    would be refused (``Invalid `signature```), and unsigned thinking cannot be replayed."""
+    redacted = p.redacted_for(NAME)
+    if redacted is not None and not p.text:
+        return {"type": "redacted_thinking", "data": redacted}
+    signature = p.signature_for(NAME)
+    if signature:
+        return {"type": "thinking", "thinking": p.text, "signature": signature}
     return None
 
 

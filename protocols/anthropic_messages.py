@@ -401,7 +401,7 @@ def format_response(resp: UnifiedResponse, model: str, **_: Any) -> dict:
 
 
 def _response_block_out(p: Any) -> dict | None:
-    if isinstance(p, ReasoningPart) and not p.signature and p.redacted is None:
+    if isinstance(p, ReasoningPart) and not p.signature_for(NAME) and p.redacted_for(NAME) is None:
         # Reasoning from another provider: shown as thinking, with no signature to check.
         return {"type": "thinking", "thinking": p.text, "signature": ""} if p.text else None
     return block_out(p)

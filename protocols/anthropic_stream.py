@@ -126,12 +126,12 @@ class StreamDecoder:
         if kind == "text" and block.get("text"):
             return [TextDelta(block["text"])]
         if kind == "thinking":
-            out: list[Event] = [ReasoningDelta(text=block["thinking"])] if block.get("thinking") else []
+            out: list[Event] = [ReasoningDelta(text=block["thinking"], issuer=NAME)] if block.get("thinking") else []
             if block.get("signature"):
-                out.append(ReasoningDelta(signature=block["signature"]))
+                out.append(ReasoningDelta(signature=block["signature"], issuer=NAME))
             return out
         if kind == "redacted_thinking":
-            return [ReasoningDelta(redacted=str(block.get("data", "")))]
+            return [ReasoningDelta(redacted=str(block.get("data", "")), issuer=NAME)]
         return []
 
     def _block_delta(self, doc: dict) -> list[Event]:
@@ -146,9 +146,9 @@ class StreamDecoder:
             state.args_seen = True
             return [ToolCallDelta(state.tool, delta["partial_json"])]
         if kind == "thinking_delta":
-            return [ReasoningDelta(text=delta["thinking"])] if delta.get("thinking") else []
+            return [ReasoningDelta(text=delta["thinking"], issuer=NAME)] if delta.get("thinking") else []
         if kind == "signature_delta":
-            return [ReasoningDelta(signature=delta["signature"])] if delta.get("signature") else []
+            return [ReasoningDelta(signature=delta["signature"], issuer=NAME)] if delta.get("signature") else []
         return []
 
     def _block_stop(self, doc: dict) -> list[Event]:
@@ -302,16 +302,20 @@ class StreamEncoder:
             self._delta(out, index, {"type": "text_delta", "text": ev.text})
 
     def _reasoning(self, ev: ReasoningDelta, out: list) -> None:
-        if ev.redacted is not None:
-            self._new_block(out, ("redacted",), {"type": "redacted_thinking", "data": ev.redacted})
+        """Another vendor's reasoning is shown as thinking with an empty signature: its
+        own signature or blob would come back and be refused by Anthropic."""
+        redacted = ev.redacted_for(NAME)
+        if redacted is not None:
+            self._new_block(out, ("redacted",), {"type": "redacted_thinking", "data": redacted})
             self._close_block(out)
         thinking = {"type": "thinking", "thinking": "", "signature": ""}
         if ev.text:
             index = self._block(out, ("thinking",), thinking)
             self._delta(out, index, {"type": "thinking_delta", "thinking": ev.text})
-        if ev.signature:
+        signature = ev.signature_for(NAME)
+        if signature:
             index = self._block(out, ("thinking",), thinking)
-            self._delta(out, index, {"type": "signature_delta", "signature": ev.signature})
+            self._delta(out, index, {"type": "signature_delta", "signature": signature})
 
     def _tool_start(self, ev: ToolCallStart, out: list) -> None:
         self._tool_blocks[ev.index] = self._new_block(

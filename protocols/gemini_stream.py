@@ -139,10 +139,10 @@ class StreamDecoder:
         text = part.get("text")
         if isinstance(text, str):
             if part.get("thought") is True:
-                out.append(ReasoningDelta(text=text, signature=signature))
+                out.append(ReasoningDelta(text=text, signature=signature, issuer=NAME))
                 return
             if signature:
-                out.append(ReasoningDelta(signature=signature))
+                out.append(ReasoningDelta(signature=signature, issuer=NAME))
             if text:
                 out.append(TextDelta(text))
             return
@@ -158,7 +158,7 @@ class StreamDecoder:
             out.append(ToolCallDelta(index, json.dumps(args if args is not None else {}, ensure_ascii=False)))
             return
         if signature:
-            out.append(ReasoningDelta(signature=signature))
+            out.append(ReasoningDelta(signature=signature, issuer=NAME))
 
 
 class StreamEncoder:
@@ -234,14 +234,15 @@ class StreamEncoder:
                 self._flush_calls(parts)
                 parts.append(self._signed({"text": ev.text}))
             elif isinstance(ev, ReasoningDelta):
+                signature = ev.signature_for(NAME)  # another vendor's would be refused by Gemini
                 if ev.text:
                     self._flush_calls(parts)
                     part = {"text": ev.text, "thought": True}
-                    if ev.signature:
-                        part["thoughtSignature"] = ev.signature
+                    if signature:
+                        part["thoughtSignature"] = signature
                     parts.append(self._signed(part))
-                elif ev.signature:
-                    self._signature = ev.signature
+                elif signature:
+                    self._signature = signature
             elif isinstance(ev, ToolCallStart):
                 if ev.index not in self._calls:
                     self._calls[ev.index] = [ev.id, ev.name, [], dict(ev.extra)]

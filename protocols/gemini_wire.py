@@ -171,10 +171,10 @@ def parts_in(raw_parts: Any, path: str, ids: CallIds) -> list:
             if not isinstance(text, str):
                 raise InvalidRequest(f"Invalid type for '{p}.text': expected a string.", param=f"{p}.text")
             if part.get("thought") is True:
-                out.append(ReasoningPart(text=text, signature=signature))
+                out.append(ReasoningPart(text=text, signature=signature, issuer=NAME))
                 continue
             if signature:
-                out.append(ReasoningPart(signature=signature))
+                out.append(ReasoningPart(signature=signature, issuer=NAME))
             if text or not signature:
                 out.append(TextPart(text))
             continue
@@ -197,7 +197,7 @@ def parts_in(raw_parts: Any, path: str, ids: CallIds) -> list:
                                  media_type=_text_field(file_data, "mimeType", f"{p}.fileData")))
             continue
         if signature:
-            out.append(ReasoningPart(signature=signature))
+            out.append(ReasoningPart(signature=signature, issuer=NAME))
     return out
 
 
@@ -285,13 +285,14 @@ def parts_out(parts: tuple | list, names: Mapping[str, str], *, replay: bool) ->
         if isinstance(p, ReasoningPart):
             if replay:
                 continue
+            signature = p.signature_for(NAME)  # another vendor's would be refused by Gemini
             if p.text:
                 d = {"text": p.text, "thought": True}
-                if p.signature:
-                    d["thoughtSignature"] = p.signature
+                if signature:
+                    d["thoughtSignature"] = signature
                 out.append(d)
-            elif p.signature:
-                pending = p.signature
+            elif signature:
+                pending = signature
             continue
         if isinstance(p, TextPart):
             d = {"text": p.text}

@@ -196,7 +196,7 @@ def _input_item(item: Any, path: str, system: list, messages: list) -> None:
         text = "\n\n".join(require(object_at(s, f"{path}.summary[{j}]"), "text", str, f"{path}.summary[{j}].")
                            for j, s in enumerate(summary))
         part = ReasoningPart(text=text, redacted=check(item, "encrypted_content", str, f"{path}."),
-                             extra={"id": check(item, "id", str, f"{path}."), "summary": summary})
+                             extra={"id": check(item, "id", str, f"{path}."), "summary": summary}, issuer=NAME)
         _append(messages, "assistant", [part], merge=True)
 
 
@@ -368,7 +368,7 @@ def _message_out(m: Message) -> list:
             out.append({"type": "reasoning", "id": part.extra["id"],
                         "summary": part.extra.get("summary") or
                         ([{"type": "summary_text", "text": part.text}] if part.text else []),
-                        **({"encrypted_content": part.redacted} if part.redacted else {})})
+                        **({"encrypted_content": part.redacted} if part.redacted_for(NAME) else {})})
     flush()
     return out
 
@@ -407,7 +407,9 @@ def parse_response(doc: dict) -> UnifiedResponse:
         elif kind == "reasoning":
             summary = item.get("summary") or []
             text = "\n\n".join(s.get("text", "") for s in summary if isinstance(s, dict))
-            parts.append(ReasoningPart(text=text, redacted=item.get("encrypted_content"), extra={"id": item.get("id")}))
+            blob = item.get("encrypted_content")
+            parts.append(ReasoningPart(text=text, redacted=blob if isinstance(blob, str) else None,
+                                       extra={"id": item.get("id")}, issuer=NAME))
         elif kind == "function_call":
             namespace = item.get("namespace") if isinstance(item.get("namespace"), str) else None
             parts.append(ToolCallPart(str(item.get("call_id", "")), flat_name(namespace, str(item.get("name", ""))),

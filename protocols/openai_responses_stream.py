@@ -14,7 +14,9 @@ summary part, function calls with argument deltas), and ``response.completed`` (
 ``response.incomplete``) carrying the whole response and its usage. Lossy: tool calls
 that interleave their argument deltas stay open side by side and close in output
 order; reasoning signatures (Anthropic, Gemini) have no Responses field and are
-dropped; another provider's redacted reasoning travels as ``encrypted_content``.
+dropped, and so is another provider's redacted reasoning (only a Responses upstream's
+own ``encrypted_content`` is shown to a Responses client: the issuer rule of
+``ReasoningPart``).
 """
 
 from __future__ import annotations
@@ -181,7 +183,8 @@ class StreamDecoder:
         if isinstance(item, dict) and item.get("type") == "reasoning":
             blob = item.get("encrypted_content")
             if isinstance(blob, str) and blob:
-                return [ReasoningDelta(redacted=blob)]
+                item_id = item.get("id")
+                return [ReasoningDelta(redacted=blob, issuer=NAME, item_id=item_id if isinstance(item_id, str) else None)]
         return []
 
     def _arguments_delta(self, doc: dict) -> list:
@@ -348,11 +351,12 @@ class StreamEncoder:
         return b"".join(out)
 
     def _reasoning(self, out: list, ev: ReasoningDelta) -> None:
-        if not ev.text and not ev.redacted:
+        redacted = ev.redacted_for(NAME)  # another vendor's blob would be refused by OpenAI
+        if not ev.text and not redacted:
             return
         item = self._open(out, "reasoning")
-        if ev.redacted:
-            item.encrypted = ev.redacted
+        if redacted:
+            item.encrypted = redacted
         if ev.text:
             if not item.part_open:
                 item.part_open = True

@@ -187,7 +187,7 @@ def output_items(parts: Iterable, names: NamespacedNames | None = None) -> list:
         flush()
         if isinstance(part, ReasoningPart):
             rid = part.extra.get("id") or new_id("rs")
-            items.append(reasoning_item(rid, part.text, part.redacted))
+            items.append(reasoning_item(rid, part.text, part.redacted_for(NAME)))
         elif isinstance(part, ToolCallPart):
             items.append(function_call_item(part.extra.get("id") or new_id("fc"), part.id, part.name, part.arguments,
                                             names=names))

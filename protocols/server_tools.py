@@ -5,7 +5,9 @@ and written by the upstream's from the table below, kind by kind. A kind the ups
 family has no equivalent for is refused with a 400 in the client's protocol naming the
 tool (``UnsupportedServerTool``), never silently dropped -- unless the operator chose
 ``drop`` for that tool type on the provider (``server_tools: {"web_search": "drop"}``),
-which ``drop_tools`` applies before the request is built.
+which ``drop_tools`` applies before the request is built. ``refusal`` tells the
+dispatcher before it leases a credential, so a target that cannot take the request is
+skipped without an attempt.
 
 | kind           | Responses          | Anthropic               | Gemini         | Chat |
 |----------------|--------------------|-------------------------|----------------|------|
@@ -59,6 +61,26 @@ def drop_tools(req: UnifiedRequest, protocol: str, policy: Mapping[str, str]) ->
     return req if len(kept) == len(req.server_tools) else attrs.evolve(req, server_tools=kept)
 
 
+def refusal(req: UnifiedRequest, protocol: str, policy: Mapping[str, str]) -> UnsupportedServerTool | None:
+    """What building ``req`` for a ``protocol`` upstream would raise (after the
+    operator's drops), known before any credential is leased; None when it can take it.
+    A same-protocol request keeps its tools as written."""
+    if not req.server_tools or req.protocol == protocol:
+        return None
+    table = WIRE.get(protocol, {})
+    for tool in req.server_tools:
+        if tool.kind not in table and policy.get(tool.kind.value) != DROP:
+            return _unsupported(tool, protocol)
+    return None
+
+
+def _unsupported(tool: ServerTool, protocol: str) -> UnsupportedServerTool:
+    return UnsupportedServerTool(
+        f"The tool {tool.wire_type!r} ({tool.kind.value}) is not available on this model's upstream "
+        f"({protocol}); the operator may set server_tools.{tool.kind.value} to 'drop' for it.",
+        param="tools")
+
+
 def wire_tools(tools: Iterable[ServerTool], protocol: str) -> list[dict]:
     """``tools`` in ``protocol``'s own form; a tool it has no equivalent for is refused."""
     table = WIRE.get(protocol, {})
@@ -66,9 +88,6 @@ def wire_tools(tools: Iterable[ServerTool], protocol: str) -> list[dict]:
     for tool in tools:
         wire = table.get(tool.kind)
         if wire is None:
-            raise UnsupportedServerTool(
-                f"The tool {tool.wire_type!r} ({tool.kind.value}) is not available on this model's upstream "
-                f"({protocol}); the operator may set server_tools.{tool.kind.value} to 'drop' for it.",
-                param="tools")
+            raise _unsupported(tool, protocol)
         out.append(dict(wire))
     return out

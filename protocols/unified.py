@@ -94,12 +94,22 @@ class ReasoningPart:
 
     ``signature`` is Anthropic's thinking signature or Gemini's thoughtSignature;
     ``redacted`` holds Anthropic redacted-thinking data or OpenAI encrypted_content.
+    ``issuer`` is the protocol (its ``NAME``) whose upstream made them: only that
+    protocol can read them back, so every builder and encoder sends them to it alone
+    (``signature_for``, ``redacted_for``); None means nobody.
     """
 
     text: str = ""
     signature: str | None = None
     redacted: str | None = None
     extra: Mapping[str, Any] = attrs.field(factory=dict)
+    issuer: str | None = None
+
+    def signature_for(self, protocol: str) -> str | None:
+        return self.signature if self.issuer == protocol else None
+
+    def redacted_for(self, protocol: str) -> str | None:
+        return self.redacted if self.issuer == protocol else None
 
 
 Part = Union[TextPart, ImagePart, ToolCallPart, ToolResultPart, ReasoningPart]
@@ -263,11 +273,21 @@ class TextDelta:
 
 @attrs.frozen
 class ReasoningDelta:
-    """A piece of reasoning text, or the signature/redacted blob that closes it."""
+    """A piece of reasoning text, or the signature/redacted blob that closes it;
+    ``issuer`` as on ``ReasoningPart`` (and ``item_id``, the Responses reasoning item
+    the blob came in)."""
 
     text: str = ""
     signature: str | None = None
     redacted: str | None = None
+    issuer: str | None = None
+    item_id: str | None = None
+
+    def signature_for(self, protocol: str) -> str | None:
+        return self.signature if self.issuer == protocol else None
+
+    def redacted_for(self, protocol: str) -> str | None:
+        return self.redacted if self.issuer == protocol else None
 
 
 @attrs.frozen

@@ -128,10 +128,10 @@ def with_thinking(protocol: str, doc: Mapping, result: Answer, signer: Signer) -
     signature = signer.sign(protocol, THOUGHT)
     events = list(result.events)
     at = 1 if events and isinstance(events[0], StreamStart) else 0
-    events[at:at] = [ReasoningDelta(text=THOUGHT), ReasoningDelta(signature=signature)]
+    events[at:at] = [ReasoningDelta(text=THOUGHT), ReasoningDelta(signature=signature, issuer=protocol)]
     if protocol == "anthropic":
-        parts: tuple = (ReasoningPart(text=THOUGHT, signature=signature),)
+        parts: tuple = (ReasoningPart(text=THOUGHT, signature=signature, issuer=protocol),)
     else:
-        parts = (ReasoningPart(text=THOUGHT), ReasoningPart(signature=signature))
+        parts = (ReasoningPart(text=THOUGHT), ReasoningPart(signature=signature, issuer=protocol))
     response = attrs.evolve(result.response, parts=(*parts, *result.response.parts))
     return attrs.evolve(result, events=tuple(events), response=response)

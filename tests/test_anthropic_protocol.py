@@ -257,7 +257,8 @@ def test_parse_blocks_tools_and_choices():
     user, assistant, tool, follow_up = req.messages
     assert user.parts == (TextPart("look", {"cache_control": {"type": "ephemeral"}}),
                           ImagePart(data="AAAA", media_type="image/png"), ImagePart(url="https://x/y.png"))
-    assert assistant.parts == (ReasoningPart("hmm", "sig"), ReasoningPart(redacted="opaque"),
+    assert assistant.parts == (ReasoningPart("hmm", "sig", issuer="anthropic"),
+                               ReasoningPart(redacted="opaque", issuer="anthropic"),
                                ToolCallPart("t1", "get_weather", '{"city": "Paris"}'))
     assert tool == Message("tool", (ToolResultPart("t1", (TextPart("boom"),), is_error=True),))
     assert follow_up == Message("user", (TextPart("and now?"),))

@@ -215,15 +215,18 @@ async def test_another_key_replaying_the_same_conversation_gets_nothing_kept_for
 
 
 async def test_without_the_cache_the_anthropic_upstream_refuses_the_foreign_thinking(tmp_path, clock):
-    """The simulator really checks: with the cache off, Gemini's signature reaches the
-    client and then Anthropic, which answers the real API's 400."""
+    """The simulator really checks: with the cache off, Gemini's thought reaches the
+    client without a signature (never Gemini's), and the client's body, sent to
+    Anthropic as written, gets the real API's 400 for an unsigned block: dropping it is
+    the cache's work."""
     with trio.fail_after(300):
         async with running_gateway(_config(tmp_path, enabled=False)) as gw:
             sdk = anthropic.AsyncAnthropic(base_url=gw.url, api_key=DEMO_KEY, max_retries=0)
             try:
                 talk = Conversation(sdk)
                 gw.simulator.key_faults["kc"] = Fault(status=503)
-                await talk.turn("What is the weather in Paris?")
+                called = await talk.turn("What is the weather in Paris?")
+                assert called[0]["type"] == "thinking" and called[0]["signature"] == ""
                 gw.simulator.key_faults.clear()
                 await trio.sleep(61)
                 with pytest.raises(anthropic.BadRequestError, match="Invalid `signature` in `thinking` block"):

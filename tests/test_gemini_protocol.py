@@ -309,7 +309,7 @@ def _req(sse: bool):
     return gemini.parse_request({"contents": [{"parts": [{"text": "hi"}]}]}, model="m", stream=True, sse=sse)
 
 
-EVENTS = [StreamStart("r1", "up"), ReasoningDelta(text="think"), ReasoningDelta(signature="sig"),
+EVENTS = [StreamStart("r1", "up"), ReasoningDelta(text="think"), ReasoningDelta(signature="sig", issuer="gemini"),
           TextDelta("Hel"), TextDelta("lo"), ToolCallStart(0, "call_1", "f"), ToolCallDelta(0, '{"a"'),
           ToolCallDelta(0, ":1}"), Finish(FinishReason.TOOL_CALLS), UsageReport(Usage(input=3, output=4, reasoning=2))]
 

@@ -322,8 +322,8 @@ def _request():
 
 
 def test_encoder_writes_the_full_event_sequence_and_decodes_back():
-    events = [StreamStart("chatcmpl-1", "up"), ReasoningDelta("think"), ReasoningDelta(redacted="blob"),
-              TextDelta("Hel"), TextDelta("lo"), ToolCallStart(0, "call_1", "f"), ToolCallDelta(0, '{"a"'),
+    events = [StreamStart("chatcmpl-1", "up"), ReasoningDelta("think"),
+              ReasoningDelta(redacted="blob", issuer="openai_responses"), TextDelta("Hel"), TextDelta("lo"), ToolCallStart(0, "call_1", "f"), ToolCallDelta(0, '{"a"'),
               ToolCallDelta(0, ":1}"), Finish(FinishReason.TOOL_CALLS), UsageReport(Usage(input=3, output=4, reasoning=2))]
     encoder = openai_responses.StreamEncoder(_request(), "m")
     data = encoder.encode(events[:4]) + encoder.encode(events[4:]) + encoder.close()

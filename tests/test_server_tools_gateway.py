@@ -89,3 +89,35 @@ async def test_a_target_without_the_tool_gives_way_to_one_with_it(tmp_path):
     assert r.status_code == 200 and r.headers["x-tollhouse-target"].startswith("sima/")
     assert {"type": "web_search_20250305", "name": "web_search"} in sent["tools"]
     assert [(e["provider"], e["reason"]) for e in records if e["kind"] == "charge"] == [("sima", "end")]
+
+
+class _Heard:
+    def __init__(self) -> None:
+        self.records: list = []
+
+    def served(self, record) -> None:
+        self.records.append(record)
+
+
+async def _leases(http: httpx.AsyncClient) -> dict:
+    view = (await http.get("/admin/credentials", headers=ADMIN)).json()
+    pools = view.get("providers", view)
+    return {provider: sum(c["leases_total"] for c in creds) for provider, creds in pools.items()}
+
+
+@pytest.mark.parametrize("model", ["demo", "chat-then-anthropic"])
+async def test_a_target_that_cannot_take_the_tool_is_skipped_without_a_lease_or_an_attempt(tmp_path, model):
+    heard = _Heard()
+    with trio.fail_after(20):
+        async with running_gateway(_config(tmp_path)) as gw:
+            gw.runtime.observers.add(heard)
+            r, _ = await _post(gw, _codex(model))
+            async with httpx.AsyncClient(base_url=gw.url, timeout=10) as http:
+                leases = await _leases(http)
+    [record] = heard.records
+    if model == "demo":  # no target can: the client's 400 naming the tool, nothing leased or tried
+        assert r.status_code == 400 and "web_search" in r.json()["error"]["message"]
+        assert record.attempts == 0 and leases.get("sim", 0) == 0
+    else:  # the Chat target is passed over; the Anthropic one serves on the first attempt
+        assert r.status_code == 200 and r.headers["x-tollhouse-target"].startswith("sima/")
+        assert record.attempts == 1 and leases.get("sim", 0) == 0 and leases["sima"] == 1

@@ -2,7 +2,7 @@
 the unified form and an upstream's wire form (``chain`` says which and in what order)."""
 
 from providers.adapters.chain import (FAMILY_DEFAULTS, NO_ADAPTERS, ORDER, REGISTRY, Chain, ProviderAdapters,
-                                      chain_of, for_protocol, passes_through)
+                                      chain_of, for_protocol, passes_through, sent_max_tokens)
 
 __all__ = ["FAMILY_DEFAULTS", "NO_ADAPTERS", "ORDER", "REGISTRY", "Chain", "ProviderAdapters", "chain_of",
-           "for_protocol", "passes_through"]
+           "for_protocol", "passes_through", "sent_max_tokens"]

@@ -52,8 +52,25 @@ class Chain:
     # the answer adapters among them: what a translated answer's events pass through
     answers: tuple[AnswerAdapter, ...] = attrs.field(init=False, eq=False, repr=False)
 
+    # the output limit the chain sends when the client set none, and the cap it applies
+    default_max_tokens: int | None = attrs.field(init=False, eq=False, repr=False)
+    cap_max_tokens: int | None = attrs.field(init=False, eq=False, repr=False)
+
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "answers", tuple(a for a in self.adapters if isinstance(a, AnswerAdapter)))
+        object.__setattr__(self, "default_max_tokens", next(
+            (a.value for a in self.adapters if isinstance(a, DefaultMaxTokens)), None))
+        object.__setattr__(self, "cap_max_tokens", next(
+            (a.value for a in self.adapters if isinstance(a, CapMaxTokens)), None))
+
+    def sent_max_tokens(self, thinking_budget: int = 0) -> int | None:
+        """The output limit a request that set none is sent through this chain
+        (``default_max_tokens``, with an Anthropic thinking budget on top, then
+        ``cap_max_tokens``), or None when it is sent none and the upstream decides."""
+        if self.default_max_tokens is None:
+            return None
+        limit = self.default_max_tokens + thinking_budget
+        return limit if self.cap_max_tokens is None else min(limit, self.cap_max_tokens)
 
     @classmethod
     def of(cls, adapters: Iterable[RequestAdapter]) -> Chain:
@@ -142,6 +159,12 @@ def chain_of(provider: Provider, model: str) -> Chain:
     """The chain a provider runs for ``model`` (none for a provider without adapters)."""
     adapters = getattr(provider, "adapters", None)
     return NO_ADAPTERS if adapters is None else adapters.chain(model)
+
+
+def sent_max_tokens(provider: Provider, model: str, thinking_budget: int) -> int | None:
+    """What ``Chain.sent_max_tokens`` says for this target; the thinking budget counts
+    only where ``default_max_tokens`` adds it (Anthropic)."""
+    return chain_of(provider, model).sent_max_tokens(thinking_budget if provider.protocol == "anthropic" else 0)
 
 
 def passes_through(provider: Provider, req: UnifiedRequest, model: str) -> bool:
