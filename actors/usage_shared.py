@@ -272,6 +272,9 @@ class SharedUsageActor(UsageActor):
                 await self._thread(self.pg.transaction, partial(self._batch_tx, admitted, now, steps))
             except LedgerWriteError as exc:
                 self._refused(exc)
+                decided = {id(step.envelope) for step in steps}
+                # refused before the core saw them: decided now, from memory, to be refused the same way
+                steps.extend(self._step_of(envelope, now) for envelope in admitted if id(envelope) not in decided)
                 return self._settle_refused(steps)
             except Exception as exc:  # a bug: every caller of the batch hears of the crash
                 for envelope in admitted:
@@ -339,18 +342,20 @@ class SharedUsageActor(UsageActor):
             refresh(self.core, rows, tx.held(row["name"] for row in rows), wall)
         rows = tx.lock_keys(names, hashes)
         refresh(self.core, rows, tx.held(row["name"] for row in rows), wall)
-        ops: list = []
         for envelope in envelopes:
-            undo = self._undo(envelope.msg, now)
-            try:
-                result, more = self.core.handle(envelope.msg, now)
-            except GatewayError as exc:
-                steps.append(Step(envelope, exc, []))
-                continue
-            steps.append(Step(envelope, result, more, undo))
-            ops.extend(more)
+            steps.append(self._step_of(envelope, now))
+        ops = [op for step in steps for op in step.ops]
         if ops:
             tx.write(ops)
+
+    def _step_of(self, envelope: Envelope, now: float) -> Step:
+        """The core's decision on one message: its answer, its writes, how to undo it."""
+        undo = self._undo(envelope.msg, now)
+        try:
+            result, ops = self.core.handle(envelope.msg, now)
+        except GatewayError as exc:
+            return Step(envelope, exc, [])
+        return Step(envelope, result, ops, undo)
 
     def _settle_refused(self, steps: list[Step]) -> bool:
         """The transaction was rolled back: park its settlements, undo and refuse the rest."""
