@@ -45,6 +45,7 @@ from protocols.openai_responses_wire import (
     status_for,
 )
 from protocols.unified import (
+    Effort,
     ImagePart,
     Message,
     OutputFormat,
@@ -72,6 +73,7 @@ __all__ = ["NAME", "parse_request", "build_request", "parse_response", "format_r
 
 # Top-level fields kept in ``extra`` and sent again only to a Responses upstream.
 PASSTHROUGH_FIELDS = ("include", "store", "prompt_cache_key", "parallel_tool_calls")
+ENCRYPTED_REASONING = "reasoning.encrypted_content"  # the ``include`` entry that asks for it
 SERVER_TOOLS = {
     "web_search": ServerToolKind.WEB_SEARCH, "web_search_preview": ServerToolKind.WEB_SEARCH,
     "web_search_2025_08_26": ServerToolKind.WEB_SEARCH, "web_search_preview_2025_03_11": ServerToolKind.WEB_SEARCH,
@@ -328,6 +330,11 @@ def build_request(req: UnifiedRequest, model: str, **_: Any) -> dict:
     effort = effort_of(req.reasoning)
     if effort is not None:
         body["reasoning"] = {"effort": effort.value}
+        if req.include_encrypted_reasoning and effort is not Effort.NONE:
+            # only a reasoning request: other models refuse encrypted content
+            include = list(body.get("include") or [])
+            if ENCRYPTED_REASONING not in include:
+                body["include"] = [*include, ENCRYPTED_REASONING]
     return body
 
 
