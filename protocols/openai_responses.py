@@ -66,7 +66,7 @@ from protocols.reasoning import effort_named, effort_of
 from protocols.server_tools import wire_tools
 from protocols.tool_names import NamespacedNames, flat_name
 from protocols.usage import normalize
-from protocols.validate import check, object_at, require, token_limit
+from protocols.validate import check, model_name, object_at, require, token_limit
 
 __all__ = ["NAME", "parse_request", "build_request", "parse_response", "format_response", "format_error",
            "StreamDecoder", "StreamEncoder"]
@@ -90,7 +90,7 @@ RESPONSES_MIN_OUTPUT_TOKENS = 16
 
 
 def parse_request(doc: dict) -> UnifiedRequest:
-    model = require(doc, "model", str)
+    model = model_name(doc)
     system: list = []
     instructions = check(doc, "instructions", str)
     if instructions:
