@@ -67,7 +67,7 @@ ISSUER = {FieldKind.ANTHROPIC_THINKING: ("anthropic",), FieldKind.GEMINI_THOUGHT
           FieldKind.RESPONSES_ENCRYPTED_CONTENT: ("openai_responses",),
           FieldKind.PROMPT_CACHE_KEY: ("openai_responses", "openai_chat")}
 MODES_OF = {FieldKind.ANTHROPIC_THINKING: (Mode.PER_TOOL_CALL, Mode.LAST) + TURN_MODES,
-            FieldKind.GEMINI_THOUGHT_SIGNATURE: (Mode.PER_TOOL_CALL,) + TURN_MODES,
+            FieldKind.GEMINI_THOUGHT_SIGNATURE: (Mode.PER_TOOL_CALL, Mode.LAST) + TURN_MODES,
             FieldKind.RESPONSES_ENCRYPTED_CONTENT: (Mode.PER_TOOL_CALL, Mode.LAST) + TURN_MODES,
             FieldKind.PROMPT_CACHE_KEY: (Mode.ALL,)}
 FIELD_NAMES = tuple(k.value for k in FieldKind)

@@ -102,6 +102,7 @@ class Tap:
         self._blocks: list[dict] = []  # Anthropic blocks since the last call
         self._all: list[dict] = []
         self._signatures: dict[str, str] = {}  # Gemini's, by call id
+        self._text_signature: str | None = None  # Gemini's first that rode on no call (a text answer's)
         self._turn = Fingerprint()
 
     # ------------------------------------------------------------ streams
@@ -133,7 +134,10 @@ class Tap:
             self._text = []
         elif ev.redacted is not None:
             self._block({"type": "redacted_thinking", "data": ev.redacted})
-        if ev.signature:
+        if ev.signature and self.protocol == GEMINI:
+            if self._text_signature is None and ev.issuer == GEMINI:
+                self._text_signature = ev.signature
+        elif ev.signature:
             self._block({"type": "thinking", "thinking": "".join(self._text), "signature": ev.signature})
             self._text = []
         if not ev.text:
@@ -174,6 +178,11 @@ class Tap:
         rules = self.cache.rules
         if self._kind is not None and self._all and rules.has(self.protocol, self._kind, Mode.LAST):
             self._put(self._kind, Mode.LAST, "", {"turn": self._turn.digest(), "blocks": self._all})
+        if self.protocol == GEMINI and self._text_signature and not self._signatures and \
+                rules.has(GEMINI, FieldKind.GEMINI_THOUGHT_SIGNATURE, Mode.LAST):
+            # a text answer: its signature goes back on its first part while it is the last turn
+            self._put(FieldKind.GEMINI_THOUGHT_SIGNATURE, Mode.LAST, "",
+                      {"turn": self._turn.digest(), "signature": self._text_signature})
         kept: tuple[FieldKind, Any] | None = None
         if self._kind is not None and self._all:
             kept = self._kind, self._all
@@ -421,9 +430,16 @@ def _gemini(req: UnifiedRequest, cache: FieldCache, scope: Scope, now: float) ->
             continue
         turn = fingerprint([p.text for p in m.parts if isinstance(p, TextPart)],
                            [p.id for p in m.parts if isinstance(p, ToolCallPart)])
+        calls = any(isinstance(p, ToolCallPart) for p in m.parts)
         by_turn = _turn_kept(cache, scope, now, kind, GEMINI, turn, user_turn if i > user_at else None, i == last) \
-            if any(isinstance(p, ToolCallPart) for p in m.parts) else None
+            if calls else None
         parts = []
+        if i == last and not calls and cache.rules.has(GEMINI, kind, Mode.LAST):
+            kept = cache.store.get((scope, kind, Mode.LAST, ""), now)
+            if kept and kept["turn"] == turn and not any(isinstance(p, ReasoningPart) and p.signature_for(GEMINI)
+                                                         for p in m.parts):
+                parts.append(ReasoningPart(signature=kept["signature"], issuer=GEMINI))  # rides on the next part
+                changed = True
         for p in m.parts:
             if isinstance(p, ToolCallPart) and not p.extra.get("thoughtSignature"):
                 signature = cache.store.get((scope, kind, Mode.PER_TOOL_CALL, p.id), now) \
