@@ -140,7 +140,8 @@ class AttemptRunner:
         cache = self.field_cache
         if cache is not None and cache.rules.by_protocol and (
                 provider.protocol in ("anthropic", "gemini") and any(m.role == "assistant" for m in request.messages)
-                or provider.protocol in ("openai_responses", "openai_chat") and cache.rules.for_protocol(provider.protocol)):
+                or provider.protocol in ("openai_responses", "openai_chat")
+                and cache.rules.injects(provider.protocol, request.protocol)):
             scope = self._scope(req)
             if scope is not None:
                 request = inject(request, provider.protocol, cache, scope, trio.current_time())

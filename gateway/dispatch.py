@@ -37,10 +37,10 @@ from actors.credentials import Lease, Leased, NoneAvailable, Release
 from actors.mailbox import Mailbox
 from actors.routing import Plan, Resolve, Table
 from actors.usage import Reserve, Settle
-from gateway.allowance import held_output_tokens
 from gateway.attempt import AttemptRunner
 from gateway.field_cache import FieldCache
 from gateway.ending import Charge, Outcome, Trouble, decide, estimates, hold_instead
+from gateway.allowance import held_output_tokens
 from gateway.observe import Observers, from_request
 from gateway.request import Call, ClientLink, Request
 from gateway.traffic import is_cancellation

@@ -2,7 +2,8 @@
 next requests of the same conversation.
 
 Reasoning is signed by the vendor that made it (Anthropic thinking ``signature`` and
-``redacted_thinking`` ``data``, Gemini ``thoughtSignature``), and a client of another
+``redacted_thinking`` ``data``, Gemini ``thoughtSignature``, a Responses reasoning
+item's ``encrypted_content``), and a client of another
 protocol cannot carry it: its protocol has no place for it, or it would hand it to the
 wrong vendor. So on a translated answer the gateway takes these fields out of what
 the client sees (``gateway.field_rules.Tap``) and keeps them here; when a later
@@ -35,6 +36,9 @@ class FieldKind(enum.Enum):
 
     ANTHROPIC_THINKING = "anthropic_thinking"  # thinking blocks with their signature, redacted thinking
     GEMINI_THOUGHT_SIGNATURE = "gemini_thought_signature"
+    # Responses reasoning items with their encrypted_content (asked of the upstream with
+    # ``include: ["reasoning.encrypted_content"]``)
+    RESPONSES_ENCRYPTED_CONTENT = "responses_encrypted_content"
     # not kept but derived from the scope: one stable key per conversation for OpenAI's prompt cache
     PROMPT_CACHE_KEY = "prompt_cache_key"
 
@@ -60,9 +64,11 @@ TURN_MODES = (Mode.LAST_ASSISTANT_TURN, Mode.LAST_USER_TURN, Mode.ALL)
 
 # the upstream protocols a field's rule serves
 ISSUER = {FieldKind.ANTHROPIC_THINKING: ("anthropic",), FieldKind.GEMINI_THOUGHT_SIGNATURE: ("gemini",),
+          FieldKind.RESPONSES_ENCRYPTED_CONTENT: ("openai_responses",),
           FieldKind.PROMPT_CACHE_KEY: ("openai_responses", "openai_chat")}
 MODES_OF = {FieldKind.ANTHROPIC_THINKING: (Mode.PER_TOOL_CALL, Mode.LAST) + TURN_MODES,
-            FieldKind.GEMINI_THOUGHT_SIGNATURE: (Mode.PER_TOOL_CALL,) + TURN_MODES,
+            FieldKind.GEMINI_THOUGHT_SIGNATURE: (Mode.PER_TOOL_CALL, Mode.LAST) + TURN_MODES,
+            FieldKind.RESPONSES_ENCRYPTED_CONTENT: (Mode.PER_TOOL_CALL, Mode.LAST) + TURN_MODES,
             FieldKind.PROMPT_CACHE_KEY: (Mode.ALL,)}
 FIELD_NAMES = tuple(k.value for k in FieldKind)
 MODE_NAMES = ("last", "all", "last_user_turn", "last_assistant_turn", "per_tool_call")
@@ -87,6 +93,8 @@ DEFAULT_RULES = (
     FieldRuleConfig(field="anthropic_thinking", mode="per_tool_call"),
     FieldRuleConfig(field="anthropic_thinking", mode="last"),
     FieldRuleConfig(field="gemini_thought_signature", mode="per_tool_call"),
+    FieldRuleConfig(field="responses_encrypted_content", mode="per_tool_call"),
+    FieldRuleConfig(field="responses_encrypted_content", mode="last"),
 )
 
 
@@ -122,6 +130,17 @@ class Rules:
 
     def has(self, protocol: str, kind: FieldKind, mode: Mode) -> bool:
         return (kind, mode) in self.by_protocol.get(protocol, ())
+
+    @property
+    def keeps_responses_reasoning(self) -> bool:
+        return any(kind is FieldKind.RESPONSES_ENCRYPTED_CONTENT for kind, _ in self.for_protocol("openai_responses"))
+
+    def injects(self, upstream: str, client: str) -> bool:
+        """Whether ``inject`` has work for an OpenAI upstream (Chat, Responses) of a
+        client of ``client``'s protocol: a conversation key, or kept Responses reasoning
+        (for a translated request: a Responses client keeps its own)."""
+        return self.has(upstream, FieldKind.PROMPT_CACHE_KEY, Mode.ALL) or \
+            upstream == "openai_responses" and client != upstream and self.keeps_responses_reasoning
 
 
 @attrs.frozen

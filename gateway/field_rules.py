@@ -3,7 +3,8 @@
 
 Both are synchronous, run only with the cache enabled and only where they can matter:
 ``Tap`` on an answer whose upstream protocol differs from the client's, ``inject`` on a
-request with an assistant turn to an Anthropic or Gemini upstream. See ``gateway.field_cache`` for why and for the store.
+request with an assistant turn to an Anthropic or Gemini upstream, or a translated
+request to a Responses upstream. See ``gateway.field_cache`` for why and for the store.
 
 What the client of a translated answer sees: its reasoning text, never another
 vendor's signature (an Anthropic client gets a ``thinking`` block with an empty
@@ -20,6 +21,10 @@ What an upstream is sent:
 - Anthropic, from another protocol: the client's reasoning is never sent (it cannot
   hold an Anthropic signature); kept blocks are put back the same way.
 - Gemini: a function call gets back the ``thoughtSignature`` it came with.
+- Responses, from another protocol: ``include: ["reasoning.encrypted_content"]`` is
+  asked for (a reasoning request only), and an assistant turn gets the reasoning items
+  kept for it (``per_tool_call``, ``last``, the turn modes), id and
+  ``encrypted_content`` as the upstream gave them.
 """
 
 from __future__ import annotations
@@ -44,6 +49,9 @@ from protocols.unified import (
 
 ANTHROPIC = "anthropic"
 GEMINI = "gemini"
+RESPONSES = "openai_responses"
+# the protocols whose reasoning is kept as blocks (thinking blocks, reasoning items), by kind
+BLOCK_KINDS = {ANTHROPIC: FieldKind.ANTHROPIC_THINKING, RESPONSES: FieldKind.RESPONSES_ENCRYPTED_CONTENT}
 
 
 class Fingerprint:
@@ -75,9 +83,9 @@ def fingerprint(texts: Iterable[str], call_ids: Iterable[str]) -> str:
 
 class Tap:
     """Takes the signed fields out of one translated answer's events, and keeps those
-    a rule names. Any upstream's are taken out (a Responses upstream's
-    ``encrypted_content`` too, kept by no rule yet): a client can only hand them to the
-    wrong vendor."""
+    a rule names. Any upstream's are taken out: a client can only hand them to the
+    wrong vendor. Anthropic thinking is kept as its blocks, a Responses upstream's
+    reasoning as its items (id, summary, ``encrypted_content``)."""
 
     def __init__(self, cache: FieldCache, protocol: str, scope: Scope, now: float, user_turn: str = "") -> None:
         self.cache = cache
@@ -85,14 +93,16 @@ class Tap:
         self.scope = scope
         self.now = now
         self.user_turn = user_turn  # ``user_turn_of`` the request this answers
-        # Anthropic thinking is kept whole (its signature covers it), up to what the
-        # store could hold: past that the answer's blocks are not kept at all.
-        self._keeps = protocol == ANTHROPIC and bool(cache.rules.for_protocol(ANTHROPIC))
+        # Anthropic thinking (and Responses reasoning) is kept whole (its signature covers
+        # it), up to what the store could hold: past that the answer's blocks are not kept.
+        self._kind = BLOCK_KINDS.get(protocol)
+        self._keeps = self._kind is not None and any(k is self._kind for k, _ in cache.rules.for_protocol(protocol))
         self._room = cache.store.max_bytes
         self._text: list[str] = []  # the reasoning block being streamed
         self._blocks: list[dict] = []  # Anthropic blocks since the last call
         self._all: list[dict] = []
         self._signatures: dict[str, str] = {}  # Gemini's, by call id
+        self._text_signature: str | None = None  # Gemini's first that rode on no call (a text answer's)
         self._turn = Fingerprint()
 
     # ------------------------------------------------------------ streams
@@ -116,9 +126,18 @@ class Tap:
             self._take(len(ev.text))
             if self._keeps:
                 self._text.append(ev.text)
-        if ev.redacted is not None:
+        if ev.redacted is not None and self.protocol == RESPONSES:
+            if ev.item_id:  # a reasoning item, as the upstream wants it back
+                text = "".join(self._text)
+                self._block({"type": "reasoning", "id": ev.item_id, "encrypted_content": ev.redacted,
+                             "summary": [{"type": "summary_text", "text": text}] if text else []})
+            self._text = []
+        elif ev.redacted is not None:
             self._block({"type": "redacted_thinking", "data": ev.redacted})
-        if ev.signature:
+        if ev.signature and self.protocol == GEMINI:
+            if self._text_signature is None and ev.issuer == GEMINI:
+                self._text_signature = ev.signature
+        elif ev.signature:
             self._block({"type": "thinking", "thinking": "".join(self._text), "signature": ev.signature})
             self._text = []
         if not ev.text:
@@ -133,7 +152,7 @@ class Tap:
 
     def _block(self, block: dict) -> None:
         if self._keeps:
-            self._take(len(block.get("signature") or block.get("data") or ""))
+            self._take(len(block.get("signature") or block.get("data") or block.get("encrypted_content") or ""))
         if self._keeps:
             self._blocks.append(block)
             self._all.append(block)
@@ -141,9 +160,8 @@ class Tap:
     def _call(self, call_id: str, ev: Any) -> Any:
         self._turn.add_call(call_id)
         kind_mode = self.cache.rules
-        if self.protocol == ANTHROPIC and self._blocks and kind_mode.has(ANTHROPIC, FieldKind.ANTHROPIC_THINKING,
-                                                                        Mode.PER_TOOL_CALL):
-            self._put(FieldKind.ANTHROPIC_THINKING, Mode.PER_TOOL_CALL, call_id, list(self._blocks))
+        if self._kind is not None and self._blocks and kind_mode.has(self.protocol, self._kind, Mode.PER_TOOL_CALL):
+            self._put(self._kind, Mode.PER_TOOL_CALL, call_id, list(self._blocks))
         self._blocks = []
         signature = ev.extra.get("thoughtSignature") if ev.extra else None
         if signature:
@@ -158,12 +176,16 @@ class Tap:
     def close(self) -> None:
         """The answer ended: keep its fields for ``last`` and the turn modes."""
         rules = self.cache.rules
-        if self.protocol == ANTHROPIC and self._all and rules.has(ANTHROPIC, FieldKind.ANTHROPIC_THINKING, Mode.LAST):
-            self._put(FieldKind.ANTHROPIC_THINKING, Mode.LAST, "",
-                      {"turn": self._turn.digest(), "blocks": self._all})
+        if self._kind is not None and self._all and rules.has(self.protocol, self._kind, Mode.LAST):
+            self._put(self._kind, Mode.LAST, "", {"turn": self._turn.digest(), "blocks": self._all})
+        if self.protocol == GEMINI and self._text_signature and not self._signatures and \
+                rules.has(GEMINI, FieldKind.GEMINI_THOUGHT_SIGNATURE, Mode.LAST):
+            # a text answer: its signature goes back on its first part while it is the last turn
+            self._put(FieldKind.GEMINI_THOUGHT_SIGNATURE, Mode.LAST, "",
+                      {"turn": self._turn.digest(), "signature": self._text_signature})
         kept: tuple[FieldKind, Any] | None = None
-        if self.protocol == ANTHROPIC and self._all:
-            kept = FieldKind.ANTHROPIC_THINKING, self._all
+        if self._kind is not None and self._all:
+            kept = self._kind, self._all
         elif self.protocol == GEMINI and self._signatures:
             kept = FieldKind.GEMINI_THOUGHT_SIGNATURE, self._signatures
         if kept is None:
@@ -189,8 +211,9 @@ class Tap:
         parts = []
         for p in resp.parts:
             if isinstance(p, ReasoningPart):
+                item_id = p.extra.get("id") if isinstance(p.extra, dict) else None
                 ev = self._reasoning(ReasoningDelta(text=p.text, signature=p.signature, redacted=p.redacted,
-                                                    issuer=p.issuer))
+                                                    issuer=p.issuer, item_id=item_id if isinstance(item_id, str) else None))
                 if ev is not None:
                     parts.append(attrs.evolve(p, signature=None, redacted=None))
             elif isinstance(p, TextPart):
@@ -209,8 +232,12 @@ class Tap:
 
 def inject(req: UnifiedRequest, protocol: str, cache: FieldCache, scope: Scope, now: float) -> UnifiedRequest:
     """The request with the kept fields put back for an upstream of ``protocol``."""
-    if cache.rules.has(protocol, FieldKind.PROMPT_CACHE_KEY, Mode.ALL):
-        return with_cache_key(req, scope)
+    if protocol in (RESPONSES, "openai_chat"):
+        if cache.rules.has(protocol, FieldKind.PROMPT_CACHE_KEY, Mode.ALL):
+            req = with_cache_key(req, scope)
+        if protocol == RESPONSES and cache.rules.keeps_responses_reasoning and req.protocol != RESPONSES:
+            req = _responses(req, cache, scope, now)
+        return req
     if not cache.rules.by_protocol or not any(m.role == "assistant" for m in req.messages):
         return req
     rules = cache.rules.for_protocol(protocol)
@@ -252,16 +279,18 @@ def with_cache_key(req: UnifiedRequest, scope: Scope) -> UnifiedRequest:
 
 
 def _kept_blocks(cache: FieldCache, scope: Scope, now: float, call_ids: list[str], texts: list[str],
-                 last_turn: bool, user_turn: str | None = None) -> list[dict]:
+                 last_turn: bool, user_turn: str | None = None, protocol: str = ANTHROPIC) -> list[dict]:
+    """The blocks (Anthropic) or reasoning items (Responses) kept for one assistant turn."""
+    kind = BLOCK_KINDS[protocol]
     blocks: list[dict] = []
     for call_id in call_ids:
-        blocks.extend(cache.store.get((scope, FieldKind.ANTHROPIC_THINKING, Mode.PER_TOOL_CALL, call_id), now) or ())
+        blocks.extend(cache.store.get((scope, kind, Mode.PER_TOOL_CALL, call_id), now) or ())
     if not blocks and last_turn:
-        last = cache.store.get((scope, FieldKind.ANTHROPIC_THINKING, Mode.LAST, ""), now)
+        last = cache.store.get((scope, kind, Mode.LAST, ""), now)
         if last and last["turn"] == fingerprint(texts, call_ids):
             blocks = list(last["blocks"])
     if not blocks:
-        blocks = list(_turn_kept(cache, scope, now, FieldKind.ANTHROPIC_THINKING, ANTHROPIC,
+        blocks = list(_turn_kept(cache, scope, now, kind, protocol,
                                  fingerprint(texts, call_ids), user_turn, last_turn) or ())
     return blocks
 
@@ -293,6 +322,36 @@ def _anthropic(req: UnifiedRequest, cache: FieldCache, scope: Scope, now: float)
                 else ReasoningPart(text=b["thinking"], signature=b["signature"], issuer=ANTHROPIC) for b in blocks]
         messages.append(attrs.evolve(m, parts=tuple(kept + parts)))
     return attrs.evolve(req, messages=tuple(messages))
+
+
+def _responses(req: UnifiedRequest, cache: FieldCache, scope: Scope, now: float) -> UnifiedRequest:
+    """A translated request for a Responses upstream: its encrypted reasoning asked for,
+    and each assistant turn given the reasoning items kept for it (a client of another
+    protocol has none of its own to send)."""
+    req = attrs.evolve(req, include_encrypted_reasoning=True)
+    if not any(m.role == "assistant" for m in req.messages):
+        return req
+    last = max((i for i, m in enumerate(req.messages) if m.role == "assistant"), default=-1)
+    user_at, user_turn = _user_turn(req)
+    messages = []
+    changed = False
+    for i, m in enumerate(req.messages):
+        if m.role != "assistant" or any(isinstance(p, ReasoningPart) and p.redacted_for(RESPONSES) for p in m.parts):
+            messages.append(m)
+            continue
+        ids = [p.id for p in m.parts if isinstance(p, ToolCallPart)]
+        texts = [p.text for p in m.parts if isinstance(p, TextPart)]
+        items = _kept_blocks(cache, scope, now, ids, texts, i == last, user_turn if i > user_at else None, RESPONSES)
+        if not items:
+            messages.append(m)
+            continue
+        kept = [ReasoningPart(text="\n\n".join(s["text"] for s in item["summary"]), redacted=item["encrypted_content"],
+                              extra={"id": item["id"], "summary": item["summary"]}, issuer=RESPONSES)
+                for item in items]
+        others = [p for p in m.parts if not isinstance(p, ReasoningPart)]
+        messages.append(attrs.evolve(m, parts=tuple(kept + others)))
+        changed = True
+    return attrs.evolve(req, messages=tuple(messages)) if changed else req
 
 
 def _user_turn(req: UnifiedRequest) -> tuple[int, str]:
@@ -371,9 +430,16 @@ def _gemini(req: UnifiedRequest, cache: FieldCache, scope: Scope, now: float) ->
             continue
         turn = fingerprint([p.text for p in m.parts if isinstance(p, TextPart)],
                            [p.id for p in m.parts if isinstance(p, ToolCallPart)])
+        calls = any(isinstance(p, ToolCallPart) for p in m.parts)
         by_turn = _turn_kept(cache, scope, now, kind, GEMINI, turn, user_turn if i > user_at else None, i == last) \
-            if any(isinstance(p, ToolCallPart) for p in m.parts) else None
+            if calls else None
         parts = []
+        if i == last and not calls and cache.rules.has(GEMINI, kind, Mode.LAST):
+            kept = cache.store.get((scope, kind, Mode.LAST, ""), now)
+            if kept and kept["turn"] == turn and not any(isinstance(p, ReasoningPart) and p.signature_for(GEMINI)
+                                                         for p in m.parts):
+                parts.append(ReasoningPart(signature=kept["signature"], issuer=GEMINI))  # rides on the next part
+                changed = True
         for p in m.parts:
             if isinstance(p, ToolCallPart) and not p.extra.get("thoughtSignature"):
                 signature = cache.store.get((scope, kind, Mode.PER_TOOL_CALL, p.id), now) \

@@ -81,7 +81,7 @@ from protocols.server_tools import wire_tools
 from protocols.structured_output import answer_schema, answer_tool
 from protocols.tokens import estimate_request_tokens
 from protocols.usage import normalize
-from protocols.validate import check, object_at, require, strings, token_limit
+from protocols.validate import check, model_name, object_at, require, strings, token_limit
 
 __all__ = [
     "NAME", "parse_request", "build_request", "parse_response", "format_response", "format_error",
@@ -104,7 +104,7 @@ TOOL_CHOICE_OUT = {"auto": {"type": "auto"}, "required": {"type": "any"}, "any":
 
 def parse_request(doc: dict, *, require_max_tokens: bool = True) -> UnifiedRequest:
     """A client's Messages body; ``count_tokens`` bodies have no ``max_tokens``."""
-    model = require(doc, "model", str)
+    model = model_name(doc)
     raw_messages = require(doc, "messages", list)
     if not raw_messages:
         raise InvalidRequest("'messages' must contain at least one message.", param="messages")

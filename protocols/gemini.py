@@ -79,7 +79,7 @@ from protocols.reasoning import LEVEL_EFFORTS, gemini_thinking
 from protocols.server_tools import wire_tools
 from protocols.tokens import estimate_request_tokens
 from protocols.usage import normalize
-from protocols.validate import check, strings, token_limit
+from protocols.validate import check, check_model_name, strings, token_limit
 
 __all__ = [
     "NAME", "parse_request", "build_request", "parse_response", "format_response", "format_error",
@@ -106,6 +106,7 @@ _GENERATION_KNOWN = frozenset(
 
 
 def parse_request(doc: Mapping, *, model: str, stream: bool, sse: bool = True) -> UnifiedRequest:
+    check_model_name(model)
     contents = field(doc, "contents")
     if not isinstance(contents, list) or not contents:
         raise InvalidRequest("* GenerateContentRequest.contents: contents is not specified", param="contents")

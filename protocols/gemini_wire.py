@@ -275,17 +275,19 @@ def parts_out(parts: tuple | list, names: Mapping[str, str], *, replay: bool) ->
     becomes thought parts and a signature rides on the part after it, as Gemini sends
     them. ``replay=True`` builds history for a Gemini upstream from another protocol:
     reasoning text and foreign signatures are dropped (Gemini rejects signatures it did
-    not issue), a call keeps the signature Gemini gave it, and the first call of a turn
-    without one gets ``SKIP_SIGNATURE``.
+    not issue), a signature Gemini issued rides on the part after it, a call keeps the
+    signature Gemini gave it, and the first call of a turn without one gets
+    ``SKIP_SIGNATURE``.
     """
     out: list[dict] = []
     pending: str | None = None
     first_call = True
     for p in parts:
         if isinstance(p, ReasoningPart):
-            if replay:
-                continue
             signature = p.signature_for(NAME)  # another vendor's would be refused by Gemini
+            if replay:
+                pending = signature or pending  # Gemini's own (the field cache's) rides on the next part
+                continue
             if p.text:
                 d = {"text": p.text, "thought": True}
                 if signature:

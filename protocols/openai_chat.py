@@ -44,7 +44,7 @@ from protocols.unified import (
 from protocols.reasoning import effort_named, effort_of
 from protocols.server_tools import wire_tools
 from protocols.usage import normalize
-from protocols.validate import check, object_at, one_of, require, strings, token_limit
+from protocols.validate import check, model_name, object_at, one_of, require, strings, token_limit
 
 __all__ = ["NAME", "StreamDecoder", "StreamEncoder", "build_request", "format_error", "format_response",
            "parse_request", "parse_response", "usage_to_wire"]
@@ -54,7 +54,7 @@ __all__ = ["NAME", "StreamDecoder", "StreamEncoder", "build_request", "format_er
 
 
 def parse_request(doc: dict) -> UnifiedRequest:
-    model = require(doc, "model", str)
+    model = model_name(doc)
     raw_messages = require(doc, "messages", list)
     if not raw_messages:
         raise InvalidRequest("'messages' must contain at least one message.", param="messages")

@@ -45,6 +45,7 @@ from protocols.openai_responses_wire import (
     status_for,
 )
 from protocols.unified import (
+    Effort,
     ImagePart,
     Message,
     OutputFormat,
@@ -65,13 +66,14 @@ from protocols.reasoning import effort_named, effort_of
 from protocols.server_tools import wire_tools
 from protocols.tool_names import NamespacedNames, flat_name
 from protocols.usage import normalize
-from protocols.validate import check, object_at, require, token_limit
+from protocols.validate import check, model_name, object_at, require, token_limit
 
 __all__ = ["NAME", "parse_request", "build_request", "parse_response", "format_response", "format_error",
            "StreamDecoder", "StreamEncoder"]
 
 # Top-level fields kept in ``extra`` and sent again only to a Responses upstream.
 PASSTHROUGH_FIELDS = ("include", "store", "prompt_cache_key", "parallel_tool_calls")
+ENCRYPTED_REASONING = "reasoning.encrypted_content"  # the ``include`` entry that asks for it
 SERVER_TOOLS = {
     "web_search": ServerToolKind.WEB_SEARCH, "web_search_preview": ServerToolKind.WEB_SEARCH,
     "web_search_2025_08_26": ServerToolKind.WEB_SEARCH, "web_search_preview_2025_03_11": ServerToolKind.WEB_SEARCH,
@@ -88,7 +90,7 @@ RESPONSES_MIN_OUTPUT_TOKENS = 16
 
 
 def parse_request(doc: dict) -> UnifiedRequest:
-    model = require(doc, "model", str)
+    model = model_name(doc)
     system: list = []
     instructions = check(doc, "instructions", str)
     if instructions:
@@ -328,6 +330,11 @@ def build_request(req: UnifiedRequest, model: str, **_: Any) -> dict:
     effort = effort_of(req.reasoning)
     if effort is not None:
         body["reasoning"] = {"effort": effort.value}
+        if req.include_encrypted_reasoning and effort is not Effort.NONE:
+            # only a reasoning request: other models refuse encrypted content
+            include = list(body.get("include") or [])
+            if ENCRYPTED_REASONING not in include:
+                body["include"] = [*include, ENCRYPTED_REASONING]
     return body
 
 

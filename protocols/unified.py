@@ -218,6 +218,9 @@ class UnifiedRequest:
     # set by the gateway (the field cache's ``prompt_cache_key`` rule): what an OpenAI
     # upstream is sent as ``prompt_cache_key`` when the body has none of its own
     prompt_cache_key: str | None = None
+    # set by the gateway (the ``responses_encrypted_content`` rule): ask a Responses
+    # upstream for its reasoning's encrypted_content, which the field cache keeps
+    include_encrypted_reasoning: bool = False
     raw: Mapping[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
     extra: Mapping[str, Any] = attrs.field(factory=dict)
 

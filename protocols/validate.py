@@ -180,9 +180,18 @@ MAX_MODEL_NAME = 256
 
 
 def check_model_name(model: Any) -> None:
-    """A client's model name no longer than ``MAX_MODEL_NAME`` characters."""
+    """A client's model name no longer than ``MAX_MODEL_NAME`` characters: checked by
+    each protocol's ``parse_request`` as it reads the name, so every door that parses
+    (LLM calls, WebSocket turns, token counts) refuses the same names."""
     if isinstance(model, str) and len(model) > MAX_MODEL_NAME:
         raise InvalidRequest(f"Invalid 'model': longer than {MAX_MODEL_NAME} characters.", param="model")
+
+
+def model_name(doc: Mapping) -> str:
+    """A body's required ``model``: a string within ``MAX_MODEL_NAME``."""
+    model = require(doc, "model", str)
+    check_model_name(model)
+    return model
 
 
 TOKEN_LIMIT_MAX = 2**31 - 1

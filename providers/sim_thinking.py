@@ -10,12 +10,14 @@ gives (``Invalid `signature` in `thinking` block``), and one whose open tool cyc
 has no thinking while thinking is ``enabled`` (adaptive thinking may skip it) with
 the real API's other 400; a Gemini-family
 simulator refuses a ``thoughtSignature`` it did not issue (Google's documented
-``skip_thought_signature_validator`` aside).
+``skip_thought_signature_validator`` aside); a Responses-family simulator gives its
+reasoning item an ``encrypted_content`` and refuses one it cannot verify.
 
 Thinking is emitted when the request asks for it: Anthropic ``thinking`` enabled or
 adaptive; Gemini a ``thinkingConfig`` whose budget is not 0 (a thought summary and
 the signature on the part after it; the summary comes as if ``includeThoughts`` were
-set).
+set); Responses a reasoning item (summary, ``encrypted_content``) when ``include``
+asks for ``reasoning.encrypted_content`` and the effort is not ``none``.
 """
 
 from __future__ import annotations
@@ -34,13 +36,15 @@ from protocols.unified import ReasoningDelta, ReasoningPart, StreamStart
 from providers.sim_script import Answer
 
 THOUGHT = "The user wants an answer; a tool may help."
+ENCRYPTED = "reasoning.encrypted_content"
 
 
 @attrs.frozen
 class Signer:
     """HMAC signatures, one secret per family, made when the simulator starts."""
 
-    secrets: Mapping[str, bytes] = attrs.field(factory=lambda: {f: os.urandom(32) for f in ("anthropic", "gemini")})
+    secrets: Mapping[str, bytes] = attrs.field(
+        factory=lambda: {f: os.urandom(32) for f in ("anthropic", "gemini", "openai_responses")})
 
     def sign(self, family: str, text: str) -> str:
         digest = hmac.new(self.secrets[family], text.encode(), hashlib.sha256).digest()
@@ -57,6 +61,11 @@ def wants_thinking(protocol: str, doc: Mapping) -> bool:
     if protocol == "gemini":
         thinking = _gemini_thinking(doc)
         return thinking is not None and thinking.get("thinkingBudget", thinking.get("thinking_budget")) != 0
+    if protocol == "openai_responses":
+        include = doc.get("include")
+        reasoning = doc.get("reasoning")
+        effort = reasoning.get("effort") if isinstance(reasoning, Mapping) else None
+        return isinstance(include, list) and ENCRYPTED in include and effort != "none"
     return False
 
 
@@ -72,6 +81,18 @@ def check_replayed(protocol: str, doc: Mapping, signer: Signer) -> None:
         _check_anthropic(doc, signer)
     elif protocol == "gemini":
         _check_gemini(doc, signer)
+    elif protocol == "openai_responses":
+        _check_responses(doc, signer)
+
+
+def _check_responses(doc: Mapping, signer: Signer) -> None:
+    items = doc.get("input")
+    for i, item in enumerate(items if isinstance(items, list) else ()):
+        if not isinstance(item, Mapping) or item.get("type") != "reasoning" or "encrypted_content" not in item:
+            continue
+        if not signer.valid("openai_responses", THOUGHT, item.get("encrypted_content")):
+            raise InvalidRequest(f"The encrypted content for item {item.get('id')} could not be verified.",
+                                 param=f"input[{i}].encrypted_content")
 
 
 def _check_anthropic(doc: Mapping, signer: Signer) -> None:
@@ -122,16 +143,22 @@ def _check_gemini(doc: Mapping, signer: Signer) -> None:
 def with_thinking(protocol: str, doc: Mapping, result: Answer, signer: Signer) -> Answer:
     """The answer opened by a signed thought, as the family sends it: Anthropic a
     thinking block with its signature; Gemini a signature that rides on the first part
-    (the first call, or the text), after its thought summary."""
-    if protocol not in ("anthropic", "gemini"):
+    (the first call, or the text), after its thought summary; Responses a reasoning
+    item, its summary then its ``encrypted_content``."""
+    if protocol not in ("anthropic", "gemini", "openai_responses"):
         return result
     signature = signer.sign(protocol, THOUGHT)
     events = list(result.events)
     at = 1 if events and isinstance(events[0], StreamStart) else 0
-    events[at:at] = [ReasoningDelta(text=THOUGHT), ReasoningDelta(signature=signature, issuer=protocol)]
-    if protocol == "anthropic":
-        parts: tuple = (ReasoningPart(text=THOUGHT, signature=signature, issuer=protocol),)
+    parts: tuple
+    if protocol == "openai_responses":
+        events[at:at] = [ReasoningDelta(text=THOUGHT), ReasoningDelta(redacted=signature, issuer=protocol)]
+        parts = (ReasoningPart(text=THOUGHT, redacted=signature, issuer=protocol),)
     else:
-        parts = (ReasoningPart(text=THOUGHT), ReasoningPart(signature=signature, issuer=protocol))
+        events[at:at] = [ReasoningDelta(text=THOUGHT), ReasoningDelta(signature=signature, issuer=protocol)]
+        if protocol == "anthropic":
+            parts = (ReasoningPart(text=THOUGHT, signature=signature, issuer=protocol),)
+        else:
+            parts = (ReasoningPart(text=THOUGHT), ReasoningPart(signature=signature, issuer=protocol))
     response = attrs.evolve(result.response, parts=(*parts, *result.response.parts))
     return attrs.evolve(result, events=tuple(events), response=response)

@@ -32,6 +32,7 @@ from protocols.sse import SSEDecoder
 from protocols.unified import Usage
 from protocols.validate import load_json_object
 from providers.sim_script import Fault, answer, base_model, fault_for
+from providers.sim_thinking import check_replayed, wants_thinking, with_thinking
 
 if TYPE_CHECKING:
     from providers.simulator import Simulator
@@ -132,11 +133,13 @@ async def _answer(sim: "Simulator", conn: _Connection, text: str, send: Any) -> 
     if not generate:
         return await _prewarm(sim, conn, base_model(model), send)
     try:
-        req = openai_responses.parse_request({k: v for k, v in doc.items() if k not in SOCKET_FIELDS})
+        body = {k: v for k, v in doc.items() if k not in SOCKET_FIELDS}
+        req = openai_responses.parse_request(body)
+        check_replayed(openai_responses.NAME, body, sim.signer)
     except GatewayError as exc:
         return await _send_error(send, exc)
     fault = fault_for(req.model, req, sim.key_faults.get(conn.key))
-    await _stream(sim, conn, req, len(text), fault, send)
+    await _stream(sim, conn, req, len(text), fault, send, thinks=wants_thinking(openai_responses.NAME, body))
 
 
 async def _prewarm(sim: "Simulator", conn: _Connection, model: str, send: Any) -> None:
@@ -150,7 +153,8 @@ async def _prewarm(sim: "Simulator", conn: _Connection, model: str, send: Any) -
     conn.last_id = rid
 
 
-async def _stream(sim: "Simulator", conn: _Connection, req: Any, size: int, fault: Fault, send: Any) -> None:
+async def _stream(sim: "Simulator", conn: _Connection, req: Any, size: int, fault: Fault, send: Any,
+                  thinks: bool = False) -> None:
     if fault.ttfb_stall:
         await trio.sleep(fault.ttfb_stall)
     if fault.status:
@@ -161,6 +165,8 @@ async def _stream(sim: "Simulator", conn: _Connection, req: Any, size: int, faul
                                                    ("retry-after-ms", fault.retry_after_ms)) if value is not None}
         return await _send_error(send, err, headers)
     result = answer(req, size, fault, sim.next_id())
+    if thinks:
+        result = with_thinking(openai_responses.NAME, {}, result, sim.signer)
     sim.reported.append(result.response.usage)
     model = base_model(req.model)
     encoder = openai_responses.StreamEncoder(attrs.evolve(req, include_usage=not fault.no_usage), model)

@@ -150,3 +150,26 @@ async def test_a_key_limited_to_other_models_gets_the_estimate_not_that_upstream
             r = await client.post(path, headers=headers, json=body)
             assert r.status_code == 200 and r.headers["x-tollhouse-token-count"] == "estimate"
             assert gw.simulator.counts == []
+
+
+async def test_a_count_asks_the_meter_once(tmp_path):
+    """The key is checked and its model permission read in one ask; a stranger's bad
+    body is still a 401, a known key's bad body a 400."""
+    doc = _config(tmp_path)
+    with trio.fail_after(20):
+        async with running_gateway(doc) as gw, httpx.AsyncClient(base_url=gw.url) as client:
+            made = await client.post("/admin/keys", headers=ADMIN, json={"name": "off", "credit_usd": "1.00"})
+            off = made.json()["key"]
+            assert (await client.patch("/admin/keys/off", headers=ADMIN, json={"disabled": True})).status_code == 200
+            meter = gw.usage_actor
+            for model in ("anthropic", "chat"):
+                before = meter.handled
+                path, headers, body = _door("anthropic", model)
+                r = await client.post(path, headers=headers, json=body)
+                assert r.status_code == 200
+                assert meter.handled == before + 1, model
+            r = await client.post(ANTHROPIC_DOOR[0], headers={**ANTHROPIC_DOOR[1], "x-api-key": off},
+                                  json={"model": "anthropic"})
+            assert r.status_code == 401 and "disabled" in r.text
+            r = await client.post(ANTHROPIC_DOOR[0], headers=ANTHROPIC_DOOR[1], json={"model": "anthropic"})
+            assert r.status_code == 400

@@ -335,7 +335,7 @@ def test_the_last_answer_goes_back_only_to_the_turn_it_made():
 
 def test_a_mode_not_built_for_a_field_is_refused_with_its_path(tmp_path):
     from gateway.config import ConfigError, parse_config
-    doc = _config(tmp_path, rules=[{"field": "gemini_thought_signature", "mode": "last"},
+    doc = _config(tmp_path, rules=[{"field": "prompt_cache_key", "mode": "last"},
                                    {"field": "anthropic_thinking", "mode": "everything"}])
     with pytest.raises(ConfigError) as err:
         parse_config(doc, env={})
@@ -470,7 +470,60 @@ def test_gemini_signatures_go_back_by_turn_in_the_turn_modes():
 
 def test_the_config_accepts_every_built_mode(tmp_path):
     from gateway.config import parse_config
-    rules = [{"field": f, "mode": m} for f in ("anthropic_thinking", "gemini_thought_signature")
-             for m in ("all", "last_user_turn", "last_assistant_turn", "per_tool_call")]
+    rules = [{"field": f, "mode": m}
+             for f in ("anthropic_thinking", "gemini_thought_signature", "responses_encrypted_content")
+             for m in ("last", "all", "last_user_turn", "last_assistant_turn", "per_tool_call")]
     config = parse_config(_config(tmp_path, rules=rules), env={})
     assert {(r.field, r.mode) for r in config.field_cache.rules} == {(r["field"], r["mode"]) for r in rules}
+
+
+# ---------------------------------------------------------------- Gemini text answers (``last``)
+
+
+def test_gemini_last_mode_puts_a_text_answers_signature_back_on_its_first_part():
+    from protocols import gemini, openai_chat
+    cache = _cache(rules=[{"field": "gemini_thought_signature", "mode": "last"}])
+    scope = Scope("test", "c")
+    tap = Tap(cache, "gemini", scope, now=0.0)
+    shown = tap.events([ReasoningDelta(text="thinking", issuer="gemini"),
+                        ReasoningDelta(signature="gsig", issuer="gemini"), TextDelta("Paris is sunny.")])
+    tap.close()
+    assert not any(isinstance(e, ReasoningDelta) and e.signature for e in shown)
+
+    def chat(answer: str):
+        return openai_chat.parse_request({"model": "m", "messages": [
+            {"role": "user", "content": "weather?"}, {"role": "assistant", "content": answer},
+            {"role": "user", "content": "thanks"}]})
+    body = gemini.build_request(inject(chat("Paris is sunny."), "gemini", cache, scope, 1.0), "gemini-2.5-sim")
+    assert body["contents"][1]["parts"] == [{"text": "Paris is sunny.", "thoughtSignature": "gsig"}]
+    other = gemini.build_request(inject(chat("Rome is sunny."), "gemini", cache, scope, 1.0), "gemini-2.5-sim")
+    assert "thoughtSignature" not in json.dumps(other)
+    stranger = gemini.build_request(inject(chat("Paris is sunny."), "gemini", cache, Scope("other", "c"), 1.0),
+                                    "gemini-2.5-sim")
+    assert "thoughtSignature" not in json.dumps(stranger)
+
+
+async def test_a_gemini_text_answers_signature_goes_back_to_gemini(tmp_path, clock):
+    """Through the simulator, which refuses any signature it did not make: the next
+    turn carries the text answer's own."""
+    doc = _config(tmp_path, rules=[{"field": "gemini_thought_signature", "mode": "last"}])
+    with trio.fail_after(120):
+        async with running_gateway(doc) as gw:
+            gw.simulator.key_faults["kc"] = Fault(status=503)  # Gemini answers
+            sdk = anthropic.AsyncAnthropic(base_url=gw.url, api_key=DEMO_KEY, max_retries=0)
+            try:
+                messages = [{"role": "user", "content": "hello"}]
+                reply = await sdk.messages.create(model="sonnet", max_tokens=4096, messages=messages,
+                                                  thinking=THINKING, extra_headers=SESSION)
+                blocks = [b.model_dump(exclude_none=True) for b in reply.content]
+                assert [b["type"] for b in blocks] == ["thinking", "text"] and blocks[0]["signature"] == ""
+                messages += [{"role": "assistant", "content": blocks}, {"role": "user", "content": "more"}]
+                await sdk.messages.create(model="sonnet", max_tokens=4096, messages=messages,
+                                          thinking=THINKING, extra_headers=SESSION)
+            finally:
+                await sdk.close()
+            body = gw.simulator.bodies[-1]
+            model_parts = _gemini_model_parts(body)
+            assert model_parts[0]["text"] == blocks[1]["text"]
+            assert gw.simulator.signer.valid("gemini", "The user wants an answer; a tool may help.",
+                                             model_parts[0]["thoughtSignature"])

@@ -30,10 +30,13 @@ async def serve_count(runtime: Any, client: ClientCodec, scope, receive, send, k
     try:
         check_key_known(runtime, key)
         body = await read_request_body(runtime, scope, receive)
-        await runtime.actors.usage.ask(Authenticate(key))
-        request = parse(load_json_object(body, runtime.config.server.max_json_depth))
+        request, bad_body = _parsed(body, parse, runtime.config.server.max_json_depth)
+        # one ask: the key (a stranger's bad body is still a 401), and whether it may use the model
+        allowed = await _may_use(runtime, key, request.model if request is not None else None)
+        if bad_body is not None:
+            raise bad_body
         counted = None
-        if await _may_use(runtime, key, request.model):
+        if allowed:
             counted = await upstream_count(runtime, request)
         if counted is None:
             tokens = await trio.to_thread.run_sync(estimate_request_tokens, request, abandon_on_cancel=True)
@@ -55,11 +58,24 @@ async def serve_count(runtime: Any, client: ClientCodec, scope, receive, send, k
     await send({"type": "http.response.body", "body": answer})
 
 
-async def _may_use(runtime: Any, key: str | None, model: str) -> bool:
-    """Whether the key may use the model: a key limited to other models is answered
-    with the estimate, never with a count from an upstream it may not reach."""
+def _parsed(body: bytes, parse: Callable[[dict], UnifiedRequest], depth: int
+            ) -> tuple[UnifiedRequest | None, GatewayError | None]:
+    """The parsed request, or the client error its body earns (answered after the key
+    is checked)."""
+    try:
+        return parse(load_json_object(body, depth)), None
+    except GatewayError as err:
+        return None, err
+
+
+async def _may_use(runtime: Any, key: str | None, model: str | None) -> bool:
+    """Authenticate the key (raising for an unknown or disabled one) and say whether it
+    may use the model: a key limited to other models is answered with the estimate,
+    never with a count from an upstream it may not reach."""
     try:
         await runtime.actors.usage.ask(Authenticate(key, model))
     except Forbidden:
+        if model is None:
+            raise
         return False
     return True

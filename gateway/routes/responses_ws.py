@@ -51,7 +51,7 @@ from protocols import openai_responses
 from protocols.errors import Forbidden, GatewayError, GatewayFailure, InvalidRequest, UpgradeRequired
 from protocols.openai_responses_wire import new_id, response_object
 from protocols.unified import Usage
-from protocols.validate import check, check_model_name, load_json_object
+from protocols.validate import check, load_json_object
 from providers.responses_socket import SocketSession
 
 log = logging.getLogger("tollhouse.websocket")
@@ -194,7 +194,6 @@ class Connection:
                     model=turn.model, stream=True, status=200, duration_s=trio.current_time() - started_at,
                     key_name=self.info.key_name, cost_micro=0))
             request = openai_responses.parse_request(chained.doc)
-            check_model_name(request.model)
             keeper = Keeper(self.owner, chained, request.model, keeper_store, connection=self.socket)
             size = len(raw) + (len(json.dumps(chained.history)) if chained.history else 0)
             dispatched = True

@@ -4,6 +4,10 @@ Opt-in (large installs): see the README's "Agent CLIs" section. Each CLI complet
 prompt that makes it call one tool (read a file) through the gateway, with an
 upstream of its own protocol and with one of every other family; the answer must
 quote the file, which only the tool call could have read.
+
+``TOLLHOUSE_CLI_BIN`` is the bin directory of the CLIs (default ``.clis/node_modules/.bin``);
+``TOLLHOUSE_CLI_BIN2`` may name a second one (another Claude Code version, say): each
+CLI found there runs the same cases, their ids ending in ``@bin2``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import trio
 from tests.conftest import base_config, running_gateway
 
 BIN = Path(os.environ.get("TOLLHOUSE_CLI_BIN", Path(__file__).resolve().parents[2] / ".clis/node_modules/.bin"))
+BIN2 = Path(os.environ["TOLLHOUSE_CLI_BIN2"]) if os.environ.get("TOLLHOUSE_CLI_BIN2") else None
 KEY = "th-cli-key"
 SECRET = "The secret word is marmalade."
 
@@ -45,16 +50,16 @@ def cli_config(tmp_path) -> dict:
     return doc
 
 
-def _home(tmp_path: Path) -> dict:
+def _home(tmp_path: Path, bin_dir: Path = BIN) -> dict:
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
-    return {"HOME": str(home), "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "NO_COLOR": "1"}
+    return {"HOME": str(home), "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", "NO_COLOR": "1"}
 
 
-def codex(url: str, model: str, prompt: str, tmp_path: Path) -> tuple[list, dict]:
-    env = {**_home(tmp_path), "TOLLHOUSE_KEY": KEY}
+def codex(url: str, model: str, prompt: str, tmp_path: Path, bin_dir: Path = BIN) -> tuple[list, dict]:
+    env = {**_home(tmp_path, bin_dir), "TOLLHOUSE_KEY": KEY}
     argv = [
-        str(BIN / "codex"), "exec", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox",
+        str(bin_dir / "codex"), "exec", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox",
         "-c", 'model_provider="tollhouse"',
         "-c", f'model="{model}"',
         "-c", 'model_providers.tollhouse.name="Tollhouse"',
@@ -66,36 +71,36 @@ def codex(url: str, model: str, prompt: str, tmp_path: Path) -> tuple[list, dict
     return argv, env
 
 
-def codex_socket(url: str, model: str, prompt: str, tmp_path: Path) -> tuple[list, dict]:
+def codex_socket(url: str, model: str, prompt: str, tmp_path: Path, bin_dir: Path = BIN) -> tuple[list, dict]:
     """Codex on a custom provider with the Responses WebSocket mode on."""
-    argv, env = codex(url, model, prompt, tmp_path)
+    argv, env = codex(url, model, prompt, tmp_path, bin_dir)
     return [*argv[:-1], "-c", "model_providers.tollhouse.supports_websockets=true", argv[-1]], env
 
 
-def codex_builtin(url: str, model: str, prompt: str, tmp_path: Path) -> tuple[list, dict]:
+def codex_builtin(url: str, model: str, prompt: str, tmp_path: Path, bin_dir: Path = BIN) -> tuple[list, dict]:
     """Codex's built-in OpenAI provider pointed at the gateway (WebSocket first, as with OpenAI)."""
-    env = {**_home(tmp_path), "CODEX_API_KEY": KEY}  # `codex exec` reads the key from here
+    env = {**_home(tmp_path, bin_dir), "CODEX_API_KEY": KEY}  # `codex exec` reads the key from here
     argv = [
-        str(BIN / "codex"), "exec", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox",
+        str(bin_dir / "codex"), "exec", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox",
         "-c", f'openai_base_url="{url}/v1"', "-c", f'model="{model}"', prompt,
     ]
     return argv, env
 
 
-def claude(url: str, model: str, prompt: str, tmp_path: Path) -> tuple[list, dict]:
-    env = {**_home(tmp_path), "ANTHROPIC_BASE_URL": url, "ANTHROPIC_API_KEY": KEY, "DISABLE_TELEMETRY": "1",
+def claude(url: str, model: str, prompt: str, tmp_path: Path, bin_dir: Path = BIN) -> tuple[list, dict]:
+    env = {**_home(tmp_path, bin_dir), "ANTHROPIC_BASE_URL": url, "ANTHROPIC_API_KEY": KEY, "DISABLE_TELEMETRY": "1",
            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
-    return [str(BIN / "claude"), "-p", prompt, "--model", model], env
+    return [str(bin_dir / "claude"), "-p", prompt, "--model", model], env
 
 
-def gemini(url: str, model: str, prompt: str, tmp_path: Path) -> tuple[list, dict]:
-    env = {**_home(tmp_path), "GOOGLE_GEMINI_BASE_URL": url, "GEMINI_API_KEY": KEY}
+def gemini(url: str, model: str, prompt: str, tmp_path: Path, bin_dir: Path = BIN) -> tuple[list, dict]:
+    env = {**_home(tmp_path, bin_dir), "GOOGLE_GEMINI_BASE_URL": url, "GEMINI_API_KEY": KEY}
     settings = Path(env["HOME"]) / ".gemini" / "settings.json"
     settings.parent.mkdir(parents=True, exist_ok=True)
     settings.write_text(json.dumps({"security": {"auth": {"selectedType": "gemini-api-key"},
                                                  "folderTrust": {"enabled": False}},
                                     "privacy": {"usageStatisticsEnabled": False}}))
-    return [str(BIN / "gemini"), "-p", prompt, "-m", model, "--yolo"], env
+    return [str(bin_dir / "gemini"), "-p", prompt, "-m", model, "--yolo"], env
 
 
 CASES = [
@@ -110,17 +115,25 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("name,build,model", CASES, ids=[f"{c[1].__name__}-{c[2]}" for c in CASES])
-async def test_cli_completes_a_prompt_with_one_tool_call(tmp_path, name, build, model):
-    if not (BIN / name).exists():
-        pytest.skip(f"{name} is not installed")
+BIN_DIRS = [("", BIN)] + ([("@bin2", BIN2)] if BIN2 is not None else [])
+# the second directory runs the cases of the CLIs it has (the first one's are skipped when missing)
+CHOSEN = [(label, bin_dir, case) for label, bin_dir in BIN_DIRS for case in CASES
+          if not label or (bin_dir / case[0]).exists()]
+RUNS = [(*case, bin_dir) for _, bin_dir, case in CHOSEN]
+RUN_IDS = [f"{case[1].__name__}-{case[2]}{label}" for label, _, case in CHOSEN]
+
+
+@pytest.mark.parametrize("name,build,model,bin_dir", RUNS, ids=RUN_IDS)
+async def test_cli_completes_a_prompt_with_one_tool_call(tmp_path, name, build, model, bin_dir):
+    if not (bin_dir / name).exists():
+        pytest.skip(f"{name} is not installed in {bin_dir}")
     work = tmp_path / "work"
     work.mkdir()
     target = work / "hello.txt"
     target.write_text(SECRET + "\n")
     prompt = f"Read the file {target} and tell me the secret word."
     async with running_gateway(cli_config(tmp_path)) as gw:
-        argv, env = build(gw.url, model, prompt, tmp_path)
+        argv, env = build(gw.url, model, prompt, tmp_path, bin_dir)
         with trio.fail_after(120):
             done = await trio.run_process(argv, env=env, cwd=work, capture_stdout=True, capture_stderr=True,
                                           check=False, stdin=b"")
