@@ -107,7 +107,9 @@ ROUTES = [
 
 
 async def test_an_idle_keep_alive_connection_is_closed_after_any_answer(tmp_path):
-    idle_s = 0.5
+    # long enough that a loaded host's event loop, late to read a request, does not
+    # take the connection for idle
+    idle_s = 2.0
     waits: dict[str, float] = {}
 
     async def keep_then_idle(url: str, name: str, method: str, path: str, headers: list, status: int) -> None:
