@@ -257,9 +257,6 @@ class SharedUsageActor(UsageActor):
             admitted = []
             for envelope in batch:
                 msg = envelope.msg
-                if isinstance(msg, Settle) and msg.request_id in self.backlog:
-                    self.backlog[msg.request_id].waiters.append(envelope)
-                    continue
                 refused = await self._admit(msg, now) if isinstance(msg, Reserve) else None
                 if refused is not None:
                     self._answer(envelope, refused)

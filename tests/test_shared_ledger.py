@@ -8,7 +8,7 @@ import pytest
 
 from actors.ledger import LedgerFault
 from actors.ledger_pg import PgLedger
-from actors.ledger_pg_schema import MIGRATIONS
+from actors.ledger_pg_schema import MIGRATIONS, migrate
 
 
 def _tables(dsn: str) -> set[str]:
@@ -59,3 +59,15 @@ def test_an_unreachable_postgres_is_a_write_error_without_the_dsn(pg_server):
     text = str(refused.value) + repr(refused.value.__cause__) + repr(refused.value.__context__)
     assert "Postgres unreachable" in str(refused.value)
     assert "hunter2" not in text and "secretuser" not in text and "port=1" not in text
+
+
+def test_a_database_of_an_older_version_gains_only_the_later_migrations(pg_dsn):
+    older = PgLedger(pg_dsn, "a")
+    older.transaction(lambda tx: migrate(tx.rows, MIGRATIONS[:1]))
+    older.close()
+    assert _versions(pg_dsn) == [1] and "responses" not in _tables(pg_dsn)
+    ledger = PgLedger(pg_dsn, "a")
+    done = ledger.open()
+    ledger.close()
+    assert (done.found, done.now) == (1, len(MIGRATIONS))
+    assert _versions(pg_dsn) == list(range(1, len(MIGRATIONS) + 1)) and "responses" in _tables(pg_dsn)
