@@ -207,7 +207,8 @@ class SharedUsageActor(UsageActor):
         if not holds:
             return
         names = {row["key_name"] for row in holds}
-        refresh(self.core, tx.lock_keys(names, ()), tx.held(names), self.core.wall())
+        rows = tx.lock_keys(names, ())
+        refresh(self.core, rows, {row["name"]: row["held"] for row in rows}, self.core.wall())
         ops = []
         for row in holds:
             adopt(self.core, row)
@@ -338,7 +339,7 @@ class SharedUsageActor(UsageActor):
             rows = tx.all_keys()
             refresh(self.core, rows, tx.held(row["name"] for row in rows), wall)
         rows = tx.lock_keys(names, hashes)
-        refresh(self.core, rows, tx.held(row["name"] for row in rows), wall)
+        refresh(self.core, rows, {row["name"]: row["held"] for row in rows}, wall)
         for envelope in envelopes:
             steps.append(self._step_of(envelope, now))
         ops = [op for step in steps for op in step.ops]
