@@ -1,0 +1,89 @@
+"""Two gateway instances on one Redis: a rest one of them begins reaches the other at
+once, and credential limits hold across both.
+
+Each instance is a whole gateway (its own embedded simulator upstream, its own state
+directory) on the shared backend's Redis. The waits are on what an instance exposes
+(its relay's count of rests received), never on time.
+"""
+
+from __future__ import annotations
+
+import httpx
+import trio
+
+from providers.sim_script import Fault
+from tests.conftest import ADMIN_TOKEN, DEMO_KEY, base_config, running_gateway
+from tests.redis_server import redis_server, redis_url  # noqa: F401  (fixtures)
+
+AUTH = {"authorization": f"Bearer {DEMO_KEY}"}
+ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+DEADLINE_S = 60
+
+
+def redis_config(tmp_path, name: str, url: str, **credential) -> dict:
+    doc = base_config(tmp_path / name)
+    doc["providers"]["sim"]["credentials"] = [{"id": c, "key": f"k{c}", **credential} for c in "ab"]
+    doc["state"] = {"backend": "shared", "redis": {"url": url, "timeout_s": 2.0},
+                    "postgres": {"dsn": "postgresql://tollhouse@127.0.0.1/tollhouse"}}
+    doc["cooldown"] = {"base_s": 30, "max_s": 60, "jitter": 0}
+    return doc
+
+
+async def _chat(client: httpx.AsyncClient) -> httpx.Response:
+    body = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
+    return await client.post("/v1/chat/completions", json=body, headers=AUTH)
+
+
+async def test_a_429_on_one_instance_rests_the_credential_on_the_other(tmp_path, redis_url):
+    with trio.fail_after(DEADLINE_S):
+        async with running_gateway(redis_config(tmp_path, "a", redis_url)) as first, \
+                running_gateway(redis_config(tmp_path, "b", redis_url)) as second:
+            relay = second.runtime.redis.rests
+            async with httpx.AsyncClient(base_url=first.url, timeout=30) as client:
+                first.simulator.key_faults["ka"] = Fault(status=429, retry_after="30")
+                assert (await _chat(client)).status_code == 200  # a: 429 -> b
+                assert dict(first.simulator.requests_by_key) == {"ka": 1, "kb": 1}
+            await relay.wait_received(1)
+            async with httpx.AsyncClient(base_url=second.url, timeout=30) as client:
+                for _ in range(3):
+                    assert (await _chat(client)).status_code == 200
+                assert dict(second.simulator.requests_by_key) == {"kb": 3}, "the other instance routed around a"
+                cooldowns = (await client.get("/admin/cooldowns", headers=ADMIN)).json()["active"]
+                assert [(c["credential"], c["reason"]) for c in cooldowns] == [("a", "rate_limited")]
+                assert 0 < cooldowns[0]["remaining_s"] <= 30
+            assert first.runtime.redis.rests.received == 0, "an instance does not apply its own notice"
+
+
+async def test_an_instance_that_starts_later_loads_the_rests_still_running(tmp_path, redis_url):
+    with trio.fail_after(DEADLINE_S):
+        async with running_gateway(redis_config(tmp_path, "a", redis_url)) as first:
+            async with httpx.AsyncClient(base_url=first.url, timeout=30) as client:
+                first.simulator.key_faults["ka"] = Fault(status=429, retry_after="30")
+                assert (await _chat(client)).status_code == 200
+            async with running_gateway(redis_config(tmp_path, "b", redis_url)) as second:
+                assert second.runtime.redis.rests.received == 1  # loaded before it was ready
+                async with httpx.AsyncClient(base_url=second.url, timeout=30) as client:
+                    assert (await _chat(client)).status_code == 200
+                assert dict(second.simulator.requests_by_key) == {"kb": 1}
+
+
+async def test_a_credential_concurrency_limit_holds_across_instances(tmp_path, redis_url):
+    """One slot per credential across both instances: while a stream holds each, the
+    other instance finds both busy."""
+    with trio.fail_after(DEADLINE_S):
+        async with running_gateway(redis_config(tmp_path, "a", redis_url, max_concurrency=1)) as first, \
+                running_gateway(redis_config(tmp_path, "b", redis_url, max_concurrency=1)) as second:
+            for key in ("ka", "kb"):
+                first.simulator.key_faults[key] = Fault(ttfb_stall=30)
+            async with httpx.AsyncClient(base_url=first.url, timeout=60) as one, \
+                    httpx.AsyncClient(base_url=second.url, timeout=60) as other:
+                async with trio.open_nursery() as nursery:
+                    for _ in range(2):
+                        nursery.start_soon(_chat, one)
+                    leases = first.runtime.redis.leases
+                    while len(leases.open) < 2:
+                        await trio.sleep(0.01)  # both slots taken on the first instance
+                    refused = await _chat(other)
+                    assert refused.status_code in (429, 503), refused.text
+                    assert second.simulator.requests_by_key == {}
+                    nursery.cancel_scope.cancel()
