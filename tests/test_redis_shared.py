@@ -87,3 +87,51 @@ async def test_a_credential_concurrency_limit_holds_across_instances(tmp_path, r
                     assert refused.status_code in (429, 503), refused.text
                     assert second.simulator.requests_by_key == {}
                     nursery.cancel_scope.cancel()
+
+
+def _sample(text: str, name: str) -> float:
+    """One sample's value from a scrape (the first line naming it)."""
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in the scrape")
+
+
+async def test_a_redis_restart_mid_load_keeps_the_gateway_serving(tmp_path, redis_server, redis_url, caplog):
+    doc = redis_config(tmp_path, "a", redis_url)
+    with trio.fail_after(DEADLINE_S):
+        async with running_gateway(doc) as gw:
+            link = gw.runtime.redis.link
+            link.retry_s = 0.05
+            statuses: list[int] = []
+            async with httpx.AsyncClient(base_url=gw.url, timeout=30) as client:
+
+                async def load(requests: int) -> None:
+                    for _ in range(requests):
+                        statuses.append((await _chat(client)).status_code)
+
+                async with trio.open_nursery() as nursery:
+                    for _ in range(4):
+                        nursery.start_soon(load, 10)
+                    while len(statuses) < 8:
+                        await trio.sleep(0.01)  # the load is under way
+                    redis_server.stop()
+                await link.wait_state(link.state.DOWN)
+                assert statuses == [200] * 40, "every request was served while Redis went away"
+                during = (await client.get("/metrics", headers=ADMIN)).text
+                assert _sample(during, "tollhouse_redis_up") == 0
+                assert _sample(during, 'tollhouse_redis_fallbacks_total{use="leases"}') > 0
+                unreachable = [r for r in caplog.records if r.name == "tollhouse.redis"
+                               and "unreachable" in r.getMessage()]
+                assert len(unreachable) == 1, [r.getMessage() for r in unreachable]
+
+                redis_server.start()
+                await link.wait_state(link.state.UP)
+                await gw.runtime.redis.rests.wait_subscribed(2)  # the cooldown channel again, rests reloaded
+                fell_back = link.stats().fallbacks.get("leases", 0)
+                for _ in range(3):
+                    assert (await _chat(client)).status_code == 200
+                assert link.stats().fallbacks.get("leases", 0) == fell_back, "leases are confirmed in Redis again"
+                after = (await client.get("/metrics", headers=ADMIN)).text
+                assert _sample(after, "tollhouse_redis_up") == 1
+                assert redis_url.split("@")[-1] not in after
