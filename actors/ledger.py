@@ -111,7 +111,7 @@ ENTRY_COLUMNS = (
 class LedgerFault(Exception):
     """The ledger cannot be trusted or written at start: the gateway must not serve."""
 
-    def __init__(self, path: Path, fault: str) -> None:
+    def __init__(self, path: Path | str, fault: str) -> None:
         super().__init__(f"ledger {path}: {fault}; refusing to start (the ledger holds every key's balance: "
                          "repair or restore it, never delete it to get going)")
         self.path = path

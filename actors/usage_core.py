@@ -47,9 +47,12 @@ UNKNOWN_KEY = "Invalid API key: the gateway key is missing or unknown."
 
 
 class UsageCore:
-    def __init__(self, pricing: Mapping[str, Price], wall=time.time) -> None:
+    def __init__(self, pricing: Mapping[str, Price], wall=time.time, count_requests: bool = True) -> None:
         self.pricing = dict(pricing)
         self.wall = wall
+        # whether a key's requests_per_minute is counted here (False: a caller counts it
+        # in a shared window before the reserve, see ``actors/usage_shared.py``)
+        self.count_requests = count_requests
         self.keys: dict[str, KeyState] = {}
         self.by_hash: dict[str, KeyState] = {}
         self.holds: dict[str, Hold] = {}
@@ -77,11 +80,15 @@ class UsageCore:
             holder = self.keys.get(hold.key_name)
             if holder is not None:
                 holder.held_micro += hold.hold_micro
-                state.in_flight += 1
-                budget = state.budget
-                if budget is not None and period_start(budget.period, hold.created_at) == state.budget_start:
-                    hold.budget_mark = state.budget_mark()
-                    state.budget_held_micro += hold.hold_micro
+                holder.in_flight += 1
+                budget = holder.budget
+                if budget is not None and period_start(budget.period, hold.created_at) == holder.budget_start:
+                    hold.budget_mark = holder.budget_mark()
+                    holder.budget_held_micro += hold.hold_micro
+
+    def index(self, state: KeyState) -> None:
+        """Take ``state`` as the key's record (a shared backend's fresh read of it)."""
+        self._index(state)
 
     def _index(self, state: KeyState) -> None:
         old = self.keys.get(state.name)
@@ -183,7 +190,7 @@ class UsageCore:
         if unpriced:
             raise Forbidden(f"The model '{msg.client_model}' is not served: no price is configured for "
                             f"{', '.join(unpriced)}.", param="model")
-        state.check_limits(now)
+        state.check_limits(now, rate=self.count_requests)
         hold = micro(max((cost_micro_usd(estimate, p)[0] for p in prices), default=0))  # type: ignore[arg-type]
         available = state.available()
         if available is not None and (hold > available or available <= 0):
@@ -201,7 +208,7 @@ class UsageCore:
                 f"${usd(max(budget_left, 0))} is left until {format_utc(resets)}.", retry_after=resets - wall)
         state.held_micro += hold
         state.in_flight += 1
-        if state.requests_per_minute is not None:
+        if state.requests_per_minute is not None and self.count_requests:
             state.recent.append(now)
         h = Hold(msg.request_id, state.name, msg.client_model, hold, wall, pricing=msg.pricing,
                  budget_mark=state.budget_mark())
@@ -209,7 +216,8 @@ class UsageCore:
             state.budget_held_micro += hold
         self.holds[h.id] = h
         op = ("hold", {"id": h.id, "key_name": h.key_name, "provider": None, "model": msg.client_model,
-                       "hold_micro": hold, "created_at": h.created_at})
+                       "hold_micro": hold, "created_at": h.created_at,
+                       "budget_start": None if h.budget_mark is None else h.budget_mark[1]})
         return Reservation(h.id, state.name, hold), [op]
 
     def cancel_reserve(self, request_id: str, now: float) -> None:

@@ -71,12 +71,13 @@ class KeyState:
                 "period_start": format_utc(self.budget_start),
                 "resets_at": format_utc(period_end(self.budget.period, wall))}
 
-    def check_limits(self, now: float) -> None:
-        """The key's own limits; refusals are 429 with the time to come back."""
+    def check_limits(self, now: float, rate: bool = True) -> None:
+        """The key's own limits; refusals are 429 with the time to come back. ``rate``:
+        whether requests_per_minute is counted here (not when a shared window does)."""
         if self.max_concurrency is not None and self.in_flight >= self.max_concurrency:
             raise KeyRateLimited(f"This gateway key already has {self.in_flight} requests in flight "
                                  f"(limit {self.max_concurrency}).", retry_after=1.0)
-        if self.requests_per_minute is not None:
+        if self.requests_per_minute is not None and rate:
             window = self.requests_window_s
             while self.recent and self.recent[0] + window <= now:
                 self.recent.popleft()

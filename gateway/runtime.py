@@ -37,7 +37,7 @@ from actors.credentials import CredentialsActor, CredentialsCore
 from actors.routing import RoutingActor, RoutingCore, Table
 from actors.store import Flush, StoreActor, StoreLimits
 from actors.supervisor import Supervisor
-from actors.usage import Query, UsageActor
+from actors.usage import Query
 from actors.windows import LocalWindows, Windows
 from gateway.config import Config
 from gateway.dispatch import Actors, Dispatcher
@@ -52,6 +52,7 @@ from gateway.generation import (ConfigSource, Generation, ReloadRefused, changed
 from gateway.redaction import redacting_logs, redactor_for, secret_values
 from gateway.observe import Observers
 from gateway.sockets import Sockets
+from gateway.state_backend import instance_id_for, meter_factory
 from gateway.state_lock import StateDirLock
 from gateway.tracing import tracing_for
 from gateway.transform_trace import TransformTraces
@@ -87,6 +88,7 @@ class Runtime:
         self.observers = Observers()  # who hears how each request ended (logs, metrics, traces)
         self.in_flight: Counter = Counter()  # calls being served, by (protocol, transport, stream), every generation
         self.ledger_commits = Durations(LEDGER_COMMIT_BOUNDS)  # the meter's commit times, across its restarts
+        self.instance_id = instance_id_for(config)  # this process among the shared backend's instances
         self.metrics: Metrics | None = None
         self.metrics_url: str | None = None  # set once a separate metrics port is bound
         if config.metrics.enabled:
@@ -134,10 +136,8 @@ class Runtime:
             self.config.cooldown.base_s, self.config.cooldown.max_s, self.config.cooldown.jitter,
             max_retry_after_s=self.config.cooldown.max_retry_after_s), routing.tell_nowait,
             self.redis.share if self.redis is not None else None), size, timeout)
-        limiter = trio.CapacityLimiter(1)
-        first_start = [True]
-        usage = sup.add("usage", lambda: UsageActor(
-            self.config.pricing, cfg.state_dir, self.config.keys, limiter, first_start, self.ledger_commits), size, timeout)
+        usage = sup.add("usage", meter_factory(lambda: self.config, self.instance_id, self.windows,
+                                               self.ledger_commits), size, timeout)
         store = None
         if cfg.store.enabled:
             limits = StoreLimits(cfg.store.max_bytes, cfg.store.max_age_s, cfg.store.cache_bytes)
@@ -321,6 +321,7 @@ class Runtime:
                 await self.actors.usage.ask(Query("totals"), timeout=FLUSH_TIMEOUT_S)
                 # settlements the ledger refused are still being retried: give them the time left
                 await self.supervisor.actor("usage").wait_written()
+                await self.supervisor.actor("usage").retire()  # a shared ledger: this instance leaves it
         except (trio.TooSlowError, GatewayError) as exc:
             log.error("the meter did not flush (%s); its open holds will be recovered at the next start",
                       type(exc).__name__)

@@ -12,19 +12,17 @@ import httpx
 import trio
 
 from providers.sim_script import Fault
-from tests.conftest import ADMIN_TOKEN, DEMO_KEY, base_config, running_gateway
-from tests.redis_server import redis_server, redis_url  # noqa: F401  (fixtures)
+from tests.conftest import ADMIN_TOKEN, DEMO_KEY, running_gateway
+from tests.shared_backend import shared_config
 
 AUTH = {"authorization": f"Bearer {DEMO_KEY}"}
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 DEADLINE_S = 60
 
 
-def redis_config(tmp_path, name: str, url: str, **credential) -> dict:
-    doc = base_config(tmp_path / name)
+def redis_config(tmp_path, name: str, dsn: str, url: str, **credential) -> dict:
+    doc = shared_config(tmp_path, dsn, name, redis_url=url)
     doc["providers"]["sim"]["credentials"] = [{"id": c, "key": f"k{c}", **credential} for c in "ab"]
-    doc["state"] = {"backend": "shared", "redis": {"url": url, "timeout_s": 2.0},
-                    "postgres": {"dsn": "postgresql://tollhouse@127.0.0.1/tollhouse"}}
     doc["cooldown"] = {"base_s": 30, "max_s": 60, "jitter": 0}
     return doc
 
@@ -34,10 +32,10 @@ async def _chat(client: httpx.AsyncClient) -> httpx.Response:
     return await client.post("/v1/chat/completions", json=body, headers=AUTH)
 
 
-async def test_a_429_on_one_instance_rests_the_credential_on_the_other(tmp_path, redis_url):
+async def test_a_429_on_one_instance_rests_the_credential_on_the_other(tmp_path, pg_dsn, redis_url):
     with trio.fail_after(DEADLINE_S):
-        async with running_gateway(redis_config(tmp_path, "a", redis_url)) as first, \
-                running_gateway(redis_config(tmp_path, "b", redis_url)) as second:
+        async with running_gateway(redis_config(tmp_path, "a", pg_dsn, redis_url)) as first, \
+                running_gateway(redis_config(tmp_path, "b", pg_dsn, redis_url)) as second:
             relay = second.runtime.redis.rests
             async with httpx.AsyncClient(base_url=first.url, timeout=30) as client:
                 first.simulator.key_faults["ka"] = Fault(status=429, retry_after="30")
@@ -54,25 +52,25 @@ async def test_a_429_on_one_instance_rests_the_credential_on_the_other(tmp_path,
             assert first.runtime.redis.rests.received == 0, "an instance does not apply its own notice"
 
 
-async def test_an_instance_that_starts_later_loads_the_rests_still_running(tmp_path, redis_url):
+async def test_an_instance_that_starts_later_loads_the_rests_still_running(tmp_path, pg_dsn, redis_url):
     with trio.fail_after(DEADLINE_S):
-        async with running_gateway(redis_config(tmp_path, "a", redis_url)) as first:
+        async with running_gateway(redis_config(tmp_path, "a", pg_dsn, redis_url)) as first:
             async with httpx.AsyncClient(base_url=first.url, timeout=30) as client:
                 first.simulator.key_faults["ka"] = Fault(status=429, retry_after="30")
                 assert (await _chat(client)).status_code == 200
-            async with running_gateway(redis_config(tmp_path, "b", redis_url)) as second:
+            async with running_gateway(redis_config(tmp_path, "b", pg_dsn, redis_url)) as second:
                 assert second.runtime.redis.rests.received == 1  # loaded before it was ready
                 async with httpx.AsyncClient(base_url=second.url, timeout=30) as client:
                     assert (await _chat(client)).status_code == 200
                 assert dict(second.simulator.requests_by_key) == {"kb": 1}
 
 
-async def test_a_credential_concurrency_limit_holds_across_instances(tmp_path, redis_url):
+async def test_a_credential_concurrency_limit_holds_across_instances(tmp_path, pg_dsn, redis_url):
     """One slot per credential across both instances: while a stream holds each, the
     other instance finds both busy."""
     with trio.fail_after(DEADLINE_S):
-        async with running_gateway(redis_config(tmp_path, "a", redis_url, max_concurrency=1)) as first, \
-                running_gateway(redis_config(tmp_path, "b", redis_url, max_concurrency=1)) as second:
+        async with running_gateway(redis_config(tmp_path, "a", pg_dsn, redis_url, max_concurrency=1)) as first, \
+                running_gateway(redis_config(tmp_path, "b", pg_dsn, redis_url, max_concurrency=1)) as second:
             for key in ("ka", "kb"):
                 first.simulator.key_faults[key] = Fault(ttfb_stall=30)
             async with httpx.AsyncClient(base_url=first.url, timeout=60) as one, \
@@ -97,8 +95,8 @@ def _sample(text: str, name: str) -> float:
     raise AssertionError(f"{name} not in the scrape")
 
 
-async def test_a_redis_restart_mid_load_keeps_the_gateway_serving(tmp_path, redis_server, redis_url, caplog):
-    doc = redis_config(tmp_path, "a", redis_url)
+async def test_a_redis_restart_mid_load_keeps_the_gateway_serving(tmp_path, pg_dsn, redis_server, redis_url, caplog):
+    doc = redis_config(tmp_path, "a", pg_dsn, redis_url)
     with trio.fail_after(DEADLINE_S):
         async with running_gateway(doc) as gw:
             link = gw.runtime.redis.link
@@ -135,3 +133,39 @@ async def test_a_redis_restart_mid_load_keeps_the_gateway_serving(tmp_path, redi
                 after = (await client.get("/metrics", headers=ADMIN)).text
                 assert _sample(after, "tollhouse_redis_up") == 1
                 assert redis_url.split("@")[-1] not in after
+
+
+async def test_a_key_limited_to_n_per_window_across_four_instances_admits_n(tmp_path, pg_dsn, redis_url):
+    """The LiteLLM failure (N per minute across 4 workers lets 4N in), in a 2 s window."""
+    limit, window_s = 5, 2.0
+    docs = []
+    for name in "abcd":
+        doc = redis_config(tmp_path, name, pg_dsn, redis_url)
+        doc["keys"][0].update(requests_per_minute=limit, requests_window_s=window_s)
+        docs.append(doc)
+    with trio.fail_after(DEADLINE_S):
+        async with running_gateway(docs[0]) as a, running_gateway(docs[1]) as b, \
+                running_gateway(docs[2]) as c, running_gateway(docs[3]) as d:
+            clients = [httpx.AsyncClient(base_url=gw.url, timeout=30) for gw in (a, b, c, d)]
+            try:
+                async def burst() -> list[httpx.Response]:
+                    answers: list[httpx.Response] = []
+
+                    async def one(i: int) -> None:
+                        answers.append(await _chat(clients[i % 4]))
+
+                    async with trio.open_nursery() as nursery:
+                        for i in range(8 * limit):
+                            nursery.start_soon(one, i)
+                    return answers
+
+                first = await burst()
+                assert sorted(r.status_code for r in first) == [200] * limit + [429] * (7 * limit)
+                waits = [float(r.headers["retry-after"]) for r in first if r.status_code == 429]
+                assert all(0 < w <= window_s + 1 for w in waits)  # Retry-After is whole seconds, rounded up
+                await trio.sleep(window_s)  # Redis's window, on Redis's clock: the first burst has left it
+                second = await burst()
+                assert sorted(r.status_code for r in second) == [200] * limit + [429] * (7 * limit)
+            finally:
+                for client in clients:
+                    await client.aclose()

@@ -13,7 +13,6 @@ import trio
 
 from actors.redis_link import LinkState, RedisLink
 from actors.redis_windows import RedisWindows
-from tests.redis_server import redis_server, redis_url  # noqa: F401  (fixtures)
 
 DEADLINE_S = 60
 
