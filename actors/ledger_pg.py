@@ -29,6 +29,7 @@ from actors.ledger_pg_schema import SCHEMA_LOCK, Migrated, SchemaTooNew, migrate
 
 T = TypeVar("T")
 WHAT = "postgres"  # how logs and faults name this ledger: never its connection string
+STATEMENT_TIMEOUT_MS = 10_000  # a statement (a lock wait included) past this is a refused write, not a hung meter
 
 KEY_COLUMNS = ("name", "key_hash", "credit_micro", "spent_micro", "disabled", "models", "requests_per_minute",
                "max_concurrency", "created_at", "revoked_at", "expires_at", "budget_period", "budget_limit_micro",
@@ -174,7 +175,9 @@ class PgLedger:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._drop()
             self._conn = psycopg.connect(self._dsn, autocommit=True,
-                                         connect_timeout=max(1, int(self.connect_timeout_s + 0.999)))
+                                         connect_timeout=max(1, int(self.connect_timeout_s + 0.999)),
+                                         options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+                                         keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3)
         return self._conn
 
     def _drop(self) -> None:
@@ -198,7 +201,9 @@ class PgLedger:
                 with conn.transaction():
                     return fn(PgTransaction(conn, self.instance_id))
             except (psycopg.OperationalError, psycopg.InterfaceError, pg_errors.SerializationFailure,
-                    pg_errors.DeadlockDetected, pg_errors.AdminShutdown) as exc:
+                    pg_errors.DeadlockDetected, pg_errors.AdminShutdown, psycopg.IntegrityError) as exc:
+                # IntegrityError: another instance wrote the same key name or secret in the
+                # same instant; nothing of this batch is written, and the next one reads it
                 self._drop()
                 raise LedgerWriteError(describe(exc)) from None
 

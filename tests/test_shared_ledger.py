@@ -27,7 +27,7 @@ def test_a_fresh_database_gets_the_schema_and_a_second_start_changes_nothing(pg_
     first = ledger.open()
     ledger.close()
     assert (first.found, first.now, first.changed) == (0, len(MIGRATIONS), True)
-    assert {"schema_version", "keys", "instances", "reservations", "entries"} <= _tables(pg_dsn)
+    assert {"schema_version", "keys", "instances", "reservations", "entries", "responses"} <= _tables(pg_dsn)
     assert _versions(pg_dsn) == list(range(1, len(MIGRATIONS) + 1))
 
     again = PgLedger(pg_dsn, "b")

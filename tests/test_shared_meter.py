@@ -138,3 +138,45 @@ async def test_a_daily_budget_counts_across_instances_and_resets_at_the_utc_boun
                 assert budget["spent_usd"] == spent  # the new day counts only its one request
     [(start, day_spent)] = _pg(pg_dsn, "SELECT budget_start, budget_spent_micro FROM keys WHERE name = 'test'")
     assert start == parse_utc("2026-12-03T00:00:00Z") and day_spent > 0
+
+
+async def test_a_keys_concurrency_and_rate_limits_hold_across_instances(tmp_path, redis_url, pg_dsn):
+    docs = [shared_config(tmp_path, pg_dsn, name, redis_url=redis_url) for name in ("a", "b")]
+    for doc in docs:
+        doc["simulator"] = {"tokens_per_second": 5}  # streams that stay in flight
+    with trio.fail_after(60):
+        async with running_gateway(docs[0]) as a, running_gateway(docs[1]) as b, \
+                httpx.AsyncClient(timeout=30) as http:
+            r = await http.patch(a.url + "/admin/keys/test", headers=ADMIN, json={"max_concurrency": 2})
+            assert r.status_code == 200, r.text
+            in_flight = trio.Semaphore(0)
+            done = trio.Event()
+
+            async def hold_one() -> None:
+                async with http.stream("POST", a.url + "/v1/chat/completions", json=_stream(30),
+                                       headers=AUTH) as response:
+                    assert response.status_code == 200
+                    in_flight.release()
+                    await done.wait()
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(2):
+                    nursery.start_soon(hold_one)
+                for _ in range(2):
+                    await in_flight.acquire()
+                r = await _chat(http, b.url, DEMO_KEY)  # two in flight on a: b refuses the third
+                assert r.status_code == 429 and "2 requests in flight" in r.text, r.text
+                done.set()
+                nursery.cancel_scope.cancel()
+
+            # requests per minute, counted in one window both meters are handed
+            shared = a.usage_actor.windows
+            b.usage_actor.windows = shared
+            r = await http.patch(a.url + "/admin/keys/test", headers=ADMIN,
+                                 json={"max_concurrency": None, "requests_per_minute": 3})
+            assert r.status_code == 200, r.text
+            # b reads the key's new limit with the next message that touches the key (the
+            # limit a window is asked with is the key's as the instance last read it)
+            assert (await http.get(b.url + "/v1/models", headers=AUTH)).status_code == 200
+            statuses = [(await _chat(http, gw.url, DEMO_KEY)).status_code for gw in (a, b, a, b, a)]
+            assert statuses == [200, 200, 200, 429, 429], statuses  # 3 in the minute across both
