@@ -104,6 +104,10 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX responses_by_age ON responses (created_at);
     """,
+    # 3: the window a key's requests_per_minute counts in
+    """
+    ALTER TABLE keys ADD COLUMN requests_window_s DOUBLE PRECISION NOT NULL DEFAULT 60
+    """,
 )
 
 

@@ -71,7 +71,8 @@ class UsageCore:
                              tuple(k["models"]) if k["models"] is not None else None, k["created_at"],
                              k["requests_per_minute"], k["max_concurrency"], revoked_at=k.get("revoked_at"),
                              expires_at=k.get("expires_at"), budget=budget, budget_start=k.get("budget_start"),
-                             budget_spent_micro=k.get("budget_spent_micro") or 0)
+                             budget_spent_micro=k.get("budget_spent_micro") or 0,
+                             requests_window_s=k.get("requests_window_s") or 60.0)
             self._index(state)
         for h in holds:
             hold = Hold(h["id"], h["key_name"], h["model"] or "", h["hold_micro"], h["created_at"], h["provider"], h["model"])
@@ -114,7 +115,8 @@ class UsageCore:
             state = KeyState(spec.name, hash_key(spec.key.value), credit, models=spec.models, created_at=self.wall(),
                              requests_per_minute=spec.requests_per_minute, max_concurrency=spec.max_concurrency,
                              expires_at=getattr(spec, "expires_at", None),
-                             budget=Budget.of(getattr(spec, "budget", None)))
+                             budget=Budget.of(getattr(spec, "budget", None)),
+                             requests_window_s=getattr(spec, "requests_window_s", 60.0))
             state.roll(state.created_at)
             self._index(state)
             ops.append(("put_key", state.row()))
@@ -315,7 +317,7 @@ class UsageCore:
         credit = None if msg.credit_usd is None else to_micro(amount(msg.credit_usd))
         state = KeyState(msg.name, hash_key(plaintext), credit, models=msg.models, created_at=self.wall(),
                          requests_per_minute=msg.requests_per_minute, max_concurrency=msg.max_concurrency,
-                         expires_at=msg.expires_at, budget=msg.budget)
+                         expires_at=msg.expires_at, budget=msg.budget, requests_window_s=msg.requests_window_s)
         state.roll(state.created_at)
         self._index(state)
         return {**state.view(self.wall()), "key": plaintext}, [("put_key", state.row())]
@@ -337,6 +339,8 @@ class UsageCore:
         state.credit_micro = credit
         if msg.requests_per_minute != UNCHANGED:
             state.requests_per_minute = msg.requests_per_minute
+        if msg.requests_window_s != UNCHANGED:
+            state.requests_window_s = msg.requests_window_s
         if msg.max_concurrency != UNCHANGED:
             state.max_concurrency = msg.max_concurrency
         if msg.disabled is not None:

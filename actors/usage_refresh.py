@@ -27,7 +27,8 @@ def key_state(row: Mapping) -> KeyState:
                     tuple(row["models"]) if row["models"] is not None else None, row["created_at"],
                     row["requests_per_minute"], row["max_concurrency"], revoked_at=row.get("revoked_at"),
                     expires_at=row.get("expires_at"), budget=budget, budget_start=row.get("budget_start"),
-                    budget_spent_micro=row.get("budget_spent_micro") or 0)
+                    budget_spent_micro=row.get("budget_spent_micro") or 0,
+                    requests_window_s=row.get("requests_window_s") or 60.0)
 
 
 def refresh(core: UsageCore, rows: Iterable[Mapping], held: Held, wall: float) -> None:

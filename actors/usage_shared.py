@@ -11,7 +11,7 @@ same credit. A key created, changed or revoked on one instance is read by the ne
 batch on any other that touches it (an unknown key is looked up before it is refused).
 
 A key's ``requests_per_minute`` is counted in a ``Windows`` (shared across processes
-when the backend gives one) before the batch, at ``KEY_WINDOW_S``; its
+when the backend gives one) before the batch, in the key's ``requests_window_s``; its
 ``max_concurrency`` is judged from the open reservations in Postgres, exact across
 processes.
 
@@ -67,7 +67,7 @@ from protocols.unified import EndReason, Provenance
 
 log = logging.getLogger("tollhouse.usage")
 
-KEY_WINDOW_S = 60.0  # a key's requests_per_minute window
+KEY_WINDOW_S = 60.0  # a key's requests_per_minute window unless its requests_window_s says otherwise
 CONNECT_RETRY_S = 1.0  # while Postgres is unreachable at start: how often to try again
 
 UNAVAILABLE = ("The gateway's usage ledger cannot be written right now; no new requests are "
@@ -316,10 +316,12 @@ class SharedUsageActor(UsageActor):
         state = self.core.by_hash.get(self.core.key_hash(msg.key)) if msg.key else None
         if state is None or state.requests_per_minute is None:
             return None
-        retry = await self.windows.admit(f"key:{state.name}", state.requests_per_minute, KEY_WINDOW_S, now)
+        window = state.requests_window_s
+        retry = await self.windows.admit(f"key:{state.name}", state.requests_per_minute, window, now)
         if retry is None:
             return None
-        err = KeyRateLimited(f"This gateway key is limited to {state.requests_per_minute} requests per minute.",
+        per = "minute" if window == KEY_WINDOW_S else f"{window:g} s"
+        err = KeyRateLimited(f"This gateway key is limited to {state.requests_per_minute} requests per {per}.",
                              retry_after=retry)
         err.key_name = state.name
         return err

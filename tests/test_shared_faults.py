@@ -56,8 +56,8 @@ async def _ready(http: httpx.AsyncClient, url: str) -> httpx.Response:
     return await http.get(url + "/readyz")
 
 
-async def test_postgres_refusing_mid_serve_holds_settlements_and_refuses_new_requests(tmp_path, pg_server, pg_dsn):
-    doc = shared_config(tmp_path, pg_dsn, "a")
+async def test_postgres_refusing_mid_serve_holds_settlements_and_refuses_new_requests(tmp_path, redis_url, pg_server, pg_dsn):
+    doc = shared_config(tmp_path, pg_dsn, "a", redis_url=redis_url)
     doc["simulator"] = {"tokens_per_second": 20}
     doc["streaming"] = {**doc["streaming"], "settle_timeout_s": 1}  # the stream's end waits this for its settlement
     with trio.fail_after(90):
@@ -95,14 +95,14 @@ async def test_postgres_refusing_mid_serve_holds_settlements_and_refuses_new_req
     assert spent == charged and _pg(pg_dsn, "SELECT COUNT(*) FROM reservations") == [(0,)]
 
 
-async def test_a_start_while_postgres_refuses_waits_not_ready_and_never_shows_the_dsn(tmp_path, pg_server, pg_dsn,
+async def test_a_start_while_postgres_refuses_waits_not_ready_and_never_shows_the_dsn(tmp_path, redis_url, pg_server, pg_dsn,
                                                                                       caplog):
     _migrate(pg_dsn)  # a database that exists, then refuses sessions
     _refuse_connections(pg_server, pg_dsn, True)
     dsn = pg_dsn + " password=pg-secret-pw"
     caplog.set_level(logging.INFO)
     with trio.fail_after(60):
-        async with running_gateway(shared_config(tmp_path, dsn, "a")) as gw, httpx.AsyncClient(timeout=30) as http:
+        async with running_gateway(shared_config(tmp_path, dsn, "a", redis_url=redis_url)) as gw, httpx.AsyncClient(timeout=30) as http:
             r = await _ready(http, gw.url)
             assert r.status_code == 503 and r.json()["status"] == "ledger_unavailable", r.text
             r = await http.post(gw.url + "/v1/chat/completions", json=CHAT, headers=AUTH)
@@ -118,11 +118,11 @@ async def test_a_start_while_postgres_refuses_waits_not_ready_and_never_shows_th
         assert "pg-secret-pw" not in text and _dbname(pg_dsn) not in text, text[:2000]
 
 
-async def test_serve_refuses_a_database_migrated_by_a_newer_gateway(tmp_path, pg_dsn):
+async def test_serve_refuses_a_database_migrated_by_a_newer_gateway(tmp_path, redis_url, pg_dsn):
     _migrate(pg_dsn)
     with psycopg.connect(pg_dsn) as conn:
         conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (len(MIGRATIONS) + 1,))
-    doc = shared_config(tmp_path, pg_dsn, "a")
+    doc = shared_config(tmp_path, pg_dsn, "a", redis_url=redis_url)
     doc["server"] = {"host": "127.0.0.1", "port": 0}
     config = write_config(tmp_path, doc)
     with trio.fail_after(60):

@@ -24,8 +24,8 @@ def _pg(dsn: str, sql: str, params=None) -> list:
         return conn.execute(sql, params).fetchall()
 
 
-async def test_a_killed_instances_holds_are_settled_once_by_a_survivor(tmp_path, pg_dsn):
-    doc = shared_config(tmp_path, pg_dsn, "a", **FAST_HEARTBEAT)
+async def test_a_killed_instances_holds_are_settled_once_by_a_survivor(tmp_path, redis_url, pg_dsn):
+    doc = shared_config(tmp_path, pg_dsn, "a", redis_url=redis_url, **FAST_HEARTBEAT)
     doc["simulator"] = {"tokens_per_second": 2}  # streams that stay in flight
     ids: list[str] = []
     with trio.fail_after(90):
@@ -57,7 +57,7 @@ async def test_a_killed_instances_holds_are_settled_once_by_a_survivor(tmp_path,
                 assert _pg(pg_dsn, "SELECT COUNT(*) FROM reservations WHERE instance_id = 'a'") == [(STREAMS,)]
 
                 # a second instance starting now leaves the live instance's holds alone
-                async with running_gateway(shared_config(tmp_path, pg_dsn, "b", **FAST_HEARTBEAT)) as b:
+                async with running_gateway(shared_config(tmp_path, pg_dsn, "b", redis_url=redis_url, **FAST_HEARTBEAT)) as b:
                     survivor = b.usage_actor
                     assert survivor.snapshot()["recovered_at_start"] == 0
                     assert _pg(pg_dsn, "SELECT COUNT(*) FROM reservations WHERE instance_id = 'a'") == [(STREAMS,)]

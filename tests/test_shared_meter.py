@@ -27,8 +27,8 @@ def _pg(dsn: str, sql: str, params=None) -> list:
         return conn.execute(sql, params).fetchall()
 
 
-async def test_two_instances_spend_one_credit_once(tmp_path, pg_dsn):
-    docs = [shared_config(tmp_path, pg_dsn, name) for name in ("a", "b")]
+async def test_two_instances_spend_one_credit_once(tmp_path, redis_url, pg_dsn):
+    docs = [shared_config(tmp_path, pg_dsn, name, redis_url=redis_url) for name in ("a", "b")]
     for doc in docs:
         doc["keys"] = [{"name": "test", "key": DEMO_KEY, "credit_usd": "0.004"}]
         doc["simulator"] = {"tokens_per_second": 400}
@@ -81,10 +81,10 @@ async def _chat(http: httpx.AsyncClient, url: str, key: str) -> httpx.Response:
                            json={"model": "demo", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]})
 
 
-async def test_a_key_created_revoked_or_expired_on_one_instance_is_seen_on_the_other(tmp_path, pg_dsn):
+async def test_a_key_created_revoked_or_expired_on_one_instance_is_seen_on_the_other(tmp_path, redis_url, pg_dsn):
     with trio.fail_after(60):
-        async with running_gateway(shared_config(tmp_path, pg_dsn, "a")) as a, \
-                running_gateway(shared_config(tmp_path, pg_dsn, "b")) as b, \
+        async with running_gateway(shared_config(tmp_path, pg_dsn, "a", redis_url=redis_url)) as a, \
+                running_gateway(shared_config(tmp_path, pg_dsn, "b", redis_url=redis_url)) as b, \
                 httpx.AsyncClient(timeout=30) as http:
             made = {}
             for name in ("gone", "late"):
@@ -108,11 +108,11 @@ async def test_a_key_created_revoked_or_expired_on_one_instance_is_seen_on_the_o
             assert listed["gone"]["revoked"] and listed["late"]["expired"]  # b lists what a changed
 
 
-async def test_a_daily_budget_counts_across_instances_and_resets_at_the_utc_boundary(tmp_path, pg_dsn):
+async def test_a_daily_budget_counts_across_instances_and_resets_at_the_utc_boundary(tmp_path, redis_url, pg_dsn):
     wall = Wall("2026-12-02T23:59:00Z")
     with trio.fail_after(60):
-        async with running_gateway(shared_config(tmp_path, pg_dsn, "a")) as a, \
-                running_gateway(shared_config(tmp_path, pg_dsn, "b")) as b, \
+        async with running_gateway(shared_config(tmp_path, pg_dsn, "a", redis_url=redis_url)) as a, \
+                running_gateway(shared_config(tmp_path, pg_dsn, "b", redis_url=redis_url)) as b, \
                 httpx.AsyncClient(timeout=30) as http:
             a.usage_actor.core.wall = b.usage_actor.core.wall = wall
             r = await http.patch(a.url + "/admin/keys/test", headers=ADMIN,
@@ -140,8 +140,8 @@ async def test_a_daily_budget_counts_across_instances_and_resets_at_the_utc_boun
     assert start == parse_utc("2026-12-03T00:00:00Z") and day_spent > 0
 
 
-async def test_a_keys_concurrency_and_rate_limits_hold_across_instances(tmp_path, pg_dsn):
-    docs = [shared_config(tmp_path, pg_dsn, name) for name in ("a", "b")]
+async def test_a_keys_concurrency_and_rate_limits_hold_across_instances(tmp_path, redis_url, pg_dsn):
+    docs = [shared_config(tmp_path, pg_dsn, name, redis_url=redis_url) for name in ("a", "b")]
     for doc in docs:
         doc["simulator"] = {"tokens_per_second": 5}  # streams that stay in flight
     with trio.fail_after(60):

@@ -14,8 +14,8 @@ def _client(url: str) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=url + "/v1", api_key=DEMO_KEY, max_retries=0)
 
 
-async def test_a_chain_started_on_one_instance_continues_on_the_other(tmp_path, pg_dsn):
-    docs = [shared_config(tmp_path, pg_dsn, name) for name in ("a", "b")]
+async def test_a_chain_started_on_one_instance_continues_on_the_other(tmp_path, redis_url, pg_dsn):
+    docs = [shared_config(tmp_path, pg_dsn, name, redis_url=redis_url) for name in ("a", "b")]
     with trio.fail_after(60):
         async with running_gateway(docs[0]) as a, running_gateway(docs[1]) as b, \
                 _client(a.url) as on_a, _client(b.url) as on_b:
