@@ -51,6 +51,7 @@ from gateway.sockets import Sockets
 from gateway.state_lock import StateDirLock
 from gateway.tracing import tracing_for
 from gateway.transform_trace import TransformTraces
+from gateway.worker_link import worker_dir
 from protocols.errors import GatewayError, InvalidRequest
 from protocols.redact import Redactor
 from providers import registry
@@ -65,9 +66,15 @@ FLUSH_TIMEOUT_S = 15.0
 
 class Runtime:
     def __init__(self, config: Config, stopping: Callable[[], bool] = lambda: False,
-                 stop_begun: trio.Event | None = None, source: ConfigSource | None = None) -> None:
+                 stop_begun: trio.Event | None = None, source: ConfigSource | None = None,
+                 worker: int | None = None) -> None:
         self.config = config  # the current generation's; a request uses its own (its dispatcher's)
         self.source = source  # the file a reload reads (None: this gateway cannot reload)
+        self.worker = worker  # this process's index among ``--workers N`` (None: one process alone)
+        # this process's own files (the state_dir lock, transform traces, the Responses
+        # store): state_dir itself, or a worker's ``<state_dir>/workers/<i>`` (gateway.worker_link)
+        self.own_dir = config.state_dir if worker is None else str(worker_dir(config.state_dir, worker))
+        self.fleet = None  # a worker's ``WorkerLink`` to its parent (None: one process alone)
         self.generation: Generation | None = None
         self._retiring: list[Generation] = []  # replaced, with requests still in flight
         self._open: list[Provider] = []  # every provider whose connection pool is open
@@ -102,11 +109,20 @@ class Runtime:
         self.field_store = FieldStore(config.field_cache.max_bytes, config.field_cache.ttl_s)
         self.redactor = redactor_for(config)  # every secret the config holds, out of upstream text and logs
         # transform traces: off unless trace.enabled; lines redacted with the current redactor
-        self.transform_traces = TransformTraces(config.trace, config.state_dir, lambda: self.redactor)
+        self.transform_traces = TransformTraces(config.trace, self.own_dir, lambda: self.redactor)
         self.on_reload.append(self.transform_traces.configure)
         self.ready = trio.Event()
         self._stop = trio.Event()
         self._stopped = trio.Event()
+
+    @property
+    def metrics_port(self) -> int | None:
+        """``metrics.port``, or worker ``i``'s own: ``metrics.port + i`` (0 stays 0: any free
+        port), so each worker's counters are scraped whole, from that worker alone."""
+        port = self.config.metrics.port
+        if port is None or port == 0 or self.worker is None:
+            return port
+        return port + self.worker
 
     async def stop(self) -> None:
         """Tear everything down in order; returns once ``run`` has (the lock is free)."""
@@ -134,7 +150,7 @@ class Runtime:
             limits = StoreLimits(cfg.store.max_bytes, cfg.store.max_age_s, cfg.store.cache_bytes)
             store_limiter = trio.CapacityLimiter(1)
             store = sup.add("store", lambda: StoreActor(
-                limits, cfg.state_dir, store_limiter, cfg.store.sweep_interval_s), size, timeout)
+                limits, self.own_dir, store_limiter, cfg.store.sweep_interval_s), size, timeout)
         return sup, Actors(routing, credentials, cooldown, usage, store)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -147,7 +163,7 @@ class Runtime:
 
     async def _run(self, task_status) -> None:
         cfg = self.config
-        with StateDirLock.acquire(cfg.state_dir):
+        with StateDirLock.acquire(self.own_dir):
             async with trio.open_nursery() as upstreams:
                 if any(p.embedded for p in cfg.providers.values()):
                     self.simulator = Simulator(cfg.simulator.tokens_per_second)
@@ -165,7 +181,7 @@ class Runtime:
                         self.generation = Generation(1, cfg, time.time(), self.dispatcher, self.providers)
                         if self.metrics is not None and cfg.metrics.port is not None:
                             binds = await actors.start(metrics_listener.serve, self, cfg.server.host,
-                                                       cfg.metrics.port)
+                                                       self.metrics_port)
                             self.metrics_url = binds[0]
                             log.info("tollhouse metrics on %s/metrics", self.metrics_url)
                         self.ready.set()
