@@ -109,7 +109,9 @@ class Runtime:
         self.field_store = FieldStore(config.field_cache.max_bytes, config.field_cache.ttl_s)
         self.redactor = redactor_for(config)  # every secret the config holds, out of upstream text and logs
         # transform traces: off unless trace.enabled; lines redacted with the current redactor
-        self.transform_traces = TransformTraces(config.trace, self.own_dir, lambda: self.redactor)
+        self.transform_traces = TransformTraces(  # a worker also finds its siblings' traces
+            config.trace, self.own_dir, lambda: self.redactor,
+            None if worker is None else worker_dir(config.state_dir, worker).parent)
         self.on_reload.append(self.transform_traces.configure)
         self.ready = trio.Event()
         self._stop = trio.Event()

@@ -78,7 +78,7 @@ def test_a_port_in_use_refuses_the_parent_before_any_worker(tmp_path, shared_sta
 
 
 async def test_two_workers_share_one_port_reload_together_and_stop_together(tmp_path, shared_state):
-    doc = worker_config(tmp_path, shared_state)
+    doc = worker_config(tmp_path, shared_state, trace={"enabled": True})
     path = write_config(tmp_path, doc)
     with trio.fail_after(DEADLINE):
         async with serve_process(path, "--workers", "2") as fleet:
@@ -93,9 +93,13 @@ async def test_two_workers_share_one_port_reload_together_and_stop_together(tmp_
             assert {p.name for p in (state / "workers").iterdir()} == {"0", "1"}
             assert all((state / "workers" / i / "gateway.lock").exists() for i in "01")
             async with httpx.AsyncClient(base_url=url, timeout=20) as client:
-                chat = await client.post("/v1/chat/completions", headers=AUTH, json={
+                chat = await client.post("/v1/chat/completions", headers={**AUTH, "x-tollhouse-trace": "1"}, json={
                     "model": "demo", "messages": [{"role": "user", "content": "hi"}]})
                 assert chat.status_code == 200, chat.text
+            request_id = chat.headers["x-request-id"]
+            traces = await each_worker(url, 2, lambda c: c.get(f"/admin/traces/{request_id}", headers=ADMIN))
+            assert all(t.status_code == 200 and t.json()["request_id"] == request_id for t in traces.values())
+            assert len(list((state / "workers").glob("*/traces/*.jsonl"))) == 1  # written by the worker that served it
 
             # SIGHUP to the parent: every worker reads the file again
             doc["aliases"] = {"renamed": "demo"}
