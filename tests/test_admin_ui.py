@@ -140,7 +140,6 @@ async def test_a_session_expires_when_idle_and_when_the_admin_token_changes(conf
             assert (await client.get("/admin/ui/actors")).status_code == 200  # used: idle time starts again
             offset[0] += ui.sessions.rules.idle_s + 1
             assert (await client.get("/admin/ui/actors")).status_code == 303
-            assert len(ui.sessions) == 0
             await sign_in(client)
             assert (await client.get("/admin/ui/actors")).status_code == 200
             runtime = gw.runtime

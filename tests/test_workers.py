@@ -18,6 +18,7 @@ import sys
 import httpx
 import trio
 
+from tests.admin_page import parse, sign_in
 from tests.conftest import ADMIN_TOKEN, DEMO_KEY, base_config
 from tests.gateway_process import STOPPED, serve_process, write_config
 from tests.test_config_cli import tollhouse, write
@@ -195,5 +196,30 @@ async def test_another_gateway_on_the_state_dir_is_refused_while_workers_run(tmp
                                            capture_stdout=True, capture_stderr=True, check=False)
             assert other.returncode == 1
             assert b"is in use by another tollhouse gateway (pid %d" % fleet.pid in other.stderr
+            fleet.send_signal(signal.SIGTERM)
+            assert await fleet.wait() == 0
+
+
+async def test_an_admin_page_session_works_on_every_worker(tmp_path, shared_state):
+    path = write_config(tmp_path, worker_config(tmp_path, shared_state))
+    no_reuse = httpx.Limits(max_keepalive_connections=0)  # each request may reach either worker
+    with trio.fail_after(DEADLINE):
+        async with serve_process(path, "--workers", "2") as fleet:
+            url = await fleet.url()
+            async with httpx.AsyncClient(base_url=url, timeout=20, limits=no_reuse) as client:
+                signed_in = {}
+                while len(signed_in) < 2:  # the form from one worker, signed in on either
+                    client.cookies.clear()
+                    answer = await sign_in(client)
+                    assert answer.status_code == 303, answer.text
+                    signed_in.setdefault(answer.headers["x-tollhouse-worker"], client.cookies.get("th_session"))
+                cookie = {"cookie": f"th_session={signed_in['0']}"}  # signed in on worker 0
+                pages = await each_worker(url, 2, lambda c: c.get("/admin/ui/keys", headers=cookie))
+                assert all(p.status_code == 200 for p in pages.values())
+                token = parse(pages[0].text).hidden["csrf"]
+                assert parse(pages[1].text).hidden["csrf"] == token  # one session, one CSRF token
+                done = await each_worker(url, 2, lambda c: c.post("/admin/ui/keys/test/enable", data={"csrf": token},
+                                                                  headers=cookie))
+                assert all(d.status_code == 303 and d.headers["location"] == "/admin/ui/keys" for d in done.values())
             fleet.send_signal(signal.SIGTERM)
             assert await fleet.wait() == 0
