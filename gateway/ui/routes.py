@@ -300,6 +300,25 @@ async def enable_key(session, name):
     return await _change_key(session, name, {"disabled": False})
 
 
+@blueprint.route("/keys/<name>/revoke", methods=["POST"])
+@page
+async def revoke_key(session, name):
+    """First the confirmation page; with ``confirm=yes`` (its own form), the revocation."""
+    runtime = _runtime()
+    if (await request.form).get("confirm") != "yes":
+        known = {k["name"]: k for k in await admin.key_list(runtime)}
+        if name not in known or known[name].get("revoked"):
+            return await _keys(session, 404 if name not in known else 409,
+                               pages.notice(f"No key {name!r} to revoke." if name not in known
+                                            else f"The key {name!r} is already revoked.", error=True))
+        return _page(f"Revoke key {name}", "keys", session, pages.revoke_page(known[name], session.csrf))
+    try:
+        await admin.revoke_key(runtime, name)
+    except GatewayError as err:
+        return await _keys(session, err.status, pages.notice(err.message, error=True))
+    return _see_other(pages.url("keys"))
+
+
 def _window() -> int:
     raw = request.args.get("since_s", "86400")
     return int(raw) if raw.isdigit() and int(raw) in WINDOWS else 86400
