@@ -79,7 +79,19 @@ class Reconfigure:
     credentials: Mapping[str, frozenset] = attrs.field(eq=False)
 
 
-Msg = Outcome | Snapshot | Reconfigure
+@attrs.frozen
+class Remote:
+    """Notice: another instance began this rest (a shared backend); ``until`` on this
+    instance's clock. Kept like one begun here, but not shared again."""
+
+    provider: str
+    credential: str  # "*": the whole provider
+    model: str  # "*": every model
+    reason: str
+    until: float
+
+
+Msg = Outcome | Snapshot | Reconfigure | Remote
 
 NONE = Decision("ok", "none")
 
@@ -143,6 +155,15 @@ class CooldownCore:
         if entry["until"] is not None:
             self._pushed += 1
             heapq.heappush(self._ends, (entry["until"], self._pushed, key, entry))
+
+    def remote(self, msg: Remote) -> bool:
+        """Keep a rest another instance began, unless a later one for its key runs here."""
+        key = (msg.provider, msg.credential, msg.model)
+        current = self.active.get(key)
+        if current is not None and (current["until"] is None or current["until"] >= msg.until):
+            return False
+        self._rest(key, {"reason": msg.reason, "until": msg.until, "dead": False, "remote": True})
+        return True
 
     def take_started(self) -> list[tuple[tuple, dict]]:
         started, self.started = self.started, []
@@ -250,10 +271,12 @@ def _fields(key: tuple[str, str, str]) -> dict:
 class CooldownActor(Actor):
     name = "cooldown"
 
-    def __init__(self, core: CooldownCore, notify_routing: Callable[[Any], bool]) -> None:
+    def __init__(self, core: CooldownCore, notify_routing: Callable[[Any], bool],
+                 share: Callable[[tuple, dict, float], None] | None = None) -> None:
         super().__init__()
         self.core = core
         self.notify_routing = notify_routing
+        self.share = share  # a shared backend's: told each timed rest begun here (key, entry, now)
         self._wake: trio.CancelScope | None = None  # the loop's wait, moved earlier by a sooner rest
 
     def handle(self, msg: Msg, now: float):
@@ -263,8 +286,12 @@ class CooldownActor(Actor):
                 decision, notices = self.core.outcome(msg, now)
                 for _, provider, until in notices:
                     self.notify_routing(TargetCooling(provider, None, until))
-                self._log_started()
+                self._log_started(now)
                 return decision
+            case Remote():
+                self.core.remote(msg)
+                self._log_started(now)
+                return None
             case Snapshot():
                 return self.core.snapshot(now)
             case Reconfigure():
@@ -272,12 +299,16 @@ class CooldownActor(Actor):
             case _:
                 raise TypeError(f"cooldown: unknown message {msg!r}")
 
-    def _log_started(self) -> None:
+    def _log_started(self, now: float) -> None:
         for key, entry in self.core.take_started():
             wait = entry.get("applied_s")
+            remote = entry.get("remote", False)
             log.warning("cooldown started", extra={
                 **_fields(key), "reason": entry["reason"], "dead": entry["dead"],
-                "wait_s": None if wait is None else round(wait, 3), "asked_s": entry.get("asked_s")})
+                "wait_s": None if wait is None else round(wait, 3), "asked_s": entry.get("asked_s"),
+                "elsewhere": remote})
+            if self.share is not None and not remote and entry["until"] is not None:
+                self.share(key, entry, now)
         if self._wake is not None:
             self._wake.deadline = min(self._wake.deadline, self.core.next_end())
 

@@ -56,6 +56,8 @@ class Lease:
 class Leased:
     lease_id: int
     credential: Credential
+    spec: Any = attrs.field(default=None, eq=False, repr=False)  # its limits, for a shared backend's check
+    shared: str | None = None  # the lease's id in the shared backend, once confirmed there
 
 
 @attrs.frozen
@@ -81,6 +83,17 @@ class Release:
 
 
 @attrs.frozen
+class Refused:
+    """A lease the shared backend refused (the credential is at its limit across
+    instances): given back uncounted; the credential is skipped here until ``until``
+    (None: only this time, a concurrency slot may free up any moment)."""
+
+    lease_id: int
+    until: float | None
+    reason: str
+
+
+@attrs.frozen
 class Enable:
     provider: str
     credential_id: str
@@ -98,7 +111,18 @@ class Reconfigure:
     pools: Mapping[str, tuple] = attrs.field(eq=False, repr=False)
 
 
-Msg = Lease | Release | Enable | Snapshot | Reconfigure
+@attrs.frozen
+class Cool:
+    """Notice: rest this credential (one model on it, when ``model`` is set) until
+    ``until`` -- a rest another instance of a shared backend began."""
+
+    provider: str
+    credential_id: str
+    model: str | None
+    until: float
+
+
+Msg = Lease | Release | Refused | Enable | Snapshot | Reconfigure | Cool
 
 
 @attrs.define
@@ -115,6 +139,7 @@ class CredentialState:
     requests: deque = attrs.field(factory=deque)
     tokens: deque = attrs.field(factory=deque)
     leases: int = 0
+    shared_block: tuple | None = None  # (until, reason): full across instances, as the shared backend said
 
     def blocked_until(self, model: str, now: float) -> tuple[float | None, str | None]:
         """(None, None) if usable now; else when it could be, and why."""
@@ -125,6 +150,10 @@ class CredentialState:
             return until, "cooling"
         if self.in_flight >= self.spec.max_concurrency:
             return None, "busy"
+        if self.shared_block is not None:
+            if self.shared_block[0] > now:
+                return self.shared_block
+            self.shared_block = None
         self._trim(now)
         rpm = self.spec.requests_per_minute
         if rpm is not None and len(self.requests) >= rpm:
@@ -133,6 +162,13 @@ class CredentialState:
         if tpm is not None and sum(n for _, n in self.tokens) >= tpm:
             return self.tokens[0][0] + WINDOW_S, "tokens_per_minute"
         return None, None
+
+    def rest(self, until: float, model: str | None) -> None:
+        """Cool until ``until`` (one model, when given); a later rest already set stays."""
+        if model is not None:
+            self.model_cool[model] = max(self.model_cool.get(model, 0.0), until)
+        else:
+            self.cool_until = max(self.cool_until, until)
 
     def _trim(self, now: float) -> None:
         while self.requests and self.requests[0] + WINDOW_S <= now:
@@ -147,6 +183,7 @@ class CredentialsCore:
             provider: [CredentialState(spec, provider) for spec in specs] for provider, specs in pools.items()
         }
         self.leases: dict[int, CredentialState] = {}
+        self.counted: dict[int, tuple[float, int]] = {}  # lease -> (time, input tokens) it put in the windows
         self.retiring: list[CredentialState] = []  # removed by a reload, leases still in flight
         self._ids = itertools.count(1)
 
@@ -209,12 +246,29 @@ class CredentialsCore:
         if msg.tokens:
             best.tokens.append((now, msg.tokens))
         self.leases[lease_id] = best
-        return Leased(lease_id, Credential(msg.provider, best.spec.id, best.spec.key))
+        self.counted[lease_id] = (now, msg.tokens)
+        return Leased(lease_id, Credential(msg.provider, best.spec.id, best.spec.key), best.spec)
+
+    def refused(self, msg: Refused) -> None:
+        state = self.leases.get(msg.lease_id)
+        if state is None:
+            return
+        at, tokens = self.counted.pop(msg.lease_id, (None, 0))
+        self.release(Release(msg.lease_id), 0.0)
+        if at is not None:
+            if at in state.requests:
+                state.requests.remove(at)
+            if tokens and (at, tokens) in state.tokens:
+                state.tokens.remove((at, tokens))
+        state.leases -= 1
+        if msg.until is not None:
+            state.shared_block = (msg.until, msg.reason)
 
     def release(self, msg: Release, now: float) -> None:
         state = self.leases.pop(msg.lease_id, None)
         if state is None:
             return
+        self.counted.pop(msg.lease_id, None)
         state.in_flight -= 1
         if state.in_flight == 0 and self.retiring:
             self.retiring = [s for s in self.retiring if s is not state]  # by identity: states compare by value
@@ -224,11 +278,12 @@ class CredentialsCore:
             state.dead = True
             state.dead_reason = msg.reason
         if msg.cool_until is not None:
-            if msg.cool_model is not None:
-                key = msg.cool_model
-                state.model_cool[key] = max(state.model_cool.get(key, 0.0), msg.cool_until)
-            else:
-                state.cool_until = max(state.cool_until, msg.cool_until)
+            state.rest(msg.cool_until, msg.cool_model)
+
+    def cool(self, msg: Cool) -> None:
+        for state in self.pools.get(msg.provider, []):
+            if state.spec.id == msg.credential_id:
+                state.rest(msg.until, msg.model)
 
     def enable(self, provider: str, credential_id: str, now: float) -> dict:
         for state in self.pools.get(provider, []):
@@ -280,12 +335,16 @@ class CredentialsActor(Actor):
                 return self.core.lease(msg, now)
             case Release():
                 return self.core.release(msg, now)
+            case Refused():
+                return self.core.refused(msg)
             case Enable(provider, credential_id):
                 return self.core.enable(provider, credential_id, now)
             case Snapshot():
                 return self.core.snapshot(now)
             case Reconfigure(pools):
                 return self.core.reconfigure(pools)
+            case Cool():
+                return self.core.cool(msg)
             case _:
                 raise TypeError(f"credentials: unknown message {msg!r}")
 

@@ -98,6 +98,7 @@ ADDED_KEY_COLUMNS = (
     ("budget_limit_micro", "INTEGER"),
     ("budget_start", "INTEGER"),
     ("budget_spent_micro", "INTEGER NOT NULL DEFAULT 0"),
+    ("requests_window_s", "REAL NOT NULL DEFAULT 60"),
 )
 
 ENTRY_COLUMNS = (
@@ -110,7 +111,7 @@ ENTRY_COLUMNS = (
 class LedgerFault(Exception):
     """The ledger cannot be trusted or written at start: the gateway must not serve."""
 
-    def __init__(self, path: Path, fault: str) -> None:
+    def __init__(self, path: Path | str, fault: str) -> None:
         super().__init__(f"ledger {path}: {fault}; refusing to start (the ledger holds every key's balance: "
                          "repair or restore it, never delete it to get going)")
         self.path = path
@@ -203,6 +204,9 @@ class Ledger:
                  "budget_limit_micro": bl, "budget_start": bs, "budget_spent_micro": bsp}
                 for n, h, c, s, d, m, rpm, mc, t, ra, ea, bp, bl, bs, bsp in cur.fetchall()
             ]
+            windows = dict(self.db.execute("SELECT name, requests_window_s FROM keys").fetchall())
+            for k in keys:
+                k["requests_window_s"] = windows.get(k["name"])
             cur = self.db.execute("SELECT id, key_name, provider, model, hold_micro, created_at FROM reservations")
             holds = [
                 {"id": i, "key_name": k, "provider": p, "model": m, "hold_micro": h, "created_at": t}
@@ -320,6 +324,8 @@ def _put_key(db: sqlite3.Connection, k: dict) -> None:
          k["max_concurrency"], k["created_at"], k["revoked_at"], k["expires_at"], k["budget_period"],
          k["budget_limit_micro"], k["budget_start"], k["budget_spent_micro"]),
     )
+    if "requests_window_s" in k:
+        db.execute("UPDATE keys SET requests_window_s = ? WHERE name = ?", (k["requests_window_s"], k["name"]))
 
 
 def _reset_budget(db: sqlite3.Connection, r: dict) -> None:

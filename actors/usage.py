@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Protocol
 
 import attrs
 import trio
@@ -62,6 +62,19 @@ __all__ = ["Authenticate", "CreateKey", "Msg", "Query", "Reconfigure", "Reservat
 BATCH = 256
 RETRY_FIRST_S = 0.05  # the first retry of a refused write; doubles up to RETRY_MAX_S
 RETRY_MAX_S = 1.0
+
+
+class MeterLedger(Protocol):
+    """What the meter and the admin reads use of a ledger (SQLite's, or Postgres's)."""
+
+    path: Any  # how logs name it (a file, or the word "postgres": never a DSN)
+
+    def apply(self, ops: Iterable[tuple[str, Any]]) -> None: ...
+    def close(self) -> None: ...
+    def entries(self, request_id: str | None = None) -> list[dict]: ...
+    def totals(self, since: float | None = None) -> dict: ...
+    def recent_requests(self, limit: int, key_name: str | None = None) -> list[dict]: ...
+    def series(self, since: float, bucket_s: int) -> list[dict]: ...
 
 
 @attrs.define
@@ -101,7 +114,7 @@ class UsageActor(Actor):
         self.key_specs = tuple(key_specs)
         self.limiter = limiter
         self._first_start = first_start  # shared one-element flag: recovery runs once per process
-        self.ledger: Ledger | None = None
+        self.ledger: MeterLedger | None = None
         self.commits = 0
         self.recovered = 0
         self.settles = 0
@@ -119,8 +132,8 @@ class UsageActor(Actor):
         """Open and check the ledger, load it, seed config keys, recover a previous
         process's open holds. A ledger that cannot be trusted raises ``LedgerFault``:
         the gateway does not start."""
-        self.ledger = await trio.to_thread.run_sync(Ledger, self.state_dir, limiter=self.limiter)
-        keys, holds = await trio.to_thread.run_sync(self.ledger.load, limiter=self.limiter)
+        ledger = self.ledger = await trio.to_thread.run_sync(Ledger, self.state_dir, limiter=self.limiter)
+        keys, holds = await trio.to_thread.run_sync(ledger.load, limiter=self.limiter)
         self.core.load(keys, holds)
         ops = self.core.seed_keys(self.key_specs)
         if self._first_start and self._first_start[0]:
@@ -130,10 +143,10 @@ class UsageActor(Actor):
             ops.extend(recovered)
         if ops:
             try:
-                await trio.to_thread.run_sync(self.ledger.apply, ops, limiter=self.limiter)
+                await trio.to_thread.run_sync(ledger.apply, ops, limiter=self.limiter)
             except LedgerWriteError as exc:
-                self.ledger.close()
-                raise LedgerFault(self.ledger.path, f"cannot be written ({exc})") from exc
+                ledger.close()
+                raise LedgerFault(ledger.path, f"cannot be written ({exc})") from exc
             self.core.written(op[1]["request_id"] for op in ops if op[0] == "settle")
         self._publish_key_hashes()
 
@@ -295,6 +308,10 @@ class UsageActor(Actor):
                             self.ledger.path)
             self.fault = None
             delay = RETRY_FIRST_S
+
+    async def retire(self) -> None:
+        """A graceful stop's last step, once every settlement is written: nothing to do
+        for a ledger only this process uses (the shared meter leaves its instances)."""
 
     async def wait_settles(self, n: int) -> None:
         """Return once ``n`` settlements have been committed by this actor (for tests

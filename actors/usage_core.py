@@ -47,9 +47,12 @@ UNKNOWN_KEY = "Invalid API key: the gateway key is missing or unknown."
 
 
 class UsageCore:
-    def __init__(self, pricing: Mapping[str, Price], wall=time.time) -> None:
+    def __init__(self, pricing: Mapping[str, Price], wall=time.time, count_requests: bool = True) -> None:
         self.pricing = dict(pricing)
         self.wall = wall
+        # whether a key's requests_per_minute is counted here (False: a caller counts it
+        # in a shared window before the reserve, see ``actors/usage_shared.py``)
+        self.count_requests = count_requests
         self.keys: dict[str, KeyState] = {}
         self.by_hash: dict[str, KeyState] = {}
         self.holds: dict[str, Hold] = {}
@@ -68,7 +71,8 @@ class UsageCore:
                              tuple(k["models"]) if k["models"] is not None else None, k["created_at"],
                              k["requests_per_minute"], k["max_concurrency"], revoked_at=k.get("revoked_at"),
                              expires_at=k.get("expires_at"), budget=budget, budget_start=k.get("budget_start"),
-                             budget_spent_micro=k.get("budget_spent_micro") or 0)
+                             budget_spent_micro=k.get("budget_spent_micro") or 0,
+                             requests_window_s=k.get("requests_window_s") or 60.0)
             self._index(state)
         for h in holds:
             hold = Hold(h["id"], h["key_name"], h["model"] or "", h["hold_micro"], h["created_at"], h["provider"], h["model"])
@@ -76,11 +80,15 @@ class UsageCore:
             holder = self.keys.get(hold.key_name)
             if holder is not None:
                 holder.held_micro += hold.hold_micro
-                state.in_flight += 1
-                budget = state.budget
-                if budget is not None and period_start(budget.period, hold.created_at) == state.budget_start:
-                    hold.budget_mark = state.budget_mark()
-                    state.budget_held_micro += hold.hold_micro
+                holder.in_flight += 1
+                budget = holder.budget
+                if budget is not None and period_start(budget.period, hold.created_at) == holder.budget_start:
+                    hold.budget_mark = holder.budget_mark()
+                    holder.budget_held_micro += hold.hold_micro
+
+    def index(self, state: KeyState) -> None:
+        """Take ``state`` as the key's record (a shared backend's fresh read of it)."""
+        self._index(state)
 
     def _index(self, state: KeyState) -> None:
         old = self.keys.get(state.name)
@@ -107,7 +115,8 @@ class UsageCore:
             state = KeyState(spec.name, hash_key(spec.key.value), credit, models=spec.models, created_at=self.wall(),
                              requests_per_minute=spec.requests_per_minute, max_concurrency=spec.max_concurrency,
                              expires_at=getattr(spec, "expires_at", None),
-                             budget=Budget.of(getattr(spec, "budget", None)))
+                             budget=Budget.of(getattr(spec, "budget", None)),
+                             requests_window_s=getattr(spec, "requests_window_s", 60.0))
             state.roll(state.created_at)
             self._index(state)
             ops.append(("put_key", state.row()))
@@ -181,7 +190,7 @@ class UsageCore:
         if unpriced:
             raise Forbidden(f"The model '{msg.client_model}' is not served: no price is configured for "
                             f"{', '.join(unpriced)}.", param="model")
-        state.check_limits(now)
+        state.check_limits(now, rate=self.count_requests)
         hold = micro(max((cost_micro_usd(estimate, p)[0] for p in prices), default=0))  # type: ignore[arg-type]
         available = state.available()
         if available is not None and (hold > available or available <= 0):
@@ -199,7 +208,7 @@ class UsageCore:
                 f"${usd(max(budget_left, 0))} is left until {format_utc(resets)}.", retry_after=resets - wall)
         state.held_micro += hold
         state.in_flight += 1
-        if state.requests_per_minute is not None:
+        if state.requests_per_minute is not None and self.count_requests:
             state.recent.append(now)
         h = Hold(msg.request_id, state.name, msg.client_model, hold, wall, pricing=msg.pricing,
                  budget_mark=state.budget_mark())
@@ -207,7 +216,8 @@ class UsageCore:
             state.budget_held_micro += hold
         self.holds[h.id] = h
         op = ("hold", {"id": h.id, "key_name": h.key_name, "provider": None, "model": msg.client_model,
-                       "hold_micro": hold, "created_at": h.created_at})
+                       "hold_micro": hold, "created_at": h.created_at,
+                       "budget_start": None if h.budget_mark is None else h.budget_mark[1]})
         return Reservation(h.id, state.name, hold), [op]
 
     def cancel_reserve(self, request_id: str, now: float) -> None:
@@ -307,7 +317,7 @@ class UsageCore:
         credit = None if msg.credit_usd is None else to_micro(amount(msg.credit_usd))
         state = KeyState(msg.name, hash_key(plaintext), credit, models=msg.models, created_at=self.wall(),
                          requests_per_minute=msg.requests_per_minute, max_concurrency=msg.max_concurrency,
-                         expires_at=msg.expires_at, budget=msg.budget)
+                         expires_at=msg.expires_at, budget=msg.budget, requests_window_s=msg.requests_window_s)
         state.roll(state.created_at)
         self._index(state)
         return {**state.view(self.wall()), "key": plaintext}, [("put_key", state.row())]
@@ -329,6 +339,8 @@ class UsageCore:
         state.credit_micro = credit
         if msg.requests_per_minute != UNCHANGED:
             state.requests_per_minute = msg.requests_per_minute
+        if msg.requests_window_s != UNCHANGED:
+            state.requests_window_s = msg.requests_window_s
         if msg.max_concurrency != UNCHANGED:
             state.max_concurrency = msg.max_concurrency
         if msg.disabled is not None:

@@ -28,6 +28,7 @@ class KeyState:
     requests_per_minute: int | None = None
     max_concurrency: int | None = None
     in_flight: int = 0
+    requests_window_s: float = 60.0  # the window requests_per_minute counts in
     recent: deque = attrs.field(factory=deque)
     revoked_at: float | None = None  # revocation is final: the key stays for its history
     expires_at: int | None = None  # unix seconds; from then on the key is refused
@@ -70,17 +71,19 @@ class KeyState:
                 "period_start": format_utc(self.budget_start),
                 "resets_at": format_utc(period_end(self.budget.period, wall))}
 
-    def check_limits(self, now: float) -> None:
-        """The key's own limits; refusals are 429 with the time to come back."""
+    def check_limits(self, now: float, rate: bool = True) -> None:
+        """The key's own limits; refusals are 429 with the time to come back. ``rate``:
+        whether requests_per_minute is counted here (not when a shared window does)."""
         if self.max_concurrency is not None and self.in_flight >= self.max_concurrency:
             raise KeyRateLimited(f"This gateway key already has {self.in_flight} requests in flight "
                                  f"(limit {self.max_concurrency}).", retry_after=1.0)
-        if self.requests_per_minute is not None:
-            while self.recent and self.recent[0] + 60.0 <= now:
+        if self.requests_per_minute is not None and rate:
+            window = self.requests_window_s
+            while self.recent and self.recent[0] + window <= now:
                 self.recent.popleft()
             if len(self.recent) >= self.requests_per_minute:
                 raise KeyRateLimited(f"This gateway key is limited to {self.requests_per_minute} requests "
-                                     "per minute.", retry_after=self.recent[0] + 60.0 - now)
+                                     f"per {_per(window)}.", retry_after=self.recent[0] + window - now)
 
     def available(self) -> int | None:
         if self.credit_micro is None:
@@ -91,8 +94,8 @@ class KeyState:
         return {"name": self.name, "key_hash": self.key_hash, "credit_micro": self.credit_micro,
                 "spent_micro": self.spent_micro, "disabled": self.disabled,
                 "models": list(self.models) if self.models is not None else None,
-                "requests_per_minute": self.requests_per_minute, "max_concurrency": self.max_concurrency,
-                "created_at": self.created_at, "revoked_at": self.revoked_at, "expires_at": self.expires_at,
+                "requests_per_minute": self.requests_per_minute, "requests_window_s": self.requests_window_s,
+                "max_concurrency": self.max_concurrency, "created_at": self.created_at, "revoked_at": self.revoked_at, "expires_at": self.expires_at,
                 "budget_period": None if self.budget is None else self.budget.period.value,
                 "budget_limit_micro": None if self.budget is None else self.budget.limit_micro,
                 "budget_start": self.budget_start, "budget_spent_micro": self.budget_spent_micro}
@@ -103,11 +106,15 @@ class KeyState:
                 "expires_at": format_utc(self.expires_at),
                 "expired": self.expires_at is not None and wall >= self.expires_at,
                 "budget": self.budget_view(wall),
-                "requests_per_minute": self.requests_per_minute, "max_concurrency": self.max_concurrency,
-                "in_flight": self.in_flight,
+                "requests_per_minute": self.requests_per_minute, "requests_window_s": self.requests_window_s,
+                "max_concurrency": self.max_concurrency, "in_flight": self.in_flight,
                 "credit_usd": None if self.credit_micro is None else usd(self.credit_micro),
                 "spent_usd": usd(self.spent_micro), "held_usd": usd(self.held_micro),
                 "available_usd": None if self.available() is None else usd(self.available())}  # type: ignore[arg-type]
+
+
+def _per(window_s: float) -> str:
+    return "minute" if window_s == 60 else f"{window_s:g} s"
 
 
 @attrs.define
@@ -131,6 +138,7 @@ class KeySettings:
     disabled: bool
     models: tuple | None
     requests_per_minute: int | None
+    requests_window_s: float
     max_concurrency: int | None
     revoked_at: float | None
     expires_at: int | None

@@ -143,6 +143,15 @@ def _expiry(_, attribute, value: Any) -> None:
         raise InvalidRequest("expires_at must be a time (unix seconds) or null", param="expires_at")
 
 
+def _window(instance: Any, attribute: Any, value: Any) -> None:
+    """A key's requests window: seconds, more than 0 and at most a day (or UNCHANGED)."""
+    if isinstance(value, str) and value == UNCHANGED:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 86_400:
+        raise InvalidRequest(f"{attribute.name}: must be more than 0 and at most 86400 (seconds)",
+                             param=attribute.name)
+
+
 def _budget_or_unchanged(value: Any) -> Budget | None | str:
     return value if isinstance(value, str) and value == UNCHANGED else Budget.of(value)
 
@@ -154,6 +163,7 @@ class CreateKey:
     models: tuple | None = attrs.field(default=None, converter=_models)
     key: str | None = attrs.field(default=None, validator=_key_value, repr=False)
     requests_per_minute: int | None = attrs.field(default=None, validator=_limit)
+    requests_window_s: float = attrs.field(default=60.0, validator=_window)
     max_concurrency: int | None = attrs.field(default=None, validator=_limit)
     # without credit_usd a key is unlimited only when this says so
     unlimited: bool = attrs.field(default=False, validator=_flag)
@@ -172,6 +182,7 @@ class UpdateKey:
     disabled: bool | None = attrs.field(default=None, validator=_flag_or_unchanged)
     models: Any = attrs.field(default=UNCHANGED, converter=_models_or_unchanged)
     requests_per_minute: Any = attrs.field(default=UNCHANGED, validator=_limit_or_unchanged)
+    requests_window_s: Any = attrs.field(default=UNCHANGED, validator=_window)
     max_concurrency: Any = attrs.field(default=UNCHANGED, validator=_limit_or_unchanged)
     expires_at: Any = attrs.field(default=UNCHANGED, validator=_expiry)
     budget: Any = attrs.field(default=UNCHANGED, converter=_budget_or_unchanged)

@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 
 from actors.usage_messages import UNCHANGED, CreateKey, UpdateKey
-from gateway.config import KEY_LIMIT, KEY_NAME, UTC_TIME, BudgetConfig, KeyConfig
+from gateway.config import KEY_LIMIT, KEY_NAME, KEY_WINDOW, UTC_TIME, BudgetConfig, KeyConfig
 from actors.key_terms import parse_utc
 from gateway.config_schema import Reader, setting
 from protocols.errors import InvalidRequest
@@ -44,6 +44,7 @@ class KeyChange:
     disabled: bool = None  # type: ignore[assignment]
     models: tuple[str, ...] | None = UNCHANGED  # type: ignore[assignment]
     requests_per_minute: int | None = setting(UNCHANGED, check=KEY_LIMIT)
+    requests_window_s: float = setting(UNCHANGED, check=KEY_WINDOW)
     max_concurrency: int | None = setting(UNCHANGED, check=KEY_LIMIT)
     expires_at: int | None = setting(UNCHANGED, read_as=str | None, check=UTC_TIME, convert=parse_utc)
     budget: BudgetConfig | None = UNCHANGED  # type: ignore[assignment]  # null: no budget

@@ -70,6 +70,7 @@ PROXY_URL = Check(_is_proxy_url, "expected null or 'http://[user:pass@]host:port
 TARGETS = Check(lambda v: len(v) > 0, "needs at least one target")
 KEY_NAME = Check(is_key_name, f"must be {KEY_NAME_RULE}")
 KEY_LIMIT = Check(lambda v: 0 < v <= MAX_LIMIT, f"must be between 1 and {MAX_LIMIT:,}")
+KEY_WINDOW = Check(lambda v: 0 < v <= 86_400, "must be more than 0 and at most 86400 (seconds)")
 UTC_TIME = Check(is_utc_time, UTC_TIME_RULE)
 
 
@@ -199,6 +200,7 @@ class KeyConfig:
     unlimited: bool = False
     models: tuple[str, ...] | None = None
     requests_per_minute: int | None = setting(None, check=KEY_LIMIT)
+    requests_window_s: float = setting(60.0, check=KEY_WINDOW)  # the window requests_per_minute counts in
     max_concurrency: int | None = setting(None, check=KEY_LIMIT)
     # unix seconds, written as ISO 8601 UTC; applied when the key is created (then the ledger owns it)
     expires_at: int | None = setting(None, read_as=str | None, check=UTC_TIME, convert=parse_utc)

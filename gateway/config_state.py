@@ -50,6 +50,7 @@ class RedisConfig:
 
     url: Secret
     timeout_s: float = setting(0.5, check=POSITIVE)  # past it a call counts as Redis unreachable
+    lease_ttl_s: float = setting(30.0, check=POSITIVE)  # a credential lease not renewed this long expires
 
     def problems(self, unread: frozenset[str]) -> Problems:
         if not _is_redis_url(self.url.value):

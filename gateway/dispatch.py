@@ -39,6 +39,7 @@ from actors.routing import Plan, Resolve, Table
 from actors.usage import Reserve, Settle
 from gateway.attempt import AttemptRunner
 from gateway.field_cache import FieldCache
+from gateway.leasing import Leases
 from gateway.ending import Charge, Outcome, Trouble, decide, estimates, hold_instead
 from gateway.observe import Observers, from_request
 from gateway.request import Call, ClientLink, Request
@@ -81,7 +82,7 @@ class Dispatcher:
                  stopping: Callable[[], bool] = lambda: False, observers: Observers | None = None,
                  table: Table | None = None, pricing: Mapping[str, Any] | None = None,
                  in_flight: Counter | None = None, traces: TransformTraces | None = None,
-                 field_cache: FieldCache | None = None) -> None:
+                 field_cache: FieldCache | None = None, leases: Leases | None = None) -> None:
         # One dispatcher per config generation (gateway/generation.py): a request runs on
         # the one it started on -- its routes (``table``), prices, providers, streaming
         # settings -- and a reload waits for ``wait_idle`` before closing what it retired.
@@ -93,6 +94,7 @@ class Dispatcher:
         self.observers = observers if observers is not None else Observers()
         self.budget_s = budget_s
         self.actors = actors
+        self.leases = leases if leases is not None else Leases(actors.credentials)
         self.providers = providers
         self.streaming = streaming
         self.settle_timeout_s = streaming.settle_timeout_s
@@ -282,8 +284,7 @@ class Dispatcher:
             provider = self.providers[target.provider]
             tried: set[str] = set()
             while True:
-                lease = await self.actors.credentials.ask(
-                    Lease(target.provider, target.model, frozenset(tried), body_tokens))
+                lease = await self.leases.lease(Lease(target.provider, target.model, frozenset(tried), body_tokens))
                 if isinstance(lease, NoneAvailable):
                     if lease.until is not None:
                         soonest = lease.until if soonest is None else min(soonest, lease.until)
@@ -328,10 +329,10 @@ class Dispatcher:
             if served and req.trouble is None:
                 await self.actors.cooldown.tell(outcome)
             usage = req.meter.usage
-            await self.actors.credentials.tell(Release(lease.lease_id, usage.output + usage.reasoning if usage else 0))
+            await self.leases.release(lease, Release(lease.lease_id, usage.output + usage.reasoning if usage else 0))
             return
         decision = await self.actors.cooldown.ask(outcome)
-        await self.actors.credentials.tell(Release(
+        await self.leases.release(lease, Release(
             lease.lease_id, cool_until=decision.until, cool_model=target.model if decision.scope == "model" else None,
             dead=decision.dead, reason=decision.kind))
 

@@ -37,10 +37,14 @@ from actors.credentials import CredentialsActor, CredentialsCore
 from actors.routing import RoutingActor, RoutingCore, Table
 from actors.store import Flush, StoreActor, StoreLimits
 from actors.supervisor import Supervisor
-from actors.usage import Query, UsageActor
+from actors.usage import Query
+from actors.windows import LocalWindows, Windows
 from gateway.config import Config
 from gateway.dispatch import Actors, Dispatcher
+from gateway.config_state import shared
 from gateway.field_cache import FieldCache, FieldStore
+from gateway.leasing import Leases
+from gateway.redis_state import RedisState
 from gateway.metrics import Metrics
 from gateway.metrics import listener as metrics_listener
 from gateway.generation import (ConfigSource, Generation, ReloadRefused, changed_sections, restart_problems,
@@ -48,6 +52,7 @@ from gateway.generation import (ConfigSource, Generation, ReloadRefused, changed
 from gateway.redaction import redacting_logs, redactor_for, secret_values
 from gateway.observe import Observers
 from gateway.sockets import Sockets
+from gateway.state_backend import instance_id_for, meter_factory
 from gateway.state_lock import StateDirLock
 from gateway.tracing import tracing_for
 from gateway.transform_trace import TransformTraces
@@ -90,6 +95,7 @@ class Runtime:
         self.observers = Observers()  # who hears how each request ended (logs, metrics, traces)
         self.in_flight: Counter = Counter()  # calls being served, by (protocol, transport, stream), every generation
         self.ledger_commits = Durations(LEDGER_COMMIT_BOUNDS)  # the meter's commit times, across its restarts
+        self.instance_id = instance_id_for(config)  # this process among the shared backend's instances
         self.metrics: Metrics | None = None
         self.metrics_url: str | None = None  # set once a separate metrics port is bound
         if config.metrics.enabled:
@@ -113,6 +119,10 @@ class Runtime:
             config.trace, self.own_dir, lambda: self.redactor,
             None if worker is None else worker_dir(config.state_dir, worker).parent)
         self.on_reload.append(self.transform_traces.configure)
+        # the shared backend's Redis half (rate windows, leases, cooldowns); None: local
+        self.redis = RedisState(config.state.redis) if shared(config.state) and config.state.redis else None
+        # where the meter counts a key's requests per window: every instance's on the shared backend
+        self.windows: Windows = self.redis.windows if self.redis is not None else LocalWindows()
         self.ready = trio.Event()
         self._stop = trio.Event()
         self._stopped = trio.Event()
@@ -142,11 +152,10 @@ class Runtime:
             {name: p.credentials for name, p in self.config.providers.items()})), size, timeout)
         cooldown = sup.add("cooldown", lambda: CooldownActor(CooldownCore(
             self.config.cooldown.base_s, self.config.cooldown.max_s, self.config.cooldown.jitter,
-            max_retry_after_s=self.config.cooldown.max_retry_after_s), routing.tell_nowait), size, timeout)
-        limiter = trio.CapacityLimiter(1)
-        first_start = [True]
-        usage = sup.add("usage", lambda: UsageActor(
-            self.config.pricing, cfg.state_dir, self.config.keys, limiter, first_start, self.ledger_commits), size, timeout)
+            max_retry_after_s=self.config.cooldown.max_retry_after_s), routing.tell_nowait,
+            self.redis.share if self.redis is not None else None), size, timeout)
+        usage = sup.add("usage", meter_factory(lambda: self.config, self.instance_id, self.windows,
+                                               self.ledger_commits), size, timeout)
         store = None
         if cfg.store.enabled:
             limits = StoreLimits(cfg.store.max_bytes, cfg.store.max_age_s, cfg.store.cache_bytes)
@@ -177,7 +186,12 @@ class Runtime:
                     self.supervisor, self.actors = self._actors()
                     async with trio.open_nursery() as actors:
                         self._tasks = actors
+                        if self.redis is not None:
+                            await self.redis.open(actors)
                         await actors.start(self.supervisor.run)
+                        if self.redis is not None:
+                            await self.redis.relay(actors, self.actors.routing, self.actors.credentials,
+                                                   self.actors.cooldown)
                         await actors.start(self.transform_traces.file.run)
                         self.dispatcher = self._dispatcher(cfg, self.providers)
                         self.generation = Generation(1, cfg, time.time(), self.dispatcher, self.providers)
@@ -209,7 +223,8 @@ class Runtime:
         return Dispatcher(self.actors, providers, cfg.streaming, cfg.default_hold_output_tokens, cfg.routing.budget_s,
                           stopping=self.stopping, observers=self.observers, table=table, pricing=cfg.pricing,
                           in_flight=self.in_flight, traces=self.transform_traces,
-                          field_cache=FieldCache.of(cfg.field_cache, self.field_store))
+                          field_cache=FieldCache.of(cfg.field_cache, self.field_store),
+                          leases=Leases(self.actors.credentials, self.redis.leases if self.redis else None))
 
     async def _close_providers(self, retired: list | None = None) -> None:
         """Close the pools of ``retired`` providers (None: every one still open, at stop)."""
@@ -324,6 +339,7 @@ class Runtime:
                 await self.actors.usage.ask(Query("totals"), timeout=FLUSH_TIMEOUT_S)
                 # settlements the ledger refused are still being retried: give them the time left
                 await self.supervisor.actor("usage").wait_written()
+                await self.supervisor.actor("usage").retire()  # a shared ledger: this instance leaves it
         except (trio.TooSlowError, GatewayError) as exc:
             log.error("the meter did not flush (%s); its open holds will be recovered at the next start",
                       type(exc).__name__)

@@ -19,6 +19,8 @@ from gateway.app import Gateway
 from gateway.config import parse_config
 from gateway.process import server_config
 
+pytest_plugins = ["tests.pg_server", "tests.redis_server"]  # the shared-backend tests' private Postgres and Redis
+
 FIXTURES = Path(__file__).parent / "fixtures"
 DEMO_KEY = "th-test-key"
 ADMIN_TOKEN = "th-test-admin"

@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from actors import cooldown, credentials, usage
 from actors.durations import Durations
+from gateway.metrics import redis as redis_metrics
 from protocols.errors import GatewayError
 
 log = logging.getLogger("tollhouse.metrics")
@@ -38,6 +39,7 @@ class State:
     credentials: dict | None = None  # provider -> the credentials actor's description of each
     cooldowns: dict | None = None  # the cooldown actor's snapshot
     reservations: list | None = None  # the meter's open and settling holds
+    redis: redis_metrics.RedisView | None = None  # the shared backend's Redis link (None: local backend)
 
 
 async def _ask(mailbox, msg) -> Any:
@@ -56,7 +58,8 @@ async def gather(runtime) -> State:
         ledger_commits=runtime.ledger_commits,
         credentials=await _ask(actors.credentials, credentials.Snapshot()),
         cooldowns=await _ask(actors.cooldown, cooldown.Snapshot()),
-        reservations=await _ask(actors.usage, usage.Query("reservations")))
+        reservations=await _ask(actors.usage, usage.Query("reservations")),
+        redis=redis_metrics.view(getattr(runtime, "redis", None)))
 
 
 class StateCollector:
@@ -82,6 +85,8 @@ class StateCollector:
             for status in RESERVATION_STATUSES:
                 held.add_metric((status,), sum(1 for r in state.reservations if r["status"] == status))
             yield held
+        if state.redis is not None:
+            yield from redis_metrics.families(state.redis)
         if state.ledger_commits is not None:
             yield _histogram("tollhouse_ledger_commit_seconds",
                              "One ledger transaction of the meter (a batch of holds and settlements), "

@@ -1,0 +1,61 @@
+"""The shared meter's refresh: the core's records of some keys, as Postgres holds them.
+
+In the shared backend several processes change one key's balance, so before a batch
+the meter reads (and locks) the keys it touches and hands their rows here: each key's
+record is rebuilt from its row (credit, spent, settings, revocation, expiry, budget and
+its count) and from the open reservations of every instance (what they hold, how many,
+and how much of it in the current budget period). Pure: rows in, core records out.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+from actors.key_terms import Budget
+from actors.usage_core import UsageCore
+from actors.usage_keys import BudgetRow, Hold, KeyState
+from protocols.money import usd
+
+Held = Mapping[str, Iterable[tuple[int | None, int, int]]]  # key -> (budget period start, held, count)
+
+
+def key_state(row: Mapping) -> KeyState:
+    """A key's record from its ledger row (nothing held yet)."""
+    budget = None if row.get("budget_period") is None else Budget.of(
+        BudgetRow(row["budget_period"], usd(row["budget_limit_micro"])))
+    return KeyState(row["name"], row["key_hash"], row["credit_micro"], row["spent_micro"], 0, bool(row["disabled"]),
+                    tuple(row["models"]) if row["models"] is not None else None, row["created_at"],
+                    row["requests_per_minute"], row["max_concurrency"], revoked_at=row.get("revoked_at"),
+                    expires_at=row.get("expires_at"), budget=budget, budget_start=row.get("budget_start"),
+                    budget_spent_micro=row.get("budget_spent_micro") or 0,
+                    requests_window_s=row.get("requests_window_s") or 60.0)
+
+
+def refresh(core: UsageCore, rows: Iterable[Mapping], held: Held, wall: float) -> None:
+    """Replace the core's records of these keys with the ledger's. A key's budget epoch
+    is this process's (it tells this process's holds of an older budget apart)."""
+    for row in rows:
+        state = key_state(row)
+        old = core.keys.get(state.name)
+        if old is not None:
+            state.budget_epoch = old.budget_epoch
+        state.roll(wall)
+        for start, amount, count in held.get(state.name, ()):
+            state.held_micro += amount
+            state.in_flight += count
+            if state.budget is not None and start is not None and start == state.budget_start:
+                state.budget_held_micro += amount
+        core.index(state)
+
+
+def adopt(core: UsageCore, row: Mapping) -> Hold:
+    """An open reservation read from the ledger (another instance's, or an earlier
+    life's of this one), taken into the core so it can be settled here."""
+    hold = Hold(row["id"], row["key_name"], row["model"] or "", row["hold_micro"], row["created_at"],
+                row["provider"], row["model"])
+    state = core.keys.get(hold.key_name)
+    start = row.get("budget_start")
+    if state is not None and state.budget is not None and start is not None and start == state.budget_start:
+        hold.budget_mark = state.budget_mark()
+    core.holds[hold.id] = hold
+    return hold

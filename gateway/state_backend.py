@@ -1,0 +1,48 @@
+"""Which meter the gateway runs, by ``config.state.backend``: the one place that knows.
+
+``local``: the usage actor over the SQLite ledger in ``state_dir``. ``shared``: the
+shared meter over Postgres (``actors/usage_shared.py``), with this instance's id (the
+config's, or one made at start) and the rate windows the runtime hands it. The rest
+of the gateway talks to either through the same messages and attributes.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import trio
+
+from actors.durations import Durations
+from actors.ledger_pg import PgLedger
+from actors.usage import UsageActor
+from actors.usage_shared import SharedUsageActor, default_instance_id
+from actors.windows import Windows
+from gateway.config import Config
+from gateway.config_state import shared
+
+
+def instance_id_for(config: Config) -> str:
+    return config.state.instance_id or default_instance_id()
+
+
+def meter_factory(current: Callable[[], Config], instance_id: str, windows: Windows,
+                  commit_times: Durations) -> Callable[[], UsageActor]:
+    """The usage actor's factory; it reads the current config each time it runs (an
+    actor restarted after a reload gets the reloaded prices and keys)."""
+    limiter = trio.CapacityLimiter(1)  # one ledger call at a time, across restarts
+    first_start = [True]  # recovery of a previous process's holds runs once per process
+    started = current()
+
+    def local() -> UsageActor:
+        cfg = current()
+        return UsageActor(cfg.pricing, started.state_dir, cfg.keys, limiter, first_start, commit_times)
+
+    def shared_meter() -> UsageActor:
+        cfg = current()
+        state, postgres = started.state, started.state.postgres
+        assert postgres is not None  # the config refuses a shared backend without it
+        ledger = PgLedger(postgres.dsn.value, instance_id, postgres.connect_timeout_s)
+        return SharedUsageActor(cfg.pricing, ledger, cfg.keys, limiter, windows, first_start, state.heartbeat_s,
+                                state.instance_ttl_s, commit_times)
+
+    return shared_meter if shared(started.state) else local
