@@ -69,7 +69,7 @@ def _serve_one(args, config, bind: str, say, redaction, seat) -> int:
     from gateway.worker_link import WorkerLink
 
     app = create_app(config, ConfigSource(Path(args.config)),  # read again on SIGHUP or POST /admin/reload
-                     worker=None if seat is None else seat.index)
+                     seat=seat)
     app.runtime.observers.add(AccessLog())
     app.runtime.observers.prompts = config.logging.log_prompts
     app.runtime.on_redactor.append(redaction.use)  # secrets a reload brings are out of the log too

@@ -56,7 +56,7 @@ from gateway.state_backend import instance_id_for, meter_factory
 from gateway.state_lock import StateDirLock
 from gateway.tracing import tracing_for
 from gateway.transform_trace import TransformTraces
-from gateway.worker_link import worker_dir
+from gateway.worker_link import Seat, worker_dir
 from protocols.errors import GatewayError, InvalidRequest
 from protocols.redact import Redactor
 from providers import registry
@@ -72,9 +72,10 @@ FLUSH_TIMEOUT_S = 15.0
 class Runtime:
     def __init__(self, config: Config, stopping: Callable[[], bool] = lambda: False,
                  stop_begun: trio.Event | None = None, source: ConfigSource | None = None,
-                 worker: int | None = None) -> None:
+                 seat: Seat | None = None) -> None:
         self.config = config  # the current generation's; a request uses its own (its dispatcher's)
         self.source = source  # the file a reload reads (None: this gateway cannot reload)
+        worker = None if seat is None else seat.index
         self.worker = worker  # this process's index among ``--workers N`` (None: one process alone)
         # this process's own files (the state_dir lock, transform traces, the Responses
         # store): state_dir itself, or a worker's ``<state_dir>/workers/<i>`` (gateway.worker_link)
@@ -95,7 +96,7 @@ class Runtime:
         self.observers = Observers()  # who hears how each request ended (logs, metrics, traces)
         self.in_flight: Counter = Counter()  # calls being served, by (protocol, transport, stream), every generation
         self.ledger_commits = Durations(LEDGER_COMMIT_BOUNDS)  # the meter's commit times, across its restarts
-        self.instance_id = instance_id_for(config)  # this process among the shared backend's instances
+        self.instance_id = instance_id_for(config, seat)  # this process among the shared backend's instances
         self.metrics: Metrics | None = None
         self.metrics_url: str | None = None  # set once a separate metrics port is bound
         if config.metrics.enabled:

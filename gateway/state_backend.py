@@ -19,10 +19,16 @@ from actors.usage_shared import SharedUsageActor, default_instance_id
 from actors.windows import Windows
 from gateway.config import Config
 from gateway.config_state import shared
+from gateway.worker_link import Seat
 
 
-def instance_id_for(config: Config) -> str:
-    return config.state.instance_id or default_instance_id()
+def instance_id_for(config: Config, seat: Seat | None = None) -> str:
+    """This process's id among the instances; a worker of ``--workers N`` with a
+    configured id gets its own from it (``Seat.instance_id``): each worker heartbeats
+    and holds on its own."""
+    if config.state.instance_id is None:
+        return default_instance_id()  # the process id makes each worker's own
+    return config.state.instance_id if seat is None else seat.instance_id(config.state.instance_id)
 
 
 def meter_factory(current: Callable[[], Config], instance_id: str, windows: Windows,

@@ -34,22 +34,30 @@ RELOAD_ALL_TIMEOUT_S = 60.0
 
 @attrs.frozen
 class Seat:
-    """Which worker this process is: ``index`` of ``count``, and its control socket's fd."""
+    """Which worker this process is: ``index`` of ``count``, its control socket's fd,
+    and which start of that seat (1, then 2 for the process that replaced a dead one...)."""
 
     index: int
     count: int
     fd: int
+    start: int = 1
 
     @classmethod
     def parse(cls, text: str) -> Seat:
-        """``i/N/fd`` as the parent writes it."""
-        index, count, fd = (int(part) for part in text.split("/"))
-        if not 0 <= index < count:
-            raise ValueError(f"worker {index} of {count}")
-        return cls(index, count, fd)
+        """``i/N/fd/start`` as the parent writes it."""
+        index, count, fd, start = (int(part) for part in text.split("/"))
+        if not 0 <= index < count or start < 1:
+            raise ValueError(f"worker {index} of {count}, start {start}")
+        return cls(index, count, fd, start)
 
     def text(self) -> str:
-        return f"{self.index}/{self.count}/{self.fd}"
+        return f"{self.index}/{self.count}/{self.fd}/{self.start}"
+
+    def instance_id(self, configured: str) -> str:
+        """This worker's id among the shared backend's instances, from the configured one:
+        ``<id>-w<i>``, and ``<id>-w<i>-r<start>`` for a replacement, since a killed
+        worker's id stays live (its heartbeat) until the survivors recover its holds."""
+        return f"{configured}-w{self.index}" + ("" if self.start == 1 else f"-r{self.start}")
 
 
 def worker_dir(state_dir: str | Path, index: int) -> Path:

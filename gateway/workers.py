@@ -218,7 +218,7 @@ class Fleet:
         (None: it never listened)."""
         ours, theirs = socket.socketpair()
         try:
-            seat = Seat(worker.index, self.count, theirs.fileno())
+            seat = Seat(worker.index, self.count, theirs.fileno(), worker.starts + 1)
             command = [sys.executable, "-m", "gateway.cli", "serve", "--config", self.config_path,
                        "--host", self.host, "--port", str(self.port), "--worker-seat", seat.text(), *self.flags]
             worker.process = await trio.lowlevel.open_process(command, pass_fds=(theirs.fileno(),),

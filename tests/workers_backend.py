@@ -1,4 +1,6 @@
-"""The ``state`` section the worker tests run with: the shared backend."""
+"""The ``state`` section the worker tests run with: the shared backend on the session's
+private Postgres (a fresh database per test) and Redis (``tests.pg_server``,
+``tests.redis_server``)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,6 @@ import pytest
 
 
 @pytest.fixture
-def shared_state() -> dict:
-    """A shared-backend section whose servers nothing in these tests reaches."""
-    return {"backend": "shared", "postgres": {"dsn": "postgresql://tollhouse@127.0.0.1:1/tollhouse"},
-            "redis": {"url": "redis://127.0.0.1:1/0"}}
+def shared_state(pg_dsn: str, redis_url: str) -> dict:
+    return {"backend": "shared", "postgres": {"dsn": pg_dsn}, "redis": {"url": redis_url, "timeout_s": 2.0},
+            "instance_id": "gw"}
