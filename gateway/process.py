@@ -173,8 +173,8 @@ async def _serve_bound(gateway: Gateway, cfg: HypercornConfig, say: Callable[...
                                 say(f"tollhouse listening on {' '.join(binds)}", address=binds[0],
                                     addresses=binds, admin_url=f"{binds[0]}/admin/ui")
                             else:
-                                nursery.start_soon(link.run, gateway, partial(reload_and_say, gateway.runtime, say,
-                                                                              name), stopper.parent_gone)
+                                nursery.start_soon(link.run, partial(reload_and_say, gateway.runtime, say, name),
+                                                   stopper.begin)
                                 await link.ready(list(binds), gateway.runtime.metrics_url)
                                 say(f"{name} listening on {' '.join(binds)}", address=binds[0], addresses=binds)
                 finally:
@@ -192,8 +192,8 @@ async def _serve_bound(gateway: Gateway, cfg: HypercornConfig, say: Callable[...
 
 @attrs.define
 class _Stopper:
-    """Begins the graceful stop once (a signal, or a worker's parent gone); a second
-    signal ends the process at once."""
+    """Begins the graceful stop once (a signal, a worker's parent's ``Stop``, or its
+    parent gone); a second signal ends the process at once."""
 
     stop: trio.Event
     gateway: Gateway
@@ -213,14 +213,14 @@ class _Stopper:
                  signal=why, in_flight=in_flight, grace_s=self.cfg.graceful_timeout)
         return True
 
-    async def parent_gone(self) -> None:
-        await self.begin("parent gone")
-
 
 async def _watch_signals(signals, stopper: _Stopper) -> None:
+    seen = 0
     async for signum in signals:
         name = signal.Signals(signum).name
-        if await stopper.begin(name):
+        seen += 1
+        if seen == 1:  # the stop may have begun already (a worker told by its parent): it goes on
+            await stopper.begin(name)
             continue
         stopper.say(f"{stopper.name} stopping at once (second {name}): "
                     f"{_requests(stopper.gateway.traffic.in_flight)} in flight "

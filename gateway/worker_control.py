@@ -7,12 +7,17 @@ as an inherited file descriptor). Messages are JSON objects, one a line, named b
 worker -> parent: ``Ready`` (listening: its addresses and metrics URL), ``ReloadAll``
 (``POST /admin/reload`` reloaded this worker: please reload the others), ``Reloaded``
 (how a reload the parent asked for went).
-parent -> worker: ``Reload`` (read the config file again), ``ReloadAllDone`` (the
-answer to a ``ReloadAll``: what every other worker said).
+parent -> worker: ``Stop`` (the parent got a stop signal: stop gracefully),
+``Reload`` (read the config file again), ``ReloadAllDone`` (the answer to a
+``ReloadAll``: what every other worker said).
 
-Stop signals are not messages: the parent sends the workers real signals, so a worker
-stops exactly as a single gateway does. The end of the socket (the parent is gone, even
-killed) is itself a message: the worker begins a graceful stop.
+The first stop is a message, not a signal: a process manager that signals every
+process of the service itself (systemd's default ``KillMode=control-group``), or a
+Ctrl-C that reaches the whole process group, must not make the parent's forwarded
+signal a worker's second one, which would stop it at once. A second stop signal to the
+parent is forwarded as that signal (the workers are stopping: they stop at once). The
+end of the socket (the parent is gone, even killed) is itself a message: the worker
+begins a graceful stop.
 """
 
 from __future__ import annotations
@@ -36,6 +41,11 @@ class Ready:
 @attrs.frozen
 class ReloadAll:
     ticket: int
+
+
+@attrs.frozen
+class Stop:
+    signal: str  # the signal the parent got, named in the worker's stop line
 
 
 @attrs.frozen
@@ -76,10 +86,10 @@ class ReloadAllDone:
     workers: list[dict]  # ``Reloaded.view()`` of every other worker, by worker index
 
 
-Message = Union[Ready, ReloadAll, Reload, Reloaded, ReloadAllDone]
+Message = Union[Ready, ReloadAll, Stop, Reload, Reloaded, ReloadAllDone]
 
-OPS: dict[str, type] = {"ready": Ready, "reload_all": ReloadAll, "reload": Reload, "reloaded": Reloaded,
-                        "reload_all_done": ReloadAllDone}
+OPS: dict[str, type] = {"ready": Ready, "reload_all": ReloadAll, "stop": Stop, "reload": Reload,
+                        "reloaded": Reloaded, "reload_all_done": ReloadAllDone}
 _NAMES = {cls: name for name, cls in OPS.items()}
 
 

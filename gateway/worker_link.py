@@ -24,7 +24,7 @@ import attrs
 import trio
 
 from gateway.worker_control import (BadMessage, Message, MessageReader, Ready, Reload, ReloadAll, ReloadAllDone,
-                                    Reloaded, send)
+                                    Reloaded, Stop, send)
 
 log = logging.getLogger("tollhouse")
 
@@ -79,7 +79,7 @@ class WorkerLink:
     async def ready(self, binds: list[str], metrics_url: str | None) -> None:
         await self._send(Ready(binds, metrics_url))
 
-    async def run(self, gateway, reload: Callable[[], Awaitable], parent_gone: Callable[[], Awaitable]) -> None:
+    async def run(self, reload: Callable[[], Awaitable], stop: Callable[[str], Awaitable]) -> None:
         """Answer the parent until its end closes, then begin the graceful stop."""
         reader = MessageReader(self._stream)
         try:
@@ -87,13 +87,16 @@ class WorkerLink:
                 message = await reader.receive()
                 if message is None:
                     break
-                await self._handle(message, reload)
+                await self._handle(message, reload, stop)
         except BadMessage as exc:
             log.error("worker %d: the parent sent %s; stopping", self.seat.index, exc)
-        await parent_gone()
+        await stop("parent gone")
 
-    async def _handle(self, message: Message, reload: Callable[[], Awaitable]) -> None:
+    async def _handle(self, message: Message, reload: Callable[[], Awaitable],
+                      stop: Callable[[str], Awaitable]) -> None:
         match message:
+            case Stop(name):
+                await stop(name)
             case Reload(ticket):
                 outcome = await reload()
                 await self._send(Reloaded(ticket, self.seat.index, outcome.generation, outcome.problems,

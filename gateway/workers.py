@@ -13,9 +13,9 @@ holds ``<state_dir>/gateway.lock``; each worker has its own files under
 - Start: the address is printed once, when every worker listens. A worker that
   cannot start stops the others, and the parent exits with that worker's status (its
   own error line is already on stderr).
-- SIGTERM / SIGINT: forwarded to every worker, each stopping gracefully as one gateway
-  does; the parent exits once all have stopped. A second signal is forwarded too
-  (every worker stops at once) and the parent then dies by it.
+- SIGTERM / SIGINT: every worker is told to stop, each stopping gracefully as one
+  gateway does; the parent exits once all have stopped. A second signal is forwarded
+  as a signal (every worker stops at once) and the parent then dies by it.
 - SIGHUP: every worker reads the config file again; one line says what each came to.
   ``POST /admin/reload`` on any worker does the same (that worker first, then the
   others through the parent), and its answer lists every worker's outcome.
@@ -24,9 +24,12 @@ holds ``<state_dir>/gateway.lock``; each worker has its own files under
   again). A worker that dies ``MAX_FAILED_STARTS`` times in a row before listening
   stops everything, with its status.
 
-Workers run in their own process group: Ctrl-C at a terminal reaches the parent
-alone, which forwards it once. A worker whose parent is gone (even killed) sees its
-control socket close and stops gracefully.
+Workers stay in the parent's process group (a process manager or ``kill -- -PGID``
+reaches them all, and their memory counts with it). The parent passes its first stop
+signal on as a ``Stop`` message, not a signal, so a worker that the same stop reached
+directly (Ctrl-C at a terminal, systemd's ``KillMode=control-group``) stops gracefully
+once. A worker whose parent is gone (even killed) sees its control socket close and
+stops gracefully.
 
 The local state backend is refused: its meter and SQLite ledger belong to one
 process (each worker would spend the same credit). Metrics are one scrape per worker
@@ -52,7 +55,7 @@ from gateway.config_state import shared
 from gateway.process import STOP_SIGNALS, RELOAD_SIGNAL, BindRefused, server_config
 from gateway.state_lock import StateDirBusy, StateDirLock
 from gateway.worker_control import (BadMessage, Message, MessageReader, Ready, Reload, ReloadAll, ReloadAllDone,
-                                    Reloaded, send)
+                                    Reloaded, Stop, send)
 from gateway.worker_link import RELOAD_ALL_TIMEOUT_S, Seat
 
 #: a worker that exits this many times in a row before it listens stops the whole run
@@ -221,8 +224,7 @@ class Fleet:
             seat = Seat(worker.index, self.count, theirs.fileno(), worker.starts + 1)
             command = [sys.executable, "-m", "gateway.cli", "serve", "--config", self.config_path,
                        "--host", self.host, "--port", str(self.port), "--worker-seat", seat.text(), *self.flags]
-            worker.process = await trio.lowlevel.open_process(command, pass_fds=(theirs.fileno(),),
-                                                              process_group=0)
+            worker.process = await trio.lowlevel.open_process(command, pass_fds=(theirs.fileno(),))
         finally:
             theirs.close()
         worker.starts += 1
@@ -231,7 +233,7 @@ class Fleet:
         worker.stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
         self._notify()
         if self.stopping is not None:  # a stop began while it was being spawned
-            self._signal(worker, signal.Signals[self.stopping])
+            self._nursery.start_soon(self._tell_stop, worker, self.stopping)
         try:
             await self._listen(worker)
         finally:
@@ -294,7 +296,7 @@ class Fleet:
                          f"each finishes its requests within {self.config.server.shutdown_grace_s:g} s",
                          signal=name, workers=len(live))
                 for worker in self.workers:
-                    self._signal(worker, signum)
+                    self._nursery.start_soon(self._tell_stop, worker, name)
                 continue
             self.say(f"tollhouse stopping at once (second {name}): every worker stops now", signal=name)
             for worker in self.workers:
@@ -304,6 +306,15 @@ class Fleet:
                     await self._wait_change()
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
+
+    async def _tell_stop(self, worker: Worker, name: str) -> None:
+        """Tell a worker to stop (read once it listens; one still starting stops then)."""
+        if worker.stream is None or worker.process is None or worker.process.returncode is not None:
+            return
+        try:
+            await send(worker.stream, worker.lock, Stop(name))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # it has exited: nothing to stop
 
     def _signal(self, worker: Worker, signum: int) -> None:
         if worker.process is not None and worker.process.returncode is None:
