@@ -11,7 +11,8 @@ Tables: ``keys`` (hashed gateway keys, their credit, what they spent, their budg
 period and its count), ``instances`` (every running gateway and its heartbeat, in
 Postgres time), ``reservations`` (open holds, each with the instance that made it and
 the budget period it counts in), ``entries`` (one row per charge and per overrun,
-unique by request id and kind: settling is idempotent on disk).
+unique by request id and kind: settling is idempotent on disk), ``responses`` (the
+stored Responses, as the SQLite store keeps them).
 """
 
 from __future__ import annotations
@@ -86,7 +87,24 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX entries_by_time ON entries (created_at);
     CREATE INDEX entries_by_key ON entries (key_name, seq);
     """,
-    # 2: the window a key's requests_per_minute counts in
+    # 2: stored Responses, so a conversation may move between instances
+    """
+    CREATE TABLE responses (
+        id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        previous_id TEXT,
+        model TEXT NOT NULL,
+        provider TEXT,
+        credential TEXT,
+        created_at DOUBLE PRECISION NOT NULL,
+        size BIGINT NOT NULL,
+        input TEXT NOT NULL,
+        input_ids TEXT NOT NULL,
+        response TEXT NOT NULL
+    );
+    CREATE INDEX responses_by_age ON responses (created_at);
+    """,
+    # 3: the window a key's requests_per_minute counts in
     """
     ALTER TABLE keys ADD COLUMN requests_window_s DOUBLE PRECISION NOT NULL DEFAULT 60
     """,

@@ -35,7 +35,7 @@ from actors.cooldown import CooldownActor, CooldownCore
 from actors.durations import LEDGER_COMMIT_BOUNDS, Durations
 from actors.credentials import CredentialsActor, CredentialsCore
 from actors.routing import RoutingActor, RoutingCore, Table
-from actors.store import Flush, StoreActor, StoreLimits
+from actors.store import Flush, StoreLimits
 from actors.supervisor import Supervisor
 from actors.usage import Query
 from actors.windows import LocalWindows, Windows
@@ -52,7 +52,7 @@ from gateway.generation import (ConfigSource, Generation, ReloadRefused, changed
 from gateway.redaction import redacting_logs, redactor_for, secret_values
 from gateway.observe import Observers
 from gateway.sockets import Sockets
-from gateway.state_backend import instance_id_for, meter_factory
+from gateway.state_backend import instance_id_for, meter_factory, store_factory
 from gateway.state_lock import StateDirLock
 from gateway.tracing import tracing_for
 from gateway.transform_trace import TransformTraces
@@ -77,7 +77,7 @@ class Runtime:
         self.source = source  # the file a reload reads (None: this gateway cannot reload)
         worker = None if seat is None else seat.index
         self.worker = worker  # this process's index among ``--workers N`` (None: one process alone)
-        # this process's own files (the state_dir lock, transform traces, the Responses
+        # this process's own files (the state_dir lock, transform traces, a local Responses
         # store): state_dir itself, or a worker's ``<state_dir>/workers/<i>`` (gateway.worker_link)
         self.own_dir = config.state_dir if worker is None else str(worker_dir(config.state_dir, worker))
         self.fleet = None  # a worker's ``WorkerLink`` to its parent (None: one process alone)
@@ -160,9 +160,7 @@ class Runtime:
         store = None
         if cfg.store.enabled:
             limits = StoreLimits(cfg.store.max_bytes, cfg.store.max_age_s, cfg.store.cache_bytes)
-            store_limiter = trio.CapacityLimiter(1)
-            store = sup.add("store", lambda: StoreActor(
-                limits, self.own_dir, store_limiter, cfg.store.sweep_interval_s), size, timeout)
+            store = sup.add("store", store_factory(cfg, limits, self.own_dir), size, timeout)
         return sup, Actors(routing, credentials, cooldown, usage, store)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

@@ -1,9 +1,11 @@
 """Which meter the gateway runs, by ``config.state.backend``: the one place that knows.
 
-``local``: the usage actor over the SQLite ledger in ``state_dir``. ``shared``: the
-shared meter over Postgres (``actors/usage_shared.py``), with this instance's id (the
-config's, or one made at start) and the rate windows the runtime hands it. The rest
-of the gateway talks to either through the same messages and attributes.
+``local``: the usage actor over the SQLite ledger in ``state_dir``, the Responses store
+in its SQLite file there. ``shared``: the shared meter over Postgres
+(``actors/usage_shared.py``), with this instance's id (the config's, or one made at
+start) and the rate windows the runtime hands it, and the Responses store in Postgres
+(``actors/store_shared.py``). The rest of the gateway talks to either through the same
+messages and attributes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import trio
 
 from actors.durations import Durations
 from actors.ledger_pg import PgLedger
+from actors.store import StoreActor, StoreLimits
+from actors.store_pg import PgResponseDB
+from actors.store_shared import SharedStoreActor
 from actors.usage import UsageActor
 from actors.usage_shared import SharedUsageActor, default_instance_id
 from actors.windows import Windows
@@ -52,3 +57,14 @@ def meter_factory(current: Callable[[], Config], instance_id: str, windows: Wind
                                 state.instance_ttl_s, commit_times)
 
     return shared_meter if shared(started.state) else local
+
+
+def store_factory(config: Config, limits: StoreLimits, directory: str | None = None) -> Callable[[], StoreActor]:
+    """The Responses store actor's factory (its settings are read at start only); the
+    local store's file is in ``directory`` (this process's own, default ``state_dir``)."""
+    limiter = trio.CapacityLimiter(1)  # the store's own worker thread, apart from the meter's
+    postgres = config.state.postgres
+    if shared(config.state) and postgres is not None:
+        dsn, timeout = postgres.dsn.value, postgres.connect_timeout_s
+        return lambda: SharedStoreActor(limits, PgResponseDB(dsn, timeout), limiter, config.store.sweep_interval_s)
+    return lambda: StoreActor(limits, directory or config.state_dir, limiter, config.store.sweep_interval_s)

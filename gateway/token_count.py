@@ -59,7 +59,8 @@ async def upstream_count(runtime: Any, request: UnifiedRequest) -> Counted | Non
     if provider is None or settings is None or settings.count_tokens != "upstream" \
             or not hasattr(provider, "count_tokens"):
         return None
-    lease = await runtime.actors.credentials.ask(Lease(target.provider, target.model))
+    leases = runtime.dispatcher.leases  # the shared backend confirms it across instances
+    lease = await leases.lease(Lease(target.provider, target.model))
     if isinstance(lease, NoneAvailable):
         return None
     try:
@@ -71,5 +72,5 @@ async def upstream_count(runtime: Any, request: UnifiedRequest) -> Counted | Non
         log.info("token count by %s failed (%s); answered with the estimate", target.label, type(exc).__name__)
     finally:
         with trio.move_on_after(runtime.config.streaming.settle_timeout_s, shield=True):
-            await runtime.actors.credentials.tell(Release(lease.lease_id))
+            await leases.release(lease, Release(lease.lease_id))
     return None

@@ -8,7 +8,7 @@ siblings after ``POST /admin/reload``; when the parent's end closes (the parent 
 gone, even killed), the worker stops gracefully.
 
 Per-worker files: worker ``i`` keeps its own files (the state directory's lock, the
-transform-trace files, the Responses store) in ``<state_dir>/workers/<i>/``; the
+transform-trace files) in ``<state_dir>/workers/<i>/``; the
 parent holds ``<state_dir>/gateway.lock`` itself, so no other gateway starts on the
 same state directory while the workers run.
 """

@@ -69,9 +69,12 @@ class RedisServer:
         except OSError:
             return False
 
-    def command(self, *words: str) -> bytes:
+    def command(self, *words: str, password: str | None = None) -> bytes:
         """One inline command, its raw reply (test setup: emptying the server)."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=5.0) as sock:
+            if password is not None:
+                sock.sendall(f"AUTH {password}\r\n".encode())
+                assert sock.recv(64).startswith(b"+OK")
             sock.sendall((" ".join(words) + "\r\n").encode())
             return sock.recv(4096)
 

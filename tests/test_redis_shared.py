@@ -169,3 +169,30 @@ async def test_a_key_limited_to_n_per_window_across_four_instances_admits_n(tmp_
             finally:
                 for client in clients:
                     await client.aclose()
+
+
+async def test_a_provider_wide_trip_on_one_instance_reroutes_the_other(tmp_path, pg_dsn, redis_url):
+    """Server errors from every credential of a provider trip it on the first instance;
+    the second moves that provider to the back of its plans at once."""
+    docs = []
+    for name in "ab":
+        doc = redis_config(tmp_path, name, pg_dsn, redis_url)
+        doc["providers"]["sim"]["credentials"] = [{"id": c, "key": f"k{c}"} for c in "abc"]
+        doc["providers"]["backup"] = {"family": "simulator", "embedded": True, "protocol": "openai_chat",
+                                      "credentials": [{"id": "z", "key": "kz"}]}
+        doc["pricing"]["backup/*"] = {"input": "1.00", "output": "2.00"}
+        doc["models"]["demo"] = {"targets": ["sim/sim-chat", "backup/sim-chat"]}
+        docs.append(doc)
+    with trio.fail_after(DEADLINE_S):
+        async with running_gateway(docs[0]) as first, running_gateway(docs[1]) as second:
+            for key in ("ka", "kb", "kc"):
+                first.simulator.key_faults[key] = Fault(status=503)
+            async with httpx.AsyncClient(base_url=first.url, timeout=30) as client:
+                assert (await _chat(client)).status_code == 200  # a, b, c: 503 -> backup
+            assert dict(first.simulator.requests_by_key) == {"ka": 1, "kb": 1, "kc": 1, "kz": 1}
+            await second.runtime.redis.rests.wait_received(4)  # three credentials' rests and the provider's
+            async with httpx.AsyncClient(base_url=second.url, timeout=30) as client:
+                assert (await _chat(client)).status_code == 200
+                assert dict(second.simulator.requests_by_key) == {"kz": 1}, "the tripped provider went to the back"
+                scopes = {c["scope"] for c in (await client.get("/admin/cooldowns", headers=ADMIN)).json()["active"]}
+                assert scopes == {"credential", "provider"}

@@ -88,3 +88,21 @@ async def test_unreachable_redis_falls_back_to_this_process_and_returns(redis_se
             await link.wait_state(LinkState.UP)
             assert await windows.admit("key:k", 2, 60, 0.0) is None  # Redis again: a fresh server's window
             assert link.stats().fallbacks == {"windows": 3}
+
+
+async def test_a_refused_password_is_unreachable_and_never_shown(redis_server, redis_url, caplog):
+    """Redis refusing the URL's password is Redis unavailable to the link -- said
+    without the URL or the password."""
+    url = f"redis://:s3cret-pw@127.0.0.1:{redis_server.port}/0"
+    assert redis_server.command("CONFIG", "SET", "requirepass", "another-pw").startswith(b"+OK")
+    try:
+        with trio.fail_after(DEADLINE_S):
+            async with links(url, 1, timeout_s=2.0) as [link]:
+                assert link.state is LinkState.DOWN
+                assert await RedisWindows(link).admit("key:k", 1, 60, 0.0) is None  # the local window answered
+                assert link.stats().fallbacks == {"windows": 1}
+    finally:
+        redis_server.command("CONFIG", "SET", "requirepass", '""', password="another-pw")
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "unreachable" in text
+    assert "s3cret-pw" not in text and str(redis_server.port) not in text

@@ -140,8 +140,8 @@ async def test_a_daily_budget_counts_across_instances_and_resets_at_the_utc_boun
     assert start == parse_utc("2026-12-03T00:00:00Z") and day_spent > 0
 
 
-async def test_a_keys_concurrency_and_rate_limits_hold_across_instances(tmp_path, pg_dsn):
-    docs = [shared_config(tmp_path, pg_dsn, name) for name in ("a", "b")]
+async def test_a_keys_concurrency_and_rate_limits_hold_across_instances(tmp_path, redis_url, pg_dsn):
+    docs = [shared_config(tmp_path, pg_dsn, name, redis_url=redis_url) for name in ("a", "b")]
     for doc in docs:
         doc["simulator"] = {"tokens_per_second": 5}  # streams that stay in flight
     with trio.fail_after(60):
