@@ -26,7 +26,7 @@ from bench.procs import GATEWAY_CORE, Proc, free_port, wait_port
 
 REPO = Path(__file__).resolve().parent.parent
 TOOLS = Path(os.environ.get("TOLLHOUSE_BENCH_TOOLS", "/opt/tollhouse-bench"))
-GATEWAYS = ("direct", "nginx", "tollhouse", "litellm", "portkey")
+GATEWAYS = ("direct", "nginx", "tollhouse", "tollhouse-shared", "tollhouse-shared-2w", "litellm", "portkey")
 TRANSLATED = ("tollhouse", "litellm", "portkey")  # gateways whose Anthropic front door is tried
 ANTHROPIC_VERSION = "2023-06-01"
 
@@ -90,6 +90,7 @@ class Gateway:
 
     name = ""
     startup_timeout = 30.0
+    core: int | str = GATEWAY_CORE  # taskset's list: one core, or "0,1" for an arm given both
 
     def __init__(self, workdir: Path, mock_port: int) -> None:
         self.workdir = workdir / self.name
@@ -114,7 +115,7 @@ class Gateway:
         self.check_installed()
         argv, env = self.command()
         self.proc = Proc(self.name, argv, cwd=self.workdir, env=env, log=self.workdir / "server.log",
-                         core=GATEWAY_CORE)
+                         core=self.core)
         self.proc.start()
         if not wait_port(self.port, self.startup_timeout, self.proc):
             tail = self.proc.log_tail()

@@ -29,7 +29,7 @@ def cores() -> int:
 
 class Proc:
     def __init__(self, name: str, argv: list[str], *, cwd: str | Path, env: dict | None = None,
-                 log: Path, core: int | None) -> None:
+                 log: Path, core: int | str | None) -> None:
         self.name = name
         self.argv = argv
         self.cwd = str(cwd)
@@ -140,10 +140,10 @@ class Pinning:
         self.enabled = cores() > 1
         self.processes: dict[str, dict] = {}
 
-    def record(self, name: str, intended: int | None, pids: list[int]) -> None:
+    def record(self, name: str, intended: int | str | None, pids: list[int]) -> None:
         seen = {str(pid): cpus for pid in pids if (cpus := affinity(pid)) is not None}
-        entry = self.processes.setdefault(name, {"intended": None if intended is None else [intended],
-                                                 "observed": {}})
+        meant = None if intended is None else parse_cpu_list(str(intended))
+        entry = self.processes.setdefault(name, {"intended": meant, "observed": {}})
         for pid, cpus in seen.items():
             if len(entry["observed"]) < 12 or pid in entry["observed"]:  # wrk: a new pid per run
                 entry["observed"][pid] = cpus
@@ -157,7 +157,7 @@ class Pinning:
                 continue
             wrong = {pid: cpus for pid, cpus in entry["observed"].items() if cpus != entry["intended"]}
             if wrong or not entry["observed"]:
-                bad.append(f"{name}: meant for core {entry['intended'][0]}, "
+                bad.append(f"{name}: meant for cores {entry['intended']}, "
                            f"had {wrong or 'no process to read'}")
         return bad
 

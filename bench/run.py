@@ -34,6 +34,7 @@ import trio
 from bench import report, scenarios, wrk
 from bench import transport as bench_transport
 from bench.arms import CLASSES, GATEWAYS, REPO, TOOLS, Arm, Gateway, Unavailable
+from bench.shared_arms import SHARED, BackendServers, TollhouseShared
 from bench.procs import (GATEWAY_CORE, LOAD_CORE, CpuMonitor, Pinning, Proc, cores, free_port, group_pids,
                          wait_port)
 from bench.scenarios import FULL, QUICK, Settings, lat_summary
@@ -71,6 +72,7 @@ class Run:
         self.windows: dict[str, list[tuple[float, float]]] = {}  # arm -> measured intervals
         self.transport_result: dict | None = None
         self.pinning = Pinning()
+        self.backend: BackendServers | None = None  # Postgres and Redis, for the shared arms
 
     async def watch_cpu(self) -> None:
         while True:
@@ -89,9 +91,23 @@ class Run:
             raise SystemExit(f"the mock did not start: {self.mock.log_tail()}")
         self.pinning.record("mock", LOAD_CORE, group_pids(self.mock.pid))
 
+    async def start_backend(self) -> None:
+        """The shared arms' Postgres and Redis, once, when one of them runs."""
+        if not any(name in SHARED for name in self.gateway_names):
+            return
+        log("starting Postgres and Redis for the shared-backend arms")
+        self.backend = BackendServers()
+        try:
+            await trio.to_thread.run_sync(self.backend.start)
+        except Unavailable as exc:
+            log(f"  {exc.status}: {exc.reason}")
+            return  # the shared arms report themselves not_installed
+        TollhouseShared.servers = self.backend
+
     async def start_gateways(self) -> None:
+        await self.start_backend()
         for name in self.gateway_names:
-            gw = CLASSES[name](self.workdir, self.mock_port)
+            gw = {**CLASSES, **SHARED}[name](self.workdir, self.mock_port)
             self.gateways[name] = gw
             gw_arms = [a for a in gw.arms() if a.protocol == "openai" or self.translated]
             self.arms.extend(gw_arms)
@@ -100,7 +116,7 @@ class Run:
                 await trio.to_thread.run_sync(gw.start)
                 gw.status = "ok"
                 if gw.proc is not None:
-                    self.pinning.record(name, GATEWAY_CORE, group_pids(gw.proc.pid))
+                    self.pinning.record(name, gw.core, group_pids(gw.proc.pid))
             except Unavailable as exc:
                 gw.status, gw.reason = exc.status, exc.reason
                 for arm in gw_arms:
@@ -132,6 +148,8 @@ class Run:
                 log(f"stopping {gw.name}: {exc}")
         if self.mock is not None:
             self.mock.stop()
+        if self.backend is not None:
+            self.backend.stop()
 
     def gw_of(self, arm: Arm) -> Gateway:
         return self.gateways[arm.gateway]
@@ -146,7 +164,7 @@ class Run:
         if gw.proc is not None:
             gw.proc.resume()
             await trio.sleep(0.2)
-            self.pinning.record(gw.name, GATEWAY_CORE, group_pids(gw.proc.pid))  # workers forked since its start too
+            self.pinning.record(gw.name, gw.core, group_pids(gw.proc.pid))  # workers forked since its start too
         t0 = time.monotonic()
         try:
             return await fn()
@@ -398,6 +416,15 @@ class Run:
                 get("tollhouse:anthropic", "throughput_c10", "rps"), get(f"{peer}:anthropic", "throughput_c10", "rps"))
         out["throughput_c10_tollhouse_over_nginx"] = _ratio(get("tollhouse", "throughput_c10", "rps"),
                                                             get("nginx", "throughput_c10", "rps"))
+        shared, two = "tollhouse-shared", "tollhouse-shared-2w"  # what shared state costs, what a worker gains
+        out["added_latency_p50_shared_minus_local_ms"] = _sub(get(shared, "latency_c1", "added_p50_ms"), th)
+        out["added_latency_p99_shared_minus_local_ms"] = _sub(get(shared, "latency_c1", "added_p99_ms"), th99)
+        out["throughput_c10_shared_over_local"] = _ratio(get(shared, "throughput_c10", "rps"),
+                                                         get("tollhouse", "throughput_c10", "rps"))
+        out["throughput_c10_shared_2w_over_1w"] = _ratio(get(two, "throughput_c10", "rps"),
+                                                         get(shared, "throughput_c10", "rps"))
+        out["open_loop_shared_2w_over_1w"] = _ratio(get(two, "open_loop", "max_rate"),
+                                                    get(shared, "open_loop", "max_rate"))
         return out
 
 

@@ -36,6 +36,7 @@ from gateway.runtime import Runtime
 from gateway import ui
 from gateway.state_lock import StateDirBusy
 from gateway.traffic import Traffic
+from gateway.worker_link import Seat
 from protocols import anthropic_messages, gemini, openai_chat
 from protocols.errors import InvalidRequest, MethodNotAllowed, NotFound
 
@@ -60,11 +61,11 @@ PREFIX_PROTOCOLS: list = [("/v1beta", gemini), ("/v1/messages", anthropic_messag
 
 
 class Gateway:
-    def __init__(self, config: Config, source: ConfigSource | None = None) -> None:
+    def __init__(self, config: Config, source: ConfigSource | None = None, seat: Seat | None = None) -> None:
         self.config = config  # as it started (a reload changes ``runtime.config``)
         self.traffic = Traffic()
         self.runtime = Runtime(config, stopping=lambda: self.traffic.stopping, stop_begun=self.traffic.stop_begun,
-                               source=source)
+                               source=source, seat=seat)
         self.startup_error: BaseException | None = None  # why the lifespan refused to start
         self.routes = [route for module in ROUTE_MODULES for route in module.ROUTES]
         self.ws_routes = [route for module in ROUTE_MODULES for route in getattr(module, "WEBSOCKET_ROUTES", ())]
@@ -195,6 +196,9 @@ def _error_handlers(app: QuartTrio) -> None:
     @app.after_request
     async def request_id(response):
         response.headers.setdefault("x-request-id", fresh_request_id())
+        worker = app.extensions["tollhouse"].worker
+        if worker is not None:  # which of ``--workers N`` answered (admin, models, health)
+            response.headers["x-tollhouse-worker"] = str(worker)
         return response
 
     def render(err):
@@ -228,5 +232,5 @@ def _error_handlers(app: QuartTrio) -> None:
         return render(PayloadTooLarge("Request body too large."))
 
 
-def create_app(config: Config, source: ConfigSource | None = None) -> Gateway:
-    return Gateway(config, source)
+def create_app(config: Config, source: ConfigSource | None = None, seat: Seat | None = None) -> Gateway:
+    return Gateway(config, source, seat)

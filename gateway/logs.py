@@ -75,6 +75,18 @@ def _leading(_: Any, __: str, event_dict: dict) -> dict:
     return head
 
 
+class _Fields:
+    """Adds the same fields to every line (a line's own field of that name wins)."""
+
+    def __init__(self, fields: dict) -> None:
+        self.fields = dict(fields)
+
+    def __call__(self, _: Any, __: str, event_dict: dict) -> dict:
+        for name, value in self.fields.items():
+            event_dict.setdefault(name, value)
+        return event_dict
+
+
 class LogRedaction:
     """The redactor every rendered line passes through. A reload that brings new secrets
     hands the runtime's new redactor to ``use`` (``Runtime.on_redactor``), so a secret
@@ -113,31 +125,34 @@ def _rendering(fmt: str, redactor: Redactor | LogRedaction, colors: bool) -> lis
     return [tracebacks, _leading, RedactedRenderer(structlog.processors.JSONRenderer(), redactor)]
 
 
-def formatter(fmt: str, redactor: Redactor | LogRedaction,
-              colors: bool = False) -> structlog.stdlib.ProcessorFormatter:
+def formatter(fmt: str, redactor: Redactor | LogRedaction, colors: bool = False,
+              constant: list | None = None) -> structlog.stdlib.ProcessorFormatter:
     """The root handler's formatter: the standard library's lines, rendered as structlog's."""
+    constant = constant or []
     return structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.contextvars.merge_contextvars, structlog.processors.add_log_level,
-                           structlog.stdlib.add_logger_name, _STAMP, structlog.stdlib.ExtraAdder()],
+                           structlog.stdlib.add_logger_name, _STAMP, structlog.stdlib.ExtraAdder(), *constant],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *_rendering(fmt, redactor, colors)])
 
 
 def configure(level: str = "info", fmt: str = AUTO, redactor: Redactor | LogRedaction | None = None,
-              stream: TextIO | None = None) -> str:
+              stream: TextIO | None = None, fields: dict | None = None) -> str:
     """Send every log line of this process to ``stream`` (stdout) in one format; returns
     the format chosen. Called once per process, at start (``tollhouse serve``).
 
     structlog's own loggers (``logger(name)``) write straight to the stream, filtered by
     level before any work: the access line, written once per request, costs a third of
     what a trip through ``logging`` would (``bench/access_log.py``). The standard
-    library's lines go through the root handler and the same renderer.
+    library's lines go through the root handler and the same renderer. ``fields`` are
+    on every line (a worker of ``--workers N`` says ``worker: i``).
     """
     stream = sys.stdout if stream is None else stream
+    constant = [_Fields(fields)] if fields else []
     chosen = choose_format(fmt, stream)
     colors = chosen == CONSOLE and _tty(stream)
     redactor = redactor or Redactor()
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(formatter(chosen, redactor, colors))
+    handler.setFormatter(formatter(chosen, redactor, colors, constant))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -149,7 +164,7 @@ def configure(level: str = "info", fmt: str = AUTO, redactor: Redactor | LogReda
         server.propagate = True
     structlog.configure(
         processors=[structlog.contextvars.merge_contextvars, structlog.processors.add_log_level, _add_name,
-                    _STAMP, *_rendering(chosen, redactor, colors)],
+                    _STAMP, *constant, *_rendering(chosen, redactor, colors)],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
         logger_factory=lambda name="tollhouse", *_: NamedWriter(stream, name),
         cache_logger_on_first_use=True)

@@ -29,6 +29,7 @@ import signal
 from functools import partial
 from typing import Callable
 
+import attrs
 import hypercorn.config
 import hypercorn.trio
 import trio
@@ -38,6 +39,7 @@ from gateway import http1
 from gateway.app import Gateway
 from gateway.config import ServerConfig, WebSocketConfig
 from gateway.generation import ReloadRefused
+from gateway.worker_link import WorkerLink
 from protocols.errors import GatewayError
 
 log = logging.getLogger("tollhouse")
@@ -71,17 +73,23 @@ class HypercornConfig(hypercorn.config.Config):
         self.listening = (*sockets.secure_sockets, *sockets.insecure_sockets)
         return sockets
 
-    def bind_now(self) -> None:
+    def bind_now(self, listen: bool = True, reuse_port: bool = False) -> None:
         """Bind the listening sockets before anything else starts, so an address in use
         is one ``BindRefused`` (no runtime started, no exception group) and the address
-        printed later is one that is already bound."""
+        printed later is one that is already bound. ``reuse_port``: with SO_REUSEPORT,
+        beside the other workers of ``--workers N``; ``listen=False`` only holds the
+        address (their parent: it takes no connection)."""
+        workers, self.workers = self.workers, (2 if reuse_port else 1)  # hypercorn's switch for SO_REUSEPORT
         try:
             sockets = super().create_sockets()
             for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
-                sock.listen(self.backlog)  # connections wait in the backlog while the gateway starts
+                if listen:
+                    sock.listen(self.backlog)  # connections wait in the backlog while the gateway starts
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise BindRefused(f"cannot listen on {' '.join(self.bind)}: {reason.lower()}") from None
+        finally:
+            self.workers = workers  # read again by ``hypercorn.trio.serve``, which warns past 1
         self.listening = (*sockets.secure_sockets, *sockets.insecure_sockets)
         self.prebound = sockets
 
@@ -123,36 +131,52 @@ def server_config(server: ServerConfig, bind: str | None = None,
     return cfg
 
 
-async def serve(gateway: Gateway, bind: str, say: Callable[..., None]) -> None:
+async def serve(gateway: Gateway, bind: str, say: Callable[..., None], link: WorkerLink | None = None) -> None:
     """Serve ``gateway`` on ``bind`` until a stop signal; returns after a graceful stop.
 
     Says one line once it listens (the bound address: a port of 0 picks a free one),
     one when a stop begins and one when it has ended (``say(text, **fields)``). Raises
     ``BindRefused`` when the address cannot be bound (before anything starts) and
     ``StartRefused`` when the gateway could not start.
+
+    With ``link`` this process is one worker of ``tollhouse serve --workers N``: it
+    listens with ``SO_REUSEPORT`` beside its siblings, tells the parent (not stdout)
+    that it listens, names itself in its lines, reloads when the parent asks, and
+    stops gracefully when the parent is gone.
     """
     cfg = server_config(gateway.config.server, bind, gateway.config.websocket)
-    cfg.bind_now()
+    cfg.bind_now(reuse_port=link is not None)
     try:
-        await _serve_bound(gateway, cfg, say)
+        await _serve_bound(gateway, cfg, say, link)
     finally:
         cfg.close_listening()
 
 
-async def _serve_bound(gateway: Gateway, cfg: HypercornConfig, say: Callable[[str], None]) -> None:
+async def _serve_bound(gateway: Gateway, cfg: HypercornConfig, say: Callable[..., None],
+                       link: WorkerLink | None) -> None:
     stop = trio.Event()
+    name = "tollhouse" if link is None else f"tollhouse worker {link.seat.index}"
+    if link is not None:
+        gateway.runtime.fleet = link  # POST /admin/reload reaches the other workers through it
+    stopper = _Stopper(stop, gateway, cfg, say, name)
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals, trio.open_signal_receiver(RELOAD_SIGNAL) as reloads:
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_watch_signals, signals, stop, gateway, cfg, say)
-                nursery.start_soon(_watch_reloads, reloads, gateway, say)
+                nursery.start_soon(_watch_signals, signals, stopper)
+                nursery.start_soon(_watch_reloads, reloads, gateway, say, name)
                 try:
                     async with trio.open_nursery() as server:
                         binds = await server.start(partial(hypercorn.trio.serve, gateway, cfg,
                                                            shutdown_trigger=stop.wait))
                         if gateway.startup_error is None:  # hypercorn binds even after a failed startup
-                            say(f"tollhouse listening on {' '.join(binds)}", address=binds[0],
-                                addresses=binds, admin_url=f"{binds[0]}/admin/ui")
+                            if link is None:
+                                say(f"tollhouse listening on {' '.join(binds)}", address=binds[0],
+                                    addresses=binds, admin_url=f"{binds[0]}/admin/ui")
+                            else:
+                                nursery.start_soon(link.run, partial(reload_and_say, gateway.runtime, say, name),
+                                                   stopper.begin)
+                                await link.ready(list(binds), gateway.runtime.metrics_url)
+                                say(f"{name} listening on {' '.join(binds)}", address=binds[0], addresses=binds)
                 finally:
                     nursery.cancel_scope.cancel()
         except BaseException as exc:
@@ -161,51 +185,92 @@ async def _serve_bound(gateway: Gateway, cfg: HypercornConfig, say: Callable[[st
             error = gateway.startup_error
             raise StartRefused(str(error) or type(error).__name__) from None
     report = gateway.traffic.report()
-    say(f"tollhouse stopped: of {_requests(report.in_flight_at_stop)} in flight, {report.finished} finished "
+    say(f"{name} stopped: of {_requests(report.in_flight_at_stop)} in flight, {report.finished} finished "
         f"and {report.cut} cut at the end of the grace period; ledger closed",
         in_flight=report.in_flight_at_stop, finished=report.finished, cut=report.cut)
 
 
-async def _watch_signals(signals, stop: trio.Event, gateway: Gateway, cfg: HypercornConfig,
-                         say: Callable[..., None]) -> None:
+@attrs.define
+class _Stopper:
+    """Begins the graceful stop once (a signal, a worker's parent's ``Stop``, or its
+    parent gone); a second signal ends the process at once."""
+
+    stop: trio.Event
+    gateway: Gateway
+    cfg: HypercornConfig
+    say: Callable[..., None]
+    name: str
+
+    async def begin(self, why: str) -> bool:
+        """Start the stop; False when it had already begun."""
+        if self.stop.is_set():
+            return False
+        in_flight = self.gateway.traffic.begin_stop()
+        self.stop.set()
+        await self.cfg.wait_listeners_closed()  # so the line below is true when it is read
+        self.say(f"{self.name} stopping ({why}): no new connections; {_requests(in_flight)} in flight, given up to "
+                 f"{self.cfg.graceful_timeout:g} s to finish (a second signal stops at once)",
+                 signal=why, in_flight=in_flight, grace_s=self.cfg.graceful_timeout)
+        return True
+
+
+async def _watch_signals(signals, stopper: _Stopper) -> None:
+    seen = 0
     async for signum in signals:
         name = signal.Signals(signum).name
-        if not stop.is_set():
-            in_flight = gateway.traffic.begin_stop()
-            stop.set()
-            await cfg.wait_listeners_closed()  # so the line below is true when it is read
-            say(f"tollhouse stopping ({name}): no new connections; {_requests(in_flight)} in flight, given up to "
-                f"{cfg.graceful_timeout:g} s to finish (a second signal stops at once)",
-                signal=name, in_flight=in_flight, grace_s=cfg.graceful_timeout)
+        seen += 1
+        if seen == 1:  # the stop may have begun already (a worker told by its parent): it goes on
+            await stopper.begin(name)
             continue
-        say(f"tollhouse stopping at once (second {name}): {_requests(gateway.traffic.in_flight)} in flight "
-            f"left unsettled; their holds are recovered at the next start",
-            signal=name, in_flight=gateway.traffic.in_flight)
+        stopper.say(f"{stopper.name} stopping at once (second {name}): "
+                    f"{_requests(stopper.gateway.traffic.in_flight)} in flight "
+                    f"left unsettled; their holds are recovered at the next start",
+                    signal=name, in_flight=stopper.gateway.traffic.in_flight)
         _die_by(signum)
 
 
-async def _watch_reloads(signals, gateway: Gateway, say: Callable[..., None]) -> None:
-    runtime = gateway.runtime
+async def _watch_reloads(signals, gateway: Gateway, say: Callable[..., None], name: str) -> None:
     async for _ in signals:
-        source = runtime.source.path if runtime.source is not None else "no config file"
-        try:
-            generation = await runtime.reload_from_source()
-        except ReloadRefused as refused:
-            for path, message in refused.problems:
-                log.error("config reload refused: %s: %s", path, message)
-            running = runtime.generation.number if runtime.generation else 0
-            say(f"tollhouse reload refused ({source}): {len(refused.problems)} problems; "
-                f"generation {running} keeps running", level="warning", config_file=str(source), generation=running,
-                errors=[{"path": path, "message": message} for path, message in refused.problems])
-        except GatewayError as exc:  # the ledger could not record the new keys
-            log.error("config reload failed: %s", exc.message)
-            say(f"tollhouse reload failed ({source}): {exc.message}", level="error")
-        except Exception:  # a bug in the reload must not end a serving gateway
-            log.exception("config reload failed")
-            say(f"tollhouse reload failed ({source}); generation "
-                f"{runtime.generation.number if runtime.generation else 0} keeps running", level="error")
-        else:
-            say(f"tollhouse reloaded {source}: generation {generation.number}")
+        await reload_and_say(gateway.runtime, say, name)
+
+
+@attrs.frozen
+class ReloadOutcome:
+    """How one reload of the config file went: the new generation, or why not."""
+
+    generation: int | None  # the running generation's number when refused or failed
+    problems: list[dict] = attrs.field(factory=list)  # refused: {"path", "message"} each
+    error: str | None = None  # failed (the ledger, or a bug): the running generation stays
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and self.error is None
+
+
+async def reload_and_say(runtime, say: Callable[..., None], name: str = "tollhouse") -> ReloadOutcome:
+    """Read the config file again and apply it; say one line of how it went."""
+    source = runtime.source.path if runtime.source is not None else "no config file"
+    running = runtime.generation.number if runtime.generation else 0
+    try:
+        generation = await runtime.reload_from_source()
+    except ReloadRefused as refused:
+        for path, message in refused.problems:
+            log.error("config reload refused: %s: %s", path, message)
+        problems = [{"path": path, "message": runtime.redactor.text(message)} for path, message in refused.problems]
+        say(f"{name} reload refused ({source}): {len(refused.problems)} problems; "
+            f"generation {running} keeps running", level="warning", config_file=str(source), generation=running,
+            errors=problems)
+        return ReloadOutcome(running, problems)
+    except GatewayError as exc:  # the ledger could not record the new keys
+        log.error("config reload failed: %s", exc.message)
+        say(f"{name} reload failed ({source}): {exc.message}", level="error")
+        return ReloadOutcome(running, error=exc.message)
+    except Exception:  # a bug in the reload must not end a serving gateway
+        log.exception("config reload failed")
+        say(f"{name} reload failed ({source}); generation {running} keeps running", level="error")
+        return ReloadOutcome(running, error="the reload failed; see this worker's log")
+    say(f"{name} reloaded {source}: generation {generation.number}", generation=generation.number)
+    return ReloadOutcome(generation.number)
 
 
 def _requests(n: int) -> str:

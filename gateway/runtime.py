@@ -56,6 +56,7 @@ from gateway.state_backend import instance_id_for, meter_factory, store_factory
 from gateway.state_lock import StateDirLock
 from gateway.tracing import tracing_for
 from gateway.transform_trace import TransformTraces
+from gateway.worker_link import Seat, worker_dir
 from protocols.errors import GatewayError, InvalidRequest
 from protocols.redact import Redactor
 from providers import registry
@@ -70,9 +71,16 @@ FLUSH_TIMEOUT_S = 15.0
 
 class Runtime:
     def __init__(self, config: Config, stopping: Callable[[], bool] = lambda: False,
-                 stop_begun: trio.Event | None = None, source: ConfigSource | None = None) -> None:
+                 stop_begun: trio.Event | None = None, source: ConfigSource | None = None,
+                 seat: Seat | None = None) -> None:
         self.config = config  # the current generation's; a request uses its own (its dispatcher's)
         self.source = source  # the file a reload reads (None: this gateway cannot reload)
+        worker = None if seat is None else seat.index
+        self.worker = worker  # this process's index among ``--workers N`` (None: one process alone)
+        # this process's own files (the state_dir lock, transform traces, a local Responses
+        # store): state_dir itself, or a worker's ``<state_dir>/workers/<i>`` (gateway.worker_link)
+        self.own_dir = config.state_dir if worker is None else str(worker_dir(config.state_dir, worker))
+        self.fleet = None  # a worker's ``WorkerLink`` to its parent (None: one process alone)
         self.generation: Generation | None = None
         self._retiring: list[Generation] = []  # replaced, with requests still in flight
         self._open: list[Provider] = []  # every provider whose connection pool is open
@@ -88,7 +96,7 @@ class Runtime:
         self.observers = Observers()  # who hears how each request ended (logs, metrics, traces)
         self.in_flight: Counter = Counter()  # calls being served, by (protocol, transport, stream), every generation
         self.ledger_commits = Durations(LEDGER_COMMIT_BOUNDS)  # the meter's commit times, across its restarts
-        self.instance_id = instance_id_for(config)  # this process among the shared backend's instances
+        self.instance_id = instance_id_for(config, seat)  # this process among the shared backend's instances
         self.metrics: Metrics | None = None
         self.metrics_url: str | None = None  # set once a separate metrics port is bound
         if config.metrics.enabled:
@@ -108,7 +116,9 @@ class Runtime:
         self.field_store = FieldStore(config.field_cache.max_bytes, config.field_cache.ttl_s)
         self.redactor = redactor_for(config)  # every secret the config holds, out of upstream text and logs
         # transform traces: off unless trace.enabled; lines redacted with the current redactor
-        self.transform_traces = TransformTraces(config.trace, config.state_dir, lambda: self.redactor)
+        self.transform_traces = TransformTraces(  # a worker also finds its siblings' traces
+            config.trace, self.own_dir, lambda: self.redactor,
+            None if worker is None else worker_dir(config.state_dir, worker).parent)
         self.on_reload.append(self.transform_traces.configure)
         # the shared backend's Redis half (rate windows, leases, cooldowns); None: local
         self.redis = RedisState(config.state.redis) if shared(config.state) and config.state.redis else None
@@ -117,6 +127,15 @@ class Runtime:
         self.ready = trio.Event()
         self._stop = trio.Event()
         self._stopped = trio.Event()
+
+    @property
+    def metrics_port(self) -> int | None:
+        """``metrics.port``, or worker ``i``'s own: ``metrics.port + i`` (0 stays 0: any free
+        port), so each worker's counters are scraped whole, from that worker alone."""
+        port = self.config.metrics.port
+        if port is None or port == 0 or self.worker is None:
+            return port
+        return port + self.worker
 
     async def stop(self) -> None:
         """Tear everything down in order; returns once ``run`` has (the lock is free)."""
@@ -141,7 +160,7 @@ class Runtime:
         store = None
         if cfg.store.enabled:
             limits = StoreLimits(cfg.store.max_bytes, cfg.store.max_age_s, cfg.store.cache_bytes)
-            store = sup.add("store", store_factory(cfg, limits), size, timeout)
+            store = sup.add("store", store_factory(cfg, limits, self.own_dir), size, timeout)
         return sup, Actors(routing, credentials, cooldown, usage, store)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -154,7 +173,7 @@ class Runtime:
 
     async def _run(self, task_status) -> None:
         cfg = self.config
-        with StateDirLock.acquire(cfg.state_dir):
+        with StateDirLock.acquire(self.own_dir):
             async with trio.open_nursery() as upstreams:
                 if any(p.embedded for p in cfg.providers.values()):
                     self.simulator = Simulator(cfg.simulator.tokens_per_second)
@@ -177,7 +196,7 @@ class Runtime:
                         self.generation = Generation(1, cfg, time.time(), self.dispatcher, self.providers)
                         if self.metrics is not None and cfg.metrics.port is not None:
                             binds = await actors.start(metrics_listener.serve, self, cfg.server.host,
-                                                       cfg.metrics.port)
+                                                       self.metrics_port)
                             self.metrics_url = binds[0]
                             log.info("tollhouse metrics on %s/metrics", self.metrics_url)
                         self.ready.set()

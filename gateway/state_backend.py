@@ -24,10 +24,16 @@ from actors.usage_shared import SharedUsageActor, default_instance_id
 from actors.windows import Windows
 from gateway.config import Config
 from gateway.config_state import shared
+from gateway.worker_link import Seat
 
 
-def instance_id_for(config: Config) -> str:
-    return config.state.instance_id or default_instance_id()
+def instance_id_for(config: Config, seat: Seat | None = None) -> str:
+    """This process's id among the instances; a worker of ``--workers N`` with a
+    configured id gets its own from it (``Seat.instance_id``): each worker heartbeats
+    and holds on its own."""
+    if config.state.instance_id is None:
+        return default_instance_id()  # the process id makes each worker's own
+    return config.state.instance_id if seat is None else seat.instance_id(config.state.instance_id)
 
 
 def meter_factory(current: Callable[[], Config], instance_id: str, windows: Windows,
@@ -53,11 +59,12 @@ def meter_factory(current: Callable[[], Config], instance_id: str, windows: Wind
     return shared_meter if shared(started.state) else local
 
 
-def store_factory(config: Config, limits: StoreLimits) -> Callable[[], StoreActor]:
-    """The Responses store actor's factory (its settings are read at start only)."""
+def store_factory(config: Config, limits: StoreLimits, directory: str | None = None) -> Callable[[], StoreActor]:
+    """The Responses store actor's factory (its settings are read at start only); the
+    local store's file is in ``directory`` (this process's own, default ``state_dir``)."""
     limiter = trio.CapacityLimiter(1)  # the store's own worker thread, apart from the meter's
     postgres = config.state.postgres
     if shared(config.state) and postgres is not None:
         dsn, timeout = postgres.dsn.value, postgres.connect_timeout_s
         return lambda: SharedStoreActor(limits, PgResponseDB(dsn, timeout), limiter, config.store.sweep_interval_s)
-    return lambda: StoreActor(limits, config.state_dir, limiter, config.store.sweep_interval_s)
+    return lambda: StoreActor(limits, directory or config.state_dir, limiter, config.store.sweep_interval_s)

@@ -46,8 +46,11 @@ def day_file(directory: Path, when: float) -> Path:
 
 class TraceFile:
     def __init__(self, state_dir: str, max_file_bytes: int, search_days: int,
-                 redactor: Callable[[], Redactor]) -> None:
+                 redactor: Callable[[], Redactor], siblings: Path | None = None) -> None:
         self.directory = Path(state_dir) / "traces"
+        # a worker of ``--workers N`` also reads its siblings' files (``<siblings>/*/traces``),
+        # so a request's trace is found whichever worker served it
+        self.siblings = siblings
         self.max_file_bytes = max_file_bytes
         self.search_days = search_days
         self.redactor = redactor
@@ -119,16 +122,22 @@ class TraceFile:
         prefix = ('{"request_id": ' + json.dumps(request_id) + ",").encode()
         now = time.time()
         for days in range(self.search_days):
-            path = day_file(self.directory, now - days * 86400)
-            try:
-                f = open(path, "rb")
-            except OSError:  # no traces that day (or none readable)
-                continue
-            with f:
-                for line in f:
-                    if line.startswith(prefix):
-                        return json.loads(line)
+            for path in self._day_files(now - days * 86400):
+                found = _find_in(path, prefix)
+                if found is not None:
+                    return found
         return None
+
+    def _day_files(self, when: float) -> list[Path]:
+        """That day's file here, then the siblings' (their directories read at each search)."""
+        paths = [day_file(self.directory, when)]
+        if self.siblings is not None:
+            try:
+                others = sorted(d / "traces" for d in self.siblings.iterdir() if d / "traces" != self.directory)
+            except OSError:
+                others = []
+            paths += [day_file(d, when) for d in others]
+        return paths
 
     def files(self) -> list[str]:
         """The trace files there are, newest first (names only)."""
@@ -136,6 +145,20 @@ class TraceFile:
             return sorted((p.name for p in self.directory.glob("*.jsonl")), reverse=True)
         except OSError:
             return []
+
+
+def _find_in(path: Path, prefix: bytes) -> dict | None:
+    """The first line of ``path`` that starts with ``prefix`` (a line a sibling is still
+    writing is not one yet)."""
+    try:
+        f = open(path, "rb")
+    except OSError:  # no traces that day (or none readable)
+        return None
+    with f:
+        for line in f:
+            if line.startswith(prefix) and line.endswith(b"\n"):
+                return json.loads(line)
+    return None
 
 
 def is_request_id(value: str) -> bool:

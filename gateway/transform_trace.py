@@ -35,6 +35,7 @@ import json
 import random
 import re
 import time
+from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -332,8 +333,9 @@ class TransformTraces:
     ``enabled`` is the hot path's one check; ``configure`` (told each reloaded config)
     replaces the settings."""
 
-    def __init__(self, settings: Any, state_dir: str, redactor: Callable[[], Redactor]) -> None:
-        self.file = TraceFile(state_dir, settings.max_file_bytes, settings.search_days, redactor)
+    def __init__(self, settings: Any, state_dir: str, redactor: Callable[[], Redactor],
+                 siblings: Path | None = None) -> None:
+        self.file = TraceFile(state_dir, settings.max_file_bytes, settings.search_days, redactor, siblings)
         self._random = random.Random()
         self._running: dict[str, trio.Event] = {}  # traced requests not yet finished, by id
         self.configure_settings(settings)

@@ -5,6 +5,7 @@ history stays in the ledger, and a revocation outlives a restart."""
 from __future__ import annotations
 
 import copy
+import json
 from decimal import Decimal
 
 import httpx
@@ -202,3 +203,53 @@ async def test_a_revoked_secret_does_not_come_back_under_a_new_name(config_doc):
             await refused_everywhere(http, DEMO_KEY, 401, "revoked")
             names = {k["name"] for k in (await http.get("/admin/keys", headers=ADMIN)).json()["keys"]}
             assert names == {"test"}
+
+
+async def _handshake(url: str, key: str, until: bytes = b"}}") -> bytes:
+    """A Responses WebSocket handshake on a raw socket: the gateway's answer, up to ``until``."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    async with await trio.open_tcp_stream(host, int(port)) as stream:
+        await stream.send_all(
+            b"GET /v1/responses HTTP/1.1\r\nHost: " + host.encode() + b"\r\n"
+            b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer " + key.encode() + b"\r\n\r\n")
+        reply = b""
+        while until not in reply:
+            chunk = await stream.receive_some()
+            if not chunk:
+                break
+            reply += chunk
+    return reply
+
+
+COUNT_DOORS = {
+    "anthropic": lambda key: ("/v1/messages/count_tokens", {"x-api-key": key, "anthropic-version": "2023-06-01"},
+                              {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}),
+    "gemini": lambda key: ("/v1beta/models/demo:countTokens", {"x-goog-api-key": key},
+                           {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}),
+}
+
+
+@pytest.mark.parametrize("term", ["revoked", "expired"])
+async def test_a_revoked_or_expired_key_is_refused_at_the_websocket_and_count_doors(config_doc, term):
+    with trio.fail_after(30):
+        async with running_gateway(config_doc) as gw, httpx.AsyncClient(base_url=gw.url) as http:
+            made = {"name": "gone", "unlimited": True}
+            if term == "expired":
+                made["expires_at"] = "2000-01-01T00:00:00Z"
+            key = (await http.post("/admin/keys", headers=ADMIN, json=made)).json()["key"]
+            if term == "revoked":
+                for door in COUNT_DOORS.values():  # served before the revocation
+                    path, headers, body = door(key)
+                    assert (await http.post(path, headers=headers, json=body)).status_code == 200
+                assert b" 101 " in (await _handshake(gw.url, key, b"\r\n\r\n")).split(b"\r\n")[0]
+                assert (await http.delete("/admin/keys/gone", headers=ADMIN)).status_code == 200
+            head, _, body = (await _handshake(gw.url, key)).partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 401 "), head
+            assert json.loads(body)["error"]["type"] == "authentication_error" and term.encode() in body
+            for name, door in COUNT_DOORS.items():
+                path, headers, body = door(key)
+                r = await http.post(path, headers=headers, json=body)
+                assert r.status_code == 401, (name, r.text)
+                assert term in r.text and key not in r.text, (name, r.text)
+            assert gw.ledger_entries() == []  # a refusal charges nothing

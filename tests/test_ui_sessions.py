@@ -2,56 +2,72 @@
 
 from __future__ import annotations
 
-from gateway.ui.sessions import LoginNonces, SessionRules, Sessions, SignInGuard, SignInLimits, fingerprint
+from gateway.ui.sessions import LoginNonces, SessionRules, Sessions, SignInGuard, SignInLimits
 
-TOKEN = fingerprint("th-admin")
+TOKEN = "th-admin-token-0123456789"
 
 
 def test_a_session_lives_while_used_but_never_past_its_maximum_age():
     sessions = Sessions(SessionRules(idle_s=10, max_age_s=25))
-    session_id, session = sessions.begin(TOKEN, now=0)
+    cookie, session = sessions.begin(TOKEN, now=0)
     for now in (9, 18, 25):
-        assert sessions.find(session_id, TOKEN, now) is session
-    assert sessions.find(session_id, TOKEN, 26) is None  # used 1 s ago, but 26 s old
-    assert len(sessions) == 0
+        found = sessions.find(cookie, TOKEN, now)
+        assert found is not None and (found.id, found.csrf, found.last_seen) == (session.id, session.csrf, now)
+        cookie = sessions.cookie(TOKEN, found)  # re-signed into the page's answer
+    assert sessions.find(cookie, TOKEN, 26) is None  # used 1 s ago, but 26 s old
 
 
-def test_an_idle_session_ends_and_its_id_is_not_kept():
+def test_an_idle_session_ends_and_its_cookie_says_nothing_secret():
     sessions = Sessions(SessionRules(idle_s=10))
-    session_id, session = sessions.begin(TOKEN, now=0)
-    assert session_id not in repr(sessions)  # kept by the id's hash only
-    assert sessions.find(session_id, TOKEN, 10.5) is None
-    assert sessions.find(session_id, TOKEN, 1) is None  # gone for good
+    cookie, session = sessions.begin(TOKEN, now=0)
+    assert TOKEN not in cookie and session.csrf not in cookie
+    assert sessions.find(cookie, TOKEN, 10.5) is None
+    assert sessions.find(cookie, TOKEN, 1) is not None  # a cookie re-signed at 1 would still be live
 
 
-def test_a_session_is_bound_to_the_admin_token_it_signed_in_with():
+def test_any_process_with_the_same_admin_token_accepts_a_session_and_no_other():
+    cookie, session = Sessions().begin(TOKEN, now=0)
+    elsewhere = Sessions()  # another worker: nothing shared but the token
+    found = elsewhere.find(cookie, TOKEN, 5)
+    assert found is not None and found.csrf == session.csrf  # the same CSRF token on every worker
+    assert elsewhere.find(cookie, "th-rotated-admin-token", 5) is None
+    assert elsewhere.find(cookie, None, 5) is None  # no token configured any more: nobody is signed in
+
+
+def test_a_changed_cookie_is_refused():
     sessions = Sessions()
-    session_id, _ = sessions.begin(TOKEN, now=0)
-    assert sessions.find(session_id, fingerprint("th-other"), 1) is None
-    assert sessions.find(session_id, TOKEN, 1) is None
-    other_id, _ = sessions.begin(TOKEN, now=0)
-    assert sessions.find(other_id, None, 1) is None  # no token configured any more: nobody is signed in
+    cookie, _ = sessions.begin(TOKEN, now=0)
+    version, session_id, started, seen, mac = cookie.split(".")
+    for forged in (f"{version}.{session_id}.{started}.99999999999.{mac}",  # a later last use
+                   f"{version}.{session_id}.{int(started) + 1000}.{seen}.{mac}",  # a younger session
+                   f"v0.{session_id}.{started}.{seen}.{mac}", cookie[:-1], "", "x" * 600):
+        assert sessions.find(forged, TOKEN, 1) is None, forged
 
 
-def test_the_oldest_sessions_go_past_the_limit():
-    sessions = Sessions(SessionRules(max_sessions=2))
-    first, _ = sessions.begin(TOKEN, now=0)
-    second, _ = sessions.begin(TOKEN, now=1)
-    third, _ = sessions.begin(TOKEN, now=2)
-    assert [sessions.find(i, TOKEN, 3) is not None for i in (first, second, third)] == [False, True, True]
+def test_a_signed_out_session_is_refused_by_this_process():
+    sessions = Sessions()
+    cookie, session = sessions.begin(TOKEN, now=0)
+    sessions.end(session, now=1)
+    assert sessions.find(cookie, TOKEN, 2) is None
+    other, _ = sessions.begin(TOKEN, now=2)
+    assert sessions.find(other, TOKEN, 3) is not None
 
 
 def test_a_sign_in_nonce_is_good_once_and_only_while_fresh():
     nonces = LoginNonces(SessionRules(login_nonce_s=60))
-    nonce = nonces.issue(now=0)
-    assert not nonces.redeem(nonce, "other", 1)
-    assert not nonces.redeem(None, nonce, 1)
-    fresh = nonces.issue(now=0)
-    assert nonces.redeem(fresh, fresh, 59)
-    assert not nonces.redeem(fresh, fresh, 59)  # used up
-    stale = nonces.issue(now=0)
-    assert not nonces.redeem(stale, stale, 61)
-    assert not nonces.redeem("made-up", "made-up", 1)
+    cookie, nonce = nonces.issue(TOKEN, now=0)
+    assert nonce in cookie and TOKEN not in cookie
+    assert not nonces.redeem(TOKEN, cookie, "other", 1)
+    assert not nonces.redeem(TOKEN, None, nonce, 1)
+    cookie, fresh = nonces.issue(TOKEN, now=0)
+    assert LoginNonces(SessionRules(login_nonce_s=60)).redeem(TOKEN, cookie, fresh, 59)  # on any worker
+    assert nonces.redeem(TOKEN, cookie, fresh, 59)
+    assert not nonces.redeem(TOKEN, cookie, fresh, 59)  # used up here
+    cookie, stale = nonces.issue(TOKEN, now=0)
+    assert not nonces.redeem(TOKEN, cookie, stale, 61)
+    cookie, made_up = nonces.issue("th-another-token-000000", now=0)
+    assert not nonces.redeem(TOKEN, cookie, made_up, 1)
+    assert not nonces.redeem(TOKEN, "v1.made-up.0.xyz", "made-up", 1)
 
 
 def test_an_address_that_keeps_guessing_waits_out_the_window():

@@ -6,6 +6,12 @@
 generation (``gateway/generation.py``); a config the loader refuses, or one that
 changes a setting only a restart applies, is answered 400 with each problem's JSON
 path and message, and the running config stays.
+
+With ``tollhouse serve --workers N`` each worker answers for itself (``worker``: its
+index). A reload on one worker that succeeds is then passed to every other worker
+through the parent (``gateway.worker_link``), and the answer's ``workers`` lists each
+one's outcome: its new generation, or ``reloaded: false`` with why. A worker's own
+refusal answers 400 as above and reaches no other worker.
 """
 
 from __future__ import annotations
@@ -22,9 +28,12 @@ blueprint = Blueprint("admin_config", __name__, url_prefix="/admin")
 
 
 def _about(runtime, generation: Generation) -> dict:
-    return {"generation": generation.number,
-            "loaded_at": datetime.fromtimestamp(generation.loaded_at, timezone.utc).isoformat(),
-            "source": str(runtime.source.path) if runtime.source is not None else None}
+    about = {"generation": generation.number,
+             "loaded_at": datetime.fromtimestamp(generation.loaded_at, timezone.utc).isoformat(),
+             "source": str(runtime.source.path) if runtime.source is not None else None}
+    if runtime.worker is not None:
+        about["worker"] = runtime.worker
+    return about
 
 
 @blueprint.route("/config", methods=["GET"])
@@ -46,5 +55,12 @@ async def reload(runtime):
                                      f"generation {before.number} keeps running.",
                           "problems": [{"path": path, "message": runtime.redactor.text(message)}
                                        for path, message in refused.problems]}}, 400
-    return {**_about(runtime, generation), "changed": changed_sections(before.config, generation.config),
-            "keys_created": list(generation.keys_created)}
+    answer = {**_about(runtime, generation), "changed": changed_sections(before.config, generation.config),
+              "keys_created": list(generation.keys_created)}
+    if runtime.fleet is not None:
+        others = await runtime.fleet.reload_others()
+        answer["workers"] = sorted([{"worker": runtime.worker, "generation": generation.number},
+                                    *(others if others is not None else [])], key=lambda view: view["worker"])
+        if others is None:
+            answer["workers_unknown"] = "the other workers did not all answer in time; see the parent's log"
+    return answer

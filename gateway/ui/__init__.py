@@ -11,7 +11,7 @@ from gateway.ui.routes import UI, blueprint
 
 
 def install(app) -> UI:
-    ui = UI(clock=time.monotonic)
+    ui = UI(clock=time.time)  # wall clock: a session's times are signed into its cookie
     app.extensions["tollhouse_ui"] = ui
     app.register_blueprint(blueprint)
     return ui

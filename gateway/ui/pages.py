@@ -147,9 +147,11 @@ def keys_page(keys: list[dict], csrf: str, created: dict | None = None) -> Marku
         status = ("revoked" if k.get("revoked") else "expired" if k.get("expired")
                   else "disabled" if k["disabled"] else "active")
         final = status == "revoked"  # a revoked key takes no change
+        revoke = post_form(url("keys", name, "revoke"), csrf, "Revoke", class_="inline danger")
         rows.append((name, status, credit, k["spent_usd"], k["held_usd"],
                      k.get("available_usd") or "", k["in_flight"], ", ".join(k["models"] or ()) or "any",
-                     add if k.get("credit_usd") is not None and not final else "", "" if final else toggle))
+                     add if k.get("credit_usd") is not None and not final else "", "" if final else toggle,
+                     "" if final else revoke))
     shown = None
     if created is not None:
         shown = tag("div", tag("p", "Key ", tag("strong", created["name"]), " created. Its secret is shown once:"),
@@ -162,8 +164,19 @@ def keys_page(keys: list[dict], csrf: str, created: dict | None = None) -> Marku
                tag("button", "Create key", type="submit"),
                method="post", action=url("keys"), class_="create", id="create-key")
     return render((shown, table(["key", "status", "credit (USD)", "spent", "held", "available",
-                                    "in flight", "models", "add credit", ""], rows, id="keys"),
+                                    "in flight", "models", "add credit", "", ""], rows, id="keys"),
                    tag("h2", "New key"), form))
+
+
+def revoke_page(key: dict, csrf: str) -> Markup:
+    """The confirmation a revocation asks for (a page, so it needs no script)."""
+    name = key["name"]
+    return render((tag("p", "Revoke the key ", tag("strong", name), "? Every request with it is refused (401) "
+                        "from now on, on every front door. This cannot be undone: its name and secret are never "
+                        "used again. Its ledger history stays."),
+                   post_form(url("keys", name, "revoke"), csrf, f"Revoke {name}",
+                             tag("input", type="hidden", name="confirm", value="yes"), class_="confirm danger"),
+                   tag("p", tag("a", "Cancel: keep the key", href=url("keys")))))
 
 
 def usage_page(totals: dict, series: dict, metric: str, by: str) -> Markup:

@@ -3,11 +3,13 @@
 Signing in: ``GET /admin/ui/login`` gives a form and a login-CSRF cookie
 (``th_login``); ``POST /admin/ui/login`` with the admin token (in the body, never in a
 URL) and the same nonce begins a session: the ``th_session`` cookie (HttpOnly,
-SameSite=Strict, Path=/admin, Secure over https) holds a random id the server keeps
-with its expiry (``gateway.ui.sessions``). Every page needs a live session (else a 303
+SameSite=Strict, Path=/admin, Secure over https) is the session itself, signed with a
+key derived from the admin token, so any worker accepts it (``gateway.ui.sessions``);
+each page re-signs it, which is what makes an idle session expire. Every page needs a live session (else a 303
 to the sign-in form); every POST also needs the session's CSRF token in its form and,
 when the browser sends ``Origin``, this host as its origin. An address that keeps
-sending wrong tokens is made to wait (``SignInGuard``). Every answer carries a
+sending wrong tokens is made to wait (``SignInGuard``, counted by each process on its
+own: with N workers a guesser gets at most N times the tries). Every answer carries a
 strict Content-Security-Policy: no inline script or style, nothing from elsewhere.
 """
 
@@ -64,9 +66,17 @@ def _runtime():
     return current_app.extensions["tollhouse"]
 
 
-def _token_print() -> str | None:
+def _admin_token() -> str | None:
     token = _runtime().config.admin_token
-    return None if token is None or not token.value else fingerprint(token.value)
+    return None if token is None or not token.value else token.value
+
+
+def _set_session(response: Response, cookie: str) -> None:
+    response.set_cookie(SESSION_COOKIE, cookie, path="/admin", secure=_secure(), httponly=True, samesite="Strict")
+
+
+def _sets_session(response: Response) -> bool:
+    return any(h.startswith(f"{SESSION_COOKIE}=") for h in response.headers.getlist("set-cookie"))
 
 
 @blueprint.after_request
@@ -100,7 +110,8 @@ def page(view):
     @wraps(view)
     async def guarded(*args, **kwargs):
         ui = _ui()
-        session = ui.sessions.find(request.cookies.get(SESSION_COOKIE), _token_print(), ui.clock())
+        token = _admin_token()
+        session = ui.sessions.find(request.cookies.get(SESSION_COOKIE), token, ui.clock())
         if session is None:
             if request.method == "GET":
                 return _see_other(pages.url("login"))
@@ -109,7 +120,10 @@ def page(view):
             form = await request.form
             if not _same_origin() or not hmac.compare_digest(form.get("csrf", "").encode(), session.csrf.encode()):
                 return _html(pages.message_page("Refused", "This form is not from this session's page."), 403)
-        return await view(session, *args, **kwargs)
+        response = await current_app.make_response(await view(session, *args, **kwargs))
+        if not _sets_session(response):  # used now: the cookie says so, and its idle time starts again
+            _set_session(response, ui.sessions.cookie(token, session))
+        return response
 
     return guarded
 
@@ -118,11 +132,12 @@ def page(view):
 
 def _login_form(message: str | None = None, status: int = 200) -> Response:
     ui = _ui()
-    if _token_print() is None:
+    token = _admin_token()
+    if token is None:
         return _html(pages.login_page("", disabled=True), 403)
-    nonce = ui.nonces.issue(ui.clock())
+    cookie, nonce = ui.nonces.issue(token, ui.clock())
     response = _html(pages.login_page(nonce, message=message), status)
-    response.set_cookie(LOGIN_COOKIE, nonce, max_age=int(ui.nonces.rules.login_nonce_s), path=pages.url("login"),
+    response.set_cookie(LOGIN_COOKIE, cookie, max_age=int(ui.nonces.rules.login_nonce_s), path=pages.url("login"),
                         secure=_secure(), httponly=True, samesite="Strict")
     return response
 
@@ -130,7 +145,7 @@ def _login_form(message: str | None = None, status: int = 200) -> Response:
 @blueprint.route("/login", methods=["GET"])
 async def login_form():
     ui = _ui()
-    if ui.sessions.find(request.cookies.get(SESSION_COOKIE), _token_print(), ui.clock()) is not None:
+    if ui.sessions.find(request.cookies.get(SESSION_COOKIE), _admin_token(), ui.clock()) is not None:
         return _see_other(pages.url("actors"))
     return _login_form()
 
@@ -138,11 +153,11 @@ async def login_form():
 @blueprint.route("/login", methods=["POST"])
 async def login():
     ui = _ui()
-    expected = _token_print()
-    if expected is None:
+    token = _admin_token()
+    if token is None:
         return _login_form()
     form = await request.form
-    if not _same_origin() or not ui.nonces.redeem(request.cookies.get(LOGIN_COOKIE), form.get("login_csrf"),
+    if not _same_origin() or not ui.nonces.redeem(token, request.cookies.get(LOGIN_COOKIE), form.get("login_csrf"),
                                                   ui.clock()):
         return _login_form("The sign-in form expired or is not this page's; sign in again.", 403)
     address = request.remote_addr or ""
@@ -151,15 +166,13 @@ async def login():
         response = _login_form(f"Too many wrong tokens from this address; try again in {wait:.0f} s.", 429)
         response.headers["retry-after"] = str(max(1, round(wait)))
         return response
-    if not hmac.compare_digest(fingerprint(form.get("token", "")), expected):
+    if not hmac.compare_digest(fingerprint(form.get("token", "")), fingerprint(token)):
         ui.guard.failed(address, ui.clock())
         return _login_form("Wrong admin token.", 401)
     ui.guard.succeeded(address)
-    ui.sessions.end(request.cookies.get(SESSION_COOKIE))  # a new id at each sign-in
-    session_id, _ = ui.sessions.begin(expected, ui.clock())
+    cookie, _ = ui.sessions.begin(token, ui.clock())  # a new id at each sign-in
     response = _see_other(pages.url("actors"))
-    response.set_cookie(SESSION_COOKIE, session_id, path="/admin", secure=_secure(), httponly=True,
-                        samesite="Strict")
+    _set_session(response, cookie)
     response.delete_cookie(LOGIN_COOKIE, path=pages.url("login"))
     return response
 
@@ -167,7 +180,8 @@ async def login():
 @blueprint.route("/logout", methods=["POST"])
 @page
 async def logout(session: Session):
-    _ui().sessions.end(request.cookies.get(SESSION_COOKIE))
+    ui = _ui()
+    ui.sessions.end(session, ui.clock())
     response = _see_other(pages.url("login"))
     response.delete_cookie(SESSION_COOKIE, path="/admin", secure=_secure(), httponly=True, samesite="Strict")
     return response
@@ -284,6 +298,25 @@ async def disable_key(session, name):
 @page
 async def enable_key(session, name):
     return await _change_key(session, name, {"disabled": False})
+
+
+@blueprint.route("/keys/<name>/revoke", methods=["POST"])
+@page
+async def revoke_key(session, name):
+    """First the confirmation page; with ``confirm=yes`` (its own form), the revocation."""
+    runtime = _runtime()
+    if (await request.form).get("confirm") != "yes":
+        known = {k["name"]: k for k in await admin.key_list(runtime)}
+        if name not in known or known[name].get("revoked"):
+            return await _keys(session, 404 if name not in known else 409,
+                               pages.notice(f"No key {name!r} to revoke." if name not in known
+                                            else f"The key {name!r} is already revoked.", error=True))
+        return _page(f"Revoke key {name}", "keys", session, pages.revoke_page(known[name], session.csrf))
+    try:
+        await admin.revoke_key(runtime, name)
+    except GatewayError as err:
+        return await _keys(session, err.status, pages.notice(err.message, error=True))
+    return _see_other(pages.url("keys"))
 
 
 def _window() -> int:
