@@ -112,13 +112,23 @@ class PgTransaction:
 
     def lock_keys(self, names: Iterable[str], hashes: Iterable[str]) -> list[dict]:
         """The named keys and the keys of these hashes, locked in name order (two
-        batches lock shared keys in one order: no deadlock)."""
+        batches lock shared keys in one order: no deadlock), each with ``held``: its
+        open reservations on every instance (see ``held``)."""
         names, hashes = sorted(set(names)), sorted(set(hashes))
         if not names and not hashes:
             return []
-        found = self.rows(f"SELECT {', '.join(KEY_COLUMNS)} FROM keys WHERE name = ANY(%s) OR key_hash = ANY(%s) "
-                          "ORDER BY name FOR UPDATE", (names, hashes))
-        return [_key(row) for row in found]
+        found = self.rows(
+            f"SELECT {', '.join('k.' + c for c in KEY_COLUMNS)}, (SELECT COALESCE(json_agg(json_build_array("
+            "h.budget_start, h.held, h.n)), '[]') FROM (SELECT budget_start, SUM(hold_micro)::bigint AS held, "
+            "COUNT(*) AS n FROM reservations r WHERE r.key_name = k.name GROUP BY budget_start) h) "
+            "FROM keys k WHERE k.name = ANY(%s) OR k.key_hash = ANY(%s) ORDER BY k.name FOR UPDATE OF k",
+            (names, hashes))
+        out = []
+        for row in found:
+            key = _key(row[:-1])
+            key["held"] = [tuple(h) for h in row[-1]]
+            out.append(key)
+        return out
 
     def all_keys(self, lock: bool = False) -> list[dict]:
         found = self.rows(f"SELECT {', '.join(KEY_COLUMNS)} FROM keys ORDER BY name{' FOR UPDATE' if lock else ''}")
@@ -308,23 +318,34 @@ def _hold(tx: PgTransaction, h: dict) -> None:
              h.get("budget_start")))
 
 
+SETTLE = (
+    # one statement: the reservation goes; the charge (and overrun) rows go in unless
+    # they are there already (unique by request id and kind); only if they went in does
+    # the key's spent move, and its budget count when the charge has a period: it
+    # counts in its reservation's period, and a period's start never moves back
+    "WITH gone AS (DELETE FROM reservations WHERE id = %(request_id)s), "
+    f"booked AS (INSERT INTO entries ({', '.join(ENTRY_COLUMNS)}) VALUES {{rows}} "
+    "ON CONFLICT (request_id, kind) DO NOTHING RETURNING kind) "
+    "UPDATE keys SET spent_micro = spent_micro + %(charged)s, "
+    "budget_spent_micro = CASE WHEN %(start)s::bigint IS NULL OR budget_start > %(start)s::bigint "
+    "THEN budget_spent_micro WHEN budget_start = %(start)s::bigint THEN budget_spent_micro + %(charged)s "
+    "ELSE %(charged)s END, "
+    "budget_start = CASE WHEN %(start)s::bigint IS NULL OR budget_start > %(start)s::bigint THEN budget_start "
+    "ELSE %(start)s::bigint END "
+    "WHERE name = %(key_name)s AND EXISTS (SELECT 1 FROM booked WHERE kind = 'charge')"
+)
+
+
 def _settle(tx: PgTransaction, s: dict) -> None:
     """Book a settlement once: if its charge row exists, nothing changes."""
-    tx.rows("DELETE FROM reservations WHERE id = %s", (s["request_id"],))
-    insert = (f"INSERT INTO entries ({', '.join(ENTRY_COLUMNS)}) VALUES ({', '.join(['%s'] * len(ENTRY_COLUMNS))}) "
-              "ON CONFLICT (request_id, kind) DO NOTHING RETURNING seq")
+    params: dict[str, Any] = {"request_id": s["request_id"], "charged": s["charged"], "key_name": s["key_name"],
+                              "start": s.get("budget_start")}
+    rows = []
     for n, entry in enumerate(s["entries"]):
         row = {**entry, "unanswered": json.dumps(list(entry.get("unanswered", ()))), "basis": entry.get("basis", "")}
-        written = tx.rows(insert, tuple(row[c] for c in ENTRY_COLUMNS))
-        if n == 0 and not written:
-            return
-    tx.rows("UPDATE keys SET spent_micro = spent_micro + %s WHERE name = %s", (s["charged"], s["key_name"]))
-    start = s.get("budget_start")
-    if start is not None:
-        # the charge counts in its reservation's period; a period's start never moves back
-        tx.rows("UPDATE keys SET budget_spent_micro = CASE WHEN budget_start = %s THEN budget_spent_micro + %s "
-                "ELSE %s END, budget_start = %s WHERE name = %s AND (budget_start IS NULL OR budget_start <= %s)",
-                (start, s["charged"], s["charged"], start, s["key_name"], start))
+        rows.append("(" + ", ".join(f"%(e{n}_{c})s" for c in ENTRY_COLUMNS) + ")")
+        params.update({f"e{n}_{c}": row[c] for c in ENTRY_COLUMNS})
+    tx.rows(SETTLE.format(rows=", ".join(rows)), params)
 
 
 _OPS: dict[str, Callable[[PgTransaction, dict], None]] = {

@@ -19,7 +19,9 @@ Instances: each batch and each heartbeat (every ``heartbeat_s``) marks this inst
 alive in Postgres time; the heartbeat also sweeps: an instance whose heartbeat is older
 than ``instance_ttl_s`` is claimed by deleting its row (one survivor wins the delete)
 and its open holds are settled ``recovered`` in the same transaction, at the rule of a
-crash recovery. A graceful stop removes this instance's row after its last settlement.
+crash recovery. A sweeper claims only once it has itself reached Postgres without a
+fault for a whole ``instance_ttl_s`` (after a start or an outage), so an outage that
+stopped every heartbeat is not taken for the death of the others. A graceful stop removes this instance's row after its last settlement.
 
 Postgres unreachable: as the SQLite ledger refusing writes (settlements backlogged and
 retried, everything else refused with ``LedgerUnavailable``); unreachable at start,
@@ -94,6 +96,7 @@ class SharedUsageActor(UsageActor):
         self.swept = 0  # holds of expired instances this one settled
         self.claimed: list[str] = []  # instances this one took for dead
         self._step = trio.Lock()  # one batch, sweep or start at a time: they share the core
+        self._up_since: float | None = None  # since when Postgres has answered without a fault
 
     @property
     def instance_id(self) -> str:
@@ -127,6 +130,7 @@ class SharedUsageActor(UsageActor):
             self.recovered = len(settled)
             self.core.written(settled)
             self.connected, self.fault = True, None
+            self._up_since = trio.current_time()
             self._publish_key_hashes()
 
     def _start_tx(self, recover: bool, settled: list, tx: PgTransaction) -> None:
@@ -172,7 +176,14 @@ class SharedUsageActor(UsageActor):
             try:
                 await self.sweep()
             except LedgerWriteError as exc:
+                self._up_since = None
                 log.warning("usage ledger %s: heartbeat failed (%s)", self.pg.path, exc)
+
+    def _may_claim(self) -> bool:
+        """Whether this instance has reached Postgres without a fault for a whole
+        ``instance_ttl_s``: only then is another's old heartbeat its death, not an outage
+        that kept every instance from heartbeating (they heartbeat again within the ttl)."""
+        return self._up_since is not None and trio.current_time() - self._up_since >= self.instance_ttl_s
 
     async def sweep(self) -> int:
         """Heartbeat, then settle the holds of every instance whose heartbeat expired
@@ -180,24 +191,29 @@ class SharedUsageActor(UsageActor):
         async with self._step:
             settled: list[str] = []
             totals = dict(self.core.totals)
+            claim = self._may_claim()
             try:
-                await self._thread(self.pg.transaction, partial(self._sweep_tx, settled))
+                await self._thread(self.pg.transaction, partial(self._sweep_tx, claim, settled))
             except BaseException:
                 for request_id in settled:  # rolled back: another sweep settles them
                     self.core.settled.pop(request_id, None)
                     self.core.settling.pop(request_id, None)
                 self.core.totals = totals
                 raise
+            if self._up_since is None:
+                self._up_since = trio.current_time()
             self.core.written(settled)
             self.swept += len(settled)
             if settled:
                 self._signal()
             return len(settled)
 
-    def _sweep_tx(self, settled: list, tx: PgTransaction) -> None:
+    def _sweep_tx(self, claim: bool, settled: list, tx: PgTransaction) -> None:
         if not tx.heartbeat():
             log.warning("this instance (%s) was taken for dead by another; its holds were settled there",
                         self.instance_id)
+        if not claim:
+            return
         claimed = tx.claim_expired(self.instance_ttl_s)
         holds = tx.orphan_holds()
         if claimed:
@@ -207,7 +223,8 @@ class SharedUsageActor(UsageActor):
         if not holds:
             return
         names = {row["key_name"] for row in holds}
-        refresh(self.core, tx.lock_keys(names, ()), tx.held(names), self.core.wall())
+        rows = tx.lock_keys(names, ())
+        refresh(self.core, rows, {row["name"]: row["held"] for row in rows}, self.core.wall())
         ops = []
         for row in holds:
             adopt(self.core, row)
@@ -245,6 +262,10 @@ class SharedUsageActor(UsageActor):
 
     # ------------------------------------------------------------ batches
 
+    def _refused(self, exc: LedgerWriteError) -> None:
+        super()._refused(exc)
+        self._up_since = None
+
     def _publish_key_hashes(self) -> None:
         """Never a set: a key another instance just created must reach its reserve here."""
         self.key_hashes = None
@@ -257,9 +278,6 @@ class SharedUsageActor(UsageActor):
             admitted = []
             for envelope in batch:
                 msg = envelope.msg
-                if isinstance(msg, Settle) and msg.request_id in self.backlog:
-                    self.backlog[msg.request_id].waiters.append(envelope)
-                    continue
                 refused = await self._admit(msg, now) if isinstance(msg, Reserve) else None
                 if refused is not None:
                     self._answer(envelope, refused)
@@ -343,7 +361,7 @@ class SharedUsageActor(UsageActor):
             rows = tx.all_keys()
             refresh(self.core, rows, tx.held(row["name"] for row in rows), wall)
         rows = tx.lock_keys(names, hashes)
-        refresh(self.core, rows, tx.held(row["name"] for row in rows), wall)
+        refresh(self.core, rows, {row["name"]: row["held"] for row in rows}, wall)
         for envelope in envelopes:
             steps.append(self._step_of(envelope, now))
         ops = [op for step in steps for op in step.ops]

@@ -53,7 +53,7 @@ def readiness(runtime: Runtime) -> Readiness:
     down = sorted(name for name, slot in runtime.supervisor.slots.items() if not slot.running)
     if down:
         return Readiness(NotReady.ACTOR_DOWN, ", ".join(down))
-    fault = runtime.supervisor.actor("usage").fault
-    if fault is not None:
-        return Readiness(NotReady.LEDGER_UNAVAILABLE, fault)
+    if runtime.supervisor.actor("usage").fault is not None:
+        # the fault itself (a path, a server's message) is in the log, not on an open probe
+        return Readiness(NotReady.LEDGER_UNAVAILABLE, "the usage ledger refuses writes; the gateway's log says why")
     return Readiness(None)

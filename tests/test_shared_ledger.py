@@ -8,7 +8,7 @@ import pytest
 
 from actors.ledger import LedgerFault
 from actors.ledger_pg import PgLedger
-from actors.ledger_pg_schema import MIGRATIONS
+from actors.ledger_pg_schema import MIGRATIONS, migrate
 
 
 def _tables(dsn: str) -> set[str]:
@@ -59,3 +59,42 @@ def test_an_unreachable_postgres_is_a_write_error_without_the_dsn(pg_server):
     text = str(refused.value) + repr(refused.value.__cause__) + repr(refused.value.__context__)
     assert "Postgres unreachable" in str(refused.value)
     assert "hunter2" not in text and "secretuser" not in text and "port=1" not in text
+
+
+def test_a_database_of_an_older_version_gains_only_the_later_migrations(pg_dsn):
+    older = PgLedger(pg_dsn, "a")
+    older.transaction(lambda tx: migrate(tx.rows, MIGRATIONS[:1]))
+    older.close()
+    assert _versions(pg_dsn) == [1] and "responses" not in _tables(pg_dsn)
+    ledger = PgLedger(pg_dsn, "a")
+    done = ledger.open()
+    ledger.close()
+    assert (done.found, done.now) == (1, len(MIGRATIONS))
+    assert _versions(pg_dsn) == list(range(1, len(MIGRATIONS) + 1)) and "responses" in _tables(pg_dsn)
+
+
+def test_a_settlement_written_twice_charges_once(pg_dsn):
+    ledger = PgLedger(pg_dsn, "a")
+    ledger.open()
+    key = {"name": "k", "key_hash": "h", "credit_micro": 1000, "spent_micro": 0, "disabled": False, "models": ["m"],
+           "requests_per_minute": None, "max_concurrency": None, "created_at": 0.0, "revoked_at": None,
+           "expires_at": None, "budget_period": "day", "budget_limit_micro": 500, "budget_start": 86400,
+           "budget_spent_micro": 0}
+    hold = {"id": "r1", "key_name": "k", "provider": None, "model": "m", "hold_micro": 40, "created_at": 1.0,
+            "budget_start": 86400}
+    entry = {"request_id": "r1", "key_name": "k", "provider": "p", "model": "m", "client_model": "m",
+             "credential": None, "hold_micro": 40, "provenance": "reported", "reason": "complete",
+             "cost_source": "pricing", "created_at": 2.0, "basis": "", "unanswered": [], "input": 1,
+             "cached_input": 0, "cache_write": 0, "output": 2, "reasoning": 0}
+    settle = ("settle", {"request_id": "r1", "key_name": "k", "charged": 55, "budget_start": 86400,
+                         "entries": [{**entry, "kind": "charge", "amount_micro": 40},
+                                     {**entry, "kind": "overrun", "amount_micro": 15}]})
+    ledger.apply([("put_key", key), ("hold", hold)])
+    ledger.apply([settle])
+    ledger.apply([settle])  # a retried write
+    keys, holds = ledger.load()
+    assert holds == [] and [e["kind"] for e in ledger.entries("r1")] == ["charge", "overrun"]
+    assert (keys[0]["spent_micro"], keys[0]["budget_spent_micro"], keys[0]["models"]) == (55, 55, ["m"])
+    assert ledger.totals()["key_name"]["k"]["cost_micro"] == 55
+    assert ledger.recent_requests(5)[0]["amount_micro"] == 55 and ledger.series(0, 60)[0]["cost_micro"] == 55
+    ledger.close()
