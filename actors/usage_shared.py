@@ -124,7 +124,11 @@ class SharedUsageActor(UsageActor):
             await trio.to_thread.run_sync(self.pg.open, limiter=self.limiter)
             recover = bool(self._first_start and self._first_start[0])
             settled: list[str] = []
-            await self._thread(self.pg.transaction, partial(self._start_tx, recover, settled))
+            try:
+                await self._thread(self.pg.transaction, partial(self._start_tx, recover, settled))
+            except BaseException:  # rolled back: the next try starts from a core that decided nothing
+                self.core = UsageCore(self.core.pricing, wall=self.core.wall, count_requests=False)
+                raise
             if recover:
                 self._first_start[0] = False
             self.recovered = len(settled)
