@@ -34,6 +34,7 @@ STATEMENT_TIMEOUT_MS = 10_000  # a statement (a lock wait included) past this is
 KEY_COLUMNS = ("name", "key_hash", "credit_micro", "spent_micro", "disabled", "models", "requests_per_minute",
                "max_concurrency", "created_at", "revoked_at", "expires_at", "budget_period", "budget_limit_micro",
                "budget_start", "budget_spent_micro", "requests_window_s")
+KEY_DEFAULTS = {"requests_window_s": 60.0}  # columns a key row written before them may lack
 HOLD_COLUMNS = ("id", "key_name", "provider", "model", "hold_micro", "created_at", "instance_id", "budget_start")
 
 
@@ -295,6 +296,7 @@ class PgLedger:
 def _put_key(tx: PgTransaction, k: dict) -> None:
     # spent_micro and the budget's count are written only when the key is new:
     # afterwards only settlements (and ``reset_budget``) move them.
+    k = {**KEY_DEFAULTS, **k}
     tx.rows(
         f"INSERT INTO keys ({', '.join(KEY_COLUMNS)}) VALUES ({', '.join(['%s'] * len(KEY_COLUMNS))}) "
         "ON CONFLICT (name) DO UPDATE SET key_hash=excluded.key_hash, credit_micro=excluded.credit_micro, "
