@@ -321,13 +321,15 @@ def _hold(tx: PgTransaction, h: dict) -> None:
 
 
 SETTLE = (
-    # one statement: the reservation goes; the charge (and overrun) rows go in unless
-    # they are there already (unique by request id and kind); only if they went in does
-    # the key's spent move, and its budget count when the charge has a period: it
-    # counts in its reservation's period, and a period's start never moves back
+    # one statement: the reservation goes; the charge row goes in unless it is there
+    # already (unique by request id and kind), and the overrun row only with it (a
+    # settlement that lost the race to another, a survivor's recovery of it, adds no
+    # entry of its own); only if the charge went in does the key's spent move, and its
+    # budget count when the charge has a period: it counts in its reservation's period,
+    # and a period's start never moves back
     "WITH gone AS (DELETE FROM reservations WHERE id = %(request_id)s), "
-    f"booked AS (INSERT INTO entries ({', '.join(ENTRY_COLUMNS)}) VALUES {{rows}} "
-    "ON CONFLICT (request_id, kind) DO NOTHING RETURNING kind) "
+    f"booked AS (INSERT INTO entries ({', '.join(ENTRY_COLUMNS)}) VALUES {{charge}} "
+    "ON CONFLICT (request_id, kind) DO NOTHING RETURNING kind){overrun} "
     "UPDATE keys SET spent_micro = spent_micro + %(charged)s, "
     "budget_spent_micro = CASE WHEN %(start)s::bigint IS NULL OR budget_start > %(start)s::bigint "
     "THEN budget_spent_micro WHEN budget_start = %(start)s::bigint THEN budget_spent_micro + %(charged)s "
@@ -336,18 +338,24 @@ SETTLE = (
     "ELSE %(start)s::bigint END "
     "WHERE name = %(key_name)s AND EXISTS (SELECT 1 FROM booked WHERE kind = 'charge')"
 )
+OVERRUN = (f", extra AS (INSERT INTO entries ({', '.join(ENTRY_COLUMNS)}) SELECT {{row}} "
+           "WHERE EXISTS (SELECT 1 FROM booked WHERE kind = 'charge') ON CONFLICT (request_id, kind) DO NOTHING)")
 
 
 def _settle(tx: PgTransaction, s: dict) -> None:
     """Book a settlement once: if its charge row exists, nothing changes."""
     params: dict[str, Any] = {"request_id": s["request_id"], "charged": s["charged"], "key_name": s["key_name"],
                               "start": s.get("budget_start")}
-    rows = []
+    charge, overrun = "", ""
     for n, entry in enumerate(s["entries"]):
         row = {**entry, "unanswered": json.dumps(list(entry.get("unanswered", ()))), "basis": entry.get("basis", "")}
-        rows.append("(" + ", ".join(f"%(e{n}_{c})s" for c in ENTRY_COLUMNS) + ")")
         params.update({f"e{n}_{c}": row[c] for c in ENTRY_COLUMNS})
-    tx.rows(SETTLE.format(rows=", ".join(rows)), params)
+        values = ", ".join(f"%(e{n}_{c})s" for c in ENTRY_COLUMNS)
+        if entry["kind"] == "charge":
+            charge = f"({values})"
+        else:
+            overrun += OVERRUN.format(row=values)
+    tx.rows(SETTLE.format(charge=charge, overrun=overrun), params)
 
 
 _OPS: dict[str, Callable[[PgTransaction, dict], None]] = {

@@ -17,6 +17,7 @@ import enum
 import logging
 from typing import Any, Awaitable, Callable, TypeVar
 
+import anyio
 import attrs
 import coredis
 import trio
@@ -29,8 +30,11 @@ log = logging.getLogger("tollhouse.redis")
 T = TypeVar("T")
 
 #: the failures that mean "Redis cannot serve us now" (gone, slow, refusing our password,
-#: a replica after a failover), not "the command was wrong"; timeouts are OSErrors
-UNREACHABLE = (RedisConnectionError, AuthenticationError, ReadOnlyError, OSError, trio.TooSlowError)
+#: a replica after a failover), not "the command was wrong"; timeouts are OSErrors; a
+#: connection closed under a command (the server went, or the pool closes it at a stop)
+#: surfaces as anyio's stream errors, which coredis lets through
+UNREACHABLE = (RedisConnectionError, AuthenticationError, ReadOnlyError, OSError, trio.TooSlowError,
+               anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream)
 
 
 class LinkState(enum.Enum):

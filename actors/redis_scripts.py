@@ -113,7 +113,8 @@ return #KEYS
 """
 
 #: A rest begins: kept in the rests hash with its deadline (ms, Redis time) unless a
-#: later one is there, and published. KEYS: rests hash. ARGV: field, wait (ms),
+#: later one is there, and published. The hash lives as long as its longest rest (it
+#: never outlives every rest in it, however many keys rested once). KEYS: rests hash. ARGV: field, wait (ms),
 #: payload, channel, origin. Published: ``origin|wait ms|payload``. Returns 1 if kept.
 REST = WINDOW_FUNCTIONS + """
 local now = math.floor(clock() / 1000)
@@ -125,6 +126,7 @@ if old then
   if d and d >= deadline then return 0 end
 end
 redis.call('HSET', KEYS[1], ARGV[1], deadline .. '|' .. ARGV[3])
+if redis.call('PTTL', KEYS[1]) < wait then redis.call('PEXPIRE', KEYS[1], wait) end
 redis.call('PUBLISH', ARGV[4], ARGV[5] .. '|' .. wait .. '|' .. ARGV[3])
 return 1
 """

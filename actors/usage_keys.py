@@ -41,14 +41,16 @@ class KeyState:
 
     def roll(self, wall: float) -> None:
         """Start the budget's count afresh once its UTC period is over (in memory only:
-        a settlement writes the new period to the ledger with its charge)."""
+        a settlement writes the new period to the ledger with its charge). Never back: a
+        clock behind the period the ledger counts in (another instance's clock is ahead,
+        or this one was set back) keeps counting there, not in a fresh earlier period."""
         if self.budget is None:
             return
         known = self._period  # (period, start, end) of the last look: no calendar work inside it
         if known is not None and known[:2] == (self.budget.period, self.budget_start) and known[1] <= wall < known[2]:
             return
         start = period_start(self.budget.period, wall)
-        if start != self.budget_start:
+        if self.budget_start is None or start > self.budget_start:
             self.budget_start, self.budget_spent_micro, self.budget_held_micro = start, 0, 0
         self._period = (self.budget.period, start, period_end(self.budget.period, wall))
 

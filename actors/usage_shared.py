@@ -94,6 +94,7 @@ class SharedUsageActor(UsageActor):
         self.connected = False
         self.retired = False
         self.swept = 0  # holds of expired instances this one settled
+        self.forgotten = 0  # holds of this instance written though refused, settled at no charge
         self.claimed: list[str] = []  # instances this one took for dead
         self._step = trio.Lock()  # one batch, sweep or start at a time: they share the core
         self._up_since: float | None = None  # since when Postgres has answered without a fault
@@ -196,26 +197,30 @@ class SharedUsageActor(UsageActor):
             settled: list[str] = []
             totals = dict(self.core.totals)
             claim = self._may_claim()
+            known = set(self.core.holds) | set(self.core.settling) | set(self.backlog)
+            forgotten: list[str] = []
             try:
-                await self._thread(self.pg.transaction, partial(self._sweep_tx, claim, settled))
+                await self._thread(self.pg.transaction, partial(self._sweep_tx, claim, known, settled, forgotten))
             except BaseException:
-                for request_id in settled:  # rolled back: another sweep settles them
+                for request_id in settled + forgotten:  # rolled back: another sweep settles them
                     self.core.settled.pop(request_id, None)
                     self.core.settling.pop(request_id, None)
                 self.core.totals = totals
                 raise
             if self._up_since is None:
                 self._up_since = trio.current_time()
-            self.core.written(settled)
+            self.core.written(settled + forgotten)
             self.swept += len(settled)
-            if settled:
+            self.forgotten += len(forgotten)
+            if settled or forgotten:
                 self._signal()
             return len(settled)
 
-    def _sweep_tx(self, claim: bool, settled: list, tx: PgTransaction) -> None:
+    def _sweep_tx(self, claim: bool, known: set, settled: list, forgotten: list, tx: PgTransaction) -> None:
         if not tx.heartbeat():
             log.warning("this instance (%s) was taken for dead by another; its holds were settled there",
                         self.instance_id)
+        self._forget_unknown(tx, known, forgotten)
         if not claim:
             return
         claimed = tx.claim_expired(self.instance_ttl_s)
@@ -234,6 +239,27 @@ class SharedUsageActor(UsageActor):
             adopt(self.core, row)
             ops.extend(self.core.settle(Settle(row["id"], None, Provenance.ESTIMATED, EndReason.RECOVERED), 0)[1])
             settled.append(row["id"])
+        tx.write(ops)
+
+    def _forget_unknown(self, tx: PgTransaction, known: set, forgotten: list) -> None:
+        """This instance's reservations in Postgres that its core does not hold: a reserve
+        whose commit went through though its answer was lost (the connection broke at the
+        COMMIT), refused to its client and never served. Each is settled at no charge, so
+        it neither holds the key's credit for the life of this process nor is charged as
+        recovered at the next start."""
+        unknown = [row for row in tx.own_holds() if row["id"] not in known]
+        if not unknown:
+            return
+        log.warning("%d reservations of this instance were refused to their clients but written; "
+                    "settled at no charge", len(unknown))
+        rows = tx.lock_keys({row["key_name"] for row in unknown}, ())
+        refresh(self.core, rows, {row["name"]: row["held"] for row in rows}, self.core.wall())
+        ops = []
+        for row in unknown:
+            adopt(self.core, row)
+            ops.extend(self.core.settle(Settle(row["id"], None, Provenance.ESTIMATED, EndReason.RECOVERED,
+                                               no_work=True), 0)[1])
+            forgotten.append(row["id"])
         tx.write(ops)
 
     async def wait_swept(self, n: int) -> None:

@@ -47,6 +47,8 @@ class Leases:
         return NoneAvailable(msg.provider, soonest, ",".join(sorted(reasons | {leased.reason})))
 
     async def release(self, leased: Leased, msg: Release) -> None:
-        await self.credentials.tell(msg)
+        """The shared lease goes back first (it never waits): a release whose time runs
+        out on a full inbox must not leave a lease that this process renews for ever."""
         if self.shared is not None and leased.shared is not None:
             self.shared.release(leased.shared, msg.tokens)
+        await self.credentials.tell(msg)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from contextlib import AsyncExitStack, asynccontextmanager
 
+import anyio
+import pytest
 import trio
 
-from actors.redis_link import LinkState, RedisLink
+from actors.redis_link import LinkState, RedisLink, RedisUnavailable
 from actors.redis_windows import RedisWindows
 
 DEADLINE_S = 60
@@ -106,3 +108,24 @@ async def test_a_refused_password_is_unreachable_and_never_shown(redis_server, r
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "unreachable" in text
     assert "s3cret-pw" not in text and str(redis_server.port) not in text
+
+
+
+async def test_a_connection_closed_under_a_call_is_unreachable_not_a_crash(redis_url):
+    """coredis lets anyio's stream errors through when a connection closes under a
+    command (the subscription's cleanup at a stop hits it): the link goes down and the
+    window answers from this process, as for any other loss of Redis."""
+    with trio.fail_after(DEADLINE_S):
+        async with links(redis_url, 1) as [link]:
+            windows = RedisWindows(link)
+            for error in (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream):
+                link.mark_up()
+
+                async def closed(client, error=error):
+                    raise error()
+
+                with pytest.raises(RedisUnavailable, match=error.__name__):
+                    await link.call(closed)
+                assert link.state is LinkState.DOWN
+            assert await windows.admit("closed", 1, 60, now=0.0) is None  # this process's window admits
+            assert link.stats().fallbacks == {"windows": 1}

@@ -79,7 +79,7 @@ def test_a_settlement_written_twice_charges_once(pg_dsn):
     key = {"name": "k", "key_hash": "h", "credit_micro": 1000, "spent_micro": 0, "disabled": False, "models": ["m"],
            "requests_per_minute": None, "max_concurrency": None, "created_at": 0.0, "revoked_at": None,
            "expires_at": None, "budget_period": "day", "budget_limit_micro": 500, "budget_start": 86400,
-           "budget_spent_micro": 0}
+           "budget_spent_micro": 0, "requests_window_s": 60.0}
     hold = {"id": "r1", "key_name": "k", "provider": None, "model": "m", "hold_micro": 40, "created_at": 1.0,
             "budget_start": 86400}
     entry = {"request_id": "r1", "key_name": "k", "provider": "p", "model": "m", "client_model": "m",

@@ -3,9 +3,16 @@ rows and every instance's open reservations say."""
 
 from __future__ import annotations
 
+from decimal import Decimal
+
+import pytest
+
 from actors.key_terms import parse_utc
 from actors.usage_core import UsageCore
+from actors.usage_messages import Reserve, hash_key
 from actors.usage_refresh import adopt, refresh
+from protocols.errors import KeyRateLimited
+from protocols.money import Price
 
 DAY = parse_utc("2026-12-02T00:00:00Z")
 NOON = DAY + 12 * 3600
@@ -44,3 +51,15 @@ def test_a_revoked_row_replaces_what_the_core_knew():
     refresh(core, [_row()], {}, NOON)
     refresh(core, [_row(revoked_at=float(NOON), key_hash="h2")], {}, NOON)
     assert core.keys["k"].revoked_at == NOON and "h" not in core.by_hash and "h2" in core.by_hash
+
+
+def test_a_clock_behind_the_ledgers_budget_period_counts_in_that_period_not_a_fresh_one():
+    """Another instance's clock crossed midnight first and charged in the new day: this
+    one, a few seconds behind, must not open yesterday's budget afresh and spend it again."""
+    late = DAY + 86400 - 2  # two seconds before the day the ledger already counts in
+    core = UsageCore({"sim/m": Price(input=Decimal("1"), output=Decimal("1"))}, wall=lambda: late)
+    refresh(core, [_row(key_hash=hash_key("sk-k"), budget_start=DAY + 86400, budget_spent_micro=500_000)], {}, late)
+    state = core.keys["k"]
+    assert state.budget_start == DAY + 86400 and state.budget_available() == 0
+    with pytest.raises(KeyRateLimited):
+        core.reserve(Reserve("r1", "sk-k", "m", ("sim/m",), 10, 10), now=0.0)
