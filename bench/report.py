@@ -202,6 +202,12 @@ def markdown(doc: dict, png: str | None, plot_note: str | None = None) -> str:
     for key, label in labels.items():
         v = r.get(key)
         lines.append(f"- {label}: {'n/a' if v is None else f'{v:g}×'}")
+    ab = doc.get("ab")
+    if ab:
+        lines += ["", f"**A/B: tollhouse-b ({ab['b']}) over tollhouse ({ab['a']}), same run** — pooled, and the "
+                      "median of the per-round ratios (each round measures both within seconds)", ""]
+        for key, v in ab["ratios"].items():
+            lines.append(f"- {key}: {'n/a' if v is None else f'{v:g}×'}")
     lines.append("")
     missing = [(n, a) for n, a in arms.items() if a["status"] != "ok"]
     partial = [(n, a) for n, a in arms.items() if a["status"] == "ok" and a.get("reason")]
