@@ -41,6 +41,7 @@ from actors.usage_messages import (
     Authenticate,
     CreateKey,
     Msg,
+    Persist,
     Query,
     Reconfigure,
     Reservation,
@@ -56,7 +57,7 @@ from protocols.money import Price
 
 log = logging.getLogger("tollhouse.usage")
 
-__all__ = ["Authenticate", "CreateKey", "Msg", "Query", "Reconfigure", "Reservation", "Reserve", "RevokeKey", "Settle",
+__all__ = ["Authenticate", "CreateKey", "Msg", "Persist", "Query", "Reconfigure", "Reservation", "Reserve", "RevokeKey", "Settle",
            "Settled", "UpdateKey", "UsageActor", "hash_key"]
 
 BATCH = 256
@@ -110,6 +111,8 @@ class UsageActor(Actor):
         self.fault: str | None = None  # why the ledger refuses writes, while it does
         self.write_failures = 0
         self._backlog_added = trio.Event()
+        self.unwritten_holds: dict[str, list] = {}  # deferred reserves' ledger ops, by request id
+        self._whole: set[str] = set()  # this batch's settlements whose holds were never written
         # The hashes of every key the core knows, replaced (never mutated) whenever keys
         # change, so the front doors can refuse a stranger from its headers without a
         # message to this actor. None until ``start`` has loaded the keys.
@@ -169,15 +172,19 @@ class UsageActor(Actor):
         now = trio.current_time()
         steps: list[Step] = []
         parked = False
+        self._whole.clear()
         for envelope in batch:
             msg = envelope.msg
             if isinstance(msg, Settle) and msg.request_id in self.backlog:
                 self.backlog[msg.request_id].waiters.append(envelope)  # asked again: same answer, same commit
                 parked = True
                 continue
+            if isinstance(msg, Persist):
+                steps.append(Step(envelope, None, self.unwritten_holds.pop(msg.request_id, [])))
+                continue
             undo = self._undo(msg, now)
             try:
-                result, ops = self.core.handle(msg, now)
+                result, ops = self._deferred(msg, *self.core.handle(msg, now))
             except GatewayError as exc:
                 steps.append(Step(envelope, exc, []))
                 continue
@@ -203,12 +210,20 @@ class UsageActor(Actor):
                 self.core.written(step.result.request_id for step in writes if isinstance(step.result, Settled))
                 writes = []
         for step in reversed(writes):  # the ledger refused them: park settlements, undo the rest
-            if isinstance(step.result, Settled):
+            if isinstance(step.result, Settled) and step.result.request_id in self._whole:
+                self._unbook(step)  # its client has seen nothing: refused, and nothing is owed
+                step.result = LedgerUnavailable(
+                    "The gateway's usage ledger cannot be written right now; this request was not "
+                    "booked and its answer is withheld. Retry later.", retry_after=1.0)
+            elif isinstance(step.result, Settled):
                 self.backlog[step.result.request_id] = Unwritten(step.ops, step.result, [step.envelope])
                 self._backlog_added.set()
                 step.parked = parked = True
             else:
-                step.undo()
+                if isinstance(step.envelope.msg, Persist):
+                    self.unwritten_holds[step.envelope.msg.request_id] = step.ops  # its settlement books it
+                else:
+                    step.undo()
                 step.result = LedgerUnavailable(
                     "The gateway's usage ledger cannot be written right now; no new requests are "
                     "accepted until it can. Retry later.", retry_after=1.0)
@@ -219,6 +234,37 @@ class UsageActor(Actor):
                 self._answer(step.envelope, step.result)
         self._signal()
         return parked
+
+    def _deferred(self, msg: Msg, result: Any, ops: list) -> tuple[Any, list]:
+        """A reserve whose caller makes it durable before its client sees a byte keeps
+        its hold off the disk until ``Persist`` or its settlement, which writes it in
+        the same transaction: a whole answer costs one commit, and a crash loses at most
+        a request whose client received nothing. While the ledger is known to refuse
+        writes (a write refused, settlements waiting), a reserve is written (and so
+        refused) as before."""
+        if isinstance(msg, Reserve) and msg.defer_write and ops and not self.backlog and self.fault is None:
+            self.unwritten_holds[msg.request_id] = ops
+            return attrs.evolve(result, deferred=True), []
+        if isinstance(msg, Settle) and self.unwritten_holds.pop(msg.request_id, None) is not None and ops:
+            self._whole.add(msg.request_id)  # its hold row is never needed: this write books it whole
+        return result, ops
+
+    def _unbook(self, step: Step) -> None:
+        """Forget a request booked whole in a write the ledger refused: as if it never
+        came (its hold was already released by the settlement)."""
+        result: Settled = step.result
+        [(_, op)] = step.ops
+        core = self.core
+        core.settling.pop(result.request_id, None)
+        core.settled.pop(result.request_id, None)
+        core.totals["requests"] -= 1
+        core.totals["charged_micro"] -= result.charged_micro
+        core.totals["overrun_micro"] -= result.overrun_micro
+        state = core.keys.get(op["key_name"])
+        if state is not None:
+            state.spent_micro -= op["charged"]
+            if op["budget_start"] is not None:
+                state.budget_spent_micro -= op["charged"]
 
     def _publish_key_hashes(self) -> None:
         self.key_hashes = frozenset(self.core.by_hash)

@@ -119,9 +119,13 @@ def _only_error(batch: list) -> UpstreamError | None:
 
 class AttemptRunner:
     def __init__(self, streaming: Any, settle: Callable[[Request], Awaitable[None]],
-                 stopping: Callable[[], bool] = lambda: False, field_cache: FieldCache | None = None) -> None:
+                 stopping: Callable[[], bool] = lambda: False, field_cache: FieldCache | None = None,
+                 persist: Callable[[Request], Awaitable[None]] | None = None) -> None:
         self.streaming = streaming
         self.settle = settle
+        # makes the request's hold durable before the client's first byte (a whole
+        # answer needs none: its settlement, written before it, books it)
+        self.persist = persist
         self.stopping = stopping
         self.field_cache = field_cache
 
@@ -210,6 +214,8 @@ class AttemptRunner:
             body = json.dumps(answer).encode()
             content_type = "application/json"
         await self.settle(req)
+        if req.unbooked is not None:
+            raise req.unbooked
         if call.recorder is not None and answer is not None:
             call.recorder.record(req, answer)
         req.started = True
@@ -249,6 +255,8 @@ class AttemptRunner:
                         req.settle_attempt(index, Outcome.REFUSED)
                         raise first_error
                     content_type = reader.content_type if passthrough else encoder.content_type
+                    if self.persist is not None:
+                        await self.persist(req)
                     req.started = True
                     req.first_byte_at = trio.current_time()
                     await link.start(200, _headers(req, content_type, target))
