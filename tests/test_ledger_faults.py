@@ -322,3 +322,31 @@ def test_an_older_ledger_gains_the_new_columns_and_keeps_its_entries(tmp_path):
         assert keys[0]["spent_micro"] == 12
     finally:
         ledger.close()
+
+
+def _hold_op(request_id: str) -> tuple:
+    return ("hold", {"id": request_id, "key_name": "k", "provider": None, "model": "m", "hold_micro": 9,
+                     "created_at": 1.0})
+
+
+def test_a_write_on_the_event_loop_never_waits_for_a_lock_and_writes_nothing_when_it_would(tmp_path):
+    ledger = Ledger(tmp_path)
+    path = tmp_path / "ledger.sqlite3"
+    try:
+        assert ledger.apply_now([_hold_op("free")]) is True
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+            assert ledger.apply_now([_hold_op("locked")]) is False
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        with ledger._lock:  # a read or a checkpoint in the worker thread
+            assert ledger.apply_now([_hold_op("busy")]) is False
+        ledger.checkpoint()
+        _, holds = ledger.load()
+        assert [h["id"] for h in holds] == ["free"]
+    finally:
+        ledger.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT id FROM reservations").fetchall() == [("free",)]
