@@ -25,7 +25,8 @@ from gateway.ending import Outcome, Trouble
 from gateway.field_cache import FieldCache, Scope, conversation_of, user_turn_of
 from gateway.field_rules import Tap, inject
 from gateway.request import ClientLink, Request
-from protocols.errors import GatewayError, Stopping, UpstreamError, UpstreamProtocolError, UpstreamTimeout
+from protocols.errors import (GatewayError, LedgerUnavailable, Stopping, UpstreamError, UpstreamProtocolError,
+                              UpstreamTimeout)
 from protocols.seams import StreamEncoder
 from protocols.server_tools import drop_tools
 from protocols.unified import ErrorEvent, Finish, StreamStart, UnifiedRequest
@@ -216,6 +217,9 @@ class AttemptRunner:
         await self.settle(req)
         if req.unbooked is not None:
             raise req.unbooked
+        if req.hold_unwritten:  # the meter failed on its settlement (and restarts): nothing is booked
+            raise LedgerUnavailable("The gateway's usage ledger could not book this request; its answer is "
+                                    "withheld. Retry later.", retry_after=1.0)
         if call.recorder is not None and answer is not None:
             call.recorder.record(req, answer)
         req.started = True
