@@ -26,6 +26,7 @@ does not have.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from typing import Any, Iterable, Mapping, Protocol
 
@@ -41,6 +42,7 @@ from actors.usage_messages import (
     Authenticate,
     CreateKey,
     Msg,
+    Persist,
     Query,
     Reconfigure,
     Reservation,
@@ -56,10 +58,11 @@ from protocols.money import Price
 
 log = logging.getLogger("tollhouse.usage")
 
-__all__ = ["Authenticate", "CreateKey", "Msg", "Query", "Reconfigure", "Reservation", "Reserve", "RevokeKey", "Settle",
+__all__ = ["Authenticate", "CreateKey", "Msg", "Persist", "Query", "Reconfigure", "Reservation", "Reserve", "RevokeKey", "Settle",
            "Settled", "UpdateKey", "UsageActor", "hash_key"]
 
 BATCH = 256
+CHECKPOINT_EVERY = 256  # commits between the ledger's checkpoints (its WAL stays a few MB)
 RETRY_FIRST_S = 0.05  # the first retry of a refused write; doubles up to RETRY_MAX_S
 RETRY_MAX_S = 1.0
 
@@ -123,6 +126,10 @@ class UsageActor(Actor):
         self.fault: str | None = None  # why the ledger refuses writes, while it does
         self.write_failures = 0
         self._backlog_added = trio.Event()
+        self.unwritten_holds: dict[str, list] = {}  # deferred reserves' ledger ops, by request id
+        self._unchecked = 0  # commits since the ledger's last checkpoint
+        self._checkpoint_due = trio.Event()
+        self._whole: set[str] = set()  # this batch's settlements whose holds were never written
         # The hashes of every key the core knows, replaced (never mutated) whenever keys
         # change, so the front doors can refuse a stranger from its headers without a
         # message to this actor. None until ``start`` has loaded the keys.
@@ -155,6 +162,7 @@ class UsageActor(Actor):
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write_backlog)
+                nursery.start_soon(self._checkpoints)
                 while True:
                     batch = [await receive.receive()]
                     while len(batch) < BATCH:
@@ -182,15 +190,19 @@ class UsageActor(Actor):
         now = trio.current_time()
         steps: list[Step] = []
         parked = False
+        self._whole.clear()
         for envelope in batch:
             msg = envelope.msg
             if isinstance(msg, Settle) and msg.request_id in self.backlog:
                 self.backlog[msg.request_id].waiters.append(envelope)  # asked again: same answer, same commit
                 parked = True
                 continue
+            if isinstance(msg, Persist):
+                steps.append(Step(envelope, None, self.unwritten_holds.pop(msg.request_id, [])))
+                continue
             undo = self._undo(msg, now)
             try:
-                result, ops = self.core.handle(msg, now)
+                result, ops = self._deferred(msg, *self.core.handle(msg, now))
             except GatewayError as exc:
                 steps.append(Step(envelope, exc, []))
                 continue
@@ -216,12 +228,20 @@ class UsageActor(Actor):
                 self.core.written(step.result.request_id for step in writes if isinstance(step.result, Settled))
                 writes = []
         for step in reversed(writes):  # the ledger refused them: park settlements, undo the rest
-            if isinstance(step.result, Settled):
+            if isinstance(step.result, Settled) and step.result.request_id in self._whole:
+                self._unbook(step)  # its client has seen nothing: refused, and nothing is owed
+                step.result = LedgerUnavailable(
+                    "The gateway's usage ledger cannot be written right now; this request was not "
+                    "booked and its answer is withheld. Retry later.", retry_after=1.0)
+            elif isinstance(step.result, Settled):
                 self.backlog[step.result.request_id] = Unwritten(step.ops, step.result, [step.envelope])
                 self._backlog_added.set()
                 step.parked = parked = True
             else:
-                step.undo()
+                if isinstance(step.envelope.msg, Persist):
+                    self.unwritten_holds[step.envelope.msg.request_id] = step.ops  # its settlement books it
+                else:
+                    step.undo()
                 step.result = LedgerUnavailable(
                     "The gateway's usage ledger cannot be written right now; no new requests are "
                     "accepted until it can. Retry later.", retry_after=1.0)
@@ -232,6 +252,37 @@ class UsageActor(Actor):
                 self._answer(step.envelope, step.result)
         self._signal()
         return parked
+
+    def _deferred(self, msg: Msg, result: Any, ops: list) -> tuple[Any, list]:
+        """A reserve whose caller makes it durable before its client sees a byte keeps
+        its hold off the disk until ``Persist`` or its settlement, which writes it in
+        the same transaction: a whole answer costs one commit, and a crash loses at most
+        a request whose client received nothing. While the ledger is known to refuse
+        writes (a write refused, settlements waiting), a reserve is written (and so
+        refused) as before."""
+        if isinstance(msg, Reserve) and msg.defer_write and ops and not self.backlog and self.fault is None:
+            self.unwritten_holds[msg.request_id] = ops
+            return attrs.evolve(result, deferred=True), []
+        if isinstance(msg, Settle) and self.unwritten_holds.pop(msg.request_id, None) is not None and ops:
+            self._whole.add(msg.request_id)  # its hold row is never needed: this write books it whole
+        return result, ops
+
+    def _unbook(self, step: Step) -> None:
+        """Forget a request booked whole in a write the ledger refused: as if it never
+        came (its hold was already released by the settlement)."""
+        result: Settled = step.result
+        [(_, op)] = step.ops
+        core = self.core
+        core.settling.pop(result.request_id, None)
+        core.settled.pop(result.request_id, None)
+        core.totals["requests"] -= 1
+        core.totals["charged_micro"] -= result.charged_micro
+        core.totals["overrun_micro"] -= result.overrun_micro
+        state = core.keys.get(op["key_name"])
+        if state is not None:
+            state.spent_micro -= op["charged"]
+            if op["budget_start"] is not None:
+                state.budget_spent_micro -= op["charged"]
 
     def _publish_key_hashes(self) -> None:
         self.key_hashes = frozenset(self.core.by_hash)
@@ -259,10 +310,34 @@ class UsageActor(Actor):
     async def _write(self, ops: list) -> None:
         began = time.perf_counter()
         try:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self.ledger.apply, ops, limiter=self.limiter)
+            if not self._write_now(ops):
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(self.ledger.apply, ops, limiter=self.limiter)
         finally:
             self.commit_times.observe(time.perf_counter() - began)
+
+    def _write_now(self, ops: list) -> bool:
+        """The commit on the event loop when the ledger can take it at once (SQLite's: a
+        write to its WAL, cheaper than the thread hand-off); False to write in the thread."""
+        apply_now = getattr(self.ledger, "apply_now", None)
+        if apply_now is None:
+            return False
+        self._unchecked += 1
+        if self._unchecked >= CHECKPOINT_EVERY:
+            self._checkpoint_due.set()
+        return apply_now(ops)
+
+    async def _checkpoints(self) -> None:
+        """The ledger's checkpoints, in the worker thread, every ``CHECKPOINT_EVERY``
+        commits (a commit meanwhile waits for it in the thread, not on the event loop)."""
+        while True:
+            await self._checkpoint_due.wait()
+            self._checkpoint_due = trio.Event()
+            self._unchecked = 0
+            try:
+                await trio.to_thread.run_sync(self.ledger.checkpoint, limiter=self.limiter)
+            except sqlite3.Error as exc:  # a busy or failing file: the next one tries again
+                log.warning("usage ledger %s: checkpoint failed (%s)", self.ledger.path, exc)
 
     def _refused(self, exc: LedgerWriteError) -> None:
         self.write_failures += 1

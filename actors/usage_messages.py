@@ -50,6 +50,9 @@ class Reserve:
     input_tokens: int
     output_tokens: int
     pricing: Mapping[str, Any] | None = attrs.field(default=None, eq=False, repr=False)
+    # The caller makes the hold durable before its client sees a byte (``Persist``, or
+    # the settlement): a meter may then answer before writing it (the local one does).
+    defer_write: bool = False
 
 
 @attrs.frozen
@@ -57,6 +60,15 @@ class Reservation:
     request_id: str
     key_name: str
     hold_micro: int
+    deferred: bool = False  # not yet on disk: ``Persist`` (or the settlement) writes it
+
+
+@attrs.frozen
+class Persist:
+    """Write a deferred hold now (answered once it is on disk; at once when it already
+    is, or when the request was settled meanwhile)."""
+
+    request_id: str
 
 
 @attrs.frozen

@@ -27,7 +27,8 @@ from bench.procs import GATEWAY_CORE, Proc, free_port, wait_port
 REPO = Path(__file__).resolve().parent.parent
 TOOLS = Path(os.environ.get("TOLLHOUSE_BENCH_TOOLS", "/opt/tollhouse-bench"))
 GATEWAYS = ("direct", "nginx", "tollhouse", "tollhouse-shared", "tollhouse-shared-2w", "litellm", "portkey")
-TRANSLATED = ("tollhouse", "litellm", "portkey")  # gateways whose Anthropic front door is tried
+OTHER = "tollhouse-b"  # Tollhouse from another checkout (``--gateway-b``): an A/B arm in the same run
+TRANSLATED = ("tollhouse", OTHER, "litellm", "portkey")  # gateways whose Anthropic front door is tried
 ANTHROPIC_VERSION = "2023-06-01"
 
 
@@ -244,6 +245,40 @@ class Tollhouse(Gateway):
         if protocol == "anthropic":
             return "/v1/messages", {"x-api-key": self.key, "anthropic-version": ANTHROPIC_VERSION}
         return "/v1/chat/completions", {"authorization": f"Bearer {self.key}"}
+
+
+class TollhouseOther(Tollhouse):
+    """The same gateway, run from another checkout with its own venv (``<checkout>/.venv``):
+    two versions of the code measured side by side, interleaved, in one run, so a
+    regression can be told from a slower host."""
+
+    name = OTHER
+
+    def __init__(self, workdir: Path, mock_port: int, checkout: Path) -> None:
+        super().__init__(workdir, mock_port)
+        self.checkout = checkout
+        self.python = checkout / ".venv" / "bin" / "python"
+
+    def check_installed(self):
+        if not self.python.exists():
+            raise Unavailable("not_installed", f"{self.python} missing: python3 -m venv {self.checkout}/.venv && "
+                                               f"{self.checkout}/.venv/bin/pip install -e {self.checkout}")
+        self.versions[OTHER] = {"checkout": str(self.checkout), "commit": checkout_commit(self.checkout)}
+
+    def command(self):
+        argv, env = super().command()
+        exe = self.python.parent / "tollhouse"
+        head = [str(exe)] if exe.exists() else [str(self.python), "-m", "gateway.cli"]
+        env = {k: v for k, v in (env or os.environ).items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        return head + argv[argv.index("serve"):], env
+
+
+def checkout_commit(checkout: Path) -> str:
+    """The commit a checkout holds: git's answer, or a ``COMMIT`` file (an exported tree)."""
+    marker = checkout / "COMMIT"
+    if marker.exists():
+        return marker.read_text().strip()
+    return _run(["git", "-C", str(checkout), "rev-parse", "HEAD"])
 
 
 class LiteLLM(Gateway):

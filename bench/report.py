@@ -209,6 +209,12 @@ def markdown(doc: dict, png: str | None, plot_note: str | None = None) -> str:
                        ("added_latency_p99_shared_minus_local_ms", "Shared backend's added latency over the local's, p99")):
         v = r.get(key)
         lines.append(f"- {label}: {'n/a' if v is None else f'{v:+.3g} ms'}")
+    ab = doc.get("ab")
+    if ab:
+        lines += ["", f"**A/B: tollhouse-b ({ab['b']}) over tollhouse ({ab['a']}), same run** — pooled, and the "
+                      "median of the per-round ratios (each round measures both within seconds)", ""]
+        for key, v in ab["ratios"].items():
+            lines.append(f"- {key}: {'n/a' if v is None else f'{v:g}×'}")
     lines.append("")
     missing = [(n, a) for n, a in arms.items() if a["status"] != "ok"]
     partial = [(n, a) for n, a in arms.items() if a["status"] == "ok" and a.get("reason")]

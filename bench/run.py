@@ -33,7 +33,7 @@ import trio
 
 from bench import report, scenarios, wrk
 from bench import transport as bench_transport
-from bench.arms import CLASSES, GATEWAYS, REPO, TOOLS, Arm, Gateway, Unavailable
+from bench.arms import CLASSES, GATEWAYS, OTHER, REPO, TOOLS, Arm, Gateway, TollhouseOther, Unavailable
 from bench.shared_arms import SHARED, BackendServers, TollhouseShared
 from bench.procs import (GATEWAY_CORE, LOAD_CORE, CpuMonitor, Pinning, Proc, cores, free_port, group_pids,
                          wait_port)
@@ -53,8 +53,9 @@ def log(msg: str) -> None:
 
 class Run:
     def __init__(self, settings: Settings, gateways: list[str], translated: bool, profile: bool,
-                 workdir: Path) -> None:
+                 workdir: Path, other_checkout: Path | None = None) -> None:
         self.s = settings
+        self.other_checkout = other_checkout
         self.gateway_names = gateways
         self.translated = translated
         self.profile = profile
@@ -107,7 +108,8 @@ class Run:
     async def start_gateways(self) -> None:
         await self.start_backend()
         for name in self.gateway_names:
-            gw = {**CLASSES, **SHARED}[name](self.workdir, self.mock_port)
+            gw = (TollhouseOther(self.workdir, self.mock_port, self.other_checkout) if name == OTHER
+                  else {**CLASSES, **SHARED}[name](self.workdir, self.mock_port))
             self.gateways[name] = gw
             gw_arms = [a for a in gw.arms() if a.protocol == "openai" or self.translated]
             self.arms.extend(gw_arms)
@@ -428,6 +430,48 @@ class Run:
         return out
 
 
+def ab_ratios(arms: dict) -> dict:
+    """The other checkout's figures over this one's (``--gateway-b``): pooled over the
+    run, and the median of the per-round ratios, which a host whose load drifts between
+    rounds skews less (both arms of a round run within seconds of each other)."""
+    out: dict = {}
+    for suffix in ("", ":anthropic"):
+        a, b = arms.get("tollhouse" + suffix) or {}, arms.get(OTHER + suffix) or {}
+        if not a or not b:
+            continue
+        tag = suffix.replace(":", " ")
+
+        def rounds(arm, scenario, key):
+            return [x.get(key) for x in (arm.get(scenario) or {}).get("rounds", [])]
+
+        lat_a = (a.get("latency_c1") or {}).get("added_p50_ms_by_round", [])
+        lat_b = (b.get("latency_c1") or {}).get("added_p50_ms_by_round", [])
+        out[f"added latency c=1 p50{tag}"] = _ratio(_g(b, "latency_c1", "added_p50_ms"),
+                                                    _g(a, "latency_c1", "added_p50_ms"), floor=0.005)
+        out[f"added latency c=1 p50{tag}, per-round median"] = _paired(lat_b, lat_a)
+        out[f"added latency c=1 p99{tag}"] = _ratio(_g(b, "latency_c1", "added_p99_ms"),
+                                                    _g(a, "latency_c1", "added_p99_ms"), floor=0.005)
+        out[f"req/s wrk c=10{tag}"] = _ratio(_g(b, "throughput_c10", "rps"), _g(a, "throughput_c10", "rps"))
+        out[f"req/s wrk c=10{tag}, per-round median"] = _paired(rounds(b, "throughput_c10", "rps"),
+                                                               rounds(a, "throughput_c10", "rps"))
+        out[f"added TTFT p50{tag}"] = _ratio(_g(b, "streaming", "added_ttft_p50_ms"),
+                                             _g(a, "streaming", "added_ttft_p50_ms"), floor=0.005)
+    return out
+
+
+def _g(d, *path):
+    for p in path:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(p)
+    return d
+
+
+def _paired(bs: list, as_: list):
+    xs = [b / a for b, a in zip(bs, as_) if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a > 0.005]
+    return round(_median(xs), 2) if xs else None
+
+
 def _sub(a, b):
     return None if a is None or b is None else round(a - b, 4)
 
@@ -447,6 +491,17 @@ def _ratio(a, b, floor: float = 0.0):
 
 
 # ---------------------------------------------------------------- environment
+
+
+def environment_sha() -> str:
+    """This checkout's commit, short, with ``+dirty`` when its tree has changes."""
+    def git(*args):
+        try:
+            return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
+                                  timeout=30).stdout.strip()
+        except OSError:
+            return ""
+    return git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def environment(gateways: dict, pinning: Pinning) -> dict:
@@ -496,7 +551,10 @@ async def amain(args) -> int:
         args.arms = "direct"
     arms_arg = args.arms or ",".join(QUICK_ARMS if args.quick else GATEWAYS)
     names = [n.strip() for n in arms_arg.split(",") if n.strip()]
-    bad = [n for n in names if n not in GATEWAYS]
+    other = Path(args.gateway_b).resolve() if args.gateway_b else None
+    if other is not None and OTHER not in names:
+        names.insert(names.index("tollhouse") + 1 if "tollhouse" in names else len(names), OTHER)
+    bad = [n for n in names if n not in GATEWAYS and not (n == OTHER and other is not None)]
     if bad:
         print(f"unknown arms {bad}; choose from {','.join(GATEWAYS)}", file=sys.stderr)
         return 2
@@ -509,7 +567,7 @@ async def amain(args) -> int:
     RESULTS.mkdir(exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="tollhouse-bench-"))
     started = dt.datetime.now(dt.timezone.utc)
-    run = Run(settings, names, not args.no_translated, args.profile, workdir)
+    run = Run(settings, names, not args.no_translated, args.profile, workdir, other)
     run.pinning.record("bench (Python load client)", LOAD_CORE, [os.getpid()])
     run.profile_result = None
     log(f"mode {settings.mode}; arms {','.join(names)}; workdir {workdir}")
@@ -532,8 +590,9 @@ async def amain(args) -> int:
                 await run.start_gateways()
                 await run.initial_warmup()
                 await run.rounds()
-                await run.transport()
-                await run.capacity()
+                if args.only != "rounds":
+                    await run.transport()
+                    await run.capacity()
                 if args.profile:
                     await run.run_profile()
             watcher.cancel_scope.cancel()
@@ -554,6 +613,8 @@ async def amain(args) -> int:
                      for g in run.gateways.values()},
         "arms": arms,
         "ratios": run.ratios(arms),
+        **({"ab": {"a": environment_sha(), "b": run.gateways[OTHER].versions.get(OTHER, {}).get("commit"),
+                   "ratios": ab_ratios(arms)}} if OTHER in run.gateways else {}),
         "profile": run.profile_result,
         "transport": run.transport_result,
         "background_cpu": {"before_run_cores": before,
@@ -561,14 +622,14 @@ async def amain(args) -> int:
         "notes": run.notes,
         "peers_not_attempted": NOT_ATTEMPTED,
     }
-    stem = args.out or ("transport" if args.only else "latest" if settings.mode == "full" else "quick")
+    stem = args.out or (args.only if args.only else "latest" if settings.mode == "full" else "quick")
     json_path = RESULTS / f"{stem}.json"
     json_path.write_text(json.dumps(doc, indent=1, default=str))
     hist = RESULTS / "history"
     hist.mkdir(exist_ok=True)
     shutil.copy(json_path, hist / f"{started.strftime('%Y%m%dT%H%M%SZ')}-{args.only or settings.mode}.json")
     png = RESULTS / f"{stem}.png"
-    if args.only:
+    if args.only == "transport":
         md = report.only_markdown(doc)
     else:
         plot_note = report.plot(json_path, png)
@@ -592,8 +653,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true", help="py-spy profile of tollhouse under wrk c=10")
     ap.add_argument("--out", help="result file stem under bench/results (default latest / quick)")
     ap.add_argument("--keep-workdir", action="store_true", help="keep configs and gateway logs")
-    ap.add_argument("--only", choices=["transport"],
-                    help="run one scenario alone: transport = the gateway's upstream pool vs httpx2 on the mock")
+    ap.add_argument("--only", choices=["transport", "rounds"],
+                    help="run one part alone: transport = the gateway's upstream pool vs httpx2 on the mock; "
+                         "rounds = the interleaved rounds (latency c=1, wrk c=10, streams), no capacity pass")
+    ap.add_argument("--gateway-b", metavar="CHECKOUT",
+                    help=f"also run Tollhouse from another checkout (its own CHECKOUT/.venv) as the arm {OTHER}, "
+                         "interleaved with this one: an A/B of two versions in one run")
     args = ap.parse_args(argv)
     return trio.run(amain, args)
 

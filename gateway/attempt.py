@@ -25,7 +25,8 @@ from gateway.ending import Outcome, Trouble
 from gateway.field_cache import FieldCache, Scope, conversation_of, user_turn_of
 from gateway.field_rules import Tap, inject
 from gateway.request import ClientLink, Request
-from protocols.errors import GatewayError, Stopping, UpstreamError, UpstreamProtocolError, UpstreamTimeout
+from protocols.errors import (GatewayError, LedgerUnavailable, Stopping, UpstreamError, UpstreamProtocolError,
+                              UpstreamTimeout)
 from protocols.seams import StreamEncoder
 from protocols.server_tools import drop_tools
 from protocols.unified import ErrorEvent, Finish, StreamStart, UnifiedRequest
@@ -119,9 +120,13 @@ def _only_error(batch: list) -> UpstreamError | None:
 
 class AttemptRunner:
     def __init__(self, streaming: Any, settle: Callable[[Request], Awaitable[None]],
-                 stopping: Callable[[], bool] = lambda: False, field_cache: FieldCache | None = None) -> None:
+                 stopping: Callable[[], bool] = lambda: False, field_cache: FieldCache | None = None,
+                 persist: Callable[[Request], Awaitable[None]] | None = None) -> None:
         self.streaming = streaming
         self.settle = settle
+        # makes the request's hold durable before the client's first byte (a whole
+        # answer needs none: its settlement, written before it, books it)
+        self.persist = persist
         self.stopping = stopping
         self.field_cache = field_cache
 
@@ -211,6 +216,11 @@ class AttemptRunner:
             body = json.dumps(answer).encode()
             content_type = "application/json"
         await self.settle(req)
+        if req.unbooked is not None:
+            raise req.unbooked
+        if req.hold_unwritten:  # the meter failed on its settlement (and restarts): nothing is booked
+            raise LedgerUnavailable("The gateway's usage ledger could not book this request; its answer is "
+                                    "withheld. Retry later.", retry_after=1.0)
         if call.recorder is not None and answer is not None:
             call.recorder.record(req, answer)
         req.started = True
@@ -250,6 +260,8 @@ class AttemptRunner:
                         req.settle_attempt(index, Outcome.REFUSED)
                         raise first_error
                     content_type = reader.content_type if passthrough else encoder.content_type
+                    if self.persist is not None:
+                        await self.persist(req)
                     req.started = True
                     req.first_byte_at = trio.current_time()
                     await link.start(200, _headers(req, content_type, target))

@@ -36,7 +36,7 @@ from actors.cooldown import Outcome as CooldownOutcome
 from actors.credentials import Lease, Leased, NoneAvailable, Release
 from actors.mailbox import Mailbox
 from actors.routing import Plan, Resolve, Table
-from actors.usage import Reserve, Settle
+from actors.usage import Persist, Reserve, Settle
 from gateway.attempt import AttemptRunner
 from gateway.field_cache import FieldCache
 from gateway.leasing import Leases
@@ -50,6 +50,7 @@ from protocols.errors import (
     ClientError,
     GatewayError,
     GatewayFailure,
+    LedgerUnavailable,
     NoCapacity,
     UpstreamBadRequest,
     UpstreamError,
@@ -104,7 +105,7 @@ class Dispatcher:
         self._prefix = "req_" + os.urandom(6).hex()  # unique per process: ids never repeat across restarts
         self._counter = itertools.count(1)
         self.drain_enabled = streaming.on_disconnect == "drain" and streaming.max_concurrent_drains > 0
-        self.attempt = AttemptRunner(streaming, self._settle, stopping, field_cache)
+        self.attempt = AttemptRunner(streaming, self._settle, stopping, field_cache, self._persist)
         # calls being served now, by (protocol, transport, stream), shared by every
         # generation's dispatcher: read by metrics scrapes
         self.in_flight: Counter = Counter() if in_flight is None else in_flight
@@ -157,11 +158,15 @@ class Dispatcher:
         try:
             reservation = await self.actors.usage.ask(Reserve(
                 req.id, call.key, request.model, tuple(t.label for t in plan.targets),
-                estimate_tokens(call.body_bytes), out_tokens, self.pricing))
+                estimate_tokens(call.body_bytes), out_tokens, self.pricing, defer_write=True))
         except GatewayError as exc:
             req.key_name = exc.key_name  # a key recognised and refused (402, 429, 403) is named
             raise
         req.key_name = reservation.key_name
+        if reservation.deferred:
+            req.hold_unwritten = True
+            if request.stream:  # written while the upstream is called; waited for before the first byte
+                self.actors.usage.tell_nowait(Persist(req.id))
         reset = None
         if self.traces is not None and self.traces.enabled:
             req.transform = self.traces.choose(call, req.key_name)
@@ -217,6 +222,18 @@ class Dispatcher:
                 self.drains.release()
         request_scope.cancel()
 
+    async def _persist(self, req: Request) -> None:
+        """A deferred hold on disk before the client's first byte: a crash then loses at
+        most a request whose client received nothing. ``LedgerUnavailable`` if it
+        cannot be written (the request then ends before its answer began)."""
+        if req.hold_unwritten:
+            try:
+                await self.actors.usage.ask(Persist(req.id), timeout=self.settle_timeout_s)
+            except trio.TooSlowError:
+                raise LedgerUnavailable("The gateway's usage ledger cannot be written right now; retry later.",
+                                        retry_after=1.0) from None
+            req.hold_unwritten = False
+
     async def _settle(self, req: Request) -> None:
         """Settle once, as ``decide`` says; a ledger that cannot keep up is waited for at
         most ``settle_timeout_s`` (the meter keeps retrying the write on its own). Never
@@ -242,10 +259,17 @@ class Dispatcher:
                 req.charged = await self.actors.usage.ask(msg, timeout=self.settle_timeout_s)
             except trio.TooSlowError:
                 scope.cancel()
+            except LedgerUnavailable as exc:
+                if req.hold_unwritten:  # booked whole or not at all: not, and its client has seen nothing
+                    req.settled, req.unbooked = True, exc
+                    return
+                log.error("settlement of %s failed (%s: %s)", req.id, type(exc).__name__, exc)
+                return
             except Exception as exc:  # the meter crashed on it: it restarts from the ledger
                 log.error("settlement of %s failed (%s: %s)", req.id, type(exc).__name__, exc)
                 return
         req.settled = True
+        req.hold_unwritten = False
         if scope.cancelled_caught:
             log.warning("settlement of %s not yet on disk after %.1f s; the meter keeps it pending",
                         req.id, self.settle_timeout_s)

@@ -75,6 +75,8 @@ class Request:
     streaming_scope: trio.CancelScope | None = None
     drain_deadline: float | None = None  # set while a stream is drained for its usage
     settled: bool = False
+    hold_unwritten: bool = False  # its reservation is not on disk yet (``Dispatcher._persist``)
+    unbooked: Any = None  # the meter's refusal of a request it could not book whole: its answer is withheld
     output_allowance: int = 0  # the output tokens its hold covers
     field_scope: Any = None  # the field cache's conversation scope, once worked out (gateway.attempt)
     created_at: float = attrs.field(factory=trio.current_time)

@@ -64,3 +64,24 @@ async def test_an_unknown_message_to_a_routing_actor_is_reported_by_its_error(co
                                              "Unhandled(why='a test crash')")
             r = await client.get("/v1/models", headers={"authorization": f"Bearer {DEMO_KEY}"})
             assert r.status_code == 200 and [m["id"] for m in r.json()["data"]] == ["demo"]
+
+
+async def test_a_meter_that_fails_on_a_whole_answers_settlement_withholds_the_answer_and_books_nothing(config_doc):
+    """A whole answer is booked in one write with its settlement (its hold was never on
+    disk): when the meter crashes on that settlement, the client gets no answer it was
+    not charged for, and the restarted meter owes nothing for it."""
+    with trio.fail_after(30):
+        async with running_gateway(config_doc) as gw, httpx.AsyncClient(base_url=gw.url) as client:
+            def on_fire(msg, now):
+                raise RuntimeError("the settlement is on fire")
+
+            gw.usage_actor.core.settle = on_fire
+            r = await client.post("/v1/chat/completions", headers={"authorization": f"Bearer {DEMO_KEY}"},
+                                  json={"model": "demo", "messages": [{"role": "user", "content": "hi"}]})
+            assert r.status_code == 503, r.text
+            assert "choices" not in r.json()
+            usage = await _after_restart(client, "usage")
+            assert usage["last_crash"] == "RuntimeError: the settlement is on fire"
+            assert (await client.get("/admin/usage/records", headers=ADMIN)).json()["records"] == []
+            [key] = (await client.get("/admin/keys", headers=ADMIN)).json()["keys"]
+            assert (key["spent_usd"], key["in_flight"]) == ("0.000000", 0)

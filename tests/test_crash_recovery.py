@@ -1,4 +1,9 @@
-"""SIGKILL the gateway process mid-stream; on restart every hold is settled once."""
+"""SIGKILL the gateway process mid-stream; on restart every hold is settled once.
+
+The rule it checks: the restarted ledger has every request whose client received a
+byte (each stream's hold is on disk before its first byte), and nothing of a request
+whose client received nothing yet (a whole answer is booked in one write, with its
+settlement, before it is sent)."""
 
 from __future__ import annotations
 
@@ -47,6 +52,15 @@ async def test_sigkill_mid_stream_then_restart_recovers_every_hold(tmp_path):
     doc = base_config(tmp_path)
     doc["server"] = {"host": "127.0.0.1", "port": port}
     doc["simulator"] = {"tokens_per_second": 2}
+    # an upstream that takes requests and never answers (the kernel accepts for it)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    doc["providers"]["silent"] = {"family": "openai_compat",
+                                  "base_url": f"http://127.0.0.1:{silent.getsockname()[1]}/v1",
+                                  "credentials": [{"id": "silent-1", "key": "sk-silent"}]}
+    doc["models"]["silent"] = {"targets": ["silent/m"]}
+    doc["pricing"]["silent/m"] = {"input": "1.00", "output": "2.00"}
     config_path = tmp_path / "config.json"
     config_path.write_text(json.dumps(doc))
     url = f"http://127.0.0.1:{port}"
@@ -74,15 +88,27 @@ async def test_sigkill_mid_stream_then_restart_recovers_every_hold(tmp_path):
                         except httpx.HTTPError:
                             pass  # the gateway is killed under this stream: that is the test
 
+                    async def whole() -> None:
+                        try:  # a whole answer the upstream never gives: still there when the gateway is killed
+                            await client.post("/v1/chat/completions", json={**CHAT, "model": "silent"}, headers=AUTH)
+                        except httpx.HTTPError:
+                            pass  # killed before its client received a byte
+
                     for _ in range(4):
                         nursery.start_soon(hang)
                     for _ in range(4):
                         await started.acquire()
-                    reservations = (await client.get("/admin/reservations", headers=ADMIN)).json()["reservations"]
-                    assert len(reservations) == 4
+                    for _ in range(2):
+                        nursery.start_soon(whole)
+                    while True:  # the whole answers are reserved in memory: polled under the deadline
+                        reservations = (await client.get("/admin/reservations", headers=ADMIN)).json()["reservations"]
+                        if len(reservations) == 6:
+                            break
+                        await trio.sleep(0.02)
                     proc.send_signal(signal.SIGKILL)
                     proc.wait()
     finally:
+        silent.close()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
@@ -102,7 +128,7 @@ async def test_sigkill_mid_stream_then_restart_recovers_every_hold(tmp_path):
     for request_id in done:
         [charge] = by_request.pop(request_id)
         assert (charge["reason"], charge["provenance"]) == ("end", "reported")
-    assert sorted(by_request) == sorted(in_flight)
+    assert sorted(by_request) == sorted(in_flight), "every stream whose client had a byte; no whole answer"
     for [charge] in by_request.values():
         assert (charge["reason"], charge["provenance"]) == ("recovered", "estimated")
         assert charge["amount_micro"] == charge["hold_micro"] > 0

@@ -66,12 +66,23 @@ async def test_a_ledger_locked_mid_request_settles_after_the_lock_and_frees_the_
                                        trio.lowlevel.current_trio_token())
                     await locked.wait()
                     locked_at = trio.current_time()
+                    read: dict = {}
 
-                    refused = await client.post("/v1/chat/completions", json=CHAT, headers=two)
-                    assert refused.status_code == 503
-                    assert refused.json()["error"]["message"].startswith("The gateway's usage ledger cannot be written")
-                    body = await first.aread()
-                    ended_at = trio.current_time()
+                    async def read_first() -> None:
+                        read["body"] = await first.aread()
+                        read["ended_at"] = trio.current_time()
+
+                    async with trio.open_nursery() as reading:
+                        reading.start_soon(read_first)
+                        meter = gw.usage_actor
+                        while not meter.backlog:
+                            await trio.sleep(0.01)  # the stream ended and its settlement was refused
+                        # the meter knows the ledger refuses writes: a new request is refused
+                        refused = await client.post("/v1/chat/completions", json=CHAT, headers=two)
+                        assert refused.status_code == 503
+                        assert refused.json()["error"]["message"].startswith(
+                            "The gateway's usage ledger cannot be written")
+                    body, ended_at = read["body"], read["ended_at"]
                 assert b"[DONE]" in body
                 assert ended_at - locked_at >= LOCK_S - 0.5, "the stream's end waited for its settlement"
             # The lock is gone: the settlement is on disk, nothing is held, the slot is free.
@@ -150,7 +161,8 @@ async def test_a_stop_waits_for_a_settlement_the_ledger_refused(tmp_path):
                 answered = trio.Event()
 
                 async def call() -> None:
-                    r = await client.post("/v1/chat/completions", json=CHAT,
+                    # a stream: its hold is on disk before its first byte, its settlement parks
+                    r = await client.post("/v1/chat/completions", json={**CHAT, "stream": True},
                                           headers={"authorization": f"Bearer {DEMO_KEY}"})
                     assert r.status_code == 200
                     answered.set()
@@ -311,3 +323,31 @@ def test_an_older_ledger_gains_the_new_columns_and_keeps_its_entries(tmp_path):
         assert keys[0]["spent_micro"] == 12
     finally:
         ledger.close()
+
+
+def _hold_op(request_id: str) -> tuple:
+    return ("hold", {"id": request_id, "key_name": "k", "provider": None, "model": "m", "hold_micro": 9,
+                     "created_at": 1.0})
+
+
+def test_a_write_on_the_event_loop_never_waits_for_a_lock_and_writes_nothing_when_it_would(tmp_path):
+    ledger = Ledger(tmp_path)
+    path = tmp_path / "ledger.sqlite3"
+    try:
+        assert ledger.apply_now([_hold_op("free")]) is True
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+            assert ledger.apply_now([_hold_op("locked")]) is False
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        with ledger._lock:  # a read or a checkpoint in the worker thread
+            assert ledger.apply_now([_hold_op("busy")]) is False
+        ledger.checkpoint()
+        _, holds = ledger.load()
+        assert [h["id"] for h in holds] == ["free"]
+    finally:
+        ledger.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT id FROM reservations").fetchall() == [("free",)]
