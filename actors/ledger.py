@@ -202,17 +202,14 @@ class Ledger:
             cur = self.db.execute(
                 "SELECT name, key_hash, credit_micro, spent_micro, disabled, models, requests_per_minute, "
                 "max_concurrency, created_at, revoked_at, expires_at, budget_period, budget_limit_micro, "
-                "budget_start, budget_spent_micro FROM keys")
+                "budget_start, budget_spent_micro, requests_window_s FROM keys")
             keys = [
                 {"name": n, "key_hash": h, "credit_micro": c, "spent_micro": s, "disabled": bool(d),
                  "models": json.loads(m) if m else None, "requests_per_minute": rpm, "max_concurrency": mc,
                  "created_at": t, "revoked_at": ra, "expires_at": ea, "budget_period": bp,
-                 "budget_limit_micro": bl, "budget_start": bs, "budget_spent_micro": bsp}
-                for n, h, c, s, d, m, rpm, mc, t, ra, ea, bp, bl, bs, bsp in cur.fetchall()
+                 "budget_limit_micro": bl, "budget_start": bs, "budget_spent_micro": bsp, "requests_window_s": w}
+                for n, h, c, s, d, m, rpm, mc, t, ra, ea, bp, bl, bs, bsp, w in cur.fetchall()
             ]
-            windows = dict(self.db.execute("SELECT name, requests_window_s FROM keys").fetchall())
-            for k in keys:
-                k["requests_window_s"] = windows.get(k["name"])
             cur = self.db.execute("SELECT id, key_name, provider, model, hold_micro, created_at FROM reservations")
             holds = [
                 {"id": i, "key_name": k, "provider": p, "model": m, "hold_micro": h, "created_at": t}
@@ -359,7 +356,8 @@ def _put_key(db: sqlite3.Connection, k: dict) -> None:
         # never overwrite a charge that is still being written.
         "INSERT INTO keys (name, key_hash, credit_micro, spent_micro, disabled, models, requests_per_minute, "
         "max_concurrency, created_at, revoked_at, expires_at, budget_period, budget_limit_micro, budget_start, "
-        "budget_spent_micro) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+        "budget_spent_micro, requests_window_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT(name) DO UPDATE SET requests_window_s=excluded.requests_window_s, "
         "key_hash=excluded.key_hash, credit_micro=excluded.credit_micro, "
         "disabled=excluded.disabled, models=excluded.models, requests_per_minute=excluded.requests_per_minute, "
         "max_concurrency=excluded.max_concurrency, revoked_at=excluded.revoked_at, expires_at=excluded.expires_at, "
@@ -367,10 +365,8 @@ def _put_key(db: sqlite3.Connection, k: dict) -> None:
         (k["name"], k["key_hash"], k["credit_micro"], k["spent_micro"], int(k["disabled"]),
          json.dumps(k["models"]) if k["models"] is not None else None, k["requests_per_minute"],
          k["max_concurrency"], k["created_at"], k["revoked_at"], k["expires_at"], k["budget_period"],
-         k["budget_limit_micro"], k["budget_start"], k["budget_spent_micro"]),
+         k["budget_limit_micro"], k["budget_start"], k["budget_spent_micro"], k["requests_window_s"]),
     )
-    if "requests_window_s" in k:
-        db.execute("UPDATE keys SET requests_window_s = ? WHERE name = ?", (k["requests_window_s"], k["name"]))
 
 
 def _reset_budget(db: sqlite3.Connection, r: dict) -> None:

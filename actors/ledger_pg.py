@@ -18,23 +18,21 @@ host, the user or the database, so only the error's kind and SQLSTATE are kept.
 from __future__ import annotations
 
 import json
-import threading
 from typing import Any, Callable, Iterable, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
 
 from actors.ledger import ENTRY_COLUMNS, LedgerFault, LedgerWriteError
+from actors.pg_connection import STATEMENT_TIMEOUT_S, PgConnection
 from actors.ledger_pg_schema import SCHEMA_LOCK, Migrated, SchemaTooNew, migrate
 
 T = TypeVar("T")
 WHAT = "postgres"  # how logs and faults name this ledger: never its connection string
-STATEMENT_TIMEOUT_MS = 10_000  # a statement (a lock wait included) past this is a refused write, not a hung meter
 
 KEY_COLUMNS = ("name", "key_hash", "credit_micro", "spent_micro", "disabled", "models", "requests_per_minute",
                "max_concurrency", "created_at", "revoked_at", "expires_at", "budget_period", "budget_limit_micro",
                "budget_start", "budget_spent_micro", "requests_window_s")
-KEY_DEFAULTS = {"requests_window_s": 60.0}  # columns a key row written before them may lack
 HOLD_COLUMNS = ("id", "key_name", "provider", "model", "hold_micro", "created_at", "instance_id", "budget_start")
 
 
@@ -158,15 +156,13 @@ class PgTransaction:
             _OPS[op](self, arg)
 
 
-class PgLedger:
+class PgLedger(PgConnection):
     path = WHAT  # what the meter's logs name
 
-    def __init__(self, dsn: str, instance_id: str, connect_timeout_s: float = 5.0) -> None:
-        self._dsn = dsn
+    def __init__(self, dsn: str, instance_id: str, connect_timeout_s: float = 5.0,
+                 statement_timeout_s: float = STATEMENT_TIMEOUT_S) -> None:
+        super().__init__(dsn, connect_timeout_s, statement_timeout_s)
         self.instance_id = instance_id
-        self.connect_timeout_s = connect_timeout_s
-        self._lock = threading.Lock()
-        self._conn: psycopg.Connection | None = None
         self.migrated: Migrated | None = None
 
     def __repr__(self) -> str:
@@ -181,27 +177,6 @@ class PgLedger:
             self.close()
             raise LedgerFault(WHAT, str(exc)) from None
         return self.migrated
-
-    def _connection(self) -> psycopg.Connection:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._drop()
-            self._conn = psycopg.connect(self._dsn, autocommit=True,
-                                         connect_timeout=max(1, int(self.connect_timeout_s + 0.999)),
-                                         options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
-                                         keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3)
-        return self._conn
-
-    def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except psycopg.Error:
-                pass  # a broken connection may refuse even its close; it is dropped either way
-
-    def close(self) -> None:
-        with self._lock:
-            self._drop()
 
     def transaction(self, fn: Callable[[PgTransaction], T]) -> T:
         """Run ``fn`` in one transaction, committed when it returns; a fault of the
@@ -296,7 +271,6 @@ class PgLedger:
 def _put_key(tx: PgTransaction, k: dict) -> None:
     # spent_micro and the budget's count are written only when the key is new:
     # afterwards only settlements (and ``reset_budget``) move them.
-    k = {**KEY_DEFAULTS, **k}
     tx.rows(
         f"INSERT INTO keys ({', '.join(KEY_COLUMNS)}) VALUES ({', '.join(['%s'] * len(KEY_COLUMNS))}) "
         "ON CONFLICT (name) DO UPDATE SET key_hash=excluded.key_hash, credit_micro=excluded.credit_micro, "

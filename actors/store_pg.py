@@ -10,12 +10,12 @@ connection, used from the store actor's worker thread; faults surface as
 
 from __future__ import annotations
 
-import threading
 from typing import Iterable, Mapping
 
 import psycopg
 
-from actors.ledger_pg import STATEMENT_TIMEOUT_MS, WHAT, describe
+from actors.ledger_pg import WHAT, describe
+from actors.pg_connection import PgConnection
 from actors.store_core import MAX_CHAIN
 from actors.store_db import COLUMNS, READ_CHUNK, IndexRow, Row, StoreReadError, StoreWriteError, _record
 from actors.store_messages import StoredResponse
@@ -23,37 +23,11 @@ from actors.store_messages import StoredResponse
 INDEX_COLUMNS = "id, owner, created_at, size, previous_id"
 
 
-class PgResponseDB:
+class PgResponseDB(PgConnection):
     path = WHAT
-
-    def __init__(self, dsn: str, connect_timeout_s: float = 5.0) -> None:
-        self._dsn = dsn
-        self.connect_timeout_s = connect_timeout_s
-        self._lock = threading.Lock()
-        self._conn: psycopg.Connection | None = None
 
     def __repr__(self) -> str:
         return "PgResponseDB()"  # never the DSN
-
-    def _connection(self) -> psycopg.Connection:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._drop()
-            self._conn = psycopg.connect(self._dsn, autocommit=True,
-                                         connect_timeout=max(1, int(self.connect_timeout_s + 0.999)),
-                                         options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}")
-        return self._conn
-
-    def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except psycopg.Error:
-                pass  # a broken connection may refuse even its close; it is dropped either way
-
-    def close(self) -> None:
-        with self._lock:
-            self._drop()
 
     def _rows(self, sql: str, params=None) -> list:
         with self._lock:

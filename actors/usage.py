@@ -65,6 +65,8 @@ BATCH = 256
 CHECKPOINT_EVERY = 256  # commits between the ledger's checkpoints (its WAL stays a few MB)
 RETRY_FIRST_S = 0.05  # the first retry of a refused write; doubles up to RETRY_MAX_S
 RETRY_MAX_S = 1.0
+UNAVAILABLE = ("The gateway's usage ledger cannot be written right now; no new requests are "
+               "accepted until it can. Retry later.")
 
 
 class MeterLedger(Protocol):
@@ -242,9 +244,7 @@ class UsageActor(Actor):
                     self.unwritten_holds[step.envelope.msg.request_id] = step.ops  # its settlement books it
                 else:
                     step.undo()
-                step.result = LedgerUnavailable(
-                    "The gateway's usage ledger cannot be written right now; no new requests are "
-                    "accepted until it can. Retry later.", retry_after=1.0)
+                step.result = LedgerUnavailable(UNAVAILABLE, retry_after=1.0)
         if any(isinstance(step.envelope.msg, (CreateKey, UpdateKey, RevokeKey, Reconfigure)) for step in steps):
             self._publish_key_hashes()  # before the answers: a created key works once it is answered
         for step in steps:

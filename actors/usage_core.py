@@ -40,7 +40,7 @@ from actors.key_terms import ADJECTIVES, Budget, format_utc, period_end, period_
 from actors.usage_bounds import MAX_MICRO, amount, clean_usage, hold_tokens, micro
 from protocols.money import Price, cost_micro_usd, to_micro, usd
 from protocols.unified import EndReason, Provenance, Usage
-from actors.usage_keys import SETTINGS, Hold, KeySettings, KeyState, BudgetRow
+from actors.usage_keys import DEFAULT_WINDOW_S, SETTINGS, Hold, KeySettings, KeyState, key_state
 
 
 UNKNOWN_KEY = "Invalid API key: the gateway key is missing or unknown."
@@ -65,14 +65,7 @@ class UsageCore:
 
     def load(self, keys: Iterable[dict], holds: Iterable[dict]) -> None:
         for k in keys:
-            budget = None if k.get("budget_period") is None else Budget.of(
-                BudgetRow(k["budget_period"], usd(k["budget_limit_micro"])))
-            state = KeyState(k["name"], k["key_hash"], k["credit_micro"], k["spent_micro"], 0, k["disabled"],
-                             tuple(k["models"]) if k["models"] is not None else None, k["created_at"],
-                             k["requests_per_minute"], k["max_concurrency"], revoked_at=k.get("revoked_at"),
-                             expires_at=k.get("expires_at"), budget=budget, budget_start=k.get("budget_start"),
-                             budget_spent_micro=k.get("budget_spent_micro") or 0,
-                             requests_window_s=k.get("requests_window_s") or 60.0)
+            state = key_state(k)
             self._index(state)
         for h in holds:
             hold = Hold(h["id"], h["key_name"], h["model"] or "", h["hold_micro"], h["created_at"], h["provider"], h["model"])
@@ -116,7 +109,7 @@ class UsageCore:
                              requests_per_minute=spec.requests_per_minute, max_concurrency=spec.max_concurrency,
                              expires_at=getattr(spec, "expires_at", None),
                              budget=Budget.of(getattr(spec, "budget", None)),
-                             requests_window_s=getattr(spec, "requests_window_s", 60.0))
+                             requests_window_s=getattr(spec, "requests_window_s", DEFAULT_WINDOW_S))
             state.roll(state.created_at)
             self._index(state)
             ops.append(("put_key", state.row()))

@@ -6,13 +6,16 @@ that read only the record itself; ``usage_core`` holds the rules across them.
 from __future__ import annotations
 
 from collections import deque
-from typing import Mapping
+from typing import Any, Mapping
 
 import attrs
 
 from actors.key_terms import Budget, format_utc, period_end, period_start
 from protocols.errors import KeyRateLimited
 from protocols.money import Price, usd
+
+
+DEFAULT_WINDOW_S = 60.0  # the window a key's requests_per_minute counts in, unless it says otherwise
 
 
 @attrs.define
@@ -28,7 +31,7 @@ class KeyState:
     requests_per_minute: int | None = None
     max_concurrency: int | None = None
     in_flight: int = 0
-    requests_window_s: float = 60.0  # the window requests_per_minute counts in
+    requests_window_s: float = DEFAULT_WINDOW_S  # the window requests_per_minute counts in
     recent: deque = attrs.field(factory=deque)
     revoked_at: float | None = None  # revocation is final: the key stays for its history
     expires_at: int | None = None  # unix seconds; from then on the key is refused
@@ -84,8 +87,12 @@ class KeyState:
             while self.recent and self.recent[0] + window <= now:
                 self.recent.popleft()
             if len(self.recent) >= self.requests_per_minute:
-                raise KeyRateLimited(f"This gateway key is limited to {self.requests_per_minute} requests "
-                                     f"per {_per(window)}.", retry_after=self.recent[0] + window - now)
+                raise self.rate_refusal(self.recent[0] + window - now)
+
+    def rate_refusal(self, retry_after: float) -> KeyRateLimited:
+        """The 429 of a full requests window, wherever the window is counted."""
+        return KeyRateLimited(f"This gateway key is limited to {self.requests_per_minute} requests "
+                              f"per {_per(self.requests_window_s)}.", retry_after=retry_after)
 
     def available(self) -> int | None:
         if self.credit_micro is None:
@@ -116,7 +123,7 @@ class KeyState:
 
 
 def _per(window_s: float) -> str:
-    return "minute" if window_s == 60 else f"{window_s:g} s"
+    return "minute" if window_s == DEFAULT_WINDOW_S else f"{window_s:g} s"
 
 
 @attrs.define
@@ -160,3 +167,15 @@ class BudgetRow:
 
     period: str
     limit_usd: str
+
+
+def key_state(row: Mapping[str, Any]) -> KeyState:
+    """A key's record from its ledger row, SQLite's or Postgres's (nothing held yet)."""
+    budget = None if row.get("budget_period") is None else Budget.of(
+        BudgetRow(row["budget_period"], usd(row["budget_limit_micro"])))
+    return KeyState(row["name"], row["key_hash"], row["credit_micro"], row["spent_micro"], 0, bool(row["disabled"]),
+                    tuple(row["models"]) if row["models"] is not None else None, row["created_at"],
+                    row["requests_per_minute"], row["max_concurrency"], revoked_at=row.get("revoked_at"),
+                    expires_at=row.get("expires_at"), budget=budget, budget_start=row.get("budget_start"),
+                    budget_spent_micro=row.get("budget_spent_micro") or 0,
+                    requests_window_s=row.get("requests_window_s") or DEFAULT_WINDOW_S)

@@ -18,6 +18,7 @@ import attrs
 
 from actors.key_terms import Budget
 from actors.usage_bounds import amount, limit
+from actors.usage_keys import DEFAULT_WINDOW_S
 from protocols.errors import InvalidRequest
 from protocols.unified import EndReason, Provenance, Usage
 
@@ -175,7 +176,7 @@ class CreateKey:
     models: tuple | None = attrs.field(default=None, converter=_models)
     key: str | None = attrs.field(default=None, validator=_key_value, repr=False)
     requests_per_minute: int | None = attrs.field(default=None, validator=_limit)
-    requests_window_s: float = attrs.field(default=60.0, validator=_window)
+    requests_window_s: float = attrs.field(default=DEFAULT_WINDOW_S, validator=_window)
     max_concurrency: int | None = attrs.field(default=None, validator=_limit)
     # without credit_usd a key is unlimited only when this says so
     unlimited: bool = attrs.field(default=False, validator=_flag)

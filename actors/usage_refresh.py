@@ -11,24 +11,10 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-from actors.key_terms import Budget
 from actors.usage_core import UsageCore
-from actors.usage_keys import BudgetRow, Hold, KeyState
-from protocols.money import usd
+from actors.usage_keys import Hold, key_state
 
 Held = Mapping[str, Iterable[tuple[int | None, int, int]]]  # key -> (budget period start, held, count)
-
-
-def key_state(row: Mapping) -> KeyState:
-    """A key's record from its ledger row (nothing held yet)."""
-    budget = None if row.get("budget_period") is None else Budget.of(
-        BudgetRow(row["budget_period"], usd(row["budget_limit_micro"])))
-    return KeyState(row["name"], row["key_hash"], row["credit_micro"], row["spent_micro"], 0, bool(row["disabled"]),
-                    tuple(row["models"]) if row["models"] is not None else None, row["created_at"],
-                    row["requests_per_minute"], row["max_concurrency"], revoked_at=row.get("revoked_at"),
-                    expires_at=row.get("expires_at"), budget=budget, budget_start=row.get("budget_start"),
-                    budget_spent_micro=row.get("budget_spent_micro") or 0,
-                    requests_window_s=row.get("requests_window_s") or 60.0)
 
 
 def refresh(core: UsageCore, rows: Iterable[Mapping], held: Held, wall: float) -> None:

@@ -31,9 +31,6 @@ the meter starts faulted (``/readyz`` says ``ledger_unavailable``) and keeps try
 from __future__ import annotations
 
 import logging
-import os
-import secrets
-import socket
 import time
 from functools import partial
 from typing import Any, Iterable, Mapping
@@ -44,7 +41,7 @@ from actors.durations import Durations
 from actors.ledger import LedgerFault, LedgerWriteError
 from actors.ledger_pg import PgLedger, PgTransaction
 from actors.mailbox import Envelope, crash_reply
-from actors.usage import Step, Unwritten, UsageActor
+from actors.usage import UNAVAILABLE, Step, Unwritten, UsageActor
 from actors.usage_core import UsageCore
 from actors.usage_messages import (
     AllowedModels,
@@ -61,22 +58,14 @@ from actors.usage_messages import (
 )
 from actors.usage_refresh import adopt, refresh
 from actors.windows import Windows
-from protocols.errors import GatewayError, KeyRateLimited, LedgerUnavailable
+from protocols.errors import GatewayError, LedgerUnavailable
 from protocols.money import Price
 from protocols.unified import EndReason, Provenance
 
 log = logging.getLogger("tollhouse.usage")
 
-KEY_WINDOW_S = 60.0  # a key's requests_per_minute window unless its requests_window_s says otherwise
 CONNECT_RETRY_S = 1.0  # while Postgres is unreachable at start: how often to try again
 
-UNAVAILABLE = ("The gateway's usage ledger cannot be written right now; no new requests are "
-               "accepted until it can. Retry later.")
-
-
-def default_instance_id() -> str:
-    """Host name, process id and a few random bytes: unique even for pid 1 in containers."""
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 class SharedUsageActor(UsageActor):
@@ -346,9 +335,7 @@ class SharedUsageActor(UsageActor):
         retry = await self.windows.admit(f"key:{state.name}", state.requests_per_minute, window, now)
         if retry is None:
             return None
-        per = "minute" if window == KEY_WINDOW_S else f"{window:g} s"
-        err = KeyRateLimited(f"This gateway key is limited to {state.requests_per_minute} requests per {per}.",
-                             retry_after=retry)
+        err = state.rate_refusal(retry)
         err.key_name = state.name
         return err
 
@@ -448,4 +435,4 @@ class SharedUsageActor(UsageActor):
                 "swept_holds": self.swept}
 
 
-__all__ = ["KEY_WINDOW_S", "SharedUsageActor", "default_instance_id"]
+__all__ = ["SharedUsageActor"]

@@ -9,12 +9,16 @@ soonest one has room, as the pool's own would.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import attrs
 import trio
 
 from actors.credentials import Lease, Leased, NoneAvailable, Refused, Release
 from actors.mailbox import Mailbox
-from actors.redis_leases import Refusal, SharedLeases
+
+if TYPE_CHECKING:  # coredis is loaded only by the shared backend
+    from actors.redis_leases import SharedLeases
 
 
 class Leases:
@@ -26,6 +30,7 @@ class Leases:
         leased = await self.credentials.ask(msg)
         if self.shared is None:
             return leased
+        from actors.redis_leases import Refusal  # loaded with the shared backend already
         exclude = set(msg.exclude)
         soonest: float | None = None
         reasons: set[str] = set()

@@ -26,7 +26,7 @@ from collections import Counter
 import time
 from contextlib import AsyncExitStack
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import trio
 
@@ -44,7 +44,6 @@ from gateway.dispatch import Actors, Dispatcher
 from gateway.config_state import shared
 from gateway.field_cache import FieldCache, FieldStore
 from gateway.leasing import Leases
-from gateway.redis_state import RedisState
 from gateway.metrics import Metrics
 from gateway.metrics import listener as metrics_listener
 from gateway.generation import (ConfigSource, Generation, ReloadRefused, changed_sections, restart_problems,
@@ -62,6 +61,9 @@ from protocols.redact import Redactor
 from providers import registry
 from providers.seams import Provider
 from providers.simulator import Simulator
+
+if TYPE_CHECKING:
+    from gateway.redis_state import RedisState
 
 log = logging.getLogger("tollhouse")
 
@@ -121,7 +123,10 @@ class Runtime:
             None if worker is None else worker_dir(config.state_dir, worker).parent)
         self.on_reload.append(self.transform_traces.configure)
         # the shared backend's Redis half (rate windows, leases, cooldowns); None: local
-        self.redis = RedisState(config.state.redis) if shared(config.state) and config.state.redis else None
+        self.redis: RedisState | None = None
+        if shared(config.state) and config.state.redis:
+            from gateway.redis_state import RedisState  # coredis: loaded only by the shared backend
+            self.redis = RedisState(config.state.redis)
         # where the meter counts a key's requests per window: every instance's on the shared backend
         self.windows: Windows = self.redis.windows if self.redis is not None else LocalWindows()
         self.ready = trio.Event()

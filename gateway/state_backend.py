@@ -5,26 +5,31 @@ in its SQLite file there. ``shared``: the shared meter over Postgres
 (``actors/usage_shared.py``), with this instance's id (the config's, or one made at
 start) and the rate windows the runtime hands it, and the Responses store in Postgres
 (``actors/store_shared.py``). The rest of the gateway talks to either through the same
-messages and attributes.
+messages and attributes. The drivers (psycopg here, coredis in ``gateway/redis_state``)
+are imported only when the shared backend runs: the local one never pays their memory.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 from typing import Callable
 
 import trio
 
 from actors.durations import Durations
-from actors.ledger_pg import PgLedger
 from actors.store import StoreActor, StoreLimits
-from actors.store_pg import PgResponseDB
-from actors.store_shared import SharedStoreActor
 from actors.usage import UsageActor
-from actors.usage_shared import SharedUsageActor, default_instance_id
 from actors.windows import Windows
 from gateway.config import Config
 from gateway.config_state import shared
 from gateway.worker_link import Seat
+
+
+def default_instance_id() -> str:
+    """Host name, process id and a few random bytes: unique even for pid 1 in containers."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 def instance_id_for(config: Config, seat: Seat | None = None) -> str:
@@ -49,10 +54,15 @@ def meter_factory(current: Callable[[], Config], instance_id: str, windows: Wind
         return UsageActor(cfg.pricing, started.state_dir, cfg.keys, limiter, first_start, commit_times)
 
     def shared_meter() -> UsageActor:
+        from actors.ledger_pg import PgLedger  # psycopg: loaded only by the shared backend
+        from actors.pg_connection import statement_timeout_for
+        from actors.usage_shared import SharedUsageActor
+
         cfg = current()
         state, postgres = started.state, started.state.postgres
         assert postgres is not None  # the config refuses a shared backend without it
-        ledger = PgLedger(postgres.dsn.value, instance_id, postgres.connect_timeout_s)
+        ledger = PgLedger(postgres.dsn.value, instance_id, postgres.connect_timeout_s,
+                          statement_timeout_for(state.instance_ttl_s))
         return SharedUsageActor(cfg.pricing, ledger, cfg.keys, limiter, windows, first_start, state.heartbeat_s,
                                 state.instance_ttl_s, commit_times)
 
@@ -65,6 +75,9 @@ def store_factory(config: Config, limits: StoreLimits, directory: str | None = N
     limiter = trio.CapacityLimiter(1)  # the store's own worker thread, apart from the meter's
     postgres = config.state.postgres
     if shared(config.state) and postgres is not None:
+        from actors.store_pg import PgResponseDB  # psycopg: loaded only by the shared backend
+        from actors.store_shared import SharedStoreActor
+
         dsn, timeout = postgres.dsn.value, postgres.connect_timeout_s
         return lambda: SharedStoreActor(limits, PgResponseDB(dsn, timeout), limiter, config.store.sweep_interval_s)
     return lambda: StoreActor(limits, directory or config.state_dir, limiter, config.store.sweep_interval_s)

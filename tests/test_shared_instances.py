@@ -76,3 +76,15 @@ async def test_a_killed_instances_holds_are_settled_once_by_a_survivor(tmp_path,
     [(spent,)] = _pg(pg_dsn, "SELECT spent_micro FROM keys WHERE name = 'test'")
     [(charged,)] = _pg(pg_dsn, "SELECT SUM(amount_micro) FROM entries")
     assert spent == charged > 0
+
+
+async def test_a_meter_bounds_its_statements_well_inside_its_heartbeats_ttl(tmp_path, redis_url, pg_dsn):
+    """A batch that waits out its statement timeout rolls back the heartbeat it carried:
+    the bound is a third of ``instance_ttl_s`` so the next heartbeat lands before the
+    others may take this live instance for dead and charge its holds."""
+    doc = shared_config(tmp_path, pg_dsn, "a", redis_url=redis_url, heartbeat_s=0.3, instance_ttl_s=1.5)
+    with trio.fail_after(60):
+        async with running_gateway(doc) as gw:
+            ledger = gw.usage_actor.ledger
+            [(shown,)] = await trio.to_thread.run_sync(ledger.transaction, lambda tx: tx.rows("SHOW statement_timeout"))
+    assert shown == "500ms"

@@ -73,3 +73,23 @@ def test_a_collector_base_url_gets_the_traces_path(tmp_path, endpoint, url):
     doc = base_config(tmp_path)
     doc["tracing"] = {"otlp_endpoint": endpoint}
     assert parse_config(doc, env={}).tracing.traces_url == url
+
+
+def test_a_gateway_on_the_local_backend_loads_no_shared_backend_driver(tmp_path):
+    """psycopg and coredis are for the shared backend: a local gateway that starts and
+    answers a request never imports them (they cost it tens of MB of memory)."""
+    code = (
+        "import sys, json, trio, httpx\n"
+        "from tests.conftest import running_gateway, DEMO_KEY\n"
+        "async def main():\n"
+        "    with trio.fail_after(60):\n"
+        f"        async with running_gateway(json.loads({json.dumps(json.dumps(base_config(tmp_path)))})) as gw:\n"
+        "            async with httpx.AsyncClient(base_url=gw.url, timeout=30) as http:\n"
+        "                r = await http.post('/v1/chat/completions', headers={'authorization': 'Bearer ' + DEMO_KEY},\n"
+        "                                    json={'model': 'demo', 'messages': [{'role': 'user', 'content': 'hi'}]})\n"
+        "                assert r.status_code == 200, r.text\n"
+        "trio.run(main)\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('psycopg', 'coredis'))\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)

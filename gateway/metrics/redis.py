@@ -8,12 +8,13 @@ an operator alerts on: while it grows, limits hold per process, not across them.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import attrs
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from actors.redis_link import LinkStats
+if TYPE_CHECKING:  # coredis is loaded only by the shared backend
+    from actors.redis_link import LinkStats
 
 USES = ("windows", "leases", "rests")
 
