@@ -362,7 +362,11 @@ class Dispatcher:
             usage = req.meter.usage
             await self.leases.release(lease, Release(lease.lease_id, usage.output + usage.reasoning if usage else 0))
             return
-        decision = await self.actors.cooldown.ask(outcome)
+        try:
+            decision = await self.actors.cooldown.ask(outcome)
+        except BaseException:  # no verdict (its deadline, the release's own bound): the lease still goes back
+            self.leases.release_nowait(lease, Release(lease.lease_id))
+            raise
         await self.leases.release(lease, Release(
             lease.lease_id, cool_until=decision.until, cool_model=target.model if decision.scope == "model" else None,
             dead=decision.dead, reason=decision.kind))

@@ -57,3 +57,10 @@ class Leases:
         if self.shared is not None and leased.shared is not None:
             self.shared.release(leased.shared, msg.tokens)
         await self.credentials.tell(msg)
+
+    def release_nowait(self, leased: Leased, msg: Release) -> None:
+        """``release`` from a path that cannot wait (a cancelled or timed-out one); a
+        full inbox loses the notice, as any told message would."""
+        if self.shared is not None and leased.shared is not None:
+            self.shared.release(leased.shared, msg.tokens)
+        self.credentials.tell_nowait(msg)
