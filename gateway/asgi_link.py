@@ -10,26 +10,35 @@ from protocols.errors import PayloadTooLarge, RequestTimeout
 
 
 class AsgiLink:
-    """Sends the response; ``wait_disconnect`` returns when the client goes away."""
+    """Sends the response; ``wait_disconnect`` returns when the client goes away.
 
-    __slots__ = ("receive", "send", "started", "ended")
+    ``started`` is set before the head is handed to the server (from then on the client
+    may have it); ``head_sent`` once the server took it whole. A head cut short by a
+    cancel leaves the server expecting a head still: no body follows it (the exchange
+    is lost, and the server closes the connection)."""
+
+    __slots__ = ("receive", "send", "started", "head_sent", "ended")
 
     def __init__(self, receive, send) -> None:
         self.receive = receive
         self.send = send
         self.started = False
+        self.head_sent = False
         self.ended = False
 
     async def start(self, status: int, headers: list) -> None:
         self.started = True
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
+        self.head_sent = True
 
     async def write(self, data: bytes) -> None:
-        await self.send({"type": "http.response.body", "body": data, "more_body": True})
+        if self.head_sent:
+            await self.send({"type": "http.response.body", "body": data, "more_body": True})
 
     async def end(self, data: bytes = b"") -> None:
         self.ended = True
-        await self.send({"type": "http.response.body", "body": data, "more_body": False})
+        if self.head_sent:
+            await self.send({"type": "http.response.body", "body": data, "more_body": False})
 
     async def wait_disconnect(self) -> None:
         while True:
