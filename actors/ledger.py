@@ -258,14 +258,7 @@ class Ledger:
                 "MAX(CASE WHEN kind='charge' THEN reason END), COUNT(*), MAX(seq) AS last "
                 f"FROM entries {where} GROUP BY request_id ORDER BY last DESC LIMIT ?", (*args, limit))
             rows = cur.fetchall()
-        return [
-            {"request_id": rid, "created_at": at, "key_name": key, "client_model": client_model, "provider": provider,
-             "model": model, "credential": credential, "amount_micro": amount or 0, "input": i or 0,
-             "cached_input": ci or 0, "cache_write": cw or 0, "output": o or 0, "reasoning": r or 0,
-             "provenance": provenance, "reason": reason, "entries": n}
-            for rid, at, key, client_model, provider, model, credential, amount, i, ci, cw, o, r, provenance, reason,
-            n, _ in rows
-        ]
+        return request_rows(rows)
 
     def series(self, since: float, bucket_s: int) -> list[dict]:
         """Cost and tokens per time bucket (``bucket_s`` wide, aligned to the epoch), key
@@ -303,18 +296,7 @@ class Ledger:
                 return False
             finally:
                 db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            try:
-                for op, arg in ops:
-                    _OPS[op](db, arg)
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            if _is_fault(exc):
-                raise LedgerWriteError(str(exc)) from exc
-            raise
+            self._write_begun(ops)
         finally:
             self._lock.release()
         return True
@@ -332,21 +314,44 @@ class Ledger:
         anything else is a bug and propagates as it is.
         """
         with self._lock:
-            db = self.db
             try:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    for op, arg in ops:
-                        _OPS[op](db, arg)
-                    db.execute("COMMIT")
-                except BaseException:
-                    if db.in_transaction:
-                        db.execute("ROLLBACK")
-                    raise
+                self.db.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 if _is_fault(exc):
                     raise LedgerWriteError(str(exc)) from exc
                 raise
+            self._write_begun(ops)
+
+    def _write_begun(self, ops: Iterable[tuple[str, Any]]) -> None:
+        """The operations and the commit of a transaction just begun (the lock held);
+        rolled back on any failure, a fault of the file raised as ``LedgerWriteError``."""
+        db = self.db
+        try:
+            try:
+                for op, arg in ops:
+                    _OPS[op](db, arg)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            if _is_fault(exc):
+                raise LedgerWriteError(str(exc)) from exc
+            raise
+
+
+def request_rows(rows: Iterable[tuple]) -> list[dict]:
+    """``recent_requests``' rows (one per request, its entries summed) as dicts; the
+    Postgres ledger's query gives the same columns."""
+    return [
+        {"request_id": rid, "created_at": at, "key_name": key, "client_model": client_model, "provider": provider,
+         "model": model, "credential": credential, "amount_micro": amount or 0, "input": i or 0,
+         "cached_input": ci or 0, "cache_write": cw or 0, "output": o or 0, "reasoning": r or 0,
+         "provenance": provenance, "reason": reason, "entries": n}
+        for rid, at, key, client_model, provider, model, credential, amount, i, ci, cw, o, r, provenance, reason,
+        n, _ in rows
+    ]
 
 
 def _put_key(db: sqlite3.Connection, k: dict) -> None:

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, TypeVar
 import psycopg
 from psycopg import errors as pg_errors
 
-from actors.ledger import ENTRY_COLUMNS, LedgerFault, LedgerWriteError
+from actors.ledger import ENTRY_COLUMNS, LedgerFault, LedgerWriteError, request_rows
 from actors.pg_connection import STATEMENT_TIMEOUT_S, PgConnection
 from actors.ledger_pg_schema import SCHEMA_LOCK, Migrated, SchemaTooNew, migrate
 
@@ -241,14 +241,7 @@ class PgLedger(PgConnection):
             "MAX(CASE WHEN kind='charge' THEN provenance END), MAX(CASE WHEN kind='charge' THEN reason END), "
             f"COUNT(*), MAX(seq) AS last FROM entries {where} GROUP BY request_id ORDER BY last DESC LIMIT %s",
             (*args, limit))
-        return [
-            {"request_id": rid, "created_at": at, "key_name": key, "client_model": client_model, "provider": provider,
-             "model": model, "credential": credential, "amount_micro": amount or 0, "input": i or 0,
-             "cached_input": ci or 0, "cache_write": cw or 0, "output": o or 0, "reasoning": r or 0,
-             "provenance": provenance, "reason": reason, "entries": n}
-            for rid, at, key, client_model, provider, model, credential, amount, i, ci, cw, o, r, provenance, reason,
-            n, _ in rows
-        ]
+        return request_rows(rows)
 
     def series(self, since: float, bucket_s: int) -> list[dict]:
         """Cost and tokens per time bucket, key and model, from ``since`` on, oldest first."""
