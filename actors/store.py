@@ -91,6 +91,18 @@ class StoreActor(Actor):
                 finally:
                     self.db.close()
 
+    def _step(self, envelope: Envelope):
+        """The core's answer to a message (a crash of it is the asker's too); a change
+        to write wakes the writer."""
+        try:
+            result = self.core.handle(envelope.msg, self.clock())
+        except Exception as exc:
+            crash_reply(envelope, self.name, exc)
+            raise
+        if self.core.unwritten:
+            self._wake_writer.set()
+        return result
+
     async def _dispatch(self, envelope: Envelope, nursery: trio.Nursery) -> None:
         msg = envelope.msg
         if isinstance(msg, Flush):
@@ -99,13 +111,7 @@ class StoreActor(Actor):
         if isinstance(msg, Snapshot):
             self.handled += 1
             return answer(envelope, self.snapshot())
-        try:
-            result = self.core.handle(msg, self.clock())
-        except Exception as exc:
-            crash_reply(envelope, self.name, exc)
-            raise
-        if self.core.unwritten:
-            self._wake_writer.set()
+        result = self._step(envelope)
         if isinstance(result, Read):
             await self._read_slots.acquire()
             nursery.start_soon(self._read_and_answer, envelope, result)

@@ -23,7 +23,7 @@ from typing import Callable
 import attrs
 import trio
 
-from actors.mailbox import Envelope, answer, crash_reply
+from actors.mailbox import Envelope, answer
 from actors.store import StoreActor
 from actors.store_core import StoreLimits
 from actors.store_db import StoreReadError
@@ -82,15 +82,8 @@ class SharedStoreActor(StoreActor):
         await self._dispatch_indexed(envelope, nursery)
 
     async def _dispatch_indexed(self, envelope: Envelope, nursery: trio.Nursery) -> None:
-        msg = envelope.msg
-        if isinstance(msg, Delete):
-            try:
-                result = self.core.handle(msg, self.clock())
-            except Exception as exc:
-                crash_reply(envelope, self.name, exc)
-                raise
-            if self.core.unwritten:
-                self._wake_writer.set()
+        if isinstance(envelope.msg, Delete):
+            result = self._step(envelope)
             nursery.start_soon(self._answer_once_written, envelope, result, self._flush_target())
             return
         await super()._dispatch(envelope, nursery)
