@@ -112,22 +112,23 @@ class PgTransaction:
     def lock_keys(self, names: Iterable[str], hashes: Iterable[str]) -> list[dict]:
         """The named keys and the keys of these hashes, locked in name order (two
         batches lock shared keys in one order: no deadlock), each with ``held``: its
-        open reservations on every instance (see ``held``)."""
+        open reservations on every instance (see ``held``).
+
+        Two statements, not one: under read committed a statement that waited for a
+        row lock re-reads the locked row at its newest version but everything else at
+        the snapshot it started with, so a subquery of the locking statement would miss
+        the reservations the lock's previous holder has just committed -- and grant the
+        same credit twice. The read after the lock sees every commit before it."""
         names, hashes = sorted(set(names)), sorted(set(hashes))
         if not names and not hashes:
             return []
-        found = self.rows(
-            f"SELECT {', '.join('k.' + c for c in KEY_COLUMNS)}, (SELECT COALESCE(json_agg(json_build_array("
-            "h.budget_start, h.held, h.n)), '[]') FROM (SELECT budget_start, SUM(hold_micro)::bigint AS held, "
-            "COUNT(*) AS n FROM reservations r WHERE r.key_name = k.name GROUP BY budget_start) h) "
-            "FROM keys k WHERE k.name = ANY(%s) OR k.key_hash = ANY(%s) ORDER BY k.name FOR UPDATE OF k",
-            (names, hashes))
-        out = []
-        for row in found:
-            key = _key(row[:-1])
-            key["held"] = [tuple(h) for h in row[-1]]
-            out.append(key)
-        return out
+        found = [_key(row) for row in self.rows(
+            f"SELECT {', '.join('k.' + c for c in KEY_COLUMNS)} FROM keys k "
+            "WHERE k.name = ANY(%s) OR k.key_hash = ANY(%s) ORDER BY k.name FOR UPDATE OF k", (names, hashes))]
+        held = self.held(key["name"] for key in found)
+        for key in found:
+            key["held"] = held.get(key["name"], [])
+        return found
 
     def all_keys(self, lock: bool = False) -> list[dict]:
         found = self.rows(f"SELECT {', '.join(KEY_COLUMNS)} FROM keys ORDER BY name{' FOR UPDATE' if lock else ''}")

@@ -1,7 +1,11 @@
-"""The Postgres ledger's schema: created on a fresh database, left alone by a second
-start, and a database migrated by a newer gateway refuses the start."""
+"""The Postgres ledger: its schema (created on a fresh database, left alone by a second
+start, refused when a newer gateway migrated it), settlements written once, and a
+batch that waited for a key's lock reading what the lock's holder committed."""
 
 from __future__ import annotations
+
+import threading
+import time
 
 import psycopg
 import pytest
@@ -98,3 +102,50 @@ def test_a_settlement_written_twice_charges_once(pg_dsn):
     assert ledger.totals()["key_name"]["k"]["cost_micro"] == 55
     assert ledger.recent_requests(5)[0]["amount_micro"] == 55 and ledger.series(0, 60)[0]["cost_micro"] == 55
     ledger.close()
+
+
+def _waiting_for_a_lock(dsn: str) -> bool:
+    with psycopg.connect(dsn) as conn:
+        return bool(conn.execute("SELECT COUNT(*) FROM pg_locks WHERE NOT granted").fetchone()[0])
+
+
+def test_a_batch_that_waited_for_a_key_sees_the_holds_committed_while_it_waited(pg_dsn):
+    """Two instances reserve on one key at once: the second, having waited for the
+    first's lock, must count the first's new hold, or both grant the same credit."""
+    a, b = PgLedger(pg_dsn, "a"), PgLedger(pg_dsn, "b")
+    a.open()
+    b.open()
+    key = {"name": "k", "key_hash": "h", "credit_micro": 1000, "spent_micro": 0, "disabled": False, "models": None,
+           "requests_per_minute": None, "max_concurrency": None, "created_at": 0.0, "revoked_at": None,
+           "expires_at": None, "budget_period": None, "budget_limit_micro": None, "budget_start": None,
+           "budget_spent_micro": 0, "requests_window_s": 60.0}
+    a.apply([("put_key", key)])
+    locked, commit = threading.Event(), threading.Event()
+    seen: list = []
+
+    def first(tx) -> None:  # locks the key, writes a hold, and commits only when told
+        tx.lock_keys(["k"], ())
+        tx.write([("hold", {"id": "r1", "key_name": "k", "provider": None, "model": "m", "hold_micro": 700,
+                            "created_at": 1.0})])
+        locked.set()
+        assert commit.wait(10)
+
+    holder = threading.Thread(target=a.transaction, args=(first,))
+    waiter = threading.Thread(target=lambda: seen.extend(b.transaction(lambda tx: tx.lock_keys(["k"], ()))))
+    holder.start()
+    try:
+        assert locked.wait(10)
+        waiter.start()
+        deadline = time.monotonic() + 10
+        while not _waiting_for_a_lock(pg_dsn):  # the second batch's read has begun, and waits
+            assert time.monotonic() < deadline, "the second batch never waited for the first's lock"
+            time.sleep(0.005)
+    finally:
+        commit.set()
+        holder.join(10)
+    waiter.join(10)
+    assert not holder.is_alive() and not waiter.is_alive()
+    [row] = seen
+    assert row["held"] == [(None, 700, 1)]  # the hold committed while it waited
+    a.close()
+    b.close()

@@ -32,6 +32,9 @@ async def test_two_instances_spend_one_credit_once(tmp_path, redis_url, pg_dsn):
     for doc in docs:
         doc["keys"] = [{"name": "test", "key": DEMO_KEY, "credit_usd": "0.004"}]
         doc["simulator"] = {"tokens_per_second": 400}
+        # the credit is what refuses here: the credential's default 64 leases across both
+        # instances would refuse the streams past them with a 503 "busy" as well
+        doc["providers"]["sim"]["credentials"] = [{"id": "sim-0", "key": "sim-key", "max_concurrency": 400}]
         # 200 streams on two gateways in one process: on a loaded machine a stream may
         # wait past the suite's 5 s deadlines for its turn, which is not what this checks
         doc["streaming"] = {**doc["streaming"], "ttfb_timeout_s": 60, "stall_timeout_s": 60}
