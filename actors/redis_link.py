@@ -72,6 +72,7 @@ class RedisLink:
         self.fallbacks: dict[str, int] = {}
         self._changed = trio.Event()
         self._down_since: float | None = None
+        self.closing = False  # the pool is being closed: a call it breaks is not an outage
 
     @property
     def up(self) -> bool:
@@ -99,7 +100,7 @@ class RedisLink:
         raise RedisUnavailable(reason) from None
 
     def mark_down(self, reason: str) -> None:
-        if self.up:
+        if self.up and not self.closing:
             self._change(LinkState.DOWN)
             self._down_since = trio.current_time()
             log.warning("redis unreachable (%s): rate windows, leases and cooldowns fall back to this "
@@ -135,11 +136,14 @@ class RedisLink:
         """Keep the client's pool open; find out at once whether Redis answers, and while
         it does not, ask again every ``retry_s``."""
         async with self.client:
-            if not await self.ping():
-                self.mark_down("no answer at start")
-            task_status.started()
-            while True:
-                await self.wait_state(LinkState.DOWN)
-                while not await self.ping():
-                    await trio.sleep(self.retry_s)
-                self.mark_up()
+            try:
+                if not await self.ping():
+                    self.mark_down("no answer at start")
+                task_status.started()
+                while True:
+                    await self.wait_state(LinkState.DOWN)
+                    while not await self.ping():
+                        await trio.sleep(self.retry_s)
+                    self.mark_up()
+            finally:  # the gateway stops: the subscription the pool's close breaks is no outage
+                self.closing = True
