@@ -138,18 +138,25 @@ class AttemptRunner:
             req.field_scope = Scope(req.key_name, conversation_of(req.call.request, req.call.session))
         return req.field_scope
 
-    def _for_upstream(self, req: Request, provider: Any) -> Any:
-        """The request as ``provider`` is sent it: the field cache's kept fields put back
-        (``gateway.field_rules``), the server tools its operator drops taken out."""
+    def _injects(self, req: Request, provider: Any) -> Scope | None:
+        """The conversation whose kept fields may go back into this request for
+        ``provider``, or None where the field cache has nothing to put back."""
         request = req.call.request
         cache = self.field_cache
         if cache is not None and cache.rules.by_protocol and (
                 provider.protocol in ("anthropic", "gemini") and any(m.role == "assistant" for m in request.messages)
                 or provider.protocol in ("openai_responses", "openai_chat")
                 and cache.rules.injects(provider.protocol, request.protocol)):
-            scope = self._scope(req)
-            if scope is not None:
-                request = inject(request, provider.protocol, cache, scope, trio.current_time())
+            return self._scope(req)
+        return None
+
+    def _for_upstream(self, req: Request, provider: Any) -> Any:
+        """The request as ``provider`` is sent it: the field cache's kept fields put back
+        (``gateway.field_rules``), the server tools its operator drops taken out."""
+        request = req.call.request
+        scope = self._injects(req, provider)
+        if scope is not None and self.field_cache is not None:
+            request = inject(request, provider.protocol, self.field_cache, scope, trio.current_time())
         return _for_upstream(request, provider)
 
     def _tap(self, req: Request, provider: Any) -> Tap | None:
@@ -167,6 +174,9 @@ class AttemptRunner:
             req.transform.begin_attempt(index, target.label, credential.id)
         with req.call.trace.attempt(req, index, provider), WriteWatch.open() as watch:
             try:
+                scope = self._injects(req, provider)
+                if scope is not None and self.field_cache is not None:  # what other instances kept (shared backend)
+                    await self.field_cache.store.load(scope, trio.current_time())
                 if req.call.request.stream:
                     await self._stream(req, provider, target, credential, link, index)
                 else:

@@ -265,6 +265,13 @@ class FieldStore:
     def statistics(self) -> FieldStoreStats:
         return FieldStoreStats(len(self._entries), self._bytes, self.max_bytes, self._evicted, self._expired)
 
+    def holds(self, key: Hashable) -> bool:
+        return key in self._entries
+
+    async def load(self, scope: Scope, now: float) -> None:
+        """Bring in what other instances kept for this conversation: nothing here, where
+        this process is the only one (see ``gateway.field_share``)."""
+
 
 @attrs.frozen
 class FieldCache:

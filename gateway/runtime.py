@@ -114,8 +114,6 @@ class Runtime:
         self.simulator: Simulator | None = None
         self.actors: Actors | None = None
         self.providers: dict = {}
-        # kept fields outlive reloads; their bounds are read at start
-        self.field_store = FieldStore(config.field_cache.max_bytes, config.field_cache.ttl_s)
         self.redactor = redactor_for(config)  # every secret the config holds, out of upstream text and logs
         # transform traces: off unless trace.enabled; lines redacted with the current redactor
         self.transform_traces = TransformTraces(  # a worker also finds its siblings' traces
@@ -127,6 +125,13 @@ class Runtime:
         if shared(config.state) and config.state.redis:
             from gateway.redis_state import RedisState  # coredis: loaded only by the shared backend
             self.redis = RedisState(config.state.redis)
+        # kept fields outlive reloads; their bounds are read at start. With Redis, every
+        # instance's store is in front of the conversations' entries there
+        self.field_store = FieldStore(config.field_cache.max_bytes, config.field_cache.ttl_s)
+        if self.redis is not None:
+            from gateway.field_share import SharedFieldStore
+            self.field_store = SharedFieldStore(config.field_cache.max_bytes, config.field_cache.ttl_s,
+                                                self.redis.fields)
         # where the meter counts a key's requests per window: every instance's on the shared backend
         self.windows: Windows = self.redis.windows if self.redis is not None else LocalWindows()
         self.ready = trio.Event()

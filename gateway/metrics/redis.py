@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 if TYPE_CHECKING:  # coredis is loaded only by the shared backend
     from actors.redis_link import LinkStats
 
-USES = ("windows", "leases", "rests")
+USES = ("windows", "leases", "rests", "fields")
 
 
 @attrs.frozen

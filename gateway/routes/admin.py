@@ -177,8 +177,11 @@ async def cooldowns(runtime):
 async def field_cache(runtime):
     """The field cache's size and rules (counts only: no kept field leaves the gateway)."""
     config = runtime.config.field_cache
-    return {**attrs.asdict(runtime.field_store.statistics()), "enabled": config.enabled,
-            "ttl_s": runtime.field_store.ttl_s, "rules": [attrs.asdict(r) for r in config.rules]}
+    out = {**attrs.asdict(runtime.field_store.statistics()), "enabled": config.enabled,
+           "ttl_s": runtime.field_store.ttl_s, "rules": [attrs.asdict(r) for r in config.rules]}
+    if runtime.redis is not None:  # this process's entries above; these crossed Redis
+        out["shared"] = {"written": runtime.redis.fields.written, "loaded": runtime.redis.fields.loaded}
+    return out
 
 
 @route("/keys", methods=["GET"])
