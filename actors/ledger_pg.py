@@ -102,6 +102,12 @@ class PgTransaction:
         self.rows("DELETE FROM instances WHERE id = %s", (self.instance_id,))
         return self.rows("SELECT COUNT(*) FROM reservations WHERE instance_id = %s", (self.instance_id,))[0][0]
 
+    def open_holds(self, limit: int) -> list[dict]:
+        """Every instance's open reservations, oldest first (at most ``limit``)."""
+        found = self.rows(f"SELECT {', '.join(HOLD_COLUMNS)} FROM reservations ORDER BY created_at, id LIMIT %s",
+                          (limit,))
+        return [dict(zip(HOLD_COLUMNS, row)) for row in found]
+
     def own_holds(self) -> list[dict]:
         found = self.rows(f"SELECT {', '.join(HOLD_COLUMNS)} FROM reservations WHERE instance_id = %s ORDER BY id",
                           (self.instance_id,))

@@ -218,7 +218,8 @@ class AllowedModels:
 
 @attrs.frozen
 class Query:
-    """Read-only views for the admin API: ``keys``, ``reservations``."""
+    """Read-only views for the admin API: ``keys``, ``reservations`` (this process's
+    holds), ``all_reservations`` (every instance's, on the shared backend)."""
 
     what: str
 

@@ -59,12 +59,13 @@ from actors.usage_messages import (
 from actors.usage_refresh import adopt, refresh
 from actors.windows import Windows
 from protocols.errors import GatewayError, LedgerUnavailable
-from protocols.money import Price
+from protocols.money import Price, usd
 from protocols.unified import EndReason, Provenance
 
 log = logging.getLogger("tollhouse.usage")
 
 CONNECT_RETRY_S = 1.0  # while Postgres is unreachable at start: how often to try again
+LISTED_HOLDS = 10_000  # the most reservations /admin/reservations lists
 
 
 
@@ -380,10 +381,22 @@ class SharedUsageActor(UsageActor):
         rows = tx.lock_keys(names, hashes)
         refresh(self.core, rows, {row["name"]: row["held"] for row in rows}, wall)
         for envelope in envelopes:
-            steps.append(self._step_of(envelope, now))
+            if isinstance(envelope.msg, Query) and envelope.msg.what == "all_reservations":
+                steps.append(Step(envelope, self._everywhere(tx, wall), []))
+            else:
+                steps.append(self._step_of(envelope, now))
         ops = [op for step in steps for op in step.ops]
         if ops:
             tx.write(ops)
+
+    def _everywhere(self, tx: PgTransaction, wall: float) -> list[dict]:
+        """The open reservations of every instance, as ``Query("reservations")`` lists
+        this one's, each with the instance that holds it."""
+        return [{"request_id": row["id"], "key": row["key_name"], "model": row["model"],
+                 "hold_usd": usd(row["hold_micro"]), "age_s": round(wall - row["created_at"], 3),
+                 "status": "settling" if row["id"] in self.core.settling else "open",
+                 "instance": row["instance_id"]}
+                for row in tx.open_holds(LISTED_HOLDS)]
 
     def _step_of(self, envelope: Envelope, now: float) -> Step:
         """The core's decision on one message: its answer, its writes, how to undo it."""

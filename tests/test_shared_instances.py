@@ -10,11 +10,12 @@ import httpx
 import psycopg
 import trio
 
-from tests.conftest import DEMO_KEY, running_gateway
+from tests.conftest import ADMIN_TOKEN, DEMO_KEY, running_gateway
 from tests.gateway_process import serve_process, write_config
 from tests.shared_backend import shared_config
 
 AUTH = {"authorization": f"Bearer {DEMO_KEY}"}
+ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 FAST_HEARTBEAT = {"heartbeat_s": 0.3, "instance_ttl_s": 1.5}
 STREAMS = 3
 
@@ -61,11 +62,17 @@ async def test_a_killed_instances_holds_are_settled_once_by_a_survivor(tmp_path,
                     survivor = b.usage_actor
                     assert survivor.snapshot()["recovered_at_start"] == 0
                     assert _pg(pg_dsn, "SELECT COUNT(*) FROM reservations WHERE instance_id = 'a'") == [(STREAMS,)]
+                    # b's admin lists the holds in flight on a, each naming its instance
+                    listed = (await http.get(b.url + "/admin/reservations", headers=ADMIN)).json()["reservations"]
+                    assert sorted(h["request_id"] for h in listed) == sorted(ids)
+                    assert {(h["instance"], h["status"], h["key"]) for h in listed} == {("a", "open", "test")}
                     a.send_signal(signal.SIGKILL)
                     await a.wait()
                     await survivor.wait_swept(STREAMS)  # once a's heartbeat is older than its ttl
                     assert survivor.claimed == ["a"]
                     assert await survivor.sweep() == 0  # a later sweep finds nothing left
+                    listed = (await http.get(b.url + "/admin/reservations", headers=ADMIN)).json()["reservations"]
+                    assert listed == []
                 nursery.cancel_scope.cancel()
     assert len(ids) == STREAMS
     rows = _pg(pg_dsn, "SELECT request_id, kind, reason, provenance FROM entries ORDER BY request_id")

@@ -100,7 +100,8 @@ async def revoke_key(runtime, name: str) -> dict:
 
 
 async def reservation_list(runtime) -> list[dict]:
-    return await runtime.actors.usage.ask(usage.Query("reservations"))
+    """Every open reservation: on the shared backend every instance's, each naming its instance."""
+    return await runtime.actors.usage.ask(usage.Query("all_reservations"))
 
 
 async def usage_totals(runtime, window_s: float | None) -> dict:

@@ -128,10 +128,11 @@ def cooldowns_page(view: dict) -> Markup:
 
 
 def reservations_page(holds: list[dict]) -> Markup:
-    rows = [(h["request_id"], h["key"], h["model"] or "", h["hold_usd"], h["status"], _seconds(h["age_s"]))
-            for h in holds]
-    return table(["request", "key", "model", "held (USD)", "status", "age"], rows,
-                 empty="no request in flight", id="reservations")
+    shared = any("instance" in h for h in holds)  # the shared backend: every instance's, by instance
+    rows = [(h["request_id"], h["key"], h["model"] or "", h["hold_usd"], h["status"], _seconds(h["age_s"]),
+             *((h.get("instance", ""),) if shared else ())) for h in holds]
+    return table(["request", "key", "model", "held (USD)", "status", "age", *(("instance",) if shared else ())],
+                 rows, empty="no request in flight", id="reservations")
 
 
 def keys_page(keys: list[dict], csrf: str, created: dict | None = None) -> Markup:
