@@ -105,6 +105,19 @@ class StoreCore:
         for row in rows:
             self._index(row.id, row.owner, row.created_at, row.size, row.previous_id)
 
+    def reindex(self, rows: Iterable[IndexRow], pending: set[str]) -> None:
+        """The index as a table other instances share holds it now: what they stored
+        comes in, what they removed goes (from memory only: it is gone on disk). The
+        ``pending`` ids, this process's writes not yet on disk when the rows were read,
+        stay as this process has them."""
+        rows = [row for row in rows if row.id not in pending]
+        present = {row.id for row in rows}
+        for response_id in [i for i in self.index if i not in present and i not in pending]:
+            self._remove(response_id)
+        for row in rows:
+            if row.id not in self.index:
+                self._index(row.id, row.owner, row.created_at, row.size, row.previous_id)
+
     def take_writes(self) -> dict[str, Row | None]:
         """Hand the pending puts and deletes to the writer (they stay readable meanwhile)."""
         self.writing, self.unwritten = self.unwritten, {}

@@ -11,7 +11,9 @@ answer is the same 404). A delete is answered once it is written. A put is visib
 other instances once its batch is written (the writer commits what arrived while the
 previous batch was in the thread: milliseconds after the response's end), so a
 response not found is looked for again a few times within a third of a second before
-it is answered as unknown.
+it is answered as unknown. Each sweep first reads the index of every instance's
+responses from Postgres, so ``max_bytes`` and ``max_age_s`` bound the one table: the
+oldest go, whichever instance stored them.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from actors.mailbox import Envelope, answer
 from actors.store import StoreActor
 from actors.store_core import StoreLimits
 from actors.store_db import StoreReadError
-from actors.store_messages import Chain, Delete, Get, InputItems
+from actors.store_messages import Chain, Delete, Get, InputItems, Sweep
 from actors.store_pg import PgResponseDB
 
 log = logging.getLogger("tollhouse.store")
@@ -56,11 +58,25 @@ class SharedStoreActor(StoreActor):
 
     async def _dispatch(self, envelope: Envelope, nursery: trio.Nursery) -> None:
         msg = envelope.msg
+        if isinstance(msg, Sweep):
+            await self._reindex()
         if isinstance(msg, (Get, Delete, InputItems, Chain)) and msg.id not in self.core.index:
             await self._read_slots.acquire()  # looked up in a task: the loop goes on meanwhile
             nursery.start_soon(self._find_then_dispatch, envelope, msg.id, nursery)
             return
         await self._dispatch_indexed(envelope, nursery)
+
+    async def _reindex(self) -> None:
+        """Before a sweep: the index as Postgres has it, every instance's responses in
+        it, so ``max_bytes`` and ``max_age_s`` bound the one table, not each instance's
+        share of it. Unreadable, the sweep goes on with the index this instance has."""
+        pending = set(self.core.unwritten) | set(self.core.writing)
+        try:
+            rows = await trio.to_thread.run_sync(self.pg.index, limiter=self.limiter)
+        except StoreReadError as exc:
+            log.error("response store %s refused a read (%s)", self.pg.path, exc)
+            return
+        self.core.reindex(rows, pending)
 
     async def _find_then_dispatch(self, envelope: Envelope, response_id: str, nursery: trio.Nursery) -> None:
         """Index the chain of a response stored elsewhere, then answer as for one of ours.

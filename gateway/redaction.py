@@ -115,15 +115,33 @@ def redacting_logs(redactor: Redactor) -> Iterator[RedactingFilter]:
 def state_secrets(state: Any) -> set[str]:
     """The shared backend's connection strings, and the password each may carry."""
     values: set[str] = set()
-    for dsn in (state.postgres.dsn.value if state.postgres else None, state.redis.url.value if state.redis else None):
-        if not dsn:
-            continue
+    dsn = state.postgres.dsn.value if state.postgres else None
+    if dsn:
         values.add(dsn)
-        if "://" in dsn:
-            url = urlsplit(dsn)
-            if url.password:
-                values.add(unquote(url.password))
-        else:
-            values.update(part.split("=", 1)[1].strip("'") for part in dsn.split()
-                          if part.startswith("password=") and len(part) > len("password="))
+        values.update(_pg_passwords(dsn))
+    url = state.redis.url.value if state.redis else None
+    if url:
+        values.add(url)
+        password = urlsplit(url).password
+        if password:
+            values.add(unquote(password))
     return values
+
+
+def _pg_passwords(dsn: str) -> set[str]:
+    """The password of a libpq connection string as libpq reads it (a keyword string's
+    quotes and escapes, a URI's user info or its ``?password=``), and as written."""
+    from psycopg import ProgrammingError  # the shared backend's driver: loaded only with a Postgres DSN
+    from psycopg.conninfo import conninfo_to_dict
+
+    found: set[str] = set()
+    written = urlsplit(dsn).password if "://" in dsn else None
+    if written:
+        found.update((written, unquote(written)))
+    try:
+        password = conninfo_to_dict(dsn).get("password")
+    except ProgrammingError:  # not a connection string libpq reads: it never connects, shown nowhere but here
+        password = None
+    if isinstance(password, str) and password:
+        found.add(password)
+    return found

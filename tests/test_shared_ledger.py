@@ -149,3 +149,22 @@ def test_a_batch_that_waited_for_a_key_sees_the_holds_committed_while_it_waited(
     assert row["held"] == [(None, 700, 1)]  # the hold committed while it waited
     a.close()
     b.close()
+
+
+@pytest.mark.parametrize("dsn, password", [
+    ("host=db user=tollhouse password='a secret phrase' dbname=ledger", "a secret phrase"),
+    (r"host=db password='it\'s me' dbname=ledger", "it's me"),
+    ("host=db password=plain dbname=ledger", "plain"),
+    ("postgresql://tollhouse:p%40ss%20word@db/ledger", "p@ss word"),
+    ("postgresql://tollhouse@db/ledger?password=in-the-query", "in-the-query"),
+])
+def test_the_postgres_password_is_a_secret_however_the_dsn_writes_it(dsn, password):
+    from gateway.config_state import PostgresConfig, StateConfig
+    from protocols.secret import Secret
+    from gateway.redaction import state_secrets
+    from protocols.redact import Redactor
+
+    secrets = state_secrets(StateConfig(backend="shared", postgres=PostgresConfig(dsn=Secret(dsn))))
+    assert password in secrets
+    line = f"connection to {password!s} failed"
+    assert password not in Redactor(secrets).text(line)
