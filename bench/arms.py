@@ -224,7 +224,10 @@ class Tollhouse(Gateway):
             "server": {"host": "127.0.0.1", "port": self.port},
             "admin": {"token": self.admin_token},
             "state_dir": str(self.workdir / "state"),
+            # room for the capacity pass's 1,000 open streams: with the default 100
+            # connections the streams past 100 would queue for a slot, not stream
             "providers": {"mock": {"family": "openai_compat", "base_url": f"http://127.0.0.1:{self.mock_port}/v1",
+                                   "max_connections": 4096,
                                    "credentials": [{"id": "mock-1", "key": "sk-mock", "max_concurrency": 100000}]}},
             "models": {"mock": {"targets": ["mock/mock"]}},
             "pricing": {"mock/mock": {"input": "0.15", "cached_input": "0.075", "output": "0.60"}},

@@ -53,6 +53,7 @@ from protocols.errors import (
     LedgerUnavailable,
     NoCapacity,
     UpstreamBadRequest,
+    UpstreamConnectionsBusy,
     UpstreamError,
     UpstreamOverloaded,
     UpstreamQuotaExhausted,
@@ -333,9 +334,11 @@ class Dispatcher:
                     refused = refused or exc
                     break
                 except UpstreamError as exc:
-                    # A deadline that passed while the request waited for a connection slot
-                    # says nothing about the upstream: no cooldown for it.
-                    unsent_wait = isinstance(exc, UpstreamTimeout) and req.attempts[-1].outcome is Outcome.NOT_SENT
+                    # A deadline that passed while the request waited for a connection slot,
+                    # or the slots all busy (the gateway's own max_connections), says nothing
+                    # about the upstream: no cooldown for it; the next target may have room.
+                    unsent_wait = isinstance(exc, UpstreamConnectionsBusy) or (
+                        isinstance(exc, UpstreamTimeout) and req.attempts[-1].outcome is Outcome.NOT_SENT)
                     error = None if unsent_wait else exc
                     if req.started:
                         raise GatewayFailure("upstream failed after the response began") from exc

@@ -190,6 +190,14 @@ class UpstreamServerError(UpstreamError):
     status = 502
 
 
+class UpstreamConnectionsBusy(UpstreamError):
+    """The gateway's connections to the upstream were all busy for ``connect_timeout_s``
+    (its ``max_connections``): nothing was sent, and the upstream is not to blame."""
+
+    status = 503
+    kind = "overloaded_error"
+
+
 class UpstreamTimeout(UpstreamError):
     status = 504
     kind = "timeout_error"

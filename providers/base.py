@@ -32,7 +32,13 @@ from providers.propagation import with_trace
 from providers.trace_hook import transform_trace
 
 from protocols.json_array import JsonArraySplitter
-from protocols.errors import InvalidRequest, UpstreamProtocolError, UpstreamServerError, classify_upstream
+from protocols.errors import (
+    InvalidRequest,
+    UpstreamConnectionsBusy,
+    UpstreamProtocolError,
+    UpstreamServerError,
+    classify_upstream,
+)
 from protocols.redact import NO_SECRETS, Redactor
 from protocols.retry_after import retry_after
 from protocols.seams import StreamDecoder
@@ -262,6 +268,9 @@ async def send(client: http11.Pool, url: str, headers: Mapping[str, str], body: 
         trace.sent(url, headers, body)
     try:
         response = await client.request("POST", url, with_trace(headers).items(), body)
+    except http11.PoolBusy as exc:
+        raise UpstreamConnectionsBusy(redactor.text(f"the gateway's connections to the upstream are busy: {exc}"),
+                                      request_sent=False, retry_after=1.0) from None
     except http11.RequestNotSent as exc:
         raise UpstreamServerError(redactor.text(f"cannot reach the upstream: {exc}"), request_sent=False) from None
     except http11.RequestBroken as exc:

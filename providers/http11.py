@@ -100,6 +100,11 @@ class RequestNotSent(TransportError):
     request_sent = False
 
 
+class PoolBusy(RequestNotSent):
+    """Every connection slot to the origin stayed busy: the gateway's own limit
+    (``max_connections``), which says nothing about the upstream."""
+
+
 class RequestBroken(TransportError):
     """The request was written, at least in part, and the exchange then failed."""
 
@@ -335,7 +340,7 @@ class Pool:
         with trio.move_on_after(self.connect_timeout):
             await self._slots.acquire()
             return
-        raise RequestNotSent(f"all {self.max_connections} connections to {self.host}:{self.port} stayed busy "
+        raise PoolBusy(f"all {self.max_connections} connections to {self.host}:{self.port} stayed busy "
                              f"for {self.connect_timeout:g}s")
 
     # ------------------------------------------------------------ requests

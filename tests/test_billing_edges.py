@@ -355,6 +355,32 @@ async def test_a_deadline_while_waiting_for_a_connection_slot_charges_nothing(tm
     assert not cooldowns["active"], "the gateway's own queue is not the upstream's fault"
 
 
+async def test_connection_slots_busy_past_their_wait_are_the_gateways_limit_not_the_upstreams(tmp_path):
+    doc = base_config(tmp_path)
+    doc["providers"]["sim"].update(max_connections=1, connect_timeout_s=0.3)
+    doc["simulator"] = {"tokens_per_second": 20}
+    doc["streaming"] = {"ttfb_timeout_s": 30, "stall_timeout_s": 30}
+    auth = {"authorization": f"Bearer {DEMO_KEY}"}
+    long = {"model": "demo", "stream": True, "messages": [{"role": "user", "content": "[[sim tokens=200]] go"}]}
+    with trio.fail_after(30):
+        async with running_gateway(doc) as gw, httpx.AsyncClient(base_url=gw.url, timeout=30) as http:
+            async with http.stream("POST", "/v1/chat/completions", json=long, headers=auth) as first:
+                assert first.status_code == 200  # holds the one connection to the upstream
+                second = await http.post("/v1/chat/completions", headers=auth, json={
+                    "model": "demo", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+                cooldowns = (await http.get("/admin/cooldowns", headers=ADMIN)).json()
+                credentials = (await http.get("/admin/credentials", headers=ADMIN)).json()
+            records = (await http.get("/admin/usage/records", params={
+                "request_id": second.headers["x-request-id"]}, headers=ADMIN)).json()["records"]
+    assert second.status_code == 503, second.text
+    assert second.json()["error"]["type"] == "overloaded_error" and "busy" in second.json()["error"]["message"]
+    assert "sim-key" not in second.text
+    [charge] = records
+    assert (charge["amount_micro"], charge["cost_source"]) == (0, "refused")
+    assert not cooldowns["active"] and not cooldowns["errors"], "the gateway's own limit is not the upstream's fault"
+    assert all(c["state"] == "ready" for c in credentials["sim"])
+
+
 async def test_an_answer_the_gateway_cannot_read_is_charged_an_estimate(tmp_path):
     garbage = b'data: {"choices": {"0": {}}, "usage": {"prompt_tokens": 5, "completion_tokens": 100}}\n\n'
     replay = Replay(garbage * 3)
