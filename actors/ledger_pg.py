@@ -52,21 +52,33 @@ def _key(row: tuple) -> dict:
 
 
 class PgTransaction:
-    """One open transaction of the shared meter (see ``PgLedger.transaction``)."""
+    """One open transaction of the shared meter (see ``PgLedger.transaction``), in
+    psycopg's pipeline mode: ``send`` queues a statement whose result nothing reads (a
+    write), ``rows`` sends what is queued with its own statement and waits for the
+    answer. So a batch's register and lock travel in one round trip, and its writes
+    with the COMMIT in one; Postgres still runs them one after another, each read with
+    its own snapshot. A queued write that fails fails the transaction at its next
+    round trip, as it would have failed it at once."""
 
-    def __init__(self, conn: psycopg.Connection, instance_id: str) -> None:
+    def __init__(self, conn: psycopg.Connection, instance_id: str, pipeline: psycopg.Pipeline | None = None) -> None:
         self.conn = conn
         self.instance_id = instance_id
+        self.pipeline = pipeline
+
+    def send(self, sql: str, params: Any = None) -> None:
+        self.conn.execute(sql, params)
 
     def rows(self, sql: str, params: Any = None) -> list:
         cur = self.conn.execute(sql, params)
+        if self.pipeline is not None:
+            self.pipeline.sync()
         return cur.fetchall() if cur.description is not None else []
 
     # -- instances
 
     def register(self) -> None:
         """This instance is alive now (Postgres time); a row a sweep removed comes back."""
-        self.rows("INSERT INTO instances (id) VALUES (%s) ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()",
+        self.send("INSERT INTO instances (id) VALUES (%s) ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()",
                   (self.instance_id,))
 
     def heartbeat(self) -> bool:
@@ -128,10 +140,19 @@ class PgTransaction:
         names, hashes = sorted(set(names)), sorted(set(hashes))
         if not names and not hashes:
             return []
-        found = [_key(row) for row in self.rows(
+        locking = self.conn.execute(
             f"SELECT {', '.join('k.' + c for c in KEY_COLUMNS)} FROM keys k "
-            "WHERE k.name = ANY(%s) OR k.key_hash = ANY(%s) ORDER BY k.name FOR UPDATE OF k", (names, hashes))]
-        held = self.held(key["name"] for key in found)
+            "WHERE k.name = ANY(%s) OR k.key_hash = ANY(%s) ORDER BY k.name FOR UPDATE OF k", (names, hashes))
+        holding = self.conn.execute(  # runs once the lock is taken: its snapshot has the holder's commit
+            "SELECT r.key_name, r.budget_start, SUM(r.hold_micro)::bigint, COUNT(*) FROM reservations r "
+            "JOIN keys k ON k.name = r.key_name WHERE k.name = ANY(%s) OR k.key_hash = ANY(%s) "
+            "GROUP BY r.key_name, r.budget_start", (names, hashes))
+        if self.pipeline is not None:
+            self.pipeline.sync()
+        found = [_key(row) for row in locking.fetchall()]
+        held: dict[str, list] = {}
+        for name, start, amount, count in holding.fetchall():
+            held.setdefault(name, []).append((start, amount, count))
         for key in found:
             key["held"] = held.get(key["name"], [])
         return found
@@ -191,8 +212,8 @@ class PgLedger(PgConnection):
         with self._lock:
             try:
                 conn = self._connection()
-                with conn.transaction():
-                    return fn(PgTransaction(conn, self.instance_id))
+                with conn.pipeline() as pipeline, conn.transaction():
+                    return fn(PgTransaction(conn, self.instance_id, pipeline))
             except (psycopg.OperationalError, psycopg.InterfaceError, pg_errors.SerializationFailure,
                     pg_errors.DeadlockDetected, pg_errors.AdminShutdown, psycopg.IntegrityError) as exc:
                 # IntegrityError: another instance wrote the same key name or secret in the
@@ -271,7 +292,7 @@ class PgLedger(PgConnection):
 def _put_key(tx: PgTransaction, k: dict) -> None:
     # spent_micro and the budget's count are written only when the key is new:
     # afterwards only settlements (and ``reset_budget``) move them.
-    tx.rows(
+    tx.send(
         f"INSERT INTO keys ({', '.join(KEY_COLUMNS)}) VALUES ({', '.join(['%s'] * len(KEY_COLUMNS))}) "
         "ON CONFLICT (name) DO UPDATE SET key_hash=excluded.key_hash, credit_micro=excluded.credit_micro, "
         "disabled=excluded.disabled, models=excluded.models, requests_per_minute=excluded.requests_per_minute, "
@@ -283,12 +304,12 @@ def _put_key(tx: PgTransaction, k: dict) -> None:
 
 
 def _reset_budget(tx: PgTransaction, r: dict) -> None:
-    tx.rows("UPDATE keys SET budget_start = %s, budget_spent_micro = 0 WHERE name = %s",
+    tx.send("UPDATE keys SET budget_start = %s, budget_spent_micro = 0 WHERE name = %s",
             (r["budget_start"], r["name"]))
 
 
 def _hold(tx: PgTransaction, h: dict) -> None:
-    tx.rows("INSERT INTO reservations (id, key_name, instance_id, provider, model, hold_micro, created_at, "
+    tx.send("INSERT INTO reservations (id, key_name, instance_id, provider, model, hold_micro, created_at, "
             "budget_start) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
             (h["id"], h["key_name"], tx.instance_id, h["provider"], h["model"], h["hold_micro"], h["created_at"],
              h.get("budget_start")))
@@ -329,7 +350,7 @@ def _settle(tx: PgTransaction, s: dict) -> None:
             charge = f"({values})"
         else:
             overrun += OVERRUN.format(row=values)
-    tx.rows(SETTLE.format(charge=charge, overrun=overrun), params)
+    tx.send(SETTLE.format(charge=charge, overrun=overrun), params)
 
 
 _OPS: dict[str, Callable[[PgTransaction, dict], None]] = {
