@@ -32,6 +32,12 @@ Hypercorn 0.18 has no setting for either rule below, so they live in a subclass 
   by another task than the response's writer (the reading task, a timer) would make
   that writer's next ``send_all`` raise ``trio.BusyResourceError`` inside the
   application.
+- A whole answer (a head with ``Content-Length``) is written in one socket write, its
+  head held until its body is there; hypercorn writes the head, the body and the end
+  of the message each on its own, and the first write to a loopback client costs its
+  wake-up. A head held is written at its body's end, or when the stream or the
+  connection closes, whichever comes first (or once past ``HOLD_MAX``). A streamed
+  answer's head goes at once.
 """
 
 from __future__ import annotations
@@ -42,11 +48,12 @@ import h11
 import hypercorn.protocol
 import trio
 from hypercorn.events import Closed, Event, RawData
-from hypercorn.protocol.events import Response
+from hypercorn.protocol.events import Body, EndBody, Response, StreamClosed
 from hypercorn.protocol.h11 import H11Protocol
 
 LINGER_S = 2.0  # how long the rest of an unread body is waited for, after the answer
 WRITE_WAIT_S = 1.0  # how long a close waits for a socket write in progress
+HOLD_MAX = 64 * 1024  # a whole answer larger than this is written as it comes, not joined
 
 
 class GatewayH11Protocol(H11Protocol):
@@ -64,9 +71,17 @@ class GatewayH11Protocol(H11Protocol):
         self._writes_in_flight = 0
         self._writes_done = trio.Event()
         self._closing = False
+        self._held: list[bytes] | None = None  # a whole answer's bytes, written together at its end
+        self._held_size = 0
 
     async def _send_serialised(self, event: Event) -> None:
         """The server's ``send``, with a close that never overlaps a socket write."""
+        if isinstance(event, RawData) and self._held is not None and not self._closing:
+            self._held.append(event.data)
+            self._held_size += len(event.data)
+            return
+        if isinstance(event, Closed):
+            await self._release_held()
         if isinstance(event, RawData):
             if self._closing:
                 return  # the connection is being closed: these bytes have nobody to go to
@@ -111,7 +126,20 @@ class GatewayH11Protocol(H11Protocol):
             # answered before the body was read: this connection cannot serve another request
             event = Response(stream_id=event.stream_id, status_code=event.status_code,
                              headers=[*event.headers, (b"connection", b"close")])
-        await super().stream_send(event)
+        if isinstance(event, Response) and event.status_code >= 200 \
+                and any(name.lower() == b"content-length" for name, _ in event.headers):
+            self._held = []  # a whole answer: its head waits for its body
+        try:
+            await super().stream_send(event)
+        finally:
+            if isinstance(event, (EndBody, StreamClosed)) or isinstance(event, Body) and self._held_size > HOLD_MAX:
+                await self._release_held()
+
+    async def _release_held(self) -> None:
+        """Write a whole answer's held bytes in one go (nothing held: nothing written)."""
+        held, self._held, self._held_size = self._held, None, 0
+        if held:
+            await self._send_serialised(RawData(data=b"".join(held)))
 
     async def _maybe_recycle(self) -> None:
         if self._body_unread() and self.connection.our_state in (h11.DONE, h11.MUST_CLOSE):
