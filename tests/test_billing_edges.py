@@ -332,34 +332,13 @@ async def test_text_that_cannot_be_sent_on_is_refused_before_any_charge(tmp_path
     assert gw.simulator.requests_by_key == {}
 
 
-async def test_a_deadline_while_waiting_for_a_connection_slot_charges_nothing(tmp_path):
+async def _second_behind_the_one_connection(tmp_path, provider: dict, streaming: dict) -> tuple:
+    """A stream holds the upstream's one connection while a second request comes:
+    that request's answer, the cooldowns and credentials then, and its ledger records."""
     doc = base_config(tmp_path)
-    doc["providers"]["sim"]["max_connections"] = 1
+    doc["providers"]["sim"].update(max_connections=1, **provider)
     doc["simulator"] = {"tokens_per_second": 20}
-    doc["streaming"] = {"ttfb_timeout_s": 1, "stall_timeout_s": 30}
-    auth = {"authorization": f"Bearer {DEMO_KEY}"}
-    long = {"model": "demo", "stream": True, "messages": [{"role": "user", "content": "[[sim tokens=200]] go"}]}
-    with trio.fail_after(30):
-        async with running_gateway(doc) as gw, httpx.AsyncClient(base_url=gw.url, timeout=30) as http:
-            async with http.stream("POST", "/v1/chat/completions", json=long, headers=auth) as first:
-                assert first.status_code == 200  # holds the one connection to the upstream
-                second = await http.post("/v1/chat/completions", headers=auth, json={
-                    "model": "demo", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
-                cooldowns = (await http.get("/admin/cooldowns", headers=ADMIN)).json()
-            records = (await http.get("/admin/usage/records", params={
-                "request_id": second.headers["x-request-id"]}, headers=ADMIN)).json()["records"]
-    assert second.status_code == 504
-    [charge] = records
-    assert (charge["amount_micro"], charge["cost_source"], charge["reason"]) == (0, "refused", "timeout")
-    assert charge["basis"] == "nothing was sent upstream"
-    assert not cooldowns["active"], "the gateway's own queue is not the upstream's fault"
-
-
-async def test_connection_slots_busy_past_their_wait_are_the_gateways_limit_not_the_upstreams(tmp_path):
-    doc = base_config(tmp_path)
-    doc["providers"]["sim"].update(max_connections=1, connect_timeout_s=0.3)
-    doc["simulator"] = {"tokens_per_second": 20}
-    doc["streaming"] = {"ttfb_timeout_s": 30, "stall_timeout_s": 30}
+    doc["streaming"] = streaming
     auth = {"authorization": f"Bearer {DEMO_KEY}"}
     long = {"model": "demo", "stream": True, "messages": [{"role": "user", "content": "[[sim tokens=200]] go"}]}
     with trio.fail_after(30):
@@ -372,6 +351,22 @@ async def test_connection_slots_busy_past_their_wait_are_the_gateways_limit_not_
                 credentials = (await http.get("/admin/credentials", headers=ADMIN)).json()
             records = (await http.get("/admin/usage/records", params={
                 "request_id": second.headers["x-request-id"]}, headers=ADMIN)).json()["records"]
+    return second, cooldowns, credentials, records
+
+
+async def test_a_deadline_while_waiting_for_a_connection_slot_charges_nothing(tmp_path):
+    second, cooldowns, _, records = await _second_behind_the_one_connection(
+        tmp_path, {}, {"ttfb_timeout_s": 1, "stall_timeout_s": 30})
+    assert second.status_code == 504
+    [charge] = records
+    assert (charge["amount_micro"], charge["cost_source"], charge["reason"]) == (0, "refused", "timeout")
+    assert charge["basis"] == "nothing was sent upstream"
+    assert not cooldowns["active"], "the gateway's own queue is not the upstream's fault"
+
+
+async def test_connection_slots_busy_past_their_wait_are_the_gateways_limit_not_the_upstreams(tmp_path):
+    second, cooldowns, credentials, records = await _second_behind_the_one_connection(
+        tmp_path, {"connect_timeout_s": 0.3}, {"ttfb_timeout_s": 30, "stall_timeout_s": 30})
     assert second.status_code == 503, second.text
     assert second.json()["error"]["type"] == "overloaded_error" and "busy" in second.json()["error"]["message"]
     assert "sim-key" not in second.text
