@@ -111,8 +111,6 @@ def classify(error: E.GatewayError | None) -> tuple[str, str]:
             return "overloaded", "credential"
         case E.UpstreamTimeout():
             return "timeout", "credential"
-        case E.UpstreamConnectionsBusy():
-            return "gateway", "none"  # the gateway's own connection limit: nothing about the upstream
         case E.UpstreamContextTooLong():
             return "context_too_long", "none"
         case E.UpstreamBadRequest():

@@ -45,6 +45,14 @@ def describe(exc: BaseException) -> str:
     return f"Postgres refused ({kind}{', SQLSTATE ' + state if state else ''})"
 
 
+def _by_key(rows: Iterable) -> dict[str, list[tuple[int | None, int, int]]]:
+    """(key, budget period start, held, count) rows, grouped by key."""
+    out: dict[str, list] = {}
+    for name, start, held, count in rows:
+        out.setdefault(name, []).append((start, held, count))
+    return out
+
+
 def _key(row: tuple) -> dict:
     key = dict(zip(KEY_COLUMNS, row))
     key["models"] = json.loads(key["models"]) if key["models"] else None
@@ -60,7 +68,7 @@ class PgTransaction:
     its own snapshot. A queued write that fails fails the transaction at its next
     round trip, as it would have failed it at once."""
 
-    def __init__(self, conn: psycopg.Connection, instance_id: str, pipeline: psycopg.Pipeline | None = None) -> None:
+    def __init__(self, conn: psycopg.Connection, instance_id: str, pipeline: psycopg.Pipeline) -> None:
         self.conn = conn
         self.instance_id = instance_id
         self.pipeline = pipeline
@@ -70,8 +78,7 @@ class PgTransaction:
 
     def rows(self, sql: str, params: Any = None) -> list:
         cur = self.conn.execute(sql, params)
-        if self.pipeline is not None:
-            self.pipeline.sync()
+        self.pipeline.sync()
         return cur.fetchall() if cur.description is not None else []
 
     # -- instances
@@ -147,12 +154,9 @@ class PgTransaction:
             "SELECT r.key_name, r.budget_start, SUM(r.hold_micro)::bigint, COUNT(*) FROM reservations r "
             "JOIN keys k ON k.name = r.key_name WHERE k.name = ANY(%s) OR k.key_hash = ANY(%s) "
             "GROUP BY r.key_name, r.budget_start", (names, hashes))
-        if self.pipeline is not None:
-            self.pipeline.sync()
+        self.pipeline.sync()
         found = [_key(row) for row in locking.fetchall()]
-        held: dict[str, list] = {}
-        for name, start, amount, count in holding.fetchall():
-            held.setdefault(name, []).append((start, amount, count))
+        held = _by_key(holding.fetchall())
         for key in found:
             key["held"] = held.get(key["name"], [])
         return found
@@ -163,15 +167,12 @@ class PgTransaction:
 
     def held(self, names: Iterable[str]) -> dict[str, list[tuple[int | None, int, int]]]:
         """Per key: (budget period start, held, count) of its open reservations on every instance."""
-        out: dict[str, list] = {}
         names = sorted(set(names))
         if not names:
-            return out
-        for name, start, held, count in self.rows(
-                "SELECT key_name, budget_start, SUM(hold_micro)::bigint, COUNT(*) FROM reservations "
-                "WHERE key_name = ANY(%s) GROUP BY key_name, budget_start", (names,)):
-            out.setdefault(name, []).append((start, held, count))
-        return out
+            return {}
+        return _by_key(self.rows(
+            "SELECT key_name, budget_start, SUM(hold_micro)::bigint, COUNT(*) FROM reservations "
+            "WHERE key_name = ANY(%s) GROUP BY key_name, budget_start", (names,)))
 
     def seed_lock(self) -> None:
         """Serialise key seeding across instances starting at once."""

@@ -46,6 +46,13 @@ from actors.usage_keys import DEFAULT_WINDOW_S, SETTINGS, Hold, KeySettings, Key
 UNKNOWN_KEY = "Invalid API key: the gateway key is missing or unknown."
 
 
+def reservation_view(request_id: str, key: str, model: str | None, hold_micro: int, created_at: float,
+                     status: str, wall: float) -> dict:
+    """One reservation as ``/admin/reservations`` lists it."""
+    return {"request_id": request_id, "key": key, "model": model, "hold_usd": usd(hold_micro),
+            "age_s": round(wall - created_at, 3), "status": status}
+
+
 class UsageCore:
     def __init__(self, pricing: Mapping[str, Price], wall=time.time, count_requests: bool = True) -> None:
         self.pricing = dict(pricing)
@@ -390,8 +397,7 @@ class UsageCore:
             return [k.view(wall) for k in self.keys.values()]
         if what in ("reservations", "all_reservations"):  # one process: its holds are all there are
             wall = self.wall()
-            return [{"request_id": h.id, "key": h.key_name, "model": h.client_model, "hold_usd": usd(h.hold_micro),
-                     "age_s": round(wall - h.created_at, 3), "status": status}
+            return [reservation_view(h.id, h.key_name, h.client_model, h.hold_micro, h.created_at, status, wall)
                     for status, holds in (("open", self.holds), ("settling", self.settling))
                     for h in holds.values()]
         if what == "totals":

@@ -42,7 +42,7 @@ from actors.ledger import LedgerFault, LedgerWriteError
 from actors.ledger_pg import PgLedger, PgTransaction
 from actors.mailbox import Envelope, crash_reply
 from actors.usage import UNAVAILABLE, Step, Unwritten, UsageActor
-from actors.usage_core import UsageCore
+from actors.usage_core import UsageCore, reservation_view
 from actors.usage_messages import (
     AllowedModels,
     Authenticate,
@@ -59,7 +59,7 @@ from actors.usage_messages import (
 from actors.usage_refresh import adopt, refresh
 from actors.windows import Windows
 from protocols.errors import GatewayError, LedgerUnavailable
-from protocols.money import Price, usd
+from protocols.money import Price
 from protocols.unified import EndReason, Provenance
 
 log = logging.getLogger("tollhouse.usage")
@@ -392,9 +392,8 @@ class SharedUsageActor(UsageActor):
     def _everywhere(self, tx: PgTransaction, wall: float) -> list[dict]:
         """The open reservations of every instance, as ``Query("reservations")`` lists
         this one's, each with the instance that holds it."""
-        return [{"request_id": row["id"], "key": row["key_name"], "model": row["model"],
-                 "hold_usd": usd(row["hold_micro"]), "age_s": round(wall - row["created_at"], 3),
-                 "status": "settling" if row["id"] in self.core.settling else "open",
+        return [{**reservation_view(row["id"], row["key_name"], row["model"], row["hold_micro"], row["created_at"],
+                                    "settling" if row["id"] in self.core.settling else "open", wall),
                  "instance": row["instance_id"]}
                 for row in tx.open_holds(LISTED_HOLDS)]
 

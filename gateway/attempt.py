@@ -174,9 +174,10 @@ class AttemptRunner:
             req.transform.begin_attempt(index, target.label, credential.id)
         with req.call.trace.attempt(req, index, provider), WriteWatch.open() as watch:
             try:
-                scope = self._injects(req, provider)
-                if scope is not None and self.field_cache is not None:  # what other instances kept (shared backend)
-                    await self.field_cache.store.load(scope, trio.current_time())
+                if self.field_cache is not None and self.field_cache.store.shared:
+                    scope = self._injects(req, provider)  # what other instances kept for it comes in first
+                    if scope is not None:
+                        await self.field_cache.store.load(scope, trio.current_time())
                 if req.call.request.stream:
                     await self._stream(req, provider, target, credential, link, index)
                 else:

@@ -207,6 +207,8 @@ class FieldStoreStats:
 class FieldStore:
     """A byte-capped LRU of entries with a time to live; ``now`` is an argument."""
 
+    shared = False  # whether ``load`` brings in other instances' entries (``gateway.field_share``)
+
     def __init__(self, max_bytes: int, ttl_s: float) -> None:
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
@@ -270,7 +272,7 @@ class FieldStore:
 
     async def load(self, scope: Scope, now: float) -> None:
         """Bring in what other instances kept for this conversation: nothing here, where
-        this process is the only one (see ``gateway.field_share``)."""
+        this process is the only one."""
 
 
 @attrs.frozen

@@ -33,6 +33,8 @@ def field_name(key: Key) -> str:
 
 
 class SharedFieldStore(FieldStore):
+    shared = True
+
     def __init__(self, max_bytes: int, ttl_s: float, relay: FieldRelay) -> None:
         super().__init__(max_bytes, ttl_s)
         self.relay = relay

@@ -77,13 +77,18 @@ def test_a_database_of_an_older_version_gains_only_the_later_migrations(pg_dsn):
     assert _versions(pg_dsn) == list(range(1, len(MIGRATIONS) + 1)) and "responses" in _tables(pg_dsn)
 
 
+def _key_row(**overrides) -> dict:
+    """A key as the core writes it (``put_key``): 1000 micro-dollars, no limits."""
+    return {"name": "k", "key_hash": "h", "credit_micro": 1000, "spent_micro": 0, "disabled": False, "models": None,
+            "requests_per_minute": None, "max_concurrency": None, "created_at": 0.0, "revoked_at": None,
+            "expires_at": None, "budget_period": None, "budget_limit_micro": None, "budget_start": None,
+            "budget_spent_micro": 0, "requests_window_s": 60.0, **overrides}
+
+
 def test_a_settlement_written_twice_charges_once(pg_dsn):
     ledger = PgLedger(pg_dsn, "a")
     ledger.open()
-    key = {"name": "k", "key_hash": "h", "credit_micro": 1000, "spent_micro": 0, "disabled": False, "models": ["m"],
-           "requests_per_minute": None, "max_concurrency": None, "created_at": 0.0, "revoked_at": None,
-           "expires_at": None, "budget_period": "day", "budget_limit_micro": 500, "budget_start": 86400,
-           "budget_spent_micro": 0, "requests_window_s": 60.0}
+    key = _key_row(models=["m"], budget_period="day", budget_limit_micro=500, budget_start=86400)
     hold = {"id": "r1", "key_name": "k", "provider": None, "model": "m", "hold_micro": 40, "created_at": 1.0,
             "budget_start": 86400}
     entry = {"request_id": "r1", "key_name": "k", "provider": "p", "model": "m", "client_model": "m",
@@ -115,11 +120,7 @@ def test_a_batch_that_waited_for_a_key_sees_the_holds_committed_while_it_waited(
     a, b = PgLedger(pg_dsn, "a"), PgLedger(pg_dsn, "b")
     a.open()
     b.open()
-    key = {"name": "k", "key_hash": "h", "credit_micro": 1000, "spent_micro": 0, "disabled": False, "models": None,
-           "requests_per_minute": None, "max_concurrency": None, "created_at": 0.0, "revoked_at": None,
-           "expires_at": None, "budget_period": None, "budget_limit_micro": None, "budget_start": None,
-           "budget_spent_micro": 0, "requests_window_s": 60.0}
-    a.apply([("put_key", key)])
+    a.apply([("put_key", _key_row())])
     locked, commit = threading.Event(), threading.Event()
     seen: list = []
 
