@@ -26,7 +26,7 @@ from bench.procs import GATEWAY_CORE, Proc, free_port, wait_port
 
 REPO = Path(__file__).resolve().parent.parent
 TOOLS = Path(os.environ.get("TOLLHOUSE_BENCH_TOOLS", "/opt/tollhouse-bench"))
-GATEWAYS = ("direct", "nginx", "tollhouse", "tollhouse-shared", "tollhouse-shared-2w", "litellm", "portkey")
+GATEWAYS = ("direct", "nginx", "bare-asgi", "tollhouse", "tollhouse-shared", "tollhouse-shared-2w", "litellm", "portkey")
 OTHER = "tollhouse-b"  # Tollhouse from another checkout (``--gateway-b``): an A/B arm in the same run
 TRANSLATED = ("tollhouse", OTHER, "litellm", "portkey")  # gateways whose Anthropic front door is tried
 ANTHROPIC_VERSION = "2023-06-01"
@@ -204,6 +204,26 @@ http {{
         return "/v1/chat/completions", {"authorization": "Bearer sk-mock"}
 
 
+class BareAsgi(Gateway):
+    """Hypercorn and the gateway's upstream pool with nothing between them
+    (``bench.bare_asgi``): the floor Tollhouse's own code adds to."""
+
+    name = "bare-asgi"
+
+    def check_installed(self):
+        from importlib import metadata
+
+        self.versions["hypercorn"] = metadata.version("hypercorn")
+
+    def command(self):
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
+        return [sys.executable, "-m", "bench.bare_asgi", "--port", str(self.port),
+                "--upstream", f"http://127.0.0.1:{self.mock_port}"], env
+
+    def arm_headers(self, protocol):
+        return "/v1/chat/completions", {}
+
+
 class Tollhouse(Gateway):
     name = "tollhouse"
     admin_token = "th-bench-admin-" + secrets.token_hex(8)
@@ -357,7 +377,7 @@ class Portkey(Gateway):
         return "/v1/chat/completions", headers
 
 
-CLASSES = {"direct": Direct, "nginx": Nginx, "tollhouse": Tollhouse, "litellm": LiteLLM, "portkey": Portkey}
+CLASSES = {"direct": Direct, "nginx": Nginx, "bare-asgi": BareAsgi, "tollhouse": Tollhouse, "litellm": LiteLLM, "portkey": Portkey}
 
 
 def _run(argv: list[str]) -> str:

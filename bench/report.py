@@ -198,6 +198,9 @@ def markdown(doc: dict, png: str | None, plot_note: str | None = None) -> str:
         "throughput_c10_tollhouse_anthropic_over_litellm_anthropic": "Tollhouse A→O req/s / LiteLLM A→O req/s",
         "throughput_c10_tollhouse_anthropic_over_portkey_anthropic": "Tollhouse A→O req/s / Portkey A→O req/s",
         "throughput_c10_tollhouse_over_nginx": "Tollhouse req/s / nginx req/s (wrk c=10)",
+        "throughput_c10_tollhouse_over_bare": "Tollhouse req/s / bare-ASGI req/s (hypercorn + pool alone, wrk c=10)",
+        "throughput_c10_bare_over_portkey": "bare-ASGI req/s / Portkey req/s (wrk c=10)",
+        "open_loop_bare_over_portkey": "bare-ASGI / Portkey, open-loop max rate",
         "throughput_c10_shared_over_local": "Shared backend req/s / local backend req/s, one worker (wrk c=10)",
         "throughput_c10_shared_2w_over_1w": "Shared backend, two workers (both cores) / one worker, req/s (wrk c=10)",
         "open_loop_shared_2w_over_1w": "Shared backend, two workers / one worker, open-loop max rate",
@@ -206,7 +209,9 @@ def markdown(doc: dict, png: str | None, plot_note: str | None = None) -> str:
         v = r.get(key)
         lines.append(f"- {label}: {'n/a' if v is None else f'{v:g}×'}")
     for key, label in (("added_latency_p50_shared_minus_local_ms", "Shared backend's added latency over the local's, p50"),
-                       ("added_latency_p99_shared_minus_local_ms", "Shared backend's added latency over the local's, p99")):
+                       ("added_latency_p99_shared_minus_local_ms", "Shared backend's added latency over the local's, p99"),
+                       ("added_latency_p50_tollhouse_minus_bare_ms", "Tollhouse's added latency over bare-ASGI's, p50"),
+                       ("added_ttft_p50_tollhouse_minus_bare_ms", "Tollhouse's added TTFT over bare-ASGI's, p50")):
         v = r.get(key)
         lines.append(f"- {label}: {'n/a' if v is None else f'{v:+.3g} ms'}")
     ab = doc.get("ab")

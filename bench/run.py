@@ -40,7 +40,7 @@ from bench.procs import (GATEWAY_CORE, LOAD_CORE, CpuMonitor, Pinning, Proc, cor
 from bench.scenarios import FULL, QUICK, Settings, lat_summary
 
 RESULTS = Path(__file__).resolve().parent / "results"
-QUICK_ARMS = ("direct", "nginx", "tollhouse")  # the ones that start in a second
+QUICK_ARMS = ("direct", "nginx", "bare-asgi", "tollhouse")  # the ones that start in a second
 NOT_ATTEMPTED = {
     "bifrost": "not installable offline: the npm package @maximhq/bifrost downloads its Go binary from the "
                "vendor's site at run time (ENOTFOUND here); see shared/BENCH-PEERS.md for its published figures",
@@ -416,6 +416,18 @@ class Run:
                                                                      floor=0.005)
             out[f"throughput_c10_tollhouse_anthropic_over_{peer}_anthropic"] = _ratio(
                 get("tollhouse:anthropic", "throughput_c10", "rps"), get(f"{peer}:anthropic", "throughput_c10", "rps"))
+        # the floor: hypercorn and the upstream pool alone (bench.bare_asgi); what Tollhouse adds over it
+        # is its own code, and a peer's figure over twice the floor's is out of hypercorn's reach
+        bare = "bare-asgi"
+        out["added_latency_p50_tollhouse_minus_bare_ms"] = _sub(th, get(bare, "latency_c1", "added_p50_ms"))
+        out["added_ttft_p50_tollhouse_minus_bare_ms"] = _sub(get("tollhouse", "streaming", "added_ttft_p50_ms"),
+                                                             get(bare, "streaming", "added_ttft_p50_ms"))
+        out["throughput_c10_tollhouse_over_bare"] = _ratio(get("tollhouse", "throughput_c10", "rps"),
+                                                           get(bare, "throughput_c10", "rps"))
+        out["throughput_c10_bare_over_portkey"] = _ratio(get(bare, "throughput_c10", "rps"),
+                                                         get("portkey", "throughput_c10", "rps"))
+        out["open_loop_bare_over_portkey"] = _ratio(get(bare, "open_loop", "max_rate"),
+                                                    get("portkey", "open_loop", "max_rate"))
         out["throughput_c10_tollhouse_over_nginx"] = _ratio(get("tollhouse", "throughput_c10", "rps"),
                                                             get("nginx", "throughput_c10", "rps"))
         shared, two = "tollhouse-shared", "tollhouse-shared-2w"  # what shared state costs, what a worker gains

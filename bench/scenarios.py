@@ -61,9 +61,9 @@ class Settings:
 
 FULL = Settings(mode="full", rounds=3, warmup_requests=300, s1_seconds=3.0, s1_max=5000, wrk_seconds=4,
                 warm_wrk_seconds=3, wrk_connections=10, s3_streams=4, s3_events=64, s3_pace_ms=20, ol_step_seconds=3.0, ol_start=100,
-                ol_cap=25600, ol_min=10, ol_bisect=3, ol_p99_ms=50.0, s4_levels=(50, 100, 150, 200, 300),
+                ol_cap=25600, ol_min=10, ol_bisect=3, ol_p99_ms=50.0, s4_levels=(50, 100, 200, 300, 500, 750, 1000),
                 s4_events=100, s4_pace_ms=20, s4_ramp_s=1.0, s5_levels=(100, 1000), s5_ramp_per_s=250.0,
-                s5_pace_ms=2000, s5_open_timeout_s=25.0, budget_s=28 * 60)
+                s5_pace_ms=2000, s5_open_timeout_s=25.0, budget_s=40 * 60)
 QUICK = attrs.evolve(FULL, mode="quick", rounds=1, warmup_requests=100, s1_seconds=1.0, s1_max=2000,
                      wrk_seconds=2, warm_wrk_seconds=1, s3_streams=2, ol_step_seconds=1.0, ol_bisect=1, s4_levels=(50, 100),
                      s4_events=50, s5_levels=(100,), s5_open_timeout_s=15.0, budget_s=5 * 60,
