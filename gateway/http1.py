@@ -38,6 +38,12 @@ Hypercorn 0.18 has no setting for either rule below, so they live in a subclass 
   wake-up. A head held is written at its body's end, or when the stream or the
   connection closes, whichever comes first (or once past ``HOLD_MAX``). A streamed
   answer's head goes at once.
+
+Hypercorn restarts a timer task at every request of a connection (its keep-alive
+timer; the head deadline above is another): its ``TrioSingleTask`` starts each with
+``nursery.start``, one scheduler round trip and a lock per restart. ``QuickSingleTask``
+(installed in its place) spawns the task with a cancel scope made beforehand, so a
+restart or a stop never waits.
 """
 
 from __future__ import annotations
@@ -46,10 +52,13 @@ import math
 
 import h11
 import hypercorn.protocol
+import hypercorn.trio.tcp_server
+import hypercorn.trio.worker_context
 import trio
 from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol.events import Body, EndBody, Response, StreamClosed
 from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.trio.worker_context import TrioSingleTask, WorkerContext
 
 LINGER_S = 2.0  # how long the rest of an unread body is waited for, after the answer
 WRITE_WAIT_S = 1.0  # how long a close waits for a socket write in progress
@@ -211,6 +220,35 @@ class GatewayH11Protocol(H11Protocol):
             await self.send(Closed())
 
 
+class QuickSingleTask:
+    """Hypercorn's ``SingleTask`` (at most one task running ``action``; ``restart``
+    replaces it, ``stop`` cancels it) without a wait: the task's cancel scope is made
+    here, so ``restart`` cancels the old task and spawns the new one without starting it
+    through ``nursery.start``. Nothing awaits in between, so no lock is needed; a task
+    stopped before it first runs enters its scope already cancelled and ends at once."""
+
+    __slots__ = ("_scope",)
+
+    def __init__(self) -> None:
+        self._scope: trio.CancelScope | None = None
+
+    async def restart(self, task_group, action) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+        self._scope = scope = trio.CancelScope()
+        task_group._nursery.start_soon(_run_within, scope, action)
+
+    async def stop(self) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+            self._scope = None
+
+
+async def _run_within(scope: trio.CancelScope, action) -> None:
+    with scope:
+        await action()
+
+
 def _wants_h2c(event: h11.Request) -> bool:
     for name, value in event.headers:
         if name.lower() == b"upgrade" and value.strip().lower() == b"h2c":
@@ -222,7 +260,8 @@ def install() -> None:
     """Make hypercorn's ``ProtocolWrapper`` build ``GatewayH11Protocol`` for HTTP/1.1.
 
     Hypercorn looks the class up by name in ``hypercorn.protocol`` for every new
-    connection; that lookup is the one seam it offers. Idempotent; refuses to replace
+    connection; that lookup is the one seam it offers. Its timer class is looked up the
+    same way, by ``TCPServer`` and through ``WorkerContext``: both get ``QuickSingleTask``. Idempotent; refuses to replace
     a class it does not know (a hypercorn upgrade that moved the seam must be noticed).
     """
     current = hypercorn.protocol.H11Protocol
@@ -230,4 +269,9 @@ def install() -> None:
         return
     if current is not H11Protocol:
         raise RuntimeError(f"hypercorn.protocol.H11Protocol is {current!r}, not hypercorn's own class")
+    timers = (hypercorn.trio.tcp_server.TrioSingleTask, WorkerContext.single_task_class)
+    if any(t is not TrioSingleTask for t in timers):
+        raise RuntimeError(f"hypercorn's trio timer classes are {timers!r}, not its own TrioSingleTask")
+    hypercorn.trio.tcp_server.TrioSingleTask = QuickSingleTask  # read by TCPServer for its keep-alive timer
+    WorkerContext.single_task_class = QuickSingleTask  # read by the protocols (the head deadline too)
     hypercorn.protocol.H11Protocol = GatewayH11Protocol
