@@ -505,6 +505,10 @@ def _ratio(a, b, floor: float = 0.0):
 # ---------------------------------------------------------------- environment
 
 
+#: what the tree's state is read over: all of it but the results, which a run writes itself
+OWN_CODE = ("--", ".", ":(exclude)bench/results")
+
+
 def environment_sha() -> str:
     """This checkout's commit, short, with ``+dirty`` when its tree has changes."""
     def git(*args):
@@ -513,7 +517,8 @@ def environment_sha() -> str:
                                   timeout=30).stdout.strip()
         except OSError:
             return ""
-    return git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    return git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "--untracked-files=no",
+                                                                    *OWN_CODE) else "")
 
 
 def environment(gateways: dict, pinning: Pinning) -> dict:
@@ -525,8 +530,8 @@ def environment(gateways: dict, pinning: Pinning) -> dict:
         except OSError:
             return ""
 
-    diff = git("diff", "HEAD")
-    status = git("status", "--porcelain")
+    diff = git("diff", "HEAD", *OWN_CODE)
+    status = git("status", "--porcelain", *OWN_CODE)
     versions = {"python": platform.python_version()}
     for gw in gateways.values():
         versions.update(gw.versions)
