@@ -53,7 +53,6 @@ import math
 import h11
 import hypercorn.protocol
 import hypercorn.trio.tcp_server
-import hypercorn.trio.worker_context
 import trio
 from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol.events import Body, EndBody, Response, StreamClosed
@@ -261,8 +260,9 @@ def install() -> None:
 
     Hypercorn looks the class up by name in ``hypercorn.protocol`` for every new
     connection; that lookup is the one seam it offers. Its timer class is looked up the
-    same way, by ``TCPServer`` and through ``WorkerContext``: both get ``QuickSingleTask``. Idempotent; refuses to replace
-    a class it does not know (a hypercorn upgrade that moved the seam must be noticed).
+    same way, by ``TCPServer`` and through ``WorkerContext``: both get ``QuickSingleTask``.
+    Idempotent; refuses to replace a class it does not know (a hypercorn upgrade that
+    moved the seam must be noticed).
     """
     current = hypercorn.protocol.H11Protocol
     if current is GatewayH11Protocol:
