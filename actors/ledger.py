@@ -32,7 +32,8 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator
 
 from actors.state_file import open_state_file
 
@@ -142,7 +143,7 @@ class Ledger:
         except BaseException:
             self.db.close()
             raise
-        self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        self.db.execute("PRAGMA busy_timeout = 0")  # the event loop's writes never wait: ``_waiting``
         self.db.execute("PRAGMA wal_autocheckpoint = 0")  # ``checkpoint``, in a worker thread
 
     def _check(self, existed: bool) -> None:
@@ -190,6 +191,19 @@ class Ledger:
                 raise LedgerFault(self.path, f"fails its integrity check ({message})") from exc
             raise LedgerFault(self.path, f"cannot be used ({message})") from exc
 
+    @contextmanager
+    def _waiting(self) -> Iterator[None]:
+        """The lock, with SQLite's busy timeout on: a read or write in a worker thread waits
+        up to ``BUSY_TIMEOUT_MS`` for another connection's lock on the file. Off again on
+        the way out, so that the event loop's writes (``apply_now``) never wait and need
+        no statement of their own to say so."""
+        with self._lock:
+            self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            try:
+                yield
+            finally:
+                self.db.execute("PRAGMA busy_timeout = 0")
+
     def close(self) -> None:
         with self._lock:
             self.db.close()
@@ -198,7 +212,7 @@ class Ledger:
 
     def load(self) -> tuple[list[dict], list[dict]]:
         """All keys and all open reservations, for (re)building the actor's core."""
-        with self._lock:
+        with self._waiting():
             cur = self.db.execute(
                 "SELECT name, key_hash, credit_micro, spent_micro, disabled, models, requests_per_minute, "
                 "max_concurrency, created_at, revoked_at, expires_at, budget_period, budget_limit_micro, "
@@ -218,7 +232,7 @@ class Ledger:
         return keys, holds
 
     def entries(self, request_id: str | None = None) -> list[dict]:
-        with self._lock:
+        with self._waiting():
             if request_id is None:
                 cur = self.db.execute(f"SELECT {', '.join(ENTRY_COLUMNS)} FROM entries ORDER BY seq")
             else:
@@ -233,7 +247,7 @@ class Ledger:
         """Sums by key, provider, model and credential (optionally since a wall time)."""
         where, args = ("WHERE created_at >= ?", (since,)) if since is not None else ("", ())
         out = {}
-        with self._lock:
+        with self._waiting():
             for dim in ("key_name", "provider", "model", "credential"):
                 cur = self.db.execute(
                     f"SELECT {dim}, COUNT(*) FILTER (WHERE kind='charge'), SUM(amount_micro), SUM(input), "
@@ -250,7 +264,7 @@ class Ledger:
         """The last ``limit`` settled requests, newest first, one row each (a charge and
         its overrun summed): what the admin page lists before a request's own entries."""
         where, args = ("WHERE key_name = ?", (key_name,)) if key_name is not None else ("", ())
-        with self._lock:
+        with self._waiting():
             cur = self.db.execute(
                 "SELECT request_id, MIN(created_at), key_name, MAX(client_model), MAX(provider), MAX(model), "
                 "MAX(credential), SUM(amount_micro), SUM(input), SUM(cached_input), SUM(cache_write), SUM(output), "
@@ -263,7 +277,7 @@ class Ledger:
     def series(self, since: float, bucket_s: int) -> list[dict]:
         """Cost and tokens per time bucket (``bucket_s`` wide, aligned to the epoch), key
         and model, from ``since`` on, oldest first: the admin page's usage chart."""
-        with self._lock:
+        with self._waiting():
             cur = self.db.execute(
                 "SELECT CAST(created_at / ? AS INTEGER) * ? AS bucket, key_name, model, "
                 "COUNT(*) FILTER (WHERE kind='charge'), SUM(amount_micro), "
@@ -288,14 +302,10 @@ class Ledger:
         if not self._lock.acquire(blocking=False):
             return False
         try:
-            db = self.db
-            db.execute("PRAGMA busy_timeout = 0")
             try:
-                db.execute("BEGIN IMMEDIATE")
+                self.db.execute("BEGIN IMMEDIATE")  # the busy timeout is off outside ``_waiting``
             except sqlite3.Error:
                 return False
-            finally:
-                db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self._write_begun(ops)
         finally:
             self._lock.release()
@@ -304,7 +314,7 @@ class Ledger:
     def checkpoint(self) -> None:
         """Copy the WAL's pages into the database file (PASSIVE: never waits for a
         reader or writer). Its fsyncs are why it runs in a worker thread."""
-        with self._lock:
+        with self._waiting():
             self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def apply(self, ops: Iterable[tuple[str, Any]]) -> None:
@@ -313,7 +323,7 @@ class Ledger:
         A fault of the file or its lock raises ``LedgerWriteError`` (try again later);
         anything else is a bug and propagates as it is.
         """
-        with self._lock:
+        with self._waiting():
             try:
                 self.db.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
