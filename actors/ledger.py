@@ -31,8 +31,8 @@ import json
 import sqlite3
 import threading
 import time
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from actors.state_file import open_state_file
