@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 
 import attrs
 
+from protocols import json_codec
 from protocols.anthropic_wire import (
     FINISH_FROM_WIRE,
     NAME,
@@ -197,7 +198,7 @@ _DECODERS: dict[str, Callable[[StreamDecoder, dict], list]] = {
 
 
 def _event(name: str, doc: dict) -> bytes:
-    return encode_event(json.dumps(doc, separators=(",", ":"), ensure_ascii=False), name)
+    return encode_event(json_codec.dumps(doc), name)
 
 
 class StreamEncoder:

@@ -19,6 +19,7 @@ import json
 import uuid
 from typing import Any, Mapping, Sequence
 
+from protocols import json_codec
 from protocols.errors import GatewayError, UpstreamProtocolError, classify_upstream
 from protocols.gemini_wire import (
     FINISH_FROM_WIRE,
@@ -54,7 +55,7 @@ _MARKERS = (b'"usageMetadata"', b'"error"', b'"finishReason"', b'"blockReason"')
 
 
 def _dumps(doc: Any) -> bytes:
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+    return json_codec.dumps_bytes(doc)
 
 
 def error_from_wire(err: Any) -> GatewayError:

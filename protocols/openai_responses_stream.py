@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 
 import attrs
 
+from protocols import json_codec
 from protocols.errors import GatewayError, UpstreamProtocolError
 from protocols.openai_responses_wire import (
     NAME,
@@ -295,7 +296,7 @@ class StreamEncoder:
     def _emit(self, out: list, kind: str, **fields: Any) -> None:
         doc = {"type": kind, "sequence_number": self.seq, **fields}
         self.seq += 1
-        out.append(encode_event(json.dumps(doc, separators=(",", ":"), ensure_ascii=False), event=kind))
+        out.append(encode_event(json_codec.dumps(doc), event=kind))
 
     def _response(self, status: str, **kw: Any) -> dict:
         return response_object(self.id, self.model, self.created_at, status=status,

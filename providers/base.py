@@ -31,6 +31,7 @@ from providers.seams import Credential
 from providers.propagation import with_trace
 from providers.trace_hook import transform_trace
 
+from protocols import json_codec
 from protocols.json_array import JsonArraySplitter
 from protocols.errors import (
     InvalidRequest,
@@ -240,7 +241,7 @@ def encode_body(body: Mapping[str, Any]) -> bytes:
     """The upstream request's bytes; a body that cannot be written (nested past the
     interpreter's limit) is the client's error, found before anything is sent."""
     try:
-        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        return json_codec.dumps_bytes(body)
     except (RecursionError, UnicodeEncodeError):
         raise InvalidRequest("The request cannot be encoded for the upstream: it is nested too deeply "
                              "or holds text that is not valid Unicode.") from None

@@ -1,0 +1,39 @@
+"""JSON written on the hot path: orjson where it can, the standard library where not.
+
+Every body the gateway sends upstream and every event it encodes for a client of
+another protocol is ``json.dumps(doc, separators=(",", ":"), ensure_ascii=False)``:
+compact UTF-8. orjson writes the same text 10-35x faster (a 71 KB Claude Code body:
+0.48 ms -> 0.014 ms here). Where it refuses (integers past 64 bits, keys that are not
+strings, text with an unpaired surrogate, nesting past its limit) the standard library
+writes it, so a caller gets what it got before, ``UnicodeEncodeError`` and
+``RecursionError`` included. Left different, both still the same JSON value: a float
+with a small exponent is spelt ``0.00001`` where ``json`` writes ``1e-05``, and a NaN
+(which only a non-standard ``NaN`` literal from a client can bring) is written ``null``
+where ``json`` wrote ``NaN``, which is not JSON.
+
+Reading stays the standard library's: orjson reads an integer past 64 bits as a float
+without a word, and finding such integers first costs more than it saves.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+
+
+def dumps(doc: Any) -> str:
+    """``json.dumps(doc, separators=(",", ":"), ensure_ascii=False)``."""
+    try:
+        return orjson.dumps(doc).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+
+
+def dumps_bytes(doc: Any) -> bytes:
+    """``dumps(doc)`` as UTF-8; ``UnicodeEncodeError`` for text no UTF-8 can hold."""
+    try:
+        return orjson.dumps(doc)
+    except orjson.JSONEncodeError:
+        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
