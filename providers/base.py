@@ -312,7 +312,9 @@ async def _read_json_value(response: http11.Response, limit: int) -> bytes:
     """A chunked whole answer, read until its JSON value closes (then briefly for the
     end of its body, so a well-behaved upstream's connection can be reused): an
     upstream that sent its answer but keeps the body open is not waited for until the
-    request's deadline. Scanning is linear (``JsonArraySplitter``), however the body is
+    request's deadline, and the whitespace it sent after the value (up to the bound, for
+    at most ``WHOLE_TAIL_S``) is dropped, so the answer is the value, however fast the
+    upstream padded it. Scanning is linear (``JsonArraySplitter``), however the body is
     chunked."""
     parts: list[bytes] = []
     size = 0
@@ -331,7 +333,9 @@ async def _read_json_value(response: http11.Response, limit: int) -> bytes:
                 while size < limit and (chunk := await response.receive()) is not None:
                     parts.append(chunk)
                     size += len(chunk)
-            break
+            # what followed the value is only read to end the body: whitespace an upstream
+            # kept sending is not part of the answer (anything else still makes it unreadable)
+            return b"".join(parts).rstrip(b" \t\r\n")
     return b"".join(parts)
 
 
