@@ -54,15 +54,11 @@ from protocols.usage import normalize
 _MARKERS = (b'"usageMetadata"', b'"error"', b'"finishReason"', b'"blockReason"')
 
 
-def _dumps(doc: Any) -> bytes:
-    return json_codec.dumps_bytes(doc)
-
-
 def error_from_wire(err: Any) -> GatewayError:
     """An in-stream ``{"error": {...}}`` as the typed upstream error its code means."""
     if not isinstance(err, Mapping):
         return UpstreamProtocolError(f"upstream stream error: {err!r}"[:500])
-    body = _dumps({"error": err})
+    body = json_codec.dumps_bytes({"error": err})
     code = err.get("code")
     status = code if isinstance(code, int) and 400 <= code <= 599 else 500
     return classify_upstream(status, body, {}, gemini_retry_delay(body))
@@ -206,7 +202,7 @@ class StreamEncoder:
             doc["usageMetadata"] = usage_to_wire(self.usage)
         doc["modelVersion"] = self.model
         doc["responseId"] = self.id
-        return self._frame(_dumps(doc))
+        return self._frame(json_codec.dumps_bytes(doc))
 
     def _signed(self, part: dict) -> dict:
         if self._signature and "thoughtSignature" not in part:
@@ -285,7 +281,7 @@ class StreamEncoder:
         head = self._final() if self.finish is not None else b""
         self._calls.clear()
         self.closed = True
-        data = _dumps(format_error(err))
+        data = json_codec.dumps_bytes(format_error(err))
         if self.sse:
             return head + b"data: " + data + b"\r\n\r\n"
         opened = self.elements > 0 or not self.owns_stream
