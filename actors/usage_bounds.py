@@ -70,6 +70,9 @@ def reported_cost(value: Any) -> Decimal | None:
 
 def clean_usage(usage: Usage) -> Usage:
     """Reported usage with every bucket in ``[0, MAX_TOKENS]`` and a sane cost or none."""
+    if usage.cost_usd is None and all(type(n) is int and 0 <= n <= MAX_TOKENS for n in (
+            usage.input, usage.cached_input, usage.cache_write, usage.output, usage.reasoning)):
+        return usage  # already clean: the common case, without rebuilding it to find out
     counts = {b: _count(getattr(usage, b)) for b in BUCKETS}
     cost = reported_cost(usage.cost_usd)
     cleaned = attrs.evolve(usage, **counts, cost_usd=None if cost is None else str(cost))

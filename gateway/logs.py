@@ -24,12 +24,14 @@ itself, and ``configure`` clears any handler already on it.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
 from contextlib import AbstractContextManager
 from typing import Any, Callable, TextIO
 
+import orjson
 import structlog
 import structlog.tracebacks
 
@@ -122,7 +124,29 @@ def _rendering(fmt: str, redactor: Redactor | LogRedaction, colors: bool) -> lis
         return [RedactedRenderer(console, redactor)]
     tracebacks = structlog.processors.ExceptionRenderer(
         structlog.tracebacks.ExceptionDictTransformer(show_locals=False, use_rich=False))
-    return [tracebacks, _leading, RedactedRenderer(structlog.processors.JSONRenderer(), redactor)]
+    return [tracebacks, _leading, RedactedRenderer(json_line, redactor)]
+
+
+def _json_fallback(value: Any) -> Any:
+    """A value JSON has no form for, as structlog's own renderer writes it."""
+    own = getattr(value, "__structlog__", None)
+    return own() if own is not None else repr(value)
+
+
+def json_line(_: Any, __: str, event_dict: dict) -> str:
+    """A line's JSON: compact and ASCII (``\\uXXXX`` escapes), whatever the stream's
+    encoding. orjson writes it, a few times faster than ``json`` on an access line; a
+    line it refuses (an integer past 64 bits, a key that is not a string) or that comes
+    out with non-ASCII text is the standard library's, with the same separators. A
+    value JSON has no form for is written as structlog writes it (``__structlog__``,
+    else its ``repr``)."""
+    try:
+        line = orjson.dumps(event_dict, default=_json_fallback).decode()
+    except orjson.JSONEncodeError:
+        line = None
+    if line is None or not line.isascii():
+        line = json.dumps(event_dict, default=_json_fallback, separators=(",", ":"))
+    return line
 
 
 def formatter(fmt: str, redactor: Redactor | LogRedaction, colors: bool = False,

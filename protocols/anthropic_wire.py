@@ -7,7 +7,8 @@ reasons, error types in both directions, the usage object, the ``msg_`` id.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from protocols.errors import (
     GatewayError,

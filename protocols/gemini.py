@@ -44,7 +44,8 @@ from another protocol is lossy here:
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from protocols.errors import InvalidRequest
 from protocols.gemini_stream import StreamDecoder, StreamEncoder

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping
+from typing import Any, Sequence
 
 from protocols import json_codec
 from protocols.errors import GatewayError, UpstreamProtocolError, classify_upstream

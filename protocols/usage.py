@@ -18,8 +18,9 @@ The unified ``Usage`` buckets are disjoint, so summing them never counts a token
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
-from typing import Any, Callable, Mapping, overload
+from typing import Any, Callable, overload
 
 from protocols.unified import Usage
 

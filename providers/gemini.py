@@ -11,8 +11,9 @@ the error body, which ``protocols.retry_after`` reads at the boundary in ``send`
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Mapping
+from typing import AsyncIterator
 from urllib.parse import quote
 
 from providers.http11 import Pool

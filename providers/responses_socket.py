@@ -33,9 +33,10 @@ import json
 import re
 import ssl
 import time
+from collections.abc import Mapping
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
-from typing import Any, AsyncIterator, Iterator, Mapping
+from typing import Any, AsyncIterator, Iterator
 
 import attrs
 import trio

@@ -164,3 +164,20 @@ async def test_a_crash_and_its_restart_are_each_one_line(caplog):
         "actor crashed", "fragile", 1, "ERROR")
     assert "boom" in crashed.error and crashed.exc_info is not None
     assert (restarted.getMessage(), restarted.actor, restarted.restarts) == ("actor restarted", "fragile", 1)
+
+
+def test_a_json_line_is_ascii_and_compact_whatever_its_values():
+    from gateway.logs import json_line
+    plain = json_line(None, "info", {"event": "request", "model": "demo", "n": 1})
+    assert plain == '{"event":"request","model":"demo","n":1}'
+    # text past ASCII is escaped (a stream of any encoding can take the line)
+    accented = json_line(None, "info", {"model": "modèle-日本"})
+    assert accented.isascii() and json.loads(accented) == {"model": "modèle-日本"}
+    # what orjson refuses, the standard library writes, in the same shape
+    big = json_line(None, "info", {"tokens": 2**70, 3: "int key"})
+    assert json.loads(big) == {"tokens": 2**70, "3": "int key"} and ", " not in big
+    # a value JSON has no form for is its repr (or its ``__structlog__``)
+    class Own:
+        def __structlog__(self):
+            return "own form"
+    assert json.loads(json_line(None, "info", {"a": object, "b": Own()})) == {"a": repr(object), "b": "own form"}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal, localcontext
+
+import pytest
 
 from protocols.money import Price, cost_micro_usd
 from protocols.unified import Usage
@@ -50,3 +52,20 @@ def test_cost_uses_each_bucket_price_once_and_rounds_up_once():
     assert cost_micro_usd(usage, price) == (17, False)
     assert cost_micro_usd(Usage(input=1), Price(input=Decimal("0.15"))) == (1, False)
     assert cost_micro_usd(Usage(input=1, cost_usd="0.00333825"), price) == (3339, True)
+
+
+@pytest.mark.parametrize("rates", [
+    ("0.15", "0.6"), ("3", "15"), ("0.075", "0.0000001"), ("1E+3", "12.3456789"),
+    ("123456.123456789012345678901234", "0"),  # more digits than the decimal context keeps
+    ("1e-40", "2"),  # past MAX_SCALE decimals: the Decimal sum
+    ("1e20", "1"),  # past MAX_RATE: the Decimal sum
+])
+def test_the_integer_cost_is_the_exact_decimal_cost_rounded_up(rates):
+    price = Price(input=Decimal(rates[0]), cached_input=Decimal(rates[1]), output=Decimal(rates[1]))
+    for usage in (Usage(), Usage(input=1), Usage(input=7, cached_input=1234, cache_write=3, output=10**6, reasoning=5),
+                  Usage(input=10**10, output=10**10, reasoning=10**10)):
+        with localcontext() as ctx:
+            ctx.prec = 200  # exact here, whatever the default context would round
+            exact = sum((Decimal(getattr(usage, b)) * r for b, r in price.per_bucket().items()), Decimal(0))
+            expected = int(exact.to_integral_value(rounding=ROUND_CEILING))
+        assert cost_micro_usd(usage, price) == (expected, False)

@@ -15,7 +15,8 @@ place in the fixed order every chain runs in (``chain.ORDER``).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
 import attrs
 

@@ -10,7 +10,8 @@ client's parsed request, which must stay as the client sent it.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 
