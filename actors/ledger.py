@@ -28,6 +28,7 @@ the usage actor retries.
 from __future__ import annotations
 
 import json
+import operator
 import sqlite3
 import threading
 import time
@@ -397,16 +398,20 @@ def _hold(db: sqlite3.Connection, h: dict) -> None:
     )
 
 
+_INSERT_ENTRY = (f"INSERT OR IGNORE INTO entries ({', '.join(ENTRY_COLUMNS)}) "
+                 f"VALUES ({', '.join('?' * len(ENTRY_COLUMNS))})")
+_ENTRY_ROW = operator.itemgetter(*ENTRY_COLUMNS)
+
+
 def _settle(db: sqlite3.Connection, s: dict) -> None:
     """Book a settlement once: if its charge row exists (unique by request and kind),
     it was booked before and nothing changes."""
     db.execute("DELETE FROM reservations WHERE id = ?", (s["request_id"],))
-    insert = (f"INSERT OR IGNORE INTO entries ({', '.join(ENTRY_COLUMNS)}) "
-              f"VALUES ({', '.join('?' * len(ENTRY_COLUMNS))})")
     for n, entry in enumerate(s["entries"]):
-        row = {**entry, "unanswered": json.dumps(list(entry.get("unanswered", ()))),
+        unanswered = entry.get("unanswered")
+        row = {**entry, "unanswered": json.dumps(list(unanswered)) if unanswered else "[]",
                "basis": entry.get("basis", "")}
-        cur = db.execute(insert, tuple(row[c] for c in ENTRY_COLUMNS))
+        cur = db.execute(_INSERT_ENTRY, _ENTRY_ROW(row))
         if n == 0 and cur.rowcount == 0:
             return
     db.execute("UPDATE keys SET spent_micro = spent_micro + ? WHERE name = ?", (s["charged"], s["key_name"]))

@@ -123,7 +123,7 @@ class UsageActor(Actor):
         self.commits = 0
         self.recovered = 0
         self.settles = 0
-        self._settled_signal = trio.Event()
+        self._settled_signal: trio.Event | None = None  # made by a waiter (``_settled``), set by a commit
         self.backlog: dict[str, Unwritten] = {}  # request id -> settlement not yet on disk
         self.fault: str | None = None  # why the ledger refuses writes, while it does
         self.write_failures = 0
@@ -353,8 +353,16 @@ class UsageActor(Actor):
         answer(envelope, result)
 
     def _signal(self) -> None:
-        self._settled_signal.set()
-        self._settled_signal = trio.Event()
+        if self._settled_signal is not None:
+            self._settled_signal.set()
+            self._settled_signal = None
+
+    def _settled(self) -> trio.Event:
+        """The event the next commit sets, made on demand: a commit nobody waits for
+        makes none."""
+        if self._settled_signal is None:
+            self._settled_signal = trio.Event()
+        return self._settled_signal
 
     async def _write_backlog(self) -> None:
         """Write refused settlements until they land, backing off, without a caller."""
@@ -392,12 +400,12 @@ class UsageActor(Actor):
         """Return once ``n`` settlements have been committed by this actor (for tests
         and tools that must observe the meter without polling)."""
         while self.settles < n:
-            await self._settled_signal.wait()
+            await self._settled().wait()
 
     async def wait_written(self) -> None:
         """Return once no settlement waits in the backlog (a stop's last flush)."""
         while self.backlog:
-            await self._settled_signal.wait()
+            await self._settled().wait()
 
     async def read(self, fn, *args):
         """Run a read-only ledger query off the event loop (admin views)."""

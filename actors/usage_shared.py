@@ -255,7 +255,7 @@ class SharedUsageActor(UsageActor):
     async def wait_swept(self, n: int) -> None:
         """Return once this instance has settled ``n`` holds of expired instances."""
         while self.swept < n:
-            await self._settled_signal.wait()
+            await self._settled().wait()
 
     async def retire(self) -> None:
         """A graceful stop: this instance leaves the ledger once its settlements are in."""

@@ -92,7 +92,7 @@ class Dispatcher:
         self.table = table
         self.pricing = pricing
         self.calls = 0  # running on this dispatcher (``wait_idle``)
-        self._idle = trio.Event()
+        self._idle: trio.Event | None = None  # made by ``wait_idle``, set when the last call ends
         self.stopping = stopping
         self.observers = observers if observers is not None else Observers()
         self.budget_s = budget_s
@@ -134,9 +134,9 @@ class Dispatcher:
         finally:
             self.in_flight[serving] -= 1
             self.calls -= 1
-            if not self.calls:
+            if not self.calls and self._idle is not None:
                 self._idle.set()
-                self._idle = trio.Event()
+                self._idle = None
             if self.observers:
                 self.observers.tell(from_request(req, error, call.transport, self.observers.prompts))
             if req.transform is not None:
@@ -148,6 +148,8 @@ class Dispatcher:
     async def wait_idle(self) -> None:
         """Return once no request runs on this dispatcher."""
         while self.calls:
+            if self._idle is None:
+                self._idle = trio.Event()
             await self._idle.wait()
 
     async def _serve(self, req: Request, link: ClientLink) -> None:
@@ -346,13 +348,26 @@ class Dispatcher:
                         raise  # the upstream's verdict on the request itself, or an answer: no retry
                     last_error = exc
                 finally:
-                    with trio.move_on_after(self.settle_timeout_s, shield=True):
-                        await self._release(target, lease, error, req, served)
+                    if not (error is None and self._released_at_once(target, lease, req, served)):
+                        with trio.move_on_after(self.settle_timeout_s, shield=True):
+                            await self._release(target, lease, error, req, served)
                 if served:
                     return True, None, None
         if refused is not None and last_error is None and soonest is None:
             raise refused  # no target could take the request as the client wrote it
         return False, soonest, last_error
+
+    def _released_at_once(self, target: Any, lease: Leased, req: Request, served: bool) -> bool:
+        """An attempt without an upstream error gives its lease back without waiting when
+        the actors take the notices at once (the usual case): no shielded scope for a
+        release that cannot be cancelled. False, the lease still held, when one would
+        wait (the cooldown's success notice, if it went, is harmless to send again)."""
+        if served and req.trouble is None and not self.actors.cooldown.tell_nowait(
+                CooldownOutcome(target.provider, target.model, lease.credential.id, None)):
+            return False
+        usage = req.meter.usage
+        tokens = usage.output + usage.reasoning if usage else 0
+        return self.leases.release_at_once(lease, Release(lease.lease_id, tokens))
 
     async def _release(self, target: Any, lease: Leased, error: UpstreamError | None, req: Request,
                        served: bool) -> None:

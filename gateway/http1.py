@@ -77,7 +77,7 @@ class GatewayH11Protocol(H11Protocol):
         self._send_to_socket = self.send
         self.send = self._send_serialised
         self._writes_in_flight = 0
-        self._writes_done = trio.Event()
+        self._writes_done: trio.Event | None = None  # made by a close that waits for a write
         self._closing = False
         self._held: list[bytes] | None = None  # a whole answer's bytes, written together at its end
         self._held_size = 0
@@ -98,9 +98,9 @@ class GatewayH11Protocol(H11Protocol):
                 await self._send_to_socket(event)
             finally:
                 self._writes_in_flight -= 1
-                if not self._writes_in_flight:
+                if not self._writes_in_flight and self._writes_done is not None:
                     self._writes_done.set()
-                    self._writes_done = trio.Event()
+                    self._writes_done = None
             return
         if isinstance(event, Closed):
             self._closing = True
@@ -109,6 +109,8 @@ class GatewayH11Protocol(H11Protocol):
             # the socket, so the close's FIN is skipped and the socket closed under it).
             with trio.move_on_after(WRITE_WAIT_S, shield=True):
                 while self._writes_in_flight:
+                    if self._writes_done is None:
+                        self._writes_done: trio.Event | None = None  # made by a close that waits for a write
                     await self._writes_done.wait()
         await self._send_to_socket(event)
 

@@ -58,6 +58,15 @@ class Leases:
             self.shared.release(leased.shared, msg.tokens)
         await self.credentials.tell(msg)
 
+    def release_at_once(self, leased: Leased, msg: Release) -> bool:
+        """``release`` when the credentials actor takes the notice at once (handled
+        inline, or room in its inbox); False, having done nothing, when it would wait."""
+        if not self.credentials.tell_nowait(msg):
+            return False
+        if self.shared is not None and leased.shared is not None:
+            self.shared.release(leased.shared, msg.tokens)
+        return True
+
     def release_nowait(self, leased: Leased, msg: Release) -> None:
         """``release`` from a path that cannot wait (a cancelled or timed-out one); a
         full inbox loses the notice, as any told message would."""
