@@ -37,8 +37,9 @@ def _serve(args) -> int:
     settings = config.logging
     redaction = logs.LogRedaction(redactor_for(config))
     level = args.log_level or settings.level
+    output = logs.LineOutput(sys.stdout)  # holds access lines briefly: ``serve`` writes them
     logs.configure(level, args.log_format or settings.format, redaction,
-                   fields=None if seat is None else {"worker": seat.index})
+                   fields=None if seat is None else {"worker": seat.index}, output=output)
     log = logs.logger("tollhouse")
     # the start, listening and stop lines are written whatever the level (at it, when it is above info)
     spoken = level if logs.LEVELS[level] > logs.LEVELS["info"] else "info"
@@ -57,10 +58,10 @@ def _serve(args) -> int:
 
         fleet = Fleet(config, args.config, host, port, args.workers, say, _worker_flags(args))
         return trio.run(fleet.run)
-    return _serve_one(args, config, f"{host}:{port}", say, redaction, seat)
+    return _serve_one(args, config, f"{host}:{port}", say, redaction, seat, output)
 
 
-def _serve_one(args, config, bind: str, say, redaction, seat) -> int:
+def _serve_one(args, config, bind: str, say, redaction, seat, output) -> int:
     """One gateway process: alone, or one worker of ``--workers N`` (``seat``)."""
     from gateway.access_log import AccessLog
     from gateway.app import create_app
@@ -79,7 +80,7 @@ def _serve_one(args, config, bind: str, say, redaction, seat) -> int:
 
     app.runtime.on_reload.append(prompts)
     try:
-        trio.run(serve, app, bind, say, None if seat is None else WorkerLink(seat))
+        trio.run(serve, app, bind, say, None if seat is None else WorkerLink(seat), output)
     except BindRefused as exc:
         print(f"tollhouse: {exc}", file=sys.stderr)
         return 2

@@ -17,6 +17,11 @@ Secrets: the rendered line itself goes through the gateway's ``Redactor`` (every
 secret the config holds, in each of its escaped forms, and key-shaped tokens), so no
 field, nested value or traceback can print one, whoever wrote the line.
 
+Writing: every line goes through one ``LineOutput``. JSON lines are compact ASCII
+(``json_line``). The access line is held up to ``HOLD_S`` and written with the lines
+after it (one write per batch, not a system call per request); every other line is
+written at once, behind what is held.
+
 Hypercorn's error logger would otherwise get its own stderr handler besides the
 root's (the same line twice): ``process.server_config`` hands hypercorn the logger
 itself, and ``configure`` clears any handler already on it.
@@ -24,16 +29,19 @@ itself, and ``configure`` clears any handler already on it.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import re
 import sys
+import threading
 from contextlib import AbstractContextManager
 from typing import Any, Callable, TextIO
 
 import orjson
 import structlog
 import structlog.tracebacks
+import trio
 
 from protocols.redact import Redactor
 
@@ -49,12 +57,92 @@ _PROBLEM = re.compile(r'^((?:\[[^\]]*\]|[^\[:])+): (.*)$', re.DOTALL)
 _STAMP = structlog.processors.TimeStamper(fmt="iso", utc=True)
 
 
-class NamedWriter(structlog.WriteLogger):
-    """structlog's plain writer, knowing the name it was asked for (``logger(name)``)."""
+#: the logger whose lines are held (``LineOutput``): one line per request
+HELD_LOGGER = "tollhouse.access"
+HOLD_S = 0.1  # how long a held line may wait for the lines after it
+HOLD_MAX_BYTES = 64 * 1024  # held past this, they are written at once
 
-    def __init__(self, file: TextIO, name: str) -> None:
-        super().__init__(file)
+
+class LineOutput:
+    """The one way every line reaches the stream. The access line, one per request, is
+    held and written together with the lines after it, at most ``HOLD_S`` later
+    (``write_held`` runs in the serving process, and a process that exits writes what
+    it holds): one write to the stream per batch, where a write per line costs a
+    system call per request. Every other line is written at once, behind anything
+    held, so the stream's order is the order the lines were logged in. A process
+    killed outright loses at most the last ``HOLD_S`` of access lines (the ledger,
+    not the log, is the record of what was charged). Lines may come from worker
+    threads too: one lock guards the buffer and the stream."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._held: list[str] = []
+        self._held_bytes = 0
+        self._lock = threading.Lock()
+        atexit.register(self.flush)
+
+    def hold(self, line: str) -> None:
+        with self._lock:
+            self._held.append(line)
+            self._held_bytes += len(line)
+            if self._held_bytes > HOLD_MAX_BYTES:
+                self._write_held()
+
+    def now(self, text: str) -> None:
+        with self._lock:
+            self._held.append(text)
+            self._write_held()
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._held:
+                self._write_held()
+
+    def _write_held(self) -> None:
+        text = "".join(self._held)
+        self._held.clear()
+        self._held_bytes = 0
+        self.stream.write(text)
+        self.stream.flush()
+
+    async def write_held(self) -> None:
+        """Write held lines every ``HOLD_S`` (the serving process runs this for its life)."""
+        while True:
+            await trio.sleep(HOLD_S)
+            if self._held:
+                self.flush()
+
+
+class _NowStream:
+    """The standard library handler's stream: each of its lines written at once."""
+
+    def __init__(self, output: LineOutput) -> None:
+        self.output = output
+
+    def write(self, text: str) -> None:
+        self.output.now(text)
+
+    def flush(self) -> None:
+        """``now`` flushed already."""
+
+
+class NamedWriter:
+    """structlog's writer for ``logger(name)``: knows its name, writes through the
+    process's ``LineOutput`` (held for the access logger, at once for the rest)."""
+
+    def __init__(self, output: LineOutput, name: str) -> None:
         self.name = name
+        self._output = output
+        self._held = name == HELD_LOGGER
+
+    def msg(self, message: str) -> None:
+        if self._held:
+            self._output.hold(message + "\n")
+        else:
+            self._output.now(message + "\n")
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
 
 
 def _add_name(writer: Any, _: str, event_dict: dict) -> dict:
@@ -160,22 +248,25 @@ def formatter(fmt: str, redactor: Redactor | LogRedaction, colors: bool = False,
 
 
 def configure(level: str = "info", fmt: str = AUTO, redactor: Redactor | LogRedaction | None = None,
-              stream: TextIO | None = None, fields: dict | None = None) -> str:
+              stream: TextIO | None = None, fields: dict | None = None, output: LineOutput | None = None) -> str:
     """Send every log line of this process to ``stream`` (stdout) in one format; returns
     the format chosen. Called once per process, at start (``tollhouse serve``).
 
-    structlog's own loggers (``logger(name)``) write straight to the stream, filtered by
-    level before any work: the access line, written once per request, costs a third of
-    what a trip through ``logging`` would (``bench/access_log.py``). The standard
+    structlog's own loggers (``logger(name)``) write to the stream through ``output``,
+    filtered by level before any work: the access line, written once per request, costs
+    a third of what a trip through ``logging`` would (``bench/access_log.py``). The standard
     library's lines go through the root handler and the same renderer. ``fields`` are
-    on every line (a worker of ``--workers N`` says ``worker: i``).
+    on every line (a worker of ``--workers N`` says ``worker: i``). Every line goes
+    through ``output`` (made for ``stream`` when not given), which holds access lines
+    briefly: a serving process runs its ``write_held``.
     """
-    stream = sys.stdout if stream is None else stream
+    stream = (sys.stdout if stream is None else stream) if output is None else output.stream
+    output = LineOutput(stream) if output is None else output
     constant = [_Fields(fields)] if fields else []
     chosen = choose_format(fmt, stream)
     colors = chosen == CONSOLE and _tty(stream)
     redactor = redactor or Redactor()
-    handler = logging.StreamHandler(stream)
+    handler = logging.StreamHandler(_NowStream(output))  # type: ignore[arg-type]
     handler.setFormatter(formatter(chosen, redactor, colors, constant))
     root = logging.getLogger()
     for old in list(root.handlers):
@@ -190,7 +281,7 @@ def configure(level: str = "info", fmt: str = AUTO, redactor: Redactor | LogReda
         processors=[structlog.contextvars.merge_contextvars, structlog.processors.add_log_level, _add_name,
                     _STAMP, *constant, *_rendering(chosen, redactor, colors)],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
-        logger_factory=lambda name="tollhouse", *_: NamedWriter(stream, name),
+        logger_factory=lambda name="tollhouse", *_: NamedWriter(output, name),
         cache_logger_on_first_use=True)
     return chosen
 

@@ -39,6 +39,7 @@ from gateway import http1
 from gateway.app import Gateway
 from gateway.config import ServerConfig, WebSocketConfig
 from gateway.generation import ReloadRefused
+from gateway.logs import LineOutput
 from gateway.worker_link import WorkerLink
 from protocols.errors import GatewayError
 
@@ -131,7 +132,8 @@ def server_config(server: ServerConfig, bind: str | None = None,
     return cfg
 
 
-async def serve(gateway: Gateway, bind: str, say: Callable[..., None], link: WorkerLink | None = None) -> None:
+async def serve(gateway: Gateway, bind: str, say: Callable[..., None], link: WorkerLink | None = None,
+                output: LineOutput | None = None) -> None:
     """Serve ``gateway`` on ``bind`` until a stop signal; returns after a graceful stop.
 
     Says one line once it listens (the bound address: a port of 0 picks a free one),
@@ -142,18 +144,19 @@ async def serve(gateway: Gateway, bind: str, say: Callable[..., None], link: Wor
     With ``link`` this process is one worker of ``tollhouse serve --workers N``: it
     listens with ``SO_REUSEPORT`` beside its siblings, tells the parent (not stdout)
     that it listens, names itself in its lines, reloads when the parent asks, and
-    stops gracefully when the parent is gone.
+    stops gracefully when the parent is gone. ``output``, the log's, has its held
+    access lines written while it serves.
     """
     cfg = server_config(gateway.config.server, bind, gateway.config.websocket)
     cfg.bind_now(reuse_port=link is not None)
     try:
-        await _serve_bound(gateway, cfg, say, link)
+        await _serve_bound(gateway, cfg, say, link, output)
     finally:
         cfg.close_listening()
 
 
 async def _serve_bound(gateway: Gateway, cfg: HypercornConfig, say: Callable[..., None],
-                       link: WorkerLink | None) -> None:
+                       link: WorkerLink | None, output: LineOutput | None) -> None:
     stop = trio.Event()
     name = "tollhouse" if link is None else f"tollhouse worker {link.seat.index}"
     if link is not None:
@@ -164,6 +167,8 @@ async def _serve_bound(gateway: Gateway, cfg: HypercornConfig, say: Callable[...
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch_signals, signals, stopper)
                 nursery.start_soon(_watch_reloads, reloads, gateway, say, name)
+                if output is not None:
+                    nursery.start_soon(output.write_held)
                 try:
                     async with trio.open_nursery() as server:
                         binds = await server.start(partial(hypercorn.trio.serve, gateway, cfg,

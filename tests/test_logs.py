@@ -181,3 +181,62 @@ def test_a_json_line_is_ascii_and_compact_whatever_its_values():
         def __structlog__(self):
             return "own form"
     assert json.loads(json_line(None, "info", {"a": object, "b": Own()})) == {"a": repr(object), "b": "own form"}
+
+
+class _Stream:
+    """A stream that records each write (one write: one system call for a real one)."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.writes.append(text)
+
+    def flush(self) -> None:
+        pass
+
+
+async def test_access_lines_are_held_briefly_and_keep_their_place_among_the_others(autojump_clock):
+    from gateway.logs import HOLD_S, HELD_LOGGER, LineOutput, NamedWriter
+    stream = _Stream()
+    output = LineOutput(stream)
+    access, other = NamedWriter(output, HELD_LOGGER), NamedWriter(output, "tollhouse")
+    access.info("a1")
+    access.info("a2")
+    assert stream.writes == [], "held"
+    other.warning("w")
+    assert stream.writes == ["a1\na2\nw\n"], "written behind what was held, in one write"
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(output.write_held)
+        access.info("a3")
+        await trio.sleep(HOLD_S / 2)
+        assert stream.writes[1:] == []
+        await trio.sleep(HOLD_S)
+        assert stream.writes[1:] == ["a3\n"], "written within HOLD_S"
+        nursery.cancel_scope.cancel()
+    access.info("a4")
+    output.flush()  # what a process's exit does
+    assert stream.writes[2:] == ["a4\n"]
+
+
+def test_many_held_lines_are_written_without_waiting():
+    from gateway.logs import HOLD_MAX_BYTES, HELD_LOGGER, LineOutput, NamedWriter
+    stream = _Stream()
+    access = NamedWriter(LineOutput(stream), HELD_LOGGER)
+    line = "x" * 1000
+    for _ in range(HOLD_MAX_BYTES // 1000 + 1):
+        access.info(line)
+    assert len(stream.writes) == 1 and stream.writes[0].count("\n") == HOLD_MAX_BYTES // 1000 + 1
+
+
+def test_a_process_that_exits_writes_its_held_access_lines():
+    child = """
+import sys
+from gateway import logs
+logs.configure("info", "json")
+logs.logger("tollhouse.access").info("request", n=1)
+logs.logger("tollhouse.access").info("request", n=2)
+"""
+    done = subprocess.run([sys.executable, "-c", child], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["n"] for line in done.stdout.splitlines()] == [1, 2]
