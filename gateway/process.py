@@ -35,7 +35,7 @@ import hypercorn.trio
 import trio
 from hypercorn.utils import LifespanFailureError
 
-from gateway import http1
+from gateway import gc_policy, http1
 from gateway.app import Gateway
 from gateway.config import ServerConfig, WebSocketConfig
 from gateway.generation import ReloadRefused
@@ -174,6 +174,7 @@ async def _serve_bound(gateway: Gateway, cfg: HypercornConfig, say: Callable[...
                         binds = await server.start(partial(hypercorn.trio.serve, gateway, cfg,
                                                            shutdown_trigger=stop.wait))
                         if gateway.startup_error is None:  # hypercorn binds even after a failed startup
+                            gc_policy.apply()
                             if link is None:
                                 say(f"tollhouse listening on {' '.join(binds)}", address=binds[0],
                                     addresses=binds, admin_url=f"{binds[0]}/admin/ui")
