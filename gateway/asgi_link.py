@@ -6,25 +6,33 @@ import math
 
 import trio
 
+from gateway.disconnect import EXTENSION, Disconnect
 from protocols.errors import PayloadTooLarge, RequestTimeout
 
 
 class AsgiLink:
-    """Sends the response; ``wait_disconnect`` returns when the client goes away.
+    """Sends the response; ``wait_disconnect`` returns when the client goes away (and
+    ``disconnect``, when the server offers it, says so without a waiting task).
 
     ``started`` is set before the head is handed to the server (from then on the client
     may have it); ``head_sent`` once the server took it whole. A head cut short by a
     cancel leaves the server expecting a head still: no body follows it (the exchange
     is lost, and the server closes the connection)."""
 
-    __slots__ = ("receive", "send", "started", "head_sent", "ended")
+    __slots__ = ("receive", "send", "started", "head_sent", "ended", "disconnect")
 
-    def __init__(self, receive, send) -> None:
+    def __init__(self, receive, send, disconnect: Disconnect | None = None) -> None:
         self.receive = receive
         self.send = send
         self.started = False
         self.head_sent = False
         self.ended = False
+        self.disconnect = disconnect  # the server's hook, when it offers one (``gateway.disconnect``)
+
+    @classmethod
+    def of(cls, scope, receive, send) -> "AsgiLink":
+        """The link of an ASGI exchange, with the server's disconnect hook if its scope has one."""
+        return cls(receive, send, scope.get("extensions", {}).get(EXTENSION))
 
     async def start(self, status: int, headers: list) -> None:
         self.started = True

@@ -38,6 +38,7 @@ from actors.mailbox import Mailbox
 from actors.routing import Plan, Resolve, Table
 from actors.usage import Persist, Reserve, Settle
 from gateway.attempt import AttemptRunner
+from gateway.disconnect import Disconnect
 from gateway.field_cache import FieldCache
 from gateway.leasing import Leases
 from gateway.ending import Charge, Outcome, Trouble, decide, estimates, hold_instead
@@ -177,17 +178,11 @@ class Dispatcher:
                 reset = transform_trace.set(req.transform)  # the providers' passes reach it
                 link = TracedLink(link, req.transform)
         try:
-            failure: GatewayError | None = None
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._watch_client, link, req, nursery.cancel_scope)
-                try:
-                    await self._run_plan(plan, link, req)
-                except GatewayError as exc:
-                    failure = exc  # raised below, outside the nursery, not in a group
-                finally:
-                    nursery.cancel_scope.cancel()
-            if failure is not None:
-                raise failure
+            disconnect = getattr(link, "disconnect", None)  # the server's hook (``gateway.disconnect``)
+            if disconnect is not None:
+                await self._run_told(disconnect, plan, link, req)
+            else:
+                await self._run_watched(plan, link, req)
         except GatewayError as exc:
             req.note(Trouble.TIMEOUT if isinstance(exc, UpstreamTimeout) else
                      Trouble.UPSTREAM if isinstance(exc, (UpstreamError, NoCapacity)) else
@@ -204,10 +199,49 @@ class Dispatcher:
                 with trio.CancelScope(shield=True):
                     await self._settle(req)
 
+    async def _run_told(self, disconnect: Disconnect, plan: Plan, link: ClientLink, req: Request) -> None:
+        """The plan, cancelled when the server's hook says the client left (``_client_left``)."""
+        draining: list[bool] = []
+        with trio.CancelScope() as request_scope:
+            def left() -> None:
+                if self._client_left(link, req, request_scope):
+                    draining.append(True)
+            disconnect.watch(left)
+            try:
+                await self._run_plan(plan, link, req)
+            finally:
+                disconnect.unwatch(left)
+                if draining:
+                    self.drains.release()
+
+    async def _run_watched(self, plan: Plan, link: ClientLink, req: Request) -> None:
+        """The plan, beside a task waiting for the client to leave (a link without the hook)."""
+        failure: GatewayError | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_client, link, req, nursery.cancel_scope)
+            try:
+                await self._run_plan(plan, link, req)
+            except GatewayError as exc:
+                failure = exc  # raised below, outside the nursery, not in a group
+            finally:
+                nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+
     async def _watch_client(self, link: ClientLink, req: Request, request_scope: trio.CancelScope) -> None:
         await link.wait_disconnect()
+        if self._client_left(link, req, request_scope):
+            try:
+                await trio.sleep_forever()  # the request's end cancels this watcher
+            finally:
+                self.drains.release()
+
+    def _client_left(self, link: ClientLink, req: Request, request_scope: trio.CancelScope) -> bool:
+        """The client went away: the request is cancelled, or, for a stream that may
+        drain (``on_disconnect: drain`` and a drain slot free), its deadline becomes the
+        drain's. True when it drains (the caller gives the slot back at the request's end)."""
         if link.ended:
-            return  # the response was complete: a disconnect now cancels nothing
+            return False  # the response was complete: a disconnect now cancels nothing
         req.client_gone = True
         req.note(Trouble.CLIENT_GONE)
         scope = req.streaming_scope
@@ -216,14 +250,12 @@ class Dispatcher:
                 self.drains.acquire_nowait()
             except trio.WouldBlock:
                 request_scope.cancel()
-                return
-            try:
-                req.drain_deadline = trio.current_time() + self.streaming.drain_timeout_s
-                scope.deadline = min(scope.deadline, req.drain_deadline)
-                await trio.sleep_forever()  # the request's end cancels this watcher
-            finally:
-                self.drains.release()
+                return False
+            req.drain_deadline = trio.current_time() + self.streaming.drain_timeout_s
+            scope.deadline = min(scope.deadline, req.drain_deadline)
+            return True
         request_scope.cancel()
+        return False
 
     async def _persist(self, req: Request) -> None:
         """A deferred hold on disk before the client's first byte: a crash then loses at

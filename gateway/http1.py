@@ -39,6 +39,11 @@ Hypercorn 0.18 has no setting for either rule below, so they live in a subclass 
   connection closes, whichever comes first (or once past ``HOLD_MAX``). A streamed
   answer's head goes at once.
 
+Each HTTP request's scope carries a ``gateway.disconnect.Disconnect``
+(``scope["extensions"]["tollhouse.disconnect"]``), fired where the protocol closes the
+request's stream, when hypercorn queues ``http.disconnect``: the dispatcher hears a
+client leave without a task waiting on ``receive``.
+
 Hypercorn restarts a timer task at every request of a connection (its keep-alive
 timer; the head deadline above is another): its ``TrioSingleTask`` starts each with
 ``nursery.start``, one scheduler round trip and a lock per restart. ``QuickSingleTask``
@@ -57,7 +62,10 @@ import trio
 from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol.events import Body, EndBody, Response, StreamClosed
 from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.http_stream import HTTPStream
 from hypercorn.trio.worker_context import TrioSingleTask, WorkerContext
+
+from gateway.disconnect import EXTENSION, Disconnect
 
 LINGER_S = 2.0  # how long the rest of an unread body is waited for, after the answer
 WRITE_WAIT_S = 1.0  # how long a close waits for a socket write in progress
@@ -80,6 +88,7 @@ class GatewayH11Protocol(H11Protocol):
         self._writes_done: trio.Event | None = None  # made by a close that waits for a write
         self._closing = False
         self._held: list[bytes] | None = None  # a whole answer's bytes, written together at its end
+        self._disconnect: Disconnect | None = None  # the request's, fired when its stream closes
         self._held_size = 0
 
     async def _send_serialised(self, event: Event) -> None:
@@ -201,6 +210,15 @@ class GatewayH11Protocol(H11Protocol):
             await self.send(Closed())
             return
         await super()._create_stream(request)
+        scope = getattr(self.stream, "scope", None)  # its application has not run yet
+        if isinstance(self.stream, HTTPStream) and scope is not None:
+            self._disconnect = scope["extensions"][EXTENSION] = Disconnect()
+
+    async def _close_stream(self) -> None:
+        disconnect, self._disconnect = self._disconnect, None
+        if disconnect is not None:
+            disconnect.fire()
+        await super()._close_stream()
 
     async def _stop_head_timer(self) -> None:
         if self._head_timer_running:

@@ -322,6 +322,10 @@ class TracedLink:
         await self._link.wait_disconnect()
 
     @property
+    def disconnect(self) -> Any:
+        return getattr(self._link, "disconnect", None)
+
+    @property
     def ended(self) -> bool:
         return self._link.ended
 

@@ -92,6 +92,28 @@ async def test_tool_call_round_trip(config_doc):
             assert text == "The tool returned: sunny"
 
 
+async def test_a_client_that_leaves_before_a_whole_answer_cancels_it_and_is_settled_once(tmp_path):
+    doc = base_config(tmp_path)
+    doc["models"]["slow"] = {"targets": ["sim/sim-chat+ttfb_stall=60"]}  # answers long after the test's deadline
+    with trio.fail_after(10):
+        async with running_gateway(doc) as gw:
+            body = {"model": "slow", "messages": [{"role": "user", "content": "hi"}]}
+            async with trio.open_nursery() as nursery:
+                async def ask() -> None:
+                    async with httpx.AsyncClient(base_url=gw.url, timeout=None) as client:
+                        await client.post("/v1/chat/completions", json=body,
+                                          headers={"authorization": f"Bearer {DEMO_KEY}"})
+                nursery.start_soon(ask)
+                await gw.simulator.wait_requests(1)
+                nursery.cancel_scope.cancel()  # the client closes its connection, the answer not begun
+            await gw.simulator.wait_idle()  # the gateway gave up the upstream call at once
+            await gw.usage_actor.wait_settles(1)
+            [entry] = gw.ledger_entries()
+            assert entry["reason"] == "client_cancel"
+            # sent upstream and never answered: the hold, as the ledger's rules say
+            assert (entry["cost_source"], entry["amount_micro"]) == ("hold", entry["hold_micro"])
+
+
 async def test_client_disconnect_closes_upstream_and_settles_once(tmp_path):
     doc = base_config(tmp_path)
     doc["models"]["slow"] = {"targets": ["sim/sim-chat+stall_after=4"]}

@@ -114,7 +114,7 @@ async def serve_llm(runtime: Any, client: ClientCodec, scope, receive, send, key
     with request_context(request_id), \
             runtime.tracing.request(request_id, client.NAME, Transport.HTTP, scope["headers"]) as trace:
         # every line logged for this call carries its id; traced, the call is one span
-        await _serve_call(runtime, client, scope, receive, AsgiLink(receive, send), key, parse, prepare,
+        await _serve_call(runtime, client, scope, receive, AsgiLink.of(scope, receive, send), key, parse, prepare,
                           request_id, trace)
 
 
