@@ -119,7 +119,7 @@ class GatewayH11Protocol(H11Protocol):
             with trio.move_on_after(WRITE_WAIT_S, shield=True):
                 while self._writes_in_flight:
                     if self._writes_done is None:
-                        self._writes_done: trio.Event | None = None  # made by a close that waits for a write
+                        self._writes_done = trio.Event()
                     await self._writes_done.wait()
         await self._send_to_socket(event)
 

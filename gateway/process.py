@@ -26,8 +26,10 @@ import logging
 import math
 import os
 import signal
+import time
 from functools import partial
 from typing import Callable
+from wsgiref.handlers import format_date_time
 
 import attrs
 import hypercorn.config
@@ -65,6 +67,21 @@ class HypercornConfig(hypercorn.config.Config):
     listening: tuple = ()
     request_head_timeout: float = math.inf  # read by ``gateway.http1.GatewayH11Protocol``
     prebound: hypercorn.config.Sockets | None = None
+
+    _date: tuple[int, bytes] = (0, b"")  # the Date header's value, made once a second
+
+    def response_headers(self, protocol: str) -> list[tuple[bytes, bytes]]:
+        """Hypercorn's headers for every answer, its ``Date`` formatted once per second
+        instead of once per answer (the value only changes each second)."""
+        if not self.include_date_header or self.alt_svc_headers or self._quic_addresses:
+            return super().response_headers(protocol)
+        now = int(time.time())
+        if self._date[0] != now:
+            self._date = (now, format_date_time(now).encode("ascii"))
+        headers = [(b"date", self._date[1])]
+        if self.include_server_header:
+            headers.append((b"server", b"hypercorn-" + protocol.encode("ascii")))
+        return headers
 
     def create_sockets(self) -> hypercorn.config.Sockets:
         if self.prebound is not None:  # bound by ``bind_now``: hand those over once

@@ -16,6 +16,7 @@ from typing import Any
 
 import trio
 
+from gateway.disconnect import Disconnect
 from protocols.sse import SSEDecoder
 
 #: messages a client may queue while a turn runs (turns are answered one at a time)
@@ -29,6 +30,7 @@ class ClientSocket:
         self._receive = receive
         self._send = send
         self.gone = trio.Event()
+        self.disconnect = Disconnect()  # fired with ``gone``: a turn hears it without a waiting task
         self.close_code: int | None = None
         self._inbox_send, self.inbox = trio.open_memory_channel[str | bytes](INBOX_SIZE)
         self.last: Any = None  # the connection's latest response (gateway.conversation.LastResponse)
@@ -43,6 +45,7 @@ class ClientSocket:
                 if kind == "websocket.disconnect":
                     self.close_code = message.get("code")
                     self.gone.set()
+                    self.disconnect.fire()
                     return
                 if kind == "websocket.receive":
                     data = message.get("text")
@@ -84,6 +87,10 @@ class TurnLink:
 
     async def wait_disconnect(self) -> None:
         await self.socket.gone.wait()
+
+    @property
+    def disconnect(self) -> Disconnect:
+        return self.socket.disconnect
 
     async def _events(self, events: list) -> None:
         for event in events:

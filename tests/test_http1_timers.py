@@ -48,3 +48,20 @@ def test_the_server_config_puts_the_quick_timer_where_hypercorn_looks_it_up():
     server_config(ServerConfig())
     assert hypercorn.trio.tcp_server.TrioSingleTask is QuickSingleTask  # TCPServer's keep-alive timer
     assert WorkerContext.single_task_class is QuickSingleTask  # the protocols' timers
+
+
+def test_answers_carry_hypercorn_s_own_date_and_server_headers():
+    import time
+
+    import hypercorn.config
+
+    from gateway.process import HypercornConfig
+
+    config = HypercornConfig()
+    for _ in range(3):  # the same second for both, or once more
+        second = int(time.time())
+        ours, theirs = config.response_headers("h11"), hypercorn.config.Config.response_headers(config, "h11")
+        if int(time.time()) == second:
+            break
+    assert ours == theirs
+    assert [name for name, _ in ours] == [b"date", b"server"]
