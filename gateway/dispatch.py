@@ -200,16 +200,26 @@ class Dispatcher:
                     await self._settle(req)
 
     async def _run_told(self, disconnect: Disconnect, plan: Plan, link: ClientLink, req: Request) -> None:
-        """The plan, cancelled when the server's hook says the client left (``_client_left``)."""
+        """The plan, cancelled when the server's hook says the client left (``_client_left``).
+
+        The hook fires inside the server's reading task; the verdict comes a scheduler
+        turn later, from a task started then, as a task waiting on ``receive`` would
+        have had it: what the request's task was about to do with what it had already
+        read from the upstream (meter and forward it), it does first."""
         draining: list[bool] = []
+        ended: list[bool] = []
         with trio.CancelScope() as request_scope:
-            def left() -> None:
-                if self._client_left(link, req, request_scope):
+            async def decide() -> None:
+                if not ended and self._client_left(link, req, request_scope):
                     draining.append(True)
+
+            def left() -> None:
+                trio.lowlevel.spawn_system_task(decide, name="tollhouse client left")
             disconnect.watch(left)
             try:
                 await self._run_plan(plan, link, req)
             finally:
+                ended.append(True)
                 disconnect.unwatch(left)
                 if draining:
                     self.drains.release()

@@ -300,7 +300,24 @@ def _tty(stream: TextIO) -> bool:
 def request_context(request_id: str) -> AbstractContextManager:
     """Every line logged inside the block, by any module or child task, carries
     ``request_id``; the binding is undone on the way out."""
-    return structlog.contextvars.bound_contextvars(request_id=request_id)
+    return _RequestBound(request_id)
+
+
+class _RequestBound:
+    """``request_id`` bound for a block: the contextvar set on the way in and reset by
+    its token on the way out (structlog's ``bound_contextvars`` reads the whole context
+    to save what it replaces, once per request)."""
+
+    __slots__ = ("request_id", "_tokens")
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+
+    def __enter__(self) -> None:
+        self._tokens = structlog.contextvars.bind_contextvars(request_id=self.request_id)
+
+    def __exit__(self, *_: object) -> None:
+        structlog.contextvars.reset_contextvars(**self._tokens)
 
 
 def config_problems(problems: list[str]) -> list[dict]:

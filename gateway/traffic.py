@@ -8,8 +8,6 @@ happens where every request enters the application, so nothing needs to cooperat
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator
 
 import attrs
 import trio
@@ -31,23 +29,9 @@ class Traffic:
     cut_while_stopping: int = 0
     stop_begun: trio.Event = attrs.field(factory=trio.Event)  # long-lived connections watch it
 
-    @contextmanager
-    def request(self) -> Iterator[None]:
-        """Count one request for as long as its handler runs."""
-        self.in_flight += 1
-        cut = False
-        try:
-            yield
-        except BaseException as exc:
-            cut = is_cancellation(exc)
-            raise
-        finally:
-            self.in_flight -= 1
-            if self.stopping:
-                if cut:
-                    self.cut_while_stopping += 1
-                else:
-                    self.finished_while_stopping += 1
+    def request(self) -> "_Counted":
+        """Count one request for as long as its handler runs (a ``with`` block)."""
+        return _Counted(self)
 
     def begin_stop(self) -> int:
         """Mark the start of a stop; returns how many requests are in flight now."""
@@ -66,3 +50,25 @@ def is_cancellation(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return exc.split(trio.Cancelled)[1] is None
     return isinstance(exc, trio.Cancelled)
+
+
+class _Counted:
+    """One request counted in ``Traffic`` while its block runs; a stop sees whether it
+    finished or was cut (cancelled)."""
+
+    __slots__ = ("traffic",)
+
+    def __init__(self, traffic: Traffic) -> None:
+        self.traffic = traffic
+
+    def __enter__(self) -> None:
+        self.traffic.in_flight += 1
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, _tb: object) -> None:
+        traffic = self.traffic
+        traffic.in_flight -= 1
+        if traffic.stopping:
+            if exc is not None and is_cancellation(exc):
+                traffic.cut_while_stopping += 1
+            else:
+                traffic.finished_while_stopping += 1

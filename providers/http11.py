@@ -43,9 +43,7 @@ import os
 import select
 import ssl
 from collections import deque
-from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Iterator
 from typing import Iterable, Mapping
 from urllib.parse import urlsplit
 
@@ -62,20 +60,22 @@ _DEAD = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP | selec
 class WriteWatch:
     """Whether any request made in this task (while the watch is open) began to be written."""
 
-    __slots__ = ("written",)
+    __slots__ = ("written", "_token")
 
     def __init__(self) -> None:
         self.written = False
 
     @classmethod
-    @contextmanager
-    def open(cls) -> Iterator["WriteWatch"]:
-        watch = cls()
-        token = _WATCH.set(watch)
-        try:
-            yield watch
-        finally:
-            _WATCH.reset(token)
+    def open(cls) -> "WriteWatch":
+        """A watch for a ``with`` block: this task's requests inside it mark it."""
+        return cls()
+
+    def __enter__(self) -> "WriteWatch":
+        self._token = _WATCH.set(self)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        _WATCH.reset(self._token)
 
     @staticmethod
     def mark() -> None:
