@@ -271,8 +271,6 @@ class AttemptRunner:
                         req.settle_attempt(index, Outcome.REFUSED)
                         raise first_error
                     content_type = reader.content_type if passthrough else encoder.content_type
-                    for frame in batch:  # read from the upstream: metered before anything can cut it
-                        meter.observe(frame.events, frame.payload)
                     if self.persist is not None:
                         await self.persist(req)
                     req.started = True
@@ -370,8 +368,7 @@ class AttemptRunner:
         where the protocol has none (Chat without ``[DONE]``, Gemini), the end of body is
         waited for ``FINISH_TAIL_S`` after the finish, then the answer counts as complete.
         ``edit`` (the target's answer adapters) changes the events the client's encoder
-        gets, after the meter saw them. The first batch was metered by the caller, as
-        soon as it was read.
+        gets, after the meter saw them.
         """
         meter = req.meter
         stall = self.streaming.stall_timeout_s
@@ -381,12 +378,10 @@ class AttemptRunner:
         errored = False
         tail_until: float | None = None
         trace = req.transform
-        observed = True  # the first batch, by the caller
         while batch is not None:
             out = []
             for frame in batch:
-                if not observed:
-                    meter.observe(frame.events, frame.payload)
+                meter.observe(frame.events, frame.payload)
                 if passthrough:  # bytes the gateway could not read are not the client's to parse either
                     chunk = b"" if frame.drop or _unread(frame) else frame.raw
                     if trace is not None:
@@ -402,7 +397,6 @@ class AttemptRunner:
                         held_bytes += len(chunk)
                 elif chunk:
                     out.append(chunk)
-            observed = False
             if held_bytes > limit:
                 held.clear()
                 raise UpstreamProtocolError(f"The upstream sent more than {limit} bytes after its answer ended.")

@@ -106,11 +106,16 @@ class LineOutput:
         self.stream.flush()
 
     async def write_held(self) -> None:
-        """Write held lines every ``HOLD_S`` (the serving process runs this for its life)."""
+        """Write held lines every ``HOLD_S`` (the serving process runs this for its life).
+        A stream that refuses them (a closed pipe, a full disk) loses that batch, said
+        on stderr, and the gateway serves on, as it would for a line written at once."""
         while True:
             await trio.sleep(HOLD_S)
             if self._held:
-                self.flush()
+                try:
+                    self.flush()
+                except OSError as exc:
+                    print(f"tollhouse: the log's stream refused its held access lines ({exc})", file=sys.stderr)
 
 
 class _NowStream:

@@ -240,3 +240,22 @@ logs.logger("tollhouse.access").info("request", n=2)
     done = subprocess.run([sys.executable, "-c", child], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert [json.loads(line)["n"] for line in done.stdout.splitlines()] == [1, 2]
+
+
+async def test_a_stream_that_refuses_held_lines_does_not_stop_the_writer(autojump_clock, capsys):
+    from gateway.logs import HOLD_S, HELD_LOGGER, LineOutput, NamedWriter
+
+    class Broken(_Stream):
+        def write(self, text: str) -> None:
+            raise BrokenPipeError("stdout is gone")
+
+    output = LineOutput(Broken())
+    access = NamedWriter(output, HELD_LOGGER)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(output.write_held)
+        access.info("a1")
+        await trio.sleep(HOLD_S * 1.5)
+        access.info("a2")
+        await trio.sleep(HOLD_S * 1.5)
+        nursery.cancel_scope.cancel()  # still running: it was never stopped by the error
+    assert capsys.readouterr().err.count("refused its held access lines") == 2
