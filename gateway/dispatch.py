@@ -178,7 +178,7 @@ class Dispatcher:
                 reset = transform_trace.set(req.transform)  # the providers' passes reach it
                 link = TracedLink(link, req.transform)
         try:
-            disconnect = getattr(link, "disconnect", None)  # the server's hook (``gateway.disconnect``)
+            disconnect = link.disconnect  # the server's hook (``gateway.disconnect``), when it has one
             if disconnect is not None:
                 await self._run_told(disconnect, plan, link, req)
             else:
@@ -200,28 +200,16 @@ class Dispatcher:
                     await self._settle(req)
 
     async def _run_told(self, disconnect: Disconnect, plan: Plan, link: ClientLink, req: Request) -> None:
-        """The plan, cancelled when the server's hook says the client left (``_client_left``).
-
-        The hook fires inside the server's reading task; the verdict comes a scheduler
-        turn later, from a task started then, as a task waiting on ``receive`` would
-        have had it: what the request's task was about to do with what it had already
-        read from the upstream (meter and forward it), it does first."""
-        draining: list[bool] = []
-        ended: list[bool] = []
+        """The plan, cancelled when the server's hook says the client left (``_client_left``)."""
         with trio.CancelScope() as request_scope:
-            async def decide() -> None:
-                if not ended and self._client_left(link, req, request_scope):
-                    draining.append(True)
-
-            def left() -> None:
-                trio.lowlevel.spawn_system_task(decide, name="tollhouse client left")
-            disconnect.watch(left)
+            told = _Told(self, link, req, request_scope)
+            disconnect.watch(told.left)
             try:
                 await self._run_plan(plan, link, req)
             finally:
-                ended.append(True)
-                disconnect.unwatch(left)
-                if draining:
+                told.ended = True
+                disconnect.unwatch(told.left)
+                if told.draining:
                     self.drains.release()
 
     async def _run_watched(self, plan: Plan, link: ClientLink, req: Request) -> None:
@@ -430,6 +418,29 @@ class Dispatcher:
         await self.leases.release(lease, Release(
             lease.lease_id, cool_until=decision.until, cool_model=target.model if decision.scope == "model" else None,
             dead=decision.dead, reason=decision.kind))
+
+
+@attrs.define
+class _Told:
+    """A request's side of the server's disconnect hook. The hook fires inside the
+    server's reading task; the verdict (``Dispatcher._client_left``) comes a scheduler
+    turn later, from a task started then, as a task waiting on ``receive`` would have
+    had it: what the request's task was about to do with what it had already read from
+    the upstream (meter and forward it), it does first."""
+
+    dispatcher: Dispatcher
+    link: ClientLink
+    req: Request
+    scope: trio.CancelScope
+    ended: bool = False  # the request's plan is over: a late verdict changes nothing
+    draining: bool = False  # the verdict took a drain slot, given back at the end
+
+    def left(self) -> None:
+        trio.lowlevel.spawn_system_task(self._decide, name="tollhouse client left")
+
+    async def _decide(self) -> None:
+        if not self.ended and self.dispatcher._client_left(self.link, self.req, self.scope):
+            self.draining = True
 
 
 # Errors that mean "this upstream is resting": when every target is resting, the client

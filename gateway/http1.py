@@ -210,9 +210,8 @@ class GatewayH11Protocol(H11Protocol):
             await self.send(Closed())
             return
         await super()._create_stream(request)
-        scope = getattr(self.stream, "scope", None)  # its application has not run yet
-        if isinstance(self.stream, HTTPStream) and scope is not None:
-            self._disconnect = scope["extensions"][EXTENSION] = Disconnect()
+        if isinstance(self.stream, HTTPStream):  # its scope is made, its application not yet run
+            self._disconnect = self.stream.scope["extensions"][EXTENSION] = Disconnect()
 
     async def _close_stream(self) -> None:
         disconnect, self._disconnect = self._disconnect, None

@@ -12,6 +12,7 @@ from typing import Any, Callable, Protocol
 import attrs
 import trio
 
+from gateway.disconnect import Disconnect
 from gateway.ending import Attempt, Ending, Facts, Outcome, Trouble
 from gateway.meter import Forwarded, Meter
 from gateway.observe import Transport
@@ -28,7 +29,13 @@ class ClientLink(Protocol):
     async def start(self, status: int, headers: list) -> None: ...
     async def write(self, data: bytes) -> None: ...
     async def end(self, data: bytes = b"") -> None: ...
-    async def wait_disconnect(self) -> None: ...
+    async def wait_disconnect(self) -> None: ...  # for a link whose ``disconnect`` is None
+
+    @property
+    def disconnect(self) -> Disconnect | None:
+        """The server's hook that says the client left (``gateway.disconnect``), or None:
+        then the dispatcher waits in ``wait_disconnect``."""
+        ...
 
     @property
     def ended(self) -> bool: ...

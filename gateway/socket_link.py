@@ -86,7 +86,7 @@ class TurnLink:
         await self._events([*self.sse.feed(data), *self.sse.close()])
 
     async def wait_disconnect(self) -> None:
-        await self.socket.gone.wait()
+        await self.socket.gone.wait()  # unused by the dispatcher: ``disconnect`` is always there
 
     @property
     def disconnect(self) -> Disconnect:

@@ -323,7 +323,7 @@ class TracedLink:
 
     @property
     def disconnect(self) -> Any:
-        return getattr(self._link, "disconnect", None)
+        return self._link.disconnect
 
     @property
     def ended(self) -> bool:

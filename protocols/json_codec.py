@@ -9,7 +9,8 @@ writes it, so a caller gets what it got before, ``UnicodeEncodeError`` and
 ``RecursionError`` included. Left different, both still the same JSON value: a float
 with a small exponent is spelt ``0.00001`` where ``json`` writes ``1e-05``, and a NaN
 (which only a non-standard ``NaN`` literal from a client can bring) is written ``null``
-where ``json`` wrote ``NaN``, which is not JSON.
+where ``json`` wrote ``NaN``, which is not JSON. Log lines (``dumps_ascii``) are compact
+and ASCII, the standard library's whenever the text is not.
 
 Reading stays the standard library's: orjson reads an integer past 64 bits as a float
 without a word, and finding such integers first costs more than it saves.
@@ -18,7 +19,7 @@ without a word, and finding such integers first costs more than it saves.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 
@@ -37,3 +38,16 @@ def dumps_bytes(doc: Any) -> bytes:
         return orjson.dumps(doc)
     except orjson.JSONEncodeError:
         return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def dumps_ascii(doc: Any, default: Callable[[Any], Any]) -> str:
+    """``json.dumps(doc, default=default, separators=(",", ":"))``: compact, and ASCII
+    whatever the text (a log line, for a stream of any encoding). orjson writes it when
+    it can and the text is ASCII; otherwise the standard library does."""
+    try:
+        text = orjson.dumps(doc, default=default).decode()
+    except orjson.JSONEncodeError:
+        text = None
+    if text is None or not text.isascii():
+        text = json.dumps(doc, default=default, separators=(",", ":"))
+    return text
