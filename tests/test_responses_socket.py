@@ -294,6 +294,7 @@ class MemoryLink:
         self.status: int | None = None
         self.body = bytearray()
         self.ended = False
+        self.disconnect = None  # no server hook: the dispatcher waits in wait_disconnect
 
     async def start(self, status: int, headers: list) -> None:
         self.status = status
