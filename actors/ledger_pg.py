@@ -53,6 +53,18 @@ def _by_key(rows: Iterable) -> dict[str, list[tuple[int | None, int, int]]]:
     return out
 
 
+def _roll_back(conn: psycopg.Connection) -> None:
+    """End a transaction that failed part-way: a statement refused inside an explicit
+    BEGIN leaves the block open (and aborted) until a ROLLBACK, which the connection's
+    next user must not inherit. A connection too broken to take it is dropped by the caller."""
+    if conn.closed or conn.broken or conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except psycopg.Error:
+        conn.close()  # unusable: the next call connects afresh
+
+
 def _key(row: tuple) -> dict:
     key = dict(zip(KEY_COLUMNS, row))
     key["models"] = json.loads(key["models"]) if key["models"] else None
@@ -63,10 +75,11 @@ class PgTransaction:
     """One open transaction of the shared meter (see ``PgLedger.transaction``), in
     psycopg's pipeline mode: ``send`` queues a statement whose result nothing reads (a
     write), ``rows`` sends what is queued with its own statement and waits for the
-    answer. So a batch's register and lock travel in one round trip, and its writes
-    with the COMMIT in one; Postgres still runs them one after another, each read with
-    its own snapshot. A queued write that fails fails the transaction at its next
-    round trip, as it would have failed it at once."""
+    answer. So a batch's BEGIN, register and lock travel in one round trip, and its
+    writes with the COMMIT in one (a batch of settlements alone, which reads nothing,
+    in one in all); Postgres still runs them one after another, each read with its own
+    snapshot. A queued write that fails fails the transaction at its next round trip,
+    as it would have failed it at once."""
 
     def __init__(self, conn: psycopg.Connection, instance_id: str, pipeline: psycopg.Pipeline) -> None:
         self.conn = conn
@@ -213,8 +226,18 @@ class PgLedger(PgConnection):
         with self._lock:
             try:
                 conn = self._connection()
-                with conn.pipeline() as pipeline, conn.transaction():
-                    return fn(PgTransaction(conn, self.instance_id, pipeline))
+                try:
+                    with conn.pipeline() as pipeline:
+                        # BEGIN and COMMIT queued with the statements around them (the
+                        # connection is in autocommit): psycopg's own transaction() syncs
+                        # after its BEGIN and again around its COMMIT, two more round trips
+                        conn.execute("BEGIN")
+                        result = fn(PgTransaction(conn, self.instance_id, pipeline))
+                        conn.execute("COMMIT")
+                except BaseException:
+                    _roll_back(conn)
+                    raise
+                return result
             except (psycopg.OperationalError, psycopg.InterfaceError, pg_errors.SerializationFailure,
                     pg_errors.DeadlockDetected, pg_errors.AdminShutdown, psycopg.IntegrityError) as exc:
                 # IntegrityError: another instance wrote the same key name or secret in the

@@ -369,23 +369,36 @@ class SharedUsageActor(UsageActor):
         return names, hashes, everything
 
     def _batch_tx(self, envelopes: list[Envelope], now: float, steps: list[Step], tx: PgTransaction) -> None:
-        """In the worker thread, in one transaction: lock, refresh, decide, write."""
+        """In the worker thread, in one transaction: lock, refresh, decide, write.
+
+        A batch of settlements alone reads nothing first: a settlement's charge follows
+        from its hold (in memory since its reserve) and its usage, and its statement
+        moves the key's spent and budget in Postgres itself, in the hold's period
+        (``ledger_pg.SETTLE``), so no key state of another instance's making changes
+        what it writes. Its writes lock the keys in name order, as ``lock_keys`` does.
+        The core's own records of those keys may then lag the ledger until the next
+        batch that reads them; every reserve, authentication and key query reads them
+        under the lock before deciding."""
         steps.clear()
         if not self.retired:
             tx.register()
-        names, hashes, everything = self._touched(envelopes)
+        settling_only = all(isinstance(envelope.msg, Settle) for envelope in envelopes)
         wall = self.core.wall()
-        if everything:
-            rows = tx.all_keys()
-            refresh(self.core, rows, tx.held(row["name"] for row in rows), wall)
-        rows = tx.lock_keys(names, hashes)
-        refresh(self.core, rows, {row["name"]: row["held"] for row in rows}, wall)
+        if not settling_only:
+            names, hashes, everything = self._touched(envelopes)
+            if everything:
+                rows = tx.all_keys()
+                refresh(self.core, rows, tx.held(row["name"] for row in rows), wall)
+            rows = tx.lock_keys(names, hashes)
+            refresh(self.core, rows, {row["name"]: row["held"] for row in rows}, wall)
         for envelope in envelopes:
             if isinstance(envelope.msg, Query) and envelope.msg.what == "all_reservations":
                 steps.append(Step(envelope, self._everywhere(tx, wall), []))
             else:
                 steps.append(self._step_of(envelope, now))
         ops = [op for step in steps for op in step.ops]
+        if settling_only:
+            ops.sort(key=lambda op: op[1]["key_name"])  # row locks in name order: no deadlock with lock_keys
         if ops:
             tx.write(ops)
 

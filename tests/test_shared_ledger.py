@@ -109,6 +109,39 @@ def test_a_settlement_written_twice_charges_once(pg_dsn):
     ledger.close()
 
 
+def _holds(dsn: str) -> list[str]:
+    with psycopg.connect(dsn) as conn:
+        return [row[0] for row in conn.execute("SELECT id FROM reservations ORDER BY id")]
+
+
+def test_a_batch_that_fails_part_way_writes_nothing_and_the_next_commits_alone(pg_dsn):
+    """A batch whose decision fails after its first writes were queued (a bug, a
+    statement Postgres refuses) leaves nothing behind, and the next batch on the same
+    connection commits only its own writes, not the failed one's with them."""
+    ledger = PgLedger(pg_dsn, "a")
+    ledger.open()
+    ledger.apply([("put_key", _key_row())])
+
+    def hold(request_id: str) -> tuple[str, dict]:
+        return ("hold", {"id": request_id, "key_name": "k", "provider": None, "model": "m", "hold_micro": 10,
+                         "created_at": 1.0})
+
+    def failing(tx) -> None:
+        tx.lock_keys(["k"], ())
+        tx.write([hold("r1")])
+        raise RuntimeError("the core failed mid-batch")
+
+    with pytest.raises(RuntimeError):
+        ledger.transaction(failing)
+    assert _holds(pg_dsn) == []
+    with pytest.raises(psycopg.errors.UndefinedTable):  # refused by the server after a queued write
+        ledger.transaction(lambda tx: (tx.write([hold("r2")]), tx.rows("SELECT 1 FROM no_such_table")))
+    assert _holds(pg_dsn) == []
+    ledger.apply([hold("r3")])
+    assert _holds(pg_dsn) == ["r3"]
+    ledger.close()
+
+
 def _waiting_for_a_lock(dsn: str) -> bool:
     with psycopg.connect(dsn) as conn:
         return bool(conn.execute("SELECT COUNT(*) FROM pg_locks WHERE NOT granted").fetchone()[0])
