@@ -40,6 +40,14 @@ def dumps_bytes(doc: Any) -> bytes:
         return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def right_sized(data: bytes) -> bytes:
+    """``data`` in a block of its own length. orjson writes into a buffer sized for the
+    worst case (4 KB for a small text, ~1 MB for a 70 KB body) and returns it shortened,
+    not reallocated: bytes kept for long (a request body held for a stream's length)
+    are worth the copy (~0.2 us for a small body, ~1.5 us for 70 KB)."""
+    return memoryview(data).tobytes()
+
+
 def dumps_ascii(doc: Any, default: Callable[[Any], Any]) -> str:
     """``json.dumps(doc, default=default, separators=(",", ":"))``: compact, and ASCII
     whatever the text (a log line, for a stream of any encoding). orjson writes it when

@@ -239,9 +239,12 @@ def bearer_headers(credential: Credential, extra: Mapping[str, str]) -> dict:
 
 def encode_body(body: Mapping[str, Any]) -> bytes:
     """The upstream request's bytes; a body that cannot be written (nested past the
-    interpreter's limit) is the client's error, found before anything is sent."""
+    interpreter's limit) is the client's error, found before anything is sent.
+
+    Copied to its own size (``json_codec.right_sized``): these bytes live as long as the
+    call, a stream's whole length, and orjson's block around them is many times larger."""
     try:
-        return json_codec.dumps_bytes(body)
+        return json_codec.right_sized(json_codec.dumps_bytes(body))
     except (RecursionError, UnicodeEncodeError):
         raise InvalidRequest("The request cannot be encoded for the upstream: it is nested too deeply "
                              "or holds text that is not valid Unicode.") from None

@@ -5,6 +5,7 @@ or error."""
 from __future__ import annotations
 
 import json
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,22 @@ def test_nesting_past_the_interpreters_limit_is_the_clients_error():
     doc = _nested(100_000)
     with pytest.raises(InvalidRequest, match="nested too deeply"):
         encode_body({"messages": doc})
+
+
+@pytest.mark.parametrize("path", [min(REQUESTS, key=lambda p: p.stat().st_size),
+                                  max(REQUESTS, key=lambda p: p.stat().st_size)], ids=lambda p: p.name[:60])
+def test_an_upstream_body_holds_no_more_memory_than_its_length(path):
+    """The body lives as long as its call (a stream's whole length): the block holding
+    it is its own size, not orjson's worst-case buffer (4 KB for a small body, ~1 MB
+    for a 70 KB one), which every open stream would otherwise carry."""
+    doc = json.loads(path.read_text())
+    encode_body(doc)  # orjson's own one-time setup is not the body's
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        body = encode_body(doc)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert body == _compact(doc).encode()
+    assert held < len(body) + 256, (held, len(body))
