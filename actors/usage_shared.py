@@ -15,7 +15,7 @@ when the backend gives one) before the batch, in the key's ``requests_window_s``
 ``max_concurrency`` is judged from the open reservations in Postgres, exact across
 processes.
 
-Instances: each batch and each heartbeat (every ``heartbeat_s``) marks this instance
+Instances: each batch that may open a hold and each heartbeat (every ``heartbeat_s``) marks this instance
 alive in Postgres time; the heartbeat also sweeps: an instance whose heartbeat is older
 than ``instance_ttl_s`` is claimed by deleting its row (one survivor wins the delete)
 and its open holds are settled ``recovered`` in the same transaction, at the rule of a
@@ -378,11 +378,13 @@ class SharedUsageActor(UsageActor):
         what it writes. Its writes lock the keys in name order, as ``lock_keys`` does.
         The core's own records of those keys may then lag the ledger until the next
         batch that reads them; every reserve, authentication and key query reads them
-        under the lock before deciding."""
+        under the lock before deciding. Nor does it mark this instance alive: it opens
+        no hold that a sweeper could take for an orphan (a batch that does registers in
+        its own transaction), and the heartbeats keep the mark."""
         steps.clear()
-        if not self.retired:
-            tx.register()
         settling_only = all(isinstance(envelope.msg, Settle) for envelope in envelopes)
+        if not self.retired and not settling_only:
+            tx.register()
         wall = self.core.wall()
         if not settling_only:
             names, hashes, everything = self._touched(envelopes)
