@@ -15,11 +15,11 @@ when the backend gives one) before the batch, in the key's ``requests_window_s``
 ``max_concurrency`` is judged from the open reservations in Postgres, exact across
 processes.
 
-Instances: each batch that may open a hold and each heartbeat (every ``heartbeat_s``) marks this instance
-alive in Postgres time; the heartbeat also sweeps: an instance whose heartbeat is older
-than ``instance_ttl_s`` is claimed by deleting its row (one survivor wins the delete)
-and its open holds are settled ``recovered`` in the same transaction, at the rule of a
-crash recovery. A sweeper claims only once it has itself reached Postgres without a
+Instances: each batch that may open a hold and each heartbeat (every ``heartbeat_s``)
+marks this instance alive in Postgres time; the heartbeat also sweeps: an instance
+whose heartbeat is older than ``instance_ttl_s`` is claimed by deleting its row (one
+survivor wins the delete) and its open holds are settled ``recovered`` in the same
+transaction, at the rule of a crash recovery. A sweeper claims only once it has itself reached Postgres without a
 fault for a whole ``instance_ttl_s`` (after a start or an outage), so an outage that
 stopped every heartbeat is not taken for the death of the others. A graceful stop removes this instance's row after its last settlement.
 

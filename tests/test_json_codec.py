@@ -65,8 +65,8 @@ def test_nesting_past_the_interpreters_limit_is_the_clients_error():
                                   max(REQUESTS, key=lambda p: p.stat().st_size)], ids=lambda p: p.name[:60])
 def test_an_upstream_body_holds_no_more_memory_than_its_length(path):
     """The body lives as long as its call (a stream's whole length): the block holding
-    it is its own size, not orjson's worst-case buffer (4 KB for a small body, ~1 MB
-    for a 70 KB one), which every open stream would otherwise carry."""
+    it is its own size, not orjson's buffer (4 KB for a small body, 130 KB for a 50 KB
+    Claude Code one), which every open stream would otherwise carry."""
     doc = json.loads(path.read_text())
     encode_body(doc)  # orjson's own one-time setup is not the body's
     tracemalloc.start()
