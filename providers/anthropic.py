@@ -25,7 +25,7 @@ from protocols.structured_output import AnswerToolDecoder, answer_tool, unwrap_r
 from protocols.unified import UnifiedRequest, UnifiedResponse
 from providers.adapters import ProviderAdapters, for_protocol, passes_through
 from providers import counting
-from providers.base import Completion, FrameReader, SSEFramer, encode_body, fetch_completion, open_frames, send
+from providers.base import Completion, FrameReader, OpenFrames, SSEFramer, encode_body, fetch_completion, send
 from providers.seams import Credential
 
 PASSED_HEADERS = ("anthropic-version", "anthropic-beta")
@@ -76,7 +76,7 @@ class AnthropicProvider:
         if tool is not None:  # the structured answer came as a tool call: the client gets text
             decoder = AnswerToolDecoder(decoder, tool)
         framer = SSEFramer(decoder)
-        async with open_frames(self.client, self.url_for(req), self.headers(req, credential, model),
+        async with OpenFrames(self.client, self.url_for(req), self.headers(req, credential, model),
                                self.body(req, model), framer,
                                self.redactor) as reader:
             yield reader

@@ -353,13 +353,32 @@ async def reading(response: http11.Response, framer: Framer,
         await reader.aclose()
 
 
-@asynccontextmanager
-async def open_frames(client: http11.Pool, url: str, headers: Mapping[str, str], body: bytes,
-                      framer: Framer, redactor: Redactor = NO_SECRETS) -> AsyncIterator[FrameReader]:
-    """An upstream stream: the request sent, its frames read, the response closed on exit."""
-    response = await send(client, url, headers, body, stream=True, redactor=redactor)
-    async with reading(response, framer, redactor) as reader:
-        yield reader
+class OpenFrames:
+    """An upstream stream: the request sent, its frames read, the response closed on exit.
+
+    A class, not an ``asynccontextmanager``: that keeps its arguments for as long as the
+    ``async with`` lasts, and the body is let go once sent (never sent again: the server
+    may have read it), so an open stream does not keep it (50 KB and more for an agent's
+    request)."""
+
+    def __init__(self, client: http11.Pool, url: str, headers: Mapping[str, str], body: bytes,
+                 framer: Framer, redactor: Redactor = NO_SECRETS) -> None:
+        self._send: tuple | None = (client, url, headers, body)
+        self._framer = framer
+        self._redactor = redactor
+        self._reading: Any = None
+
+    async def __aenter__(self) -> FrameReader:
+        assert self._send is not None, "OpenFrames is entered once"
+        client, url, headers, body = self._send
+        self._send = None
+        response = await send(client, url, headers, body, stream=True, redactor=self._redactor)
+        del body
+        self._reading = reading(response, self._framer, self._redactor)
+        return await self._reading.__aenter__()
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        return await self._reading.__aexit__(*exc)
 
 
 async def fetch_completion(client: http11.Pool, url: str, headers: Mapping[str, str], body: bytes,

@@ -27,7 +27,7 @@ from protocols.unified import ErrorEvent
 from protocols.unified import UnifiedRequest
 from providers.adapters import ProviderAdapters, for_protocol, passes_through
 from providers import counting
-from providers.base import Completion, Frame, FrameReader, SSEFramer, encode_body, fetch_completion, open_frames, send
+from providers.base import Completion, Frame, FrameReader, OpenFrames, SSEFramer, encode_body, fetch_completion, send
 from providers.seams import Credential
 
 API_VERSIONS = ("/v1beta", "/v1", "/v1alpha")
@@ -118,12 +118,11 @@ class GeminiProvider:
     @asynccontextmanager
     async def stream(self, req: UnifiedRequest, model: str, credential: Credential) -> AsyncIterator[FrameReader]:
         sse = self.wants_sse(req)
-        body = self.body(req, model)
         decoder = gemini.StreamDecoder(light=passes_through(self, req, model))
         framer = SSEFramer(decoder) if sse else JsonArrayFramer(decoder)
         url = self.url(model, "streamGenerateContent", sse)
-        async with open_frames(self.client, url, self.headers(credential, model), body, framer,
-                               self.redactor) as reader:
+        async with OpenFrames(self.client, url, self.headers(credential, model), self.body(req, model), framer,
+                               self.redactor) as reader:  # the body is not held here: ``OpenFrames`` lets it go
             yield reader
 
     async def complete(self, req: UnifiedRequest, model: str, credential: Credential) -> Completion:

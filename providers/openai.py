@@ -19,7 +19,7 @@ from protocols import openai_responses
 from protocols.redact import NO_SECRETS, Redactor
 from protocols.unified import UnifiedRequest
 from providers.adapters import ProviderAdapters, for_protocol, passes_through
-from providers.base import Completion, FrameReader, SSEFramer, bearer_headers, encode_body, fetch_completion, open_frames
+from providers.base import Completion, FrameReader, OpenFrames, SSEFramer, bearer_headers, encode_body, fetch_completion
 from providers.responses_socket import RESPONSES_WEBSOCKET_BETA, SocketTarget, SocketTurn, current_session
 from providers.seams import Credential
 
@@ -72,8 +72,9 @@ class OpenAIResponsesProvider:
             async with session.turn(self.socket_target(credential, model), body, decoder, self.redactor) as turn:
                 yield turn
             return
-        async with open_frames(self.client, self.url, self.headers(credential, model), encode_body(body),
+        async with OpenFrames(self.client, self.url, self.headers(credential, model), encode_body(body),
                                SSEFramer(decoder), self.redactor) as reader:
+            del body  # sent: not kept for the stream's length (see ``OpenFrames``)
             yield reader
 
     async def complete(self, req: UnifiedRequest, model: str, credential: Credential) -> Completion:

@@ -61,6 +61,7 @@ class OpenAICompatProvider:
                     raise
                 self.rejects_stream_options.add(model)
                 inject = False
+        del body  # sent: not kept for the stream's length (see ``OpenFrames``)
         decoder = openai_chat.StreamDecoder(light=passes_through(self, req, model))
         async with reading(response, SSEFramer(decoder, drop_usage_only=inject), self.redactor) as reader:
             yield reader

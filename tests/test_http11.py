@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import sys
 from functools import partial
 
 import pytest
@@ -266,3 +267,27 @@ def _closed_port():
     port = s.getsockname()[1]
     s.close()
     yield port
+
+
+async def test_an_open_stream_keeps_no_reference_to_its_request_body():
+    """Once sent, a request body is never sent again (the server may have read it), so
+    a stream that stays open for minutes does not hold it: an agent's body is 50 KB
+    and more, times every open stream."""
+    from protocols import openai_chat
+    from tests.gated_upstream import GatedUpstream
+
+    upstream = GatedUpstream()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(upstream.serve)
+            pool = Pool(upstream.url, env=NO_PROXY_ENV)
+            body = CHAT + b" " * 50_000  # a body of its own: no other holder
+            async with base.OpenFrames(pool, "/v1/chat/completions", dict(HEADERS), body,
+                                       base.SSEFramer(openai_chat.StreamDecoder())) as reader:
+                assert await reader.next_batch()  # the first chunk: the stream is open
+                assert sys.getrefcount(body) == 2, "only this test's name (and getrefcount's argument) hold it"
+                upstream.release()
+                while await reader.next_batch() is not None:
+                    pass
+            await pool.aclose()
+            nursery.cancel_scope.cancel()

@@ -127,9 +127,8 @@ async def _serve_call(runtime: Any, client: ClientCodec, scope, receive, link: A
     dispatched = False
     try:
         check_key_known(runtime, key)
-        body = await read_request_body(runtime, scope, receive)
-        doc = load_json_object(body, runtime.config.server.max_json_depth)
-        recorder, size = None, len(body)
+        doc, size = await _read_doc(runtime, scope, receive)
+        recorder = None
         if prepare is None:
             request = parse(doc)
         else:
@@ -152,6 +151,14 @@ async def _serve_call(runtime: Any, client: ClientCodec, scope, receive, link: A
             f"The gateway failed to serve this request ({request_id})."), request_id, request)
         if not dispatched:
             _observe_refusal(runtime, client, request_id, doc, answered, started_at, key_name)
+
+
+async def _read_doc(runtime: Any, scope, receive) -> tuple[Any, int]:
+    """The request's JSON object and its size in bytes. The bytes themselves are not
+    kept past the parse: a call's frame lives as long as its stream, and an agent's
+    body is 50 KB and more."""
+    body = await read_request_body(runtime, scope, receive)
+    return load_json_object(body, runtime.config.server.max_json_depth), len(body)
 
 
 def _observe_refusal(runtime: Any, client: ClientCodec, request_id: str, doc: Any, err: GatewayError,
