@@ -77,8 +77,8 @@ class AnthropicProvider:
             decoder = AnswerToolDecoder(decoder, tool)
         framer = SSEFramer(decoder)
         async with OpenFrames(self.client, self.url_for(req), self.headers(req, credential, model),
-                               self.body(req, model), framer,
-                               self.redactor) as reader:
+                              self.body(req, model), framer,
+                              self.redactor) as reader:
             yield reader
 
     async def complete(self, req: UnifiedRequest, model: str, credential: Credential) -> Completion:

@@ -122,7 +122,7 @@ class GeminiProvider:
         framer = SSEFramer(decoder) if sse else JsonArrayFramer(decoder)
         url = self.url(model, "streamGenerateContent", sse)
         async with OpenFrames(self.client, url, self.headers(credential, model), self.body(req, model), framer,
-                               self.redactor) as reader:  # the body is not held here: ``OpenFrames`` lets it go
+                              self.redactor) as reader:  # the body is not held here: ``OpenFrames`` lets it go
             yield reader
 
     async def complete(self, req: UnifiedRequest, model: str, credential: Credential) -> Completion:

@@ -73,7 +73,7 @@ class OpenAIResponsesProvider:
                 yield turn
             return
         async with OpenFrames(self.client, self.url, self.headers(credential, model), encode_body(body),
-                               SSEFramer(decoder), self.redactor) as reader:
+                              SSEFramer(decoder), self.redactor) as reader:
             del body  # sent: not kept for the stream's length (see ``OpenFrames``)
             yield reader
 
