@@ -199,7 +199,14 @@ class PgTransaction:
 
 
 class PgLedger(PgConnection):
+    """The meter's statements (a key by name or hash, the holds of a few keys, one
+    reservation) run on their prepared plans: left to itself Postgres plans two of them
+    afresh at every execution (a custom plan: ~0.2 ms each, most of a reserve's time in
+    the server). The admin reads, whose best plan depends on their bounds (entries
+    since a time), are given the planner's own choice back (``transaction``)."""
+
     path = WHAT  # what the meter's logs name
+    SESSION_OPTIONS = " -c plan_cache_mode=force_generic_plan"
 
     def __init__(self, dsn: str, instance_id: str, connect_timeout_s: float = 5.0,
                  statement_timeout_s: float = STATEMENT_TIMEOUT_S) -> None:
@@ -223,12 +230,8 @@ class PgLedger(PgConnection):
     def transaction(self, fn: Callable[[PgTransaction], T], generic_plans: bool = True) -> T:
         """Run ``fn`` in one transaction, committed when it returns; a fault of the
         server or the network raises ``LedgerWriteError`` (nothing of it committed).
-
-        ``generic_plans``: the meter's statements (a key by name or hash, the holds of a
-        few keys, one reservation) run on their prepared plans. Left to itself Postgres
-        plans two of them afresh at every execution (a custom plan: ~0.2 ms each, most
-        of a reserve's time in the server); the admin reads, whose best plan depends on
-        their bounds (entries since a time), keep that choice."""
+        ``generic_plans`` False: the planner chooses as it would by default (the admin
+        reads; see the class)."""
         with self._lock:
             try:
                 conn = self._connection()
@@ -238,8 +241,8 @@ class PgLedger(PgConnection):
                         # connection is in autocommit): psycopg's own transaction() syncs
                         # after its BEGIN and again around its COMMIT, two more round trips
                         conn.execute("BEGIN")
-                        if generic_plans:
-                            conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+                        if not generic_plans:
+                            conn.execute("SET LOCAL plan_cache_mode = auto")
                         result = fn(PgTransaction(conn, self.instance_id, pipeline))
                         conn.execute("COMMIT")
                 except BaseException:

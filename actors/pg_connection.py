@@ -26,6 +26,8 @@ def statement_timeout_for(instance_ttl_s: float) -> float:
 class PgConnection:
     """The connection and the lock its users hold around each use."""
 
+    SESSION_OPTIONS = ""  # more ``-c name=value`` settings for each connection this user opens
+
     def __init__(self, dsn: str, connect_timeout_s: float = 5.0, statement_timeout_s: float = STATEMENT_TIMEOUT_S) -> None:
         self._dsn = dsn
         self.connect_timeout_s = connect_timeout_s
@@ -38,7 +40,8 @@ class PgConnection:
             self._drop()
             self._conn = psycopg.connect(self._dsn, autocommit=True,
                                          connect_timeout=max(1, int(self.connect_timeout_s + 0.999)),
-                                         options=f"-c statement_timeout={self.statement_timeout_ms}",
+                                         options=f"-c statement_timeout={self.statement_timeout_ms}"
+                                                 f"{self.SESSION_OPTIONS}",
                                          keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3)
         return self._conn
 

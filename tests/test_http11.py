@@ -12,10 +12,12 @@ import pytest
 import trio
 import trio.testing
 
+from protocols import openai_chat
 from protocols.errors import UpstreamServerError
 from providers import base
 from providers.http11 import Pool, RequestBroken, RequestNotSent
 from providers.simulator import Simulator
+from tests.gated_upstream import GatedUpstream
 from tests.raw_upstream import RawUpstream, ok
 
 CHAT = b'{"model": "sim-chat", "stream": true, "messages": [{"role": "user", "content": "hi"}]}'
@@ -273,9 +275,6 @@ async def test_an_open_stream_keeps_no_reference_to_its_request_body():
     """Once sent, a request body is never sent again (the server may have read it), so
     a stream that stays open for minutes does not hold it: an agent's body is 50 KB
     and more, times every open stream."""
-    from protocols import openai_chat
-    from tests.gated_upstream import GatedUpstream
-
     upstream = GatedUpstream()
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
